@@ -1,0 +1,13 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { Gateway } from '../src/gateway.js';
+
+/** Probes: `live` is cheap and always 200 while the process serves; `ready` is 200 only with the model loaded. */
+const healthRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gateway }) => {
+  app.get('/health/live', { config: { public: true } }, async () => ({ status: 'ok' }));
+  app.get('/health/ready', { config: { public: true } }, async (_request, reply) => {
+    const ready = gateway.status === 'ready';
+    return reply.code(ready ? 200 : 503).send({ status: gateway.status, ...(gateway.failure ? { error: gateway.failure } : {}) });
+  });
+};
+
+export default healthRoutes;

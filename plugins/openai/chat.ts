@@ -1,0 +1,16 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { Gateway } from '../../src/gateway.js';
+import { clientGone, respond } from '../../src/http/respond.js';
+import { ChatCompletionRequest } from '../../src/openai/protocol.js';
+import { serveChat } from '../../src/openai/serve-chat.js';
+import { parseRequest } from '../../src/openai/validate.js';
+
+const chatRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gateway }) => {
+  app.post('/v1/chat/completions', async (request, reply) => {
+    const body = parseRequest(ChatCompletionRequest, request.body);
+    const ac = clientGone(request, reply);
+    await respond(reply, await serveChat(gateway, body, ac.signal));
+  });
+};
+
+export default chatRoutes;

@@ -1,0 +1,16 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { Gateway } from '../../src/gateway.js';
+import { clientGone, respond } from '../../src/http/respond.js';
+import { CompletionRequest } from '../../src/openai/protocol.js';
+import { serveCompletion } from '../../src/openai/serve-completions.js';
+import { parseRequest } from '../../src/openai/validate.js';
+
+const completionRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gateway }) => {
+  app.post('/v1/completions', async (request, reply) => {
+    const body = parseRequest(CompletionRequest, request.body);
+    const ac = clientGone(request, reply);
+    await respond(reply, await serveCompletion(gateway, body, ac.signal));
+  });
+};
+
+export default completionRoutes;

@@ -1,0 +1,77 @@
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+
+/**
+ * Every option is an environment variable; this schema is the single place that names, defaults and
+ * validates them, once, at boot. The README's option table is written from it.
+ */
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+export const ConfigSchema = z.object({
+  HOST: z.string().min(1).default('0.0.0.0'),
+  PORT: int(0, 65535).default(8080),
+  /** A model package folder, or a llama2.c `.bin` / `.gguf` to import on start. Empty: the default model. */
+  CARRYON_MODEL: z.string().default(''),
+  /** llama2.c tokenizer.bin for a `.bin` CARRYON_MODEL; defaults to tokenizer.bin / tok512.bin beside it. */
+  CARRYON_TOKENIZER: z.string().default(''),
+  /** Name clients use in the `model` field for the base; defaults to the package's name. */
+  CARRYON_MODEL_NAME: z.string().default(''),
+  CARRYON_DATA_DIR: z.string().default('data'),
+  /** Admin key; also valid on /v1/*. When unset, one is generated into DATA_DIR/admin-key (mode 0600). */
+  CARRYON_ADMIN_KEY: z.string().default(''),
+  /** Comma-separated inference-scope API keys. */
+  CARRYON_API_KEYS: z.string().default(''),
+  /** Serve /v1/* without a key. Off by default: secure unless the operator says otherwise. */
+  CARRYON_ALLOW_ANONYMOUS: bool.default(false),
+  /** Where the default model is downloaded from when ../shared is absent (a mirror of huggingface.co). */
+  CARRYON_DOWNLOAD_BASE_URL: z.string().url().default('https://huggingface.co'),
+  CARRYON_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda', 'webgpu']).default('cpu'),
+  /** Intra-op threads for the base model's sessions. */
+  CARRYON_THREADS: int(1, 1024).default(Math.max(1, Math.min(os.availableParallelism(), 8))),
+  /** Prompt tokens prefilled per engine step, so a long prompt does not stall other sequences. */
+  CARRYON_PREFILL_CHUNK: int(1, 65536).default(256),
+  CARRYON_MAX_LIVE_SEQUENCES: int(1, 4096).default(32),
+  CARRYON_MAX_WAITING: int(0, 1_000_000).default(256),
+  CARRYON_MAX_BODY_BYTES: int(1024, 1 << 30).default(1 << 20),
+  /** Whole-request deadline for inference routes; a stream past it ends with finish_reason "length". */
+  CARRYON_REQUEST_TIMEOUT_MS: int(100, 86_400_000).default(300_000),
+  /** Upper bound on `n` (choices per request). */
+  CARRYON_MAX_N: int(1, 128).default(8),
+  /** Upper bound on inputs per /v1/embeddings request. */
+  CARRYON_MAX_EMBEDDING_INPUTS: int(1, 65536).default(256),
+  CARRYON_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type RawConfig = z.infer<typeof ConfigSchema>;
+
+export interface Config extends RawConfig {
+  /** Absolute data folder. */
+  dataDir: string;
+  inferenceKeys: string[];
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Validates the environment once; throws a ConfigError naming every bad variable. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): Config {
+  const known = Object.fromEntries(
+    Object.keys(ConfigSchema.shape).flatMap((k) => (env[k] !== undefined && env[k] !== '' ? [[k, env[k]]] : [])),
+  );
+  const parsed = ConfigSchema.safeParse(known);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const raw = parsed.data;
+  return {
+    ...raw,
+    dataDir: path.resolve(cwd, raw.CARRYON_DATA_DIR),
+    inferenceKeys: raw.CARRYON_API_KEYS.split(',').map((k) => k.trim()).filter(Boolean),
+  };
+}

@@ -1,0 +1,140 @@
+import { Worker } from 'node:worker_threads';
+import type { EngineInit, FromWorker, ModelInfo, SamplingParams, TokenEvent, ToWorker } from './protocol.js';
+
+export interface SequenceHandlers {
+  onEvent(ev: TokenEvent): void;
+  onError(message: string): void;
+}
+
+/**
+ * Main-thread face of the engine worker. It forwards sequences and routes the worker's token events
+ * back to each sequence's handlers; it keeps no queue of its own (the scheduler owns admission).
+ */
+export class Engine {
+  private nextSeqId = 1;
+  private nextJobId = 1;
+  private readonly sequences = new Map<number, SequenceHandlers>();
+  private readonly embedJobs = new Map<number, { resolve: (v: Float32Array[]) => void; reject: (e: Error) => void }>();
+  private dead: Error | null = null;
+  private closing: (() => void) | null = null;
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly info: ModelInfo,
+  ) {
+    worker.on('message', (msg: FromWorker) => this.onMessage(msg));
+    worker.on('error', (err) => this.fail(err));
+    worker.on('exit', (code) => this.fail(new Error(`engine worker exited with code ${code}`)));
+  }
+
+  static start(init: EngineInit): Promise<Engine> {
+    const worker = new Worker(new URL('./worker-entry.mjs', import.meta.url));
+    return new Promise((resolve, reject) => {
+      const onBoot = (msg: FromWorker) => {
+        if (msg.type === 'ready') {
+          worker.off('message', onBoot);
+          worker.off('error', reject);
+          resolve(new Engine(worker, msg.info));
+        } else if (msg.type === 'fatal') {
+          void worker.terminate();
+          reject(new Error(msg.message));
+        }
+      };
+      worker.on('message', onBoot);
+      worker.once('error', reject);
+      worker.postMessage({ type: 'init', init } satisfies ToWorker);
+    });
+  }
+
+  get alive(): boolean {
+    return this.dead === null;
+  }
+
+  get liveSequences(): number {
+    return this.sequences.size;
+  }
+
+  /** Starts a sequence; events arrive until one carries `finish`, or onError. Returns its id for cancel(). */
+  submit(promptIds: number[], params: SamplingParams, handlers: SequenceHandlers): number {
+    const seqId = this.nextSeqId++;
+    if (this.dead) {
+      queueMicrotask(() => handlers.onError(this.dead!.message));
+      return seqId;
+    }
+    this.sequences.set(seqId, handlers);
+    this.post({ type: 'add', seqId, promptIds, params });
+    return seqId;
+  }
+
+  /** Stops a sequence at the worker's next step boundary and frees its KV cache. */
+  cancel(seqId: number): void {
+    if (!this.sequences.delete(seqId)) return;
+    this.post({ type: 'cancel', seqId });
+  }
+
+  embed(inputs: number[][]): Promise<Float32Array[]> {
+    if (this.dead) return Promise.reject(this.dead);
+    const jobId = this.nextJobId++;
+    return new Promise((resolve, reject) => {
+      this.embedJobs.set(jobId, { resolve, reject });
+      this.post({ type: 'embed', jobId, inputs });
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.dead) return;
+    const closed = new Promise<void>((r) => (this.closing = r));
+    this.post({ type: 'close' });
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 5000))]);
+    await this.worker.terminate();
+  }
+
+  private post(msg: ToWorker): void {
+    this.worker.postMessage(msg);
+  }
+
+  private onMessage(msg: FromWorker): void {
+    switch (msg.type) {
+      case 'tokens':
+        for (const ev of msg.events) {
+          const h = this.sequences.get(ev.seqId);
+          if (!h) continue; // cancelled while the step ran
+          if (ev.finish) this.sequences.delete(ev.seqId);
+          h.onEvent(ev);
+        }
+        return;
+      case 'seqError': {
+        const h = this.sequences.get(msg.seqId);
+        this.sequences.delete(msg.seqId);
+        h?.onError(msg.message);
+        return;
+      }
+      case 'embedded': {
+        const job = this.embedJobs.get(msg.jobId);
+        this.embedJobs.delete(msg.jobId);
+        if (msg.error) job?.reject(new Error(msg.error));
+        else job?.resolve(msg.vectors);
+        return;
+      }
+      case 'fatal':
+        this.fail(new Error(msg.message));
+        return;
+      case 'closed':
+        this.dead = new Error('engine closed');
+        this.closing?.();
+        return;
+      case 'ready':
+        return;
+    }
+  }
+
+  /** A dead worker must not leave any request hanging. */
+  private fail(err: Error): void {
+    if (this.dead) return;
+    this.dead = err;
+    for (const [, h] of this.sequences) h.onError(`engine failure: ${err.message}`);
+    this.sequences.clear();
+    for (const [, job] of this.embedJobs) job.reject(err);
+    this.embedJobs.clear();
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * Messages between the gateway's main thread and the engine worker. The worker owns the ONNX sessions
+ * and every sequence's KV cache; the main thread owns admission, text and HTTP. Only token ids and
+ * small numbers cross the boundary.
+ */
+export interface SamplingParams {
+  /** 0 = greedy (argmax, lowest id on ties, as llama.cpp). */
+  temperature: number;
+  topP: number;
+  /** 0 = disabled. */
+  topK: number;
+  /** null: seeded from a random source, so output varies. */
+  seed: number | null;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  /** Tokens to generate at most. */
+  maxTokens: number;
+  /** Ending on one of these gives finish_reason "stop"; the token itself is not part of the output. */
+  stopTokenIds: number[];
+  /** How many alternatives to report per token; -1: no logprobs at all. */
+  topLogprobs: number;
+}
+
+export type FinishReason = 'stop' | 'length';
+
+export interface TokenEvent {
+  seqId: number;
+  /** -1 when the event only finishes the sequence (e.g. max tokens reached after a stop token). */
+  token: number;
+  logprob?: number;
+  /** [tokenId, logprob] pairs, best first. */
+  top?: Array<[number, number]>;
+  finish?: FinishReason;
+}
+
+export interface EngineInit {
+  modelDir: string;
+  provider: 'cpu' | 'cuda' | 'webgpu';
+  threads: number;
+  prefillChunk: number;
+}
+
+export interface ModelInfo {
+  vocabSize: number;
+  hiddenSize: number;
+  contextLength: number;
+  numLayers: number;
+}
+
+export type ToWorker =
+  | { type: 'init'; init: EngineInit }
+  | { type: 'add'; seqId: number; promptIds: number[]; params: SamplingParams }
+  | { type: 'cancel'; seqId: number }
+  | { type: 'embed'; jobId: number; inputs: number[][] }
+  | { type: 'close' };
+
+export type FromWorker =
+  | { type: 'ready'; info: ModelInfo }
+  | { type: 'fatal'; message: string }
+  | { type: 'tokens'; events: TokenEvent[] }
+  | { type: 'seqError'; seqId: number; message: string }
+  | { type: 'embedded'; jobId: number; vectors: Float32Array[]; error?: string }
+  | { type: 'closed' };

@@ -1,0 +1,124 @@
+import type { KvCache, ModelRunner } from './model-runner.js';
+import type { SamplingParams, TokenEvent } from './protocol.js';
+import { Sampler } from './sampler.js';
+
+interface LiveSequence {
+  seqId: number;
+  params: SamplingParams;
+  sampler: Sampler;
+  cache: KvCache;
+  /** Prompt tokens not yet prefilled; the first sampled token comes after the last of them. */
+  pending: number[];
+  /** The token to feed on the next decode step. */
+  last: number;
+  generated: number;
+}
+
+/**
+ * The engine's heart: a loop of steps over the set of live sequences. Each step advances every live
+ * sequence once, by a prefill chunk or by one decoded token, so a long prompt never stalls the others.
+ * Sequences join and leave only between steps, which is what continuous batching needs: a batched
+ * forward pass can replace the per-sequence calls in `step()` without changing anything around it.
+ */
+export class StepLoop {
+  private readonly live = new Map<number, LiveSequence>();
+  private readonly cancelled = new Set<number>();
+  private running = false;
+
+  constructor(
+    private readonly runner: ModelRunner,
+    private readonly prefillChunk: number,
+    private readonly emit: (events: TokenEvent[]) => void,
+    private readonly onSeqError: (seqId: number, message: string) => void,
+  ) {}
+
+  add(seqId: number, promptIds: number[], params: SamplingParams): void {
+    if (promptIds.length === 0) throw new Error('empty prompt');
+    this.live.set(seqId, {
+      seqId,
+      params,
+      sampler: new Sampler(params),
+      cache: this.runner.newCache(),
+      pending: promptIds.slice(),
+      last: -1,
+      generated: 0,
+    });
+    this.kick();
+  }
+
+  /** Takes effect at the next step boundary; the cache is dropped with the sequence. */
+  cancel(seqId: number): void {
+    if (this.live.has(seqId)) this.cancelled.add(seqId);
+  }
+
+  get size(): number {
+    return this.live.size;
+  }
+
+  private kick(): void {
+    if (this.running) return;
+    this.running = true;
+    setImmediate(() => void this.run());
+  }
+
+  private async run(): Promise<void> {
+    try {
+      while (this.live.size > 0) {
+        this.dropCancelled();
+        if (this.live.size === 0) break;
+        await this.step();
+        // Let queued messages (adds, cancels, embeddings) in between steps.
+        await new Promise<void>((r) => setImmediate(r));
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private dropCancelled(): void {
+    for (const id of this.cancelled) this.live.delete(id);
+    this.cancelled.clear();
+  }
+
+  private async step(): Promise<void> {
+    const events: TokenEvent[] = [];
+    for (const seq of [...this.live.values()]) {
+      try {
+        const ev = await this.advance(seq);
+        if (ev) events.push(ev);
+      } catch (err) {
+        this.live.delete(seq.seqId);
+        this.onSeqError(seq.seqId, err instanceof Error ? err.message : String(err));
+      }
+    }
+    if (events.length > 0) this.emit(events);
+  }
+
+  /** One step of one sequence: a prefill chunk (sampling only after the prompt's last token) or a decode. */
+  private async advance(seq: LiveSequence): Promise<TokenEvent | null> {
+    let feed: number[];
+    if (seq.pending.length > 0) {
+      feed = seq.pending.splice(0, this.prefillChunk);
+      if (seq.pending.length > 0) {
+        await this.runner.forwardBody(feed, seq.cache);
+        return null;
+      }
+    } else {
+      feed = [seq.last];
+    }
+    const hidden = await this.runner.forwardBody(feed, seq.cache);
+    const d = this.runner.config.hidden_size;
+    const lastRow = hidden.subarray((feed.length - 1) * d, feed.length * d);
+    const logits = await this.runner.forwardHead(lastRow, 1);
+    const pick = seq.sampler.sample(logits);
+    seq.generated++;
+    seq.last = pick.token;
+    const ev: TokenEvent = { seqId: seq.seqId, token: pick.token, logprob: pick.logprob, top: pick.top };
+    const stop = seq.params.stopTokenIds.includes(pick.token);
+    if (stop || seq.generated >= seq.params.maxTokens || seq.cache.length >= this.runner.config.max_position_embeddings) {
+      ev.finish = stop ? 'stop' : 'length';
+      this.live.delete(seq.seqId);
+    }
+    return ev;
+  }
+}

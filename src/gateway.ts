@@ -1,0 +1,62 @@
+import type { ChatTemplate } from './chat-template.js';
+import type { Engine } from './engine/engine.js';
+import { ApiError } from './errors.js';
+import type { Generator } from './generation.js';
+import type { Scheduler } from './scheduler.js';
+import type { ModelTokenizer } from './tokenizer.js';
+
+export interface ModelServices {
+  engine: Engine;
+  tokenizer: ModelTokenizer;
+  chatTemplate: ChatTemplate;
+  generator: Generator;
+  contextLength: number;
+  hiddenSize: number;
+}
+
+export type GatewayStatus = 'loading' | 'ready' | 'failed' | 'stopping';
+
+/**
+ * What the HTTP surfaces share: the served model's name, its services once loaded, and the lifecycle
+ * status that readiness and the 503s read. Routes get this object, never globals.
+ */
+export class Gateway {
+  status: GatewayStatus = 'loading';
+  failure: string | null = null;
+  private services: ModelServices | null = null;
+  readonly created = Math.floor(Date.now() / 1000);
+
+  constructor(
+    readonly modelName: string,
+    readonly scheduler: Scheduler,
+    readonly limits: { maxN: number; maxEmbeddingInputs: number },
+  ) {}
+
+  setReady(services: ModelServices): void {
+    this.services = services;
+    this.status = 'ready';
+  }
+
+  setFailed(message: string): void {
+    this.failure = message;
+    this.status = 'failed';
+  }
+
+  /** The loaded model, or the 503 a client should see instead. */
+  model(): ModelServices {
+    if (this.status === 'stopping') throw new ApiError('shutting_down', 'The server is shutting down.', { headers: { connection: 'close' } });
+    if (!this.services || this.status !== 'ready') {
+      throw new ApiError('model_loading', this.status === 'failed' ? `The model failed to load: ${this.failure}` : 'The model is still loading; retry shortly.', {
+        headers: { 'retry-after': '5' },
+      });
+    }
+    return this.services;
+  }
+
+  /** Resolves a request's `model` field; anything but the served model is a 404. */
+  resolveModel(name: string): void {
+    if (name !== this.modelName) {
+      throw new ApiError('model_not_found', `The model '${name}' does not exist or you do not have access to it.`, { param: 'model' });
+    }
+  }
+}

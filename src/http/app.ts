@@ -1,0 +1,108 @@
+import { randomUUID } from 'node:crypto';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import chatRoutes from '../../plugins/openai/chat.js';
+import completionRoutes from '../../plugins/openai/completions.js';
+import embeddingRoutes from '../../plugins/openai/embeddings.js';
+import modelRoutes from '../../plugins/openai/models.js';
+import healthRoutes from '../../plugins/health.js';
+import { bearerToken, type KeyStore, type Principal } from '../auth.js';
+import { ApiError } from '../errors.js';
+import type { Gateway } from '../gateway.js';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Reachable without an API key (health probes only). */
+    public?: boolean;
+  }
+  interface FastifyRequest {
+    principal: Principal | null;
+  }
+}
+
+export interface AppOptions {
+  gateway: Gateway;
+  keys: KeyStore;
+  allowAnonymous: boolean;
+  bodyLimit: number;
+  logLevel: string;
+  /** Time allowed to receive a whole request (headers and body). */
+  requestReceiveTimeoutMs?: number;
+}
+
+/** Builds the HTTP server: request ids, auth, one error mapping, then each surface as a plugin. */
+export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    bodyLimit: opts.bodyLimit,
+    requestTimeout: opts.requestReceiveTimeoutMs ?? 30_000,
+    connectionTimeout: 0,
+    keepAliveTimeout: 65_000,
+    return503OnClosing: true,
+    logger: {
+      level: opts.logLevel,
+      // Never log credentials, whatever a serializer change might add later.
+      redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]'], censor: '[redacted]' },
+    },
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && /^[\w.-]{1,128}$/.test(given) ? given : randomUUID();
+    },
+  });
+
+  // JSON only: a text/plain body should be a 415, not a string handed to the JSON schemas.
+  app.removeContentTypeParser('text/plain');
+  app.decorateRequest('principal', null);
+  app.addHook('onSend', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+  app.addHook('onRequest', async (request) => {
+    if (request.routeOptions.config?.public) return;
+    const token = bearerToken(request.headers.authorization);
+    if (token) {
+      request.principal = opts.keys.authenticate(token);
+      if (!request.principal) throw new ApiError('invalid_api_key', 'Incorrect API key provided.');
+      return;
+    }
+    if (!opts.allowAnonymous) {
+      throw new ApiError('invalid_api_key', "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.");
+    }
+  });
+
+  app.setErrorHandler((err: FastifyError | ApiError, request, reply) => {
+    const apiErr = toApiError(err);
+    if (apiErr.status >= 500) request.log.error({ err }, 'request failed');
+    else request.log.info({ code: apiErr.code, param: apiErr.param }, 'request rejected');
+    void reply.code(apiErr.status).headers(apiErr.headers).send(apiErr.toBody());
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const e = new ApiError('not_found', `Unknown request URL: ${request.method} ${request.url.split('?')[0]}.`);
+    void reply.code(e.status).send(e.toBody());
+  });
+
+  await app.register(healthRoutes, { gateway: opts.gateway });
+  await app.register(modelRoutes, { gateway: opts.gateway });
+  await app.register(chatRoutes, { gateway: opts.gateway });
+  await app.register(completionRoutes, { gateway: opts.gateway });
+  await app.register(embeddingRoutes, { gateway: opts.gateway });
+  return app;
+}
+
+/** Fastify's own errors (bad JSON, body too large, wrong content type) in OpenAI's envelope. */
+function toApiError(err: FastifyError | ApiError): ApiError {
+  if (err instanceof ApiError) return err;
+  switch (err.code) {
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new ApiError('invalid_json', `We could not parse the JSON body of your request: ${err.message}`);
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new ApiError('request_too_large', 'The request body is larger than this server accepts.');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new ApiError('unsupported_media_type', "Send the request body as JSON with 'Content-Type: application/json'.");
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new ApiError('invalid_json', 'The Content-Length header does not match the body.');
+  }
+  if (err.statusCode === 400 && err instanceof SyntaxError) {
+    return new ApiError('invalid_json', `We could not parse the JSON body of your request: ${err.message}`);
+  }
+  if (err.statusCode && err.statusCode < 500) return new ApiError('invalid_value', err.message);
+  return new ApiError('internal_error', 'The server had an error while processing your request.');
+}

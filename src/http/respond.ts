@@ -1,0 +1,21 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { ServeResult } from '../openai/serve-result.js';
+import { sendEventStream } from './sse.js';
+
+/** An AbortSignal that fires when the client goes away before its response is complete. */
+export function clientGone(request: FastifyRequest, reply: FastifyReply): AbortController {
+  const ac = new AbortController();
+  reply.raw.on('close', () => {
+    if (!reply.raw.writableFinished) ac.abort();
+  });
+  request.raw.on('aborted', () => ac.abort());
+  return ac;
+}
+
+export async function respond(reply: FastifyReply, result: ServeResult): Promise<void> {
+  if (result.kind === 'json') {
+    await reply.send(result.body);
+    return;
+  }
+  await sendEventStream(reply, result.chunks, result.cancel);
+}

@@ -1,0 +1,83 @@
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { writeDirAtomic } from '../fs-atomic.js';
+import { ggufToCheckpoint } from './gguf.js';
+import { llama2cToCheckpoint } from './llama2c.js';
+import { buildBodyModel, buildHeadModel } from './onnx-graph.js';
+import { PACKAGE_FILES, PACKAGE_FORMAT_VERSION, toConfigFile, type PackageManifest } from './package-files.js';
+import { buildTokenizerFiles } from './tokenizer-json.js';
+import type { ImportedCheckpoint, LlamaWeights } from './types.js';
+
+export interface ImportOptions {
+  /** llama2c only: the tokenizer.bin; defaults to tokenizer.bin or tok512.bin beside the checkpoint. */
+  tokenizerPath?: string;
+  /** Package name (the served model id); defaults to the source file's base name. */
+  name?: string;
+  /** Residual-stream layers the body also outputs, for carry-ons that mix layers. */
+  extraLayerOutputs?: number[];
+}
+
+/** Reads a llama2.c `.bin` or a GGUF file into the common in-memory checkpoint. */
+export async function readCheckpoint(src: string, opts: ImportOptions = {}): Promise<ImportedCheckpoint> {
+  const ext = path.extname(src).toLowerCase();
+  if (ext === '.gguf') return ggufToCheckpoint(src);
+  if (ext === '.bin') return llama2cToCheckpoint(src, opts.tokenizerPath ?? findTokenizerBin(src));
+  throw new Error(`cannot import ${src}: expected a llama2.c .bin or a .gguf file`);
+}
+
+/** Builds a model package folder (see models/README.md) from a checkpoint file, atomically. */
+export async function importModel(src: string, outDir: string, opts: ImportOptions = {}): Promise<PackageManifest> {
+  const ckpt = await readCheckpoint(src, opts);
+  const { weights, vocab } = ckpt;
+  const extra = opts.extraLayerOutputs ?? [];
+  const body = buildBodyModel(weights, { extraLayerOutputs: extra });
+  const head = buildHeadModel(weights);
+  const configJson = JSON.stringify(toConfigFile(weights.config), null, 2);
+  const tok = buildTokenizerFiles(vocab, { modelMaxLength: weights.config.max_position_embeddings });
+  const manifest: PackageManifest = {
+    format_version: PACKAGE_FORMAT_VERSION,
+    name: opts.name ?? path.basename(src, path.extname(src)),
+    fingerprint: createHash('sha256').update(configJson).update(body).update(head).digest('hex'),
+    quantization: quantizationOf(weights),
+    source: { format: ckpt.source.format, file: path.basename(src), sha256: ckpt.source.sha256 },
+    created_at: new Date().toISOString(),
+    extra_layer_outputs: extra,
+  };
+  const generationConfig = {
+    bos_token_id: weights.config.bos_token_id,
+    eos_token_id: weights.config.eos_token_id,
+    max_length: weights.config.max_position_embeddings,
+  };
+  await writeDirAtomic(outDir, async (dir) => {
+    const put = (name: string, data: string | Uint8Array) => fs.writeFileSync(path.join(dir, name), data);
+    put(PACKAGE_FILES.config, configJson);
+    put(PACKAGE_FILES.body, body);
+    put(PACKAGE_FILES.head, head);
+    put(PACKAGE_FILES.tokenizer, JSON.stringify(tok.tokenizerJson));
+    put(PACKAGE_FILES.tokenizerConfig, JSON.stringify(tok.tokenizerConfig, null, 2));
+    put(PACKAGE_FILES.generationConfig, JSON.stringify(generationConfig, null, 2));
+    // Written last: a folder with a manifest is a complete package.
+    put(PACKAGE_FILES.manifest, JSON.stringify(manifest, null, 2));
+  });
+  return manifest;
+}
+
+function findTokenizerBin(binPath: string): string {
+  const dir = path.dirname(binPath);
+  for (const name of ['tokenizer.bin', 'tok512.bin']) {
+    const p = path.join(dir, name);
+    if (fs.existsSync(p)) return p;
+  }
+  const others = fs.readdirSync(dir).filter((f) => /^tok.*\.bin$/.test(f));
+  if (others.length === 1) return path.join(dir, others[0]);
+  throw new Error(`no tokenizer.bin beside ${binPath}; pass one (CARRYON_TOKENIZER or --tokenizer)`);
+}
+
+function quantizationOf(w: LlamaWeights): PackageManifest['quantization'] {
+  const kinds = new Set<string>();
+  for (const l of w.layers) for (const m of [l.wq, l.wk, l.wv, l.wo, l.gate, l.down, l.up]) kinds.add(m.kind);
+  if (w.output) kinds.add(w.output.kind);
+  if (kinds.size > 1) return 'mixed';
+  return kinds.has('q4_0') ? 'q4_0' : 'f32';
+}

@@ -1,0 +1,121 @@
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { fetch } from 'undici';
+import { fsyncDir } from '../fs-atomic.js';
+import { importModel } from './import.js';
+import { PACKAGE_FILES, readManifest } from './package-files.js';
+
+/** The default base model: karpathy/tinyllamas stories260K, pinned by revision and checksum. */
+export const DEFAULT_MODEL = {
+  name: 'stories260K',
+  repo: 'karpathy/tinyllamas',
+  revision: '0bd21da7698eaf29a0d7de3992de8a46ef624add',
+  files: {
+    checkpoint: { path: 'stories260K/stories260K.bin', sha256: 'b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696', bytes: 1056540 },
+    tokenizer: { path: 'stories260K/tok512.bin', sha256: '037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312', bytes: 6227 },
+  },
+} as const;
+
+const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const SHARED_DEFAULT_DIR = path.resolve(REPO_ROOT, '../shared/models/stories260K');
+
+export interface ResolveOptions {
+  /** CARRYON_MODEL: a package folder, a .bin/.gguf file, or '' for the default model. */
+  model: string;
+  tokenizer?: string;
+  dataDir: string;
+  downloadBaseUrl: string;
+  /** Where to look for a local copy of the default model before downloading. */
+  sharedDir?: string;
+  log: (msg: string) => void;
+}
+
+/**
+ * Turns CARRYON_MODEL into a ready package folder: a package is used as is; a checkpoint file is
+ * imported once into DATA_DIR/models and reused while its sha256 is unchanged; no setting means
+ * stories260K, from ../shared when present, else downloaded from its pinned upstream.
+ */
+export async function resolveModelPackage(opts: ResolveOptions): Promise<string> {
+  if (opts.model) {
+    const p = path.resolve(opts.model);
+    if (!fs.existsSync(p)) throw new Error(`CARRYON_MODEL ${p} does not exist`);
+    if (fs.statSync(p).isDirectory()) {
+      if (!fs.existsSync(path.join(p, PACKAGE_FILES.manifest))) {
+        throw new Error(`${p} is not a model package (no ${PACKAGE_FILES.manifest}); import a checkpoint with \`carryon import\``);
+      }
+      return p;
+    }
+    const name = path.basename(p, path.extname(p));
+    return importOnce(p, path.join(opts.dataDir, 'models', name), { tokenizerPath: opts.tokenizer || undefined, name }, opts.log);
+  }
+  const sharedDir = opts.sharedDir ?? SHARED_DEFAULT_DIR;
+  const files = fs.existsSync(path.join(sharedDir, 'stories260K.bin'))
+    ? { bin: path.join(sharedDir, 'stories260K.bin'), tok: path.join(sharedDir, 'tok512.bin') }
+    : await downloadDefaultModel(opts.dataDir, opts.downloadBaseUrl, opts.log);
+  return importOnce(files.bin, path.join(opts.dataDir, 'models', DEFAULT_MODEL.name), { tokenizerPath: files.tok, name: DEFAULT_MODEL.name }, opts.log);
+}
+
+async function importOnce(src: string, outDir: string, o: { tokenizerPath?: string; name: string }, log: (m: string) => void): Promise<string> {
+  const sha = await sha256File(src);
+  if (fs.existsSync(path.join(outDir, PACKAGE_FILES.manifest))) {
+    try {
+      if (readManifest(outDir).source.sha256 === sha) return outDir;
+    } catch {
+      // An unreadable manifest means a package from another version: import again.
+    }
+  }
+  log(`importing ${src} into ${outDir}`);
+  await importModel(src, outDir, o);
+  return outDir;
+}
+
+/** Downloads the default checkpoint and tokenizer, verifying size and sha256 before keeping them. */
+export async function downloadDefaultModel(dataDir: string, baseUrl: string, log: (m: string) => void): Promise<{ bin: string; tok: string }> {
+  const dir = path.join(dataDir, 'downloads', DEFAULT_MODEL.name);
+  fs.mkdirSync(dir, { recursive: true });
+  const out: Record<string, string> = {};
+  for (const [key, f] of Object.entries(DEFAULT_MODEL.files)) {
+    const dest = path.join(dir, path.basename(f.path));
+    out[key] = dest;
+    if (fs.existsSync(dest) && (await sha256File(dest)) === f.sha256) continue;
+    const url = `${baseUrl.replace(/\/$/, '')}/${DEFAULT_MODEL.repo}/resolve/${DEFAULT_MODEL.revision}/${f.path}`;
+    log(`downloading ${url}`);
+    await downloadVerified(url, dest, f.sha256, f.bytes);
+  }
+  return { bin: out.checkpoint, tok: out.tokenizer };
+}
+
+async function downloadVerified(url: string, dest: string, sha256: string, maxBytes: number): Promise<void> {
+  // fetch follows the hub's redirect to its file CDN.
+  const res = await fetch(url, { signal: AbortSignal.timeout(120_000) });
+  if (res.status !== 200 || !res.body) {
+    await res.body?.cancel();
+    throw new Error(`download of ${url} failed: HTTP ${res.status}`);
+  }
+  const hash = createHash('sha256');
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+    size += chunk.length;
+    if (size > maxBytes) throw new Error(`download of ${url} is larger than the pinned ${maxBytes} bytes`);
+    hash.update(chunk);
+    chunks.push(Buffer.from(chunk));
+  }
+  const got = hash.digest('hex');
+  if (got !== sha256) throw new Error(`download of ${url} has sha256 ${got}, expected ${sha256}`);
+  const tmp = `${dest}.part`;
+  fs.writeFileSync(tmp, Buffer.concat(chunks));
+  const fd = fs.openSync(tmp, 'r');
+  fs.fsyncSync(fd);
+  fs.closeSync(fd);
+  fs.renameSync(tmp, dest);
+  fsyncDir(path.dirname(dest));
+}
+
+export async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of fs.createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}

@@ -1,0 +1,497 @@
+/**
+ * ONNX graphs for a Llama-architecture model, split in two so a carry-on module can edit the
+ * final hidden state between them without the vocabulary projection running twice.
+ *
+ * ## Body model (`buildBodyModel`)
+ *
+ * Inputs
+ * - `input_ids`      int64   [batch, sequence]
+ * - `position_ids`   int64   [batch, sequence]  RoPE position of each token; must be in
+ *                                               [0, max_position_embeddings). With left padding,
+ *                                               the first real token of each row gets 0.
+ * - `attention_mask` int64   [batch, total_sequence]  1 = attend, 0 = padding;
+ *                                               total_sequence = past_sequence + sequence.
+ * - `past_key_values.{i}.key`, `past_key_values.{i}.value` for each layer i
+ *                    float32 [batch, num_key_value_heads, past_sequence, head_dim]
+ *                    (past_sequence may be 0: pass empty tensors for the first call).
+ *
+ * Outputs
+ * - `hidden_states`  float32 [batch, sequence, hidden_size]  last layer's output AFTER the
+ *                                               final RMSNorm (what the LM head consumes).
+ * - `present.{i}.key`, `present.{i}.value`
+ *                    float32 [batch, num_key_value_heads, total_sequence, head_dim]
+ *                    (past concatenated with this call's keys/values; feed back as past).
+ * - optional `hidden_states.layer.{k}` float32 [batch, sequence, hidden_size] for each k in
+ *                    `extraLayerOutputs`: the residual stream after block k, before the final norm.
+ *
+ * Semantics (llama2.c / Llama)
+ * - x = embed[input_ids]; per layer: h = RMSNorm(x) * attn_norm, q/k/v = h W^T, RoPE on q and k
+ *   with adjacent-pair rotation (pair j = elements 2j, 2j+1 of a head, angle = position *
+ *   theta^(-2j/head_dim)), tables computed in float32 exactly as llama2.c does.
+ * - Grouped-query attention: num_attention_heads / num_key_value_heads query heads share a KV
+ *   head (query head h uses KV head floor(h / group)). Scores = q k^T / sqrt(head_dim).
+ * - Query at index past_sequence + s may attend key index t iff t <= past_sequence + s (causal,
+ *   in index space, so left-padded batches share one index space) AND attention_mask[b, t] == 1.
+ *   A query row with no attendable key (a pad position) yields finite garbage, never NaN.
+ * - x += Wo(attention); h = RMSNorm(x) * ffn_norm; x += down(silu(gate h) * up h).
+ * - RMSNorm(x) = x * 1/sqrt(mean(x^2) + eps), in float32.
+ * - past_sequence is read from the shape of `past_key_values.0.key` at run time.
+ *
+ * ## Head model (`buildHeadModel`)
+ *
+ * - input  `hidden_states` float32 [batch, sequence, hidden_size]
+ * - output `logits`        float32 [batch, sequence, vocab_size]
+ * - Weight: `output`, or the token embedding when tied.
+ *
+ * ## Operators
+ *
+ * Standard ai.onnx opset 17 operators only (so CUDA/WebGPU providers can run the graphs), plus
+ * com.microsoft MatMulNBits (4-bit, block 32) for matrices kept in ggml Q4_0 form.
+ */
+import { TensorNames } from './tensor-names.js';
+import { attr, DataType, GraphBuilder, type Dim, type ModelOptions } from './onnx-builder.js';
+import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix } from './types.js';
+
+// ---- Tensor names: the engine must use these rather than string literals. ----
+
+export const INPUT_IDS = TensorNames.inputIds;
+export const POSITION_IDS = TensorNames.positionIds;
+export const ATTENTION_MASK = TensorNames.attentionMask;
+export const HIDDEN_STATES = TensorNames.hiddenStates;
+export const LOGITS = TensorNames.logits;
+export const pastKeyName = TensorNames.pastKey;
+export const pastValueName = TensorNames.pastValue;
+export const presentKeyName = TensorNames.presentKey;
+export const presentValueName = TensorNames.presentValue;
+export const layerHiddenStatesName = TensorNames.layerHidden;
+
+/** Symbolic dimension names used in the models' input/output declarations. */
+export const DIM_BATCH = 'batch';
+export const DIM_SEQUENCE = 'sequence';
+export const DIM_PAST_SEQUENCE = 'past_sequence';
+export const DIM_TOTAL_SEQUENCE = 'total_sequence';
+
+/**
+ * ai.onnx 17: ReduceMean still takes `axes` as an attribute here (it became an input in 18), so
+ * bumping the opset means touching rmsNorm().
+ */
+export const ONNX_OPSET = 17;
+export const MS_OPSET = 1;
+
+const MODEL_OPTIONS: ModelOptions = {
+  irVersion: 8,
+  opsets: [
+    { domain: '', version: ONNX_OPSET },
+    { domain: 'com.microsoft', version: MS_OPSET },
+  ],
+};
+
+export interface BodyModelOptions {
+  /** MatMulNBits accuracy_level for Q4_0 matrices (4 = int8 activations, 1 = fp32). Default 4. */
+  accuracyLevel?: number;
+  /** Layers whose residual-stream output is also exposed as `hidden_states.layer.{k}`. */
+  extraLayerOutputs?: number[];
+}
+
+export interface HeadModelOptions {
+  accuracyLevel?: number;
+}
+
+const DEFAULT_ACCURACY_LEVEL = 4;
+
+/**
+ * Masked scores are replaced (Where, not added) with float32's lowest finite value. Finite so a
+ * fully masked row (a left-pad query) softmaxes to a uniform, finite distribution instead of
+ * NaN (-inf - -inf); replaced rather than added so nothing can overflow it to -inf; and its
+ * exp() underflows to exactly 0 whenever the row has any real score, so padding contributes
+ * nothing to real tokens.
+ */
+const MASKED_SCORE = -3.4028234663852886e38;
+
+const Q4_BLOCK = 32;
+const Q4_GGML_BLOCK_BYTES = 18; // f16 scale + 16 bytes of nibbles
+const Q4_PACKED_BLOCK_BYTES = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Public builders
+
+export function buildBodyModel(weights: LlamaWeights, opts: BodyModelOptions = {}): Uint8Array {
+  validateWeights(weights);
+  const cfg = weights.config;
+  const accuracyLevel = opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL;
+  const extra = validateExtraLayers(opts.extraLayerOutputs ?? [], cfg.num_hidden_layers);
+
+  const g = new GraphBuilder('llama_body');
+  declareBodyInputs(g, cfg);
+  const shared = buildSharedTensors(g, cfg);
+
+  const embed = g.initializer('model.embed_tokens.weight', weights.tokEmbeddings, [cfg.vocab_size, cfg.hidden_size]);
+  let x = g.op('Gather', [embed, INPUT_IDS], { axis: attr.int(0) });
+
+  weights.layers.forEach((layer, i) => {
+    g.scope = `model.layers.${i}`;
+    x = decoderLayer(g, x, layer, i, cfg, shared, accuracyLevel);
+    if (extra.has(i)) {
+      g.op('Identity', [x], undefined, layerHiddenStatesName(i));
+      g.output(layerHiddenStatesName(i), DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, cfg.hidden_size]);
+    }
+  });
+
+  g.scope = 'model.norm';
+  const normW = g.initializer('model.norm.weight', weights.finalNorm);
+  rmsNorm(g, x, normW, cfg.rms_norm_eps, HIDDEN_STATES);
+  g.output(HIDDEN_STATES, DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, cfg.hidden_size]);
+
+  declarePresentOutputs(g, cfg);
+  return g.serialize({ ...MODEL_OPTIONS, docString: 'Llama body: embeddings .. final RMSNorm' });
+}
+
+export function buildHeadModel(weights: LlamaWeights, opts: HeadModelOptions = {}): Uint8Array {
+  const cfg = weights.config;
+  const lmHead = lmHeadMatrix(weights);
+  checkMatrix('lm_head', lmHead, cfg.vocab_size, cfg.hidden_size);
+
+  const g = new GraphBuilder('llama_head');
+  const hidden = g.input(HIDDEN_STATES, DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, cfg.hidden_size]);
+  if (lmHead.kind === 'q4_0') {
+    matMulNBits(g, hidden, lmHead, 'lm_head', opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL, LOGITS);
+  } else {
+    gemmHead(g, hidden, lmHead, cfg);
+  }
+  g.output(LOGITS, DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, cfg.vocab_size]);
+  return g.serialize({ ...MODEL_OPTIONS, docString: 'Llama LM head: hidden_states -> logits' });
+}
+
+/** The LM head matrix, falling back to the token embedding for tied models. */
+function lmHeadMatrix(weights: LlamaWeights): Matrix {
+  const { vocab_size, hidden_size } = weights.config;
+  return weights.output ?? { kind: 'f32', rows: vocab_size, cols: hidden_size, data: weights.tokEmbeddings };
+}
+
+/** Gemm with transB takes the [vocab, hidden] matrix as stored, so no transposed copy is made. */
+function gemmHead(g: GraphBuilder, hidden: string, m: Matrix & { kind: 'f32' }, cfg: LlamaConfig): void {
+  const w = g.initializer('lm_head.weight', m.data, [m.rows, m.cols]);
+  const flat = g.op('Reshape', [hidden, g.constI64([-1, cfg.hidden_size])]);
+  const logits2d = g.op('Gemm', [flat, w], { transB: attr.int(1) });
+  const batchSeq = g.op('Shape', [hidden], { start: attr.int(0), end: attr.int(2) });
+  const outShape = g.op('Concat', [batchSeq, g.constI64([cfg.vocab_size])], { axis: attr.int(0) });
+  g.op('Reshape', [logits2d, outShape], undefined, LOGITS);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graph I/O
+
+function declareBodyInputs(g: GraphBuilder, cfg: LlamaConfig): void {
+  g.input(INPUT_IDS, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
+  g.input(POSITION_IDS, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
+  g.input(ATTENTION_MASK, DataType.INT64, [DIM_BATCH, DIM_TOTAL_SEQUENCE]);
+  const kvShape: Dim[] = [DIM_BATCH, cfg.num_key_value_heads, DIM_PAST_SEQUENCE, cfg.head_dim];
+  for (let i = 0; i < cfg.num_hidden_layers; i++) {
+    g.input(pastKeyName(i), DataType.FLOAT, kvShape);
+    g.input(pastValueName(i), DataType.FLOAT, kvShape);
+  }
+}
+
+function declarePresentOutputs(g: GraphBuilder, cfg: LlamaConfig): void {
+  const kvShape: Dim[] = [DIM_BATCH, cfg.num_key_value_heads, DIM_TOTAL_SEQUENCE, cfg.head_dim];
+  for (let i = 0; i < cfg.num_hidden_layers; i++) {
+    g.output(presentKeyName(i), DataType.FLOAT, kvShape);
+    g.output(presentValueName(i), DataType.FLOAT, kvShape);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensors computed once and shared by every layer
+
+interface SharedTensors {
+  /** RoPE cos/sin for each token, [batch, sequence, 1, head_dim/2, 1] to broadcast over heads. */
+  cos: string;
+  sin: string;
+  /** bool [batch, 1, 1, sequence, total_sequence]: may this query attend this key. */
+  allowed: string;
+  /** sqrt(head_dim) as an f32 scalar, divided (not multiplied) as llama2.c does. */
+  scoreScale: string;
+}
+
+function buildSharedTensors(g: GraphBuilder, cfg: LlamaConfig): SharedTensors {
+  g.scope = 'rope';
+  const { cos, sin } = ropeTables(cfg);
+  const half = cfg.head_dim / 2;
+  const tableDims = [cfg.max_position_embeddings, half];
+  const perToken = (table: string): string => {
+    const gathered = g.op('Gather', [table, POSITION_IDS], { axis: attr.int(0) });
+    return g.op('Reshape', [gathered, g.constI64([0, 0, 1, half, 1])]);
+  };
+  const cosT = perToken(g.initializer('rope.cos_cached', cos, tableDims));
+  const sinT = perToken(g.initializer('rope.sin_cached', sin, tableDims));
+
+  g.scope = 'mask';
+  const allowed = attentionMask(g);
+  g.scope = '';
+  return { cos: cosT, sin: sinT, allowed, scoreScale: g.constF32([Math.sqrt(cfg.head_dim)], []) };
+}
+
+/**
+ * cos/sin of position * freq for every position and rotation pair, reproducing llama2.c's
+ * float32 arithmetic (`1.0f / powf(theta, i / (float)head_size)`, `pos * freq`, cosf/sinf) so
+ * the rotation is bit-close to llama2.c and llama.cpp rather than to a float64 reference.
+ */
+function ropeTables(cfg: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
+  const f = Math.fround;
+  const half = cfg.head_dim / 2;
+  const theta = f(cfg.rope_theta);
+  const freqs = Array.from({ length: half }, (_, j) => f(1 / f(Math.pow(theta, f((2 * j) / cfg.head_dim)))));
+  const cos = new Float32Array(cfg.max_position_embeddings * half);
+  const sin = new Float32Array(cos.length);
+  for (let pos = 0; pos < cfg.max_position_embeddings; pos++) {
+    for (let j = 0; j < half; j++) {
+      const angle = f(pos * freqs[j]);
+      cos[pos * half + j] = Math.cos(angle);
+      sin[pos * half + j] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}
+
+/**
+ * Causal (in index space) AND attention_mask. The past length comes from the first layer's past
+ * key shape, so one graph serves prefill (past 0) and decode.
+ */
+function attentionMask(g: GraphBuilder): string {
+  const scalar = (t: string): string => g.op('Squeeze', [t, g.constI64([0])]);
+  const seqLen = g.op('Shape', [INPUT_IDS], { start: attr.int(1), end: attr.int(2) });
+  const pastLen = g.op('Shape', [pastKeyName(0)], { start: attr.int(2), end: attr.int(3) });
+  const totalLen = scalar(g.op('Add', [pastLen, seqLen]));
+  const one = g.constI64([1], []);
+  const queryIdx = g.op('Range', [scalar(pastLen), totalLen, one]);
+  const keyIdx = g.op('Range', [g.constI64([0], []), totalLen, one]);
+  const queryCol = g.op('Unsqueeze', [queryIdx, g.constI64([1])]);
+  const causal = g.op('LessOrEqual', [keyIdx, queryCol]); // [S, T]
+  const notPad = g.op('Cast', [ATTENTION_MASK], { to: attr.int(DataType.BOOL) }); // [B, T]
+  const notPad5 = g.op('Unsqueeze', [notPad, g.constI64([1, 2, 3])]); // [B, 1, 1, 1, T]
+  return g.op('And', [causal, notPad5]); // [B, 1, 1, S, T]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder layer
+
+function decoderLayer(
+  g: GraphBuilder,
+  x: string,
+  layer: LlamaLayer,
+  i: number,
+  cfg: LlamaConfig,
+  shared: SharedTensors,
+  accuracyLevel: number,
+): string {
+  const p = `model.layers.${i}`;
+  const linear = (input: string, m: Matrix, name: string): string =>
+    linearLayer(g, input, m, `${p}.${name}`, accuracyLevel);
+
+  const attnNorm = g.initializer(`${p}.input_layernorm.weight`, layer.attnNorm);
+  const h = rmsNorm(g, x, attnNorm, cfg.rms_norm_eps);
+  const attn = selfAttention(g, h, layer, i, cfg, shared, linear);
+  x = g.op('Add', [x, linear(attn, layer.wo, 'self_attn.o_proj')]);
+
+  const ffnNorm = g.initializer(`${p}.post_attention_layernorm.weight`, layer.ffnNorm);
+  const h2 = rmsNorm(g, x, ffnNorm, cfg.rms_norm_eps);
+  const gate = linear(h2, layer.gate, 'mlp.gate_proj');
+  const up = linear(h2, layer.up, 'mlp.up_proj');
+  const silu = g.op('Mul', [gate, g.op('Sigmoid', [gate])]);
+  return g.op('Add', [x, linear(g.op('Mul', [silu, up]), layer.down, 'mlp.down_proj')]);
+}
+
+/** Returns the attention output before Wo: [batch, sequence, heads * head_dim]. */
+function selfAttention(
+  g: GraphBuilder,
+  h: string,
+  layer: LlamaLayer,
+  i: number,
+  cfg: LlamaConfig,
+  shared: SharedTensors,
+  linear: (input: string, m: Matrix, name: string) => string,
+): string {
+  const { num_attention_heads: nHeads, num_key_value_heads: nKv, head_dim: hd } = cfg;
+  const group = nHeads / nKv;
+
+  const q = applyRope(g, linear(h, layer.wq, 'self_attn.q_proj'), nHeads, hd, shared); // [B,S,H,hd]
+  const k = applyRope(g, linear(h, layer.wk, 'self_attn.k_proj'), nKv, hd, shared); // [B,S,KV,hd]
+  const v = g.op('Reshape', [linear(h, layer.wv, 'self_attn.v_proj'), g.constI64([0, 0, nKv, hd])]);
+
+  const toHeadMajor = (t: string): string => g.op('Transpose', [t], { perm: attr.ints([0, 2, 1, 3]) });
+  const axis2 = { axis: attr.int(2) };
+  const presentK = g.node('Concat', [pastKeyName(i), toHeadMajor(k)], { attrs: axis2, outputs: [presentKeyName(i)] })[0];
+  const presentV = g.node('Concat', [pastValueName(i), toHeadMajor(v)], { attrs: axis2, outputs: [presentValueName(i)] })[0];
+
+  // GQA without copying K/V: group the query heads by their KV head and let MatMul broadcast
+  // the KV head over the group axis. Query head h = kv * group + g, as in llama2.c.
+  const qGrouped = g.op('Transpose', [g.op('Reshape', [q, g.constI64([0, 0, nKv, group, hd])])], {
+    perm: attr.ints([0, 2, 3, 1, 4]),
+  }); // [B, KV, G, S, hd]
+  const unsqueeze2 = (t: string): string => g.op('Unsqueeze', [t, g.constI64([2])]);
+  const kT = g.op('Transpose', [unsqueeze2(presentK)], { perm: attr.ints([0, 1, 2, 4, 3]) }); // [B,KV,1,hd,T]
+
+  const scores = g.op('Div', [g.op('MatMul', [qGrouped, kT]), shared.scoreScale]); // [B,KV,G,S,T]
+  const masked = g.op('Where', [shared.allowed, scores, g.constF32([MASKED_SCORE], [])]);
+  const probs = g.op('Softmax', [masked], { axis: attr.int(-1) });
+  const context = g.op('MatMul', [probs, unsqueeze2(presentV)]); // [B, KV, G, S, hd]
+
+  const bySeq = g.op('Transpose', [context], { perm: attr.ints([0, 3, 1, 2, 4]) }); // [B,S,KV,G,hd]
+  return g.op('Reshape', [bySeq, g.constI64([0, 0, nHeads * hd])]);
+}
+
+/**
+ * Adjacent-pair RoPE on a projection [B, S, heads*hd] -> [B, S, heads, hd]: view as
+ * [..., hd/2, 2], split each pair (a, b) and write (a cos - b sin, a sin + b cos).
+ */
+function applyRope(g: GraphBuilder, proj: string, heads: number, hd: number, shared: SharedTensors): string {
+  const pairs = g.op('Reshape', [proj, g.constI64([0, 0, heads, hd / 2, 2])]);
+  const [a, b] = g.node('Split', [pairs, g.constI64([1, 1])], { attrs: { axis: attr.int(-1) }, numOutputs: 2 });
+  const mul = (x: string, y: string): string => g.op('Mul', [x, y]);
+  const ra = g.op('Sub', [mul(a, shared.cos), mul(b, shared.sin)]);
+  const rb = g.op('Add', [mul(a, shared.sin), mul(b, shared.cos)]);
+  const rotated = g.op('Concat', [ra, rb], { axis: attr.int(-1) });
+  return g.op('Reshape', [rotated, g.constI64([0, 0, heads, hd])]);
+}
+
+/** llama2.c's RMSNorm: w * (x * 1/sqrt(mean(x^2) + eps)), all in float32. */
+function rmsNorm(g: GraphBuilder, x: string, weight: string, eps: number, output?: string): string {
+  const meanSq = g.op('ReduceMean', [g.op('Mul', [x, x])], { axes: attr.ints([-1]), keepdims: attr.int(1) });
+  const inv = g.op('Reciprocal', [g.op('Sqrt', [g.op('Add', [meanSq, g.constF32([eps], [])])])]);
+  return g.op('Mul', [g.op('Mul', [x, inv]), weight], undefined, output);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear layers
+
+/** y = x W^T for W [out, in]; f32 via MatMul on a stored [in, out] copy, Q4_0 via MatMulNBits. */
+function linearLayer(g: GraphBuilder, x: string, m: Matrix, name: string, accuracyLevel: number): string {
+  if (m.kind === 'q4_0') return matMulNBits(g, x, m, name, accuracyLevel);
+  const wT = g.initializer(`${name}.weight_t`, transpose(m.data, m.rows, m.cols), [m.cols, m.rows]);
+  return g.op('MatMul', [x, wT]);
+}
+
+function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
+  }
+  return out;
+}
+
+function matMulNBits(
+  g: GraphBuilder,
+  x: string,
+  m: Matrix & { kind: 'q4_0' },
+  name: string,
+  accuracyLevel: number,
+  output?: string,
+): string {
+  const { packed, scales } = ggmlQ4_0ToMatMulNBits(m);
+  const blocks = m.cols / Q4_BLOCK;
+  const b = g.initializer(`${name}.qweight`, packed, [m.rows, blocks, Q4_PACKED_BLOCK_BYTES]);
+  const s = g.initializer(`${name}.scales`, scales, [m.rows, blocks]);
+  const attrs = {
+    K: attr.int(m.cols),
+    N: attr.int(m.rows),
+    bits: attr.int(4),
+    block_size: attr.int(Q4_BLOCK),
+    accuracy_level: attr.int(accuracyLevel),
+  };
+  // No zero_points input: MatMulNBits then uses 8 for 4-bit, which is exactly Q4_0's (q - 8) * d.
+  return g.node('MatMulNBits', [x, b, s], {
+    attrs,
+    domain: 'com.microsoft',
+    outputs: output === undefined ? undefined : [output],
+  })[0];
+}
+
+/**
+ * Repacks ggml Q4_0 blocks for MatMulNBits. Both quantize the same 32-element runs of a row with
+ * value (q - 8) * d; they differ in nibble order: ggml byte j holds elements j (low) and j + 16
+ * (high), MatMulNBits byte i holds elements 2i (low) and 2i + 1 (high). The f16 scale moves to a
+ * separate float32 tensor.
+ */
+function ggmlQ4_0ToMatMulNBits(m: Matrix & { kind: 'q4_0' }): { packed: Uint8Array; scales: Float32Array } {
+  const nBlocks = (m.rows * m.cols) / Q4_BLOCK;
+  const packed = new Uint8Array(nBlocks * Q4_PACKED_BLOCK_BYTES);
+  const scales = new Float32Array(nBlocks);
+  const q = new Uint8Array(Q4_BLOCK);
+  for (let blk = 0; blk < nBlocks; blk++) {
+    const src = blk * Q4_GGML_BLOCK_BYTES;
+    scales[blk] = f16ToF32(m.data[src] | (m.data[src + 1] << 8));
+    for (let j = 0; j < 16; j++) {
+      const byte = m.data[src + 2 + j];
+      q[j] = byte & 0x0f;
+      q[j + 16] = byte >> 4;
+    }
+    const dst = blk * Q4_PACKED_BLOCK_BYTES;
+    for (let i = 0; i < 16; i++) packed[dst + i] = q[2 * i] | (q[2 * i + 1] << 4);
+  }
+  return { packed, scales };
+}
+
+/** IEEE half (as its 16 bits) to a JS number; exact for every half value. */
+function f16ToF32(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 0x1f) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: fail at build time with a message naming the tensor, not inside ORT at load time.
+
+function validateWeights(weights: LlamaWeights): void {
+  const cfg = weights.config;
+  const { hidden_size: d, num_attention_heads: h, num_key_value_heads: kv, head_dim: hd } = cfg;
+  if (hd % 2 !== 0) throw new Error(`head_dim must be even for RoPE, got ${hd}`);
+  if (h % kv !== 0) throw new Error(`num_attention_heads (${h}) must be a multiple of num_key_value_heads (${kv})`);
+  if (cfg.num_hidden_layers < 1 || weights.layers.length !== cfg.num_hidden_layers) {
+    throw new Error(`expected ${cfg.num_hidden_layers} layers (at least 1), got ${weights.layers.length}`);
+  }
+  checkVector('tokEmbeddings', weights.tokEmbeddings, cfg.vocab_size * d);
+  checkVector('finalNorm', weights.finalNorm, d);
+  weights.layers.forEach((l, i) => {
+    const p = `layers[${i}]`;
+    checkVector(`${p}.attnNorm`, l.attnNorm, d);
+    checkVector(`${p}.ffnNorm`, l.ffnNorm, d);
+    checkMatrix(`${p}.wq`, l.wq, h * hd, d);
+    checkMatrix(`${p}.wk`, l.wk, kv * hd, d);
+    checkMatrix(`${p}.wv`, l.wv, kv * hd, d);
+    checkMatrix(`${p}.wo`, l.wo, d, h * hd);
+    checkMatrix(`${p}.gate`, l.gate, cfg.intermediate_size, d);
+    checkMatrix(`${p}.up`, l.up, cfg.intermediate_size, d);
+    checkMatrix(`${p}.down`, l.down, d, cfg.intermediate_size);
+  });
+}
+
+function checkVector(name: string, v: Float32Array, length: number): void {
+  if (v.length !== length) throw new Error(`${name}: expected ${length} values, got ${v.length}`);
+}
+
+function checkMatrix(name: string, m: Matrix, rows: number, cols: number): void {
+  if (m.rows !== rows || m.cols !== cols) {
+    throw new Error(`${name}: expected [${rows}, ${cols}], got [${m.rows}, ${m.cols}]`);
+  }
+  if (m.kind === 'f32') {
+    checkVector(name, m.data, rows * cols);
+    return;
+  }
+  if (cols % Q4_BLOCK !== 0) {
+    throw new Error(`${name}: q4_0 needs cols divisible by ${Q4_BLOCK}, got ${cols} (keep this matrix in f32)`);
+  }
+  const bytes = (rows * cols * Q4_GGML_BLOCK_BYTES) / Q4_BLOCK;
+  if (m.data.length !== bytes) throw new Error(`${name}: q4_0 [${rows}, ${cols}] needs ${bytes} bytes, got ${m.data.length}`);
+}
+
+function validateExtraLayers(layers: number[], numLayers: number): Set<number> {
+  for (const k of layers) {
+    if (!Number.isInteger(k) || k < 0 || k >= numLayers) {
+      throw new Error(`extraLayerOutputs: ${k} is not a layer index in [0, ${numLayers})`);
+    }
+  }
+  return new Set(layers);
+}

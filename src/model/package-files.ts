@@ -1,0 +1,81 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import type { LlamaConfig } from './types.js';
+
+/** File names inside a model package folder (documented in models/README.md). */
+export const PACKAGE_FILES = {
+  config: 'config.json',
+  generationConfig: 'generation_config.json',
+  tokenizer: 'tokenizer.json',
+  tokenizerConfig: 'tokenizer_config.json',
+  body: 'body.onnx',
+  head: 'head.onnx',
+  manifest: 'carryon-package.json',
+} as const;
+
+export const PACKAGE_FORMAT_VERSION = 1;
+
+/** config.json: Hugging Face LlamaConfig keys, plus the few our graphs need to be explicit about. */
+export const ModelConfigFile = z.object({
+  architectures: z.array(z.string()).optional(),
+  model_type: z.literal('llama'),
+  hidden_size: z.number().int().positive(),
+  intermediate_size: z.number().int().positive(),
+  num_hidden_layers: z.number().int().positive(),
+  num_attention_heads: z.number().int().positive(),
+  num_key_value_heads: z.number().int().positive(),
+  head_dim: z.number().int().positive(),
+  vocab_size: z.number().int().positive(),
+  max_position_embeddings: z.number().int().positive(),
+  rope_theta: z.number().positive(),
+  rope_style: z.literal('interleaved'),
+  rms_norm_eps: z.number().positive(),
+  tie_word_embeddings: z.boolean(),
+  bos_token_id: z.number().int().nonnegative(),
+  eos_token_id: z.number().int().nonnegative(),
+});
+
+export const PackageManifest = z.object({
+  format_version: z.literal(PACKAGE_FORMAT_VERSION),
+  name: z.string(),
+  /** sha256 over config.json, body.onnx and head.onnx: carry-ons bind to it. */
+  fingerprint: z.string().regex(/^[0-9a-f]{64}$/),
+  quantization: z.enum(['f32', 'q4_0', 'mixed']),
+  source: z.object({ format: z.enum(['llama2c', 'gguf']), file: z.string(), sha256: z.string() }),
+  created_at: z.string(),
+  /** Layers whose residual stream the body can also output (besides the final one). */
+  extra_layer_outputs: z.array(z.number().int().nonnegative()),
+});
+export type PackageManifest = z.infer<typeof PackageManifest>;
+
+export function toConfigFile(c: LlamaConfig): z.infer<typeof ModelConfigFile> {
+  return {
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    hidden_size: c.hidden_size,
+    intermediate_size: c.intermediate_size,
+    num_hidden_layers: c.num_hidden_layers,
+    num_attention_heads: c.num_attention_heads,
+    num_key_value_heads: c.num_key_value_heads,
+    head_dim: c.head_dim,
+    vocab_size: c.vocab_size,
+    max_position_embeddings: c.max_position_embeddings,
+    rope_theta: c.rope_theta,
+    rope_style: c.rope_style,
+    rms_norm_eps: c.rms_norm_eps,
+    tie_word_embeddings: c.tie_word_embeddings,
+    bos_token_id: c.bos_token_id,
+    eos_token_id: c.eos_token_id,
+  };
+}
+
+export function readModelConfig(dir: string): LlamaConfig {
+  const raw = JSON.parse(fs.readFileSync(path.join(dir, PACKAGE_FILES.config), 'utf8'));
+  const c = ModelConfigFile.parse(raw);
+  return { architecture: 'llama', ...c };
+}
+
+export function readManifest(dir: string): PackageManifest {
+  return PackageManifest.parse(JSON.parse(fs.readFileSync(path.join(dir, PACKAGE_FILES.manifest), 'utf8')));
+}

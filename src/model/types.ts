@@ -1,0 +1,75 @@
+/**
+ * In-memory form of a Llama-architecture checkpoint, whatever file it came from.
+ * Matrices follow the PyTorch / ggml convention: `rows` = output features, `cols` = input features,
+ * row-major, so `y = W x` and each row is contiguous (this is also how ggml quantizes: along a row).
+ */
+export interface LlamaConfig {
+  architecture: 'llama';
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  head_dim: number;
+  vocab_size: number;
+  /** Context length the model was trained for (llama2.c `seq_len`, GGUF `llama.context_length`). */
+  max_position_embeddings: number;
+  rope_theta: number;
+  /** Rotation pairs: 'interleaved' rotates (x[2i], x[2i+1]) as llama2.c and GGUF llama do. */
+  rope_style: 'interleaved';
+  rms_norm_eps: number;
+  tie_word_embeddings: boolean;
+  bos_token_id: number;
+  eos_token_id: number;
+}
+
+export type Matrix =
+  | { kind: 'f32'; rows: number; cols: number; data: Float32Array }
+  /** ggml Q4_0 blocks kept as-is: per row, cols/32 blocks of (f16 scale, 16 bytes of nibbles). */
+  | { kind: 'q4_0'; rows: number; cols: number; data: Uint8Array };
+
+export interface LlamaLayer {
+  attnNorm: Float32Array;
+  wq: Matrix;
+  wk: Matrix;
+  wv: Matrix;
+  wo: Matrix;
+  ffnNorm: Float32Array;
+  /** SwiGLU: down(silu(gate x) * up x). llama2.c calls them w1 (gate), w2 (down), w3 (up). */
+  gate: Matrix;
+  down: Matrix;
+  up: Matrix;
+}
+
+export interface LlamaWeights {
+  config: LlamaConfig;
+  /** [vocab, hidden], always f32 (it feeds a Gather). */
+  tokEmbeddings: Float32Array;
+  layers: LlamaLayer[];
+  finalNorm: Float32Array;
+  /** LM head [vocab, hidden]; null when tied to tokEmbeddings. */
+  output: Matrix | null;
+}
+
+/** SentencePiece-style vocabulary, as both llama2.c tokenizer.bin and GGUF carry it. */
+export interface SentencePieceVocab {
+  /** Pieces with the space written as U+2581, byte tokens as `<0xNN>`. */
+  tokens: string[];
+  scores: number[];
+  /** SentencePiece piece types: 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte. */
+  types: number[];
+  bos: number;
+  eos: number;
+  unk: number;
+  /** Whether the tokenizer prepends a space to the text (llama2.c and Llama SentencePiece: yes). */
+  addSpacePrefix: boolean;
+  /** Chat template from the source, when it has one (GGUF `tokenizer.chat_template`). */
+  chatTemplate?: string;
+}
+
+export interface ImportedCheckpoint {
+  weights: LlamaWeights;
+  vocab: SentencePieceVocab;
+  /** Where it came from, for the package's provenance record. */
+  source: { format: 'llama2c' | 'gguf'; path: string; sha256: string };
+}

@@ -1,0 +1,70 @@
+import { z } from 'zod';
+
+/**
+ * The OpenAI surface's request schemas, in one place. Unknown fields are ignored (SDKs add new ones
+ * often); fields we cannot honour are refused by name in the serving modules, never silently dropped.
+ */
+const stop = z.union([z.string(), z.array(z.string()).max(4)]).nullish();
+const penalty = z.number().min(-2).max(2).nullish();
+
+const sampling = {
+  model: z.string().min(1),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().gt(0).max(1).nullish(),
+  /** Not in OpenAI's API; vLLM's name, reachable through the SDK's extra_body. -1 or 0 disables it. */
+  top_k: z.number().int().min(-1).nullish(),
+  n: z.number().int().min(1).nullish(),
+  stream: z.boolean().nullish(),
+  stream_options: z.object({ include_usage: z.boolean().nullish() }).nullish(),
+  stop,
+  max_tokens: z.number().int().min(1).nullish(),
+  presence_penalty: penalty,
+  frequency_penalty: penalty,
+  seed: z.number().int().nullish(),
+  user: z.string().nullish(),
+  logit_bias: z.record(z.string(), z.number()).nullish(),
+};
+
+const textPart = z.object({ type: z.literal('text'), text: z.string() });
+const contentPart = z.union([textPart, z.object({ type: z.string() }).passthrough()]);
+
+export const ChatMessageSchema = z.object({
+  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+  content: z.union([z.string(), z.array(contentPart)]).nullish(),
+  name: z.string().nullish(),
+});
+
+export const ChatCompletionRequest = z.object({
+  ...sampling,
+  messages: z.array(ChatMessageSchema).min(1),
+  max_completion_tokens: z.number().int().min(1).nullish(),
+  logprobs: z.boolean().nullish(),
+  top_logprobs: z.number().int().min(0).max(20).nullish(),
+  tools: z.array(z.unknown()).nullish(),
+  tool_choice: z.unknown().optional(),
+  response_format: z.object({ type: z.string() }).passthrough().nullish(),
+});
+export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
+
+const tokenIds = z.array(z.number().int().min(0));
+
+export const CompletionRequest = z.object({
+  ...sampling,
+  prompt: z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds.min(1)).min(1)]),
+  echo: z.boolean().nullish(),
+  logprobs: z.number().int().min(0).max(5).nullish(),
+  suffix: z.string().nullish(),
+  best_of: z.number().int().min(1).nullish(),
+});
+export type CompletionRequest = z.infer<typeof CompletionRequest>;
+
+export const EmbeddingRequest = z.object({
+  model: z.string().min(1),
+  input: z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds.min(1)).min(1)]),
+  encoding_format: z.enum(['float', 'base64']).nullish(),
+  dimensions: z.number().int().min(1).nullish(),
+  user: z.string().nullish(),
+});
+export type EmbeddingRequest = z.infer<typeof EmbeddingRequest>;
+
+export const ModelParams = z.object({ model: z.string().min(1) });

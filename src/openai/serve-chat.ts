@@ -1,0 +1,111 @@
+import type { ChatMessage } from '../chat-template.js';
+import { ApiError } from '../errors.js';
+import type { Gateway } from '../gateway.js';
+import type { ChoiceDelta, TokenDetail } from '../generation.js';
+import type { ModelTokenizer } from '../tokenizer.js';
+import type { ChatCompletionRequest } from './protocol.js';
+import { requestId, samplingFrom } from './sampling.js';
+import { collect, type ServeResult } from './serve-result.js';
+
+/** /v1/chat/completions serving logic: messages → template → generation → OpenAI objects. */
+export async function serveChat(gw: Gateway, body: ChatCompletionRequest, signal: AbortSignal): Promise<ServeResult> {
+  gw.resolveModel(body.model);
+  const m = gw.model();
+  refuseUnsupported(body);
+  const prompt = renderPrompt(m.chatTemplate, body.messages);
+  const promptIds = m.tokenizer.encode(prompt, false);
+  const wantLogprobs = body.logprobs === true;
+  const run = await m.generator.start({
+    promptIds,
+    promptParam: 'messages',
+    maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
+    maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
+    ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN),
+    signal,
+  });
+  const id = requestId('chatcmpl');
+  const created = Math.floor(Date.now() / 1000);
+  const base = { id, created, model: body.model, system_fingerprint: null };
+  const logprobs = (tokens: TokenDetail[]) => (wantLogprobs ? { content: tokens.map((t) => chatLogprob(m.tokenizer, t)) } : null);
+
+  if (!body.stream) {
+    const choices = await collect(run.deltas(), body.n ?? 1);
+    return {
+      kind: 'json',
+      body: {
+        ...base,
+        object: 'chat.completion',
+        choices: choices.map((c, index) => ({
+          index,
+          message: { role: 'assistant', content: c.text, refusal: null },
+          logprobs: logprobs(c.tokens),
+          finish_reason: c.finishReason,
+        })),
+        usage: run.usage,
+      },
+    };
+  }
+
+  const includeUsage = body.stream_options?.include_usage === true;
+  const chunk = (choices: unknown[]) => ({ ...base, object: 'chat.completion.chunk', choices, ...(includeUsage ? { usage: null } : {}) });
+  async function* chunks(): AsyncGenerator<object> {
+    const started = new Set<number>();
+    for await (const d of run.deltas() as AsyncIterable<ChoiceDelta>) {
+      const delta: Record<string, string> = {};
+      if (!started.has(d.index)) {
+        started.add(d.index);
+        delta.role = 'assistant';
+        delta.content = '';
+      }
+      if (d.text) delta.content = d.text;
+      if (!d.text && d.tokens.length === 0 && !d.finishReason && !delta.role) continue;
+      yield chunk([{ index: d.index, delta, logprobs: d.tokens.length > 0 ? logprobs(d.tokens) : null, finish_reason: d.finishReason ?? null }]);
+    }
+    if (includeUsage) yield { ...base, object: 'chat.completion.chunk', choices: [], usage: run.usage };
+  }
+  return { kind: 'stream', chunks: chunks(), cancel: () => run.cancel() };
+}
+
+function refuseUnsupported(body: ChatCompletionRequest): void {
+  if (body.tools && body.tools.length > 0) {
+    throw new ApiError('unsupported_parameter', "'tools' is not supported by this model.", { param: 'tools' });
+  }
+  if (body.response_format && body.response_format.type !== 'text') {
+    throw new ApiError('unsupported_parameter', `response_format '${body.response_format.type}' is not supported.`, { param: 'response_format.type' });
+  }
+}
+
+function renderPrompt(template: { render(m: ChatMessage[]): string }, messages: ChatCompletionRequest['messages']): string {
+  const plain: ChatMessage[] = messages.map((msg, i) => ({
+    role: msg.role,
+    content: textOf(msg.content, i),
+    ...(msg.name ? { name: msg.name } : {}),
+  }));
+  try {
+    return template.render(plain);
+  } catch (err) {
+    // Templates raise on conversations they do not accept (e.g. roles out of order).
+    throw new ApiError('invalid_value', `The chat template rejected these messages: ${(err as Error).message}`, { param: 'messages' });
+  }
+}
+
+function textOf(content: ChatCompletionRequest['messages'][number]['content'], i: number): string {
+  if (content == null) return '';
+  if (typeof content === 'string') return content;
+  return content
+    .map((part, j) => {
+      if (part.type === 'text' && typeof (part as { text?: unknown }).text === 'string') return (part as { text: string }).text;
+      throw new ApiError('invalid_value', `Content part type '${part.type}' is not supported; this model reads text only.`, {
+        param: `messages[${i}].content[${j}].type`,
+      });
+    })
+    .join('');
+}
+
+function chatLogprob(tok: ModelTokenizer, t: TokenDetail) {
+  const entry = (id: number, logprob: number) => {
+    const p = tok.piece(id);
+    return { token: p.text, logprob, bytes: p.bytes };
+  };
+  return { ...entry(t.id, t.logprob), top_logprobs: t.top.map(([id, lp]) => entry(id, lp)) };
+}

@@ -1,0 +1,25 @@
+import type { ChoiceDelta, TokenDetail } from '../generation.js';
+import type { FinishReason } from '../engine/protocol.js';
+
+/** What a serving module hands its route: one JSON body, or chunks for Server-Sent Events. */
+export type ServeResult =
+  | { kind: 'json'; body: object }
+  | { kind: 'stream'; chunks: AsyncIterable<object>; cancel: () => void };
+
+export interface CollectedChoice {
+  text: string;
+  tokens: TokenDetail[];
+  finishReason: FinishReason | null;
+}
+
+/** Gathers a whole generation for a non-streaming response. */
+export async function collect(deltas: AsyncIterable<ChoiceDelta>, n: number): Promise<CollectedChoice[]> {
+  const choices: CollectedChoice[] = Array.from({ length: n }, () => ({ text: '', tokens: [], finishReason: null }));
+  for await (const d of deltas) {
+    const c = choices[d.index];
+    c.text += d.text;
+    c.tokens.push(...d.tokens);
+    if (d.finishReason) c.finishReason = d.finishReason;
+  }
+  return choices;
+}

@@ -1,0 +1,107 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { KeyStore } from './auth.js';
+import { ChatTemplate } from './chat-template.js';
+import type { Config } from './config.js';
+import { Engine } from './engine/engine.js';
+import { writeFileAtomic } from './fs-atomic.js';
+import { Gateway } from './gateway.js';
+import { Generator } from './generation.js';
+import { buildApp } from './http/app.js';
+import { resolveModelPackage } from './model/model-source.js';
+import { readManifest } from './model/package-files.js';
+import { Scheduler } from './scheduler.js';
+import { ModelTokenizer } from './tokenizer.js';
+
+export interface RunningServer {
+  app: FastifyInstance;
+  gateway: Gateway;
+  /** Resolves once the model is loaded (or rejects if it failed). */
+  ready: Promise<void>;
+  url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Boots the gateway: listen first (so probes answer and /v1 says 503 while loading), then resolve,
+ * import if needed, and load the model in the engine worker.
+ */
+export async function startServer(config: Config): Promise<RunningServer> {
+  fs.mkdirSync(config.dataDir, { recursive: true });
+  const adminKey = config.CARRYON_ADMIN_KEY || ensureGeneratedAdminKey(config.dataDir);
+  const keys = new KeyStore({ admin: [adminKey], inference: config.inferenceKeys });
+  const scheduler = new Scheduler({ maxLive: config.CARRYON_MAX_LIVE_SEQUENCES, maxWaiting: config.CARRYON_MAX_WAITING });
+  const modelName = config.CARRYON_MODEL_NAME || nameFromSetting(config.CARRYON_MODEL);
+  const gateway = new Gateway(modelName, scheduler, { maxN: config.CARRYON_MAX_N, maxEmbeddingInputs: config.CARRYON_MAX_EMBEDDING_INPUTS });
+  const app = await buildApp({
+    gateway,
+    keys,
+    allowAnonymous: config.CARRYON_ALLOW_ANONYMOUS,
+    bodyLimit: config.CARRYON_MAX_BODY_BYTES,
+    logLevel: config.CARRYON_LOG_LEVEL,
+  });
+  const url = await app.listen({ host: config.HOST, port: config.PORT });
+  if (!config.CARRYON_ADMIN_KEY) app.log.warn(`no CARRYON_ADMIN_KEY set: using the generated key in ${adminKeyPath(config.dataDir)}`);
+
+  let engine: Engine | null = null;
+  const ready = (async () => {
+    const dir = await resolveModelPackage({
+      model: config.CARRYON_MODEL,
+      tokenizer: config.CARRYON_TOKENIZER,
+      dataDir: config.dataDir,
+      downloadBaseUrl: config.CARRYON_DOWNLOAD_BASE_URL,
+      log: (m) => app.log.info(m),
+    });
+    engine = await Engine.start({
+      modelDir: dir,
+      provider: config.CARRYON_EXECUTION_PROVIDER,
+      threads: config.CARRYON_THREADS,
+      prefillChunk: config.CARRYON_PREFILL_CHUNK,
+    });
+    const tokenizer = ModelTokenizer.load(dir, engine.info.vocabSize);
+    const chatTemplate = new ChatTemplate(tokenizer.chatTemplate, { bos_token: tokenizer.bosToken, eos_token: tokenizer.eosToken });
+    const contextLength = engine.info.contextLength;
+    const generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS });
+    gateway.setReady({ engine, tokenizer, chatTemplate, generator, contextLength, hiddenSize: engine.info.hiddenSize });
+    app.log.info({ model: modelName, package: dir, fingerprint: readManifest(dir).fingerprint }, 'model ready');
+  })().catch((err: Error) => {
+    gateway.setFailed(err.message);
+    app.log.error({ err }, 'model failed to load');
+    throw err;
+  });
+  ready.catch(() => {}); // observed by callers that await it; the failure is already logged
+
+  return {
+    app,
+    gateway,
+    ready,
+    url,
+    async close() {
+      gateway.status = 'stopping';
+      scheduler.drain();
+      await app.close();
+      await (engine as Engine | null)?.close();
+    },
+  };
+}
+
+function nameFromSetting(model: string): string {
+  if (!model) return 'stories260K';
+  const base = path.basename(path.resolve(model));
+  return base.replace(/\.(gguf|bin)$/i, '');
+}
+
+export function adminKeyPath(dataDir: string): string {
+  return path.join(dataDir, 'admin-key');
+}
+
+/** Secure by default: with no admin key configured, make one, readable only by this user. */
+function ensureGeneratedAdminKey(dataDir: string): string {
+  const file = adminKeyPath(dataDir);
+  if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
+  const key = `sk-admin-${randomBytes(24).toString('base64url')}`;
+  writeFileAtomic(file, `${key}\n`, 0o600);
+  return key;
+}

@@ -1,0 +1,78 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { PACKAGE_FILES } from './model/package-files.js';
+
+export interface TokenPiece {
+  /** The token's text as OpenAI reports it in logprobs; `bytes:\xNN` for a lone non-UTF-8 byte. */
+  text: string;
+  bytes: number[];
+}
+
+/**
+ * The model's tokenizer, from the package's Hugging Face tokenizer.json, plus what the gateway needs
+ * around it: special-token ids, per-token text for logprobs, and the chat template string.
+ */
+export class ModelTokenizer {
+  readonly bosId: number;
+  readonly eosId: number;
+  readonly bosToken: string;
+  readonly eosToken: string;
+  readonly chatTemplate: string | null;
+  private readonly pieces: TokenPiece[];
+
+  constructor(
+    private readonly tok: Tokenizer,
+    config: Record<string, unknown>,
+    vocabSize: number,
+  ) {
+    this.bosToken = tokenName(config.bos_token) ?? '<s>';
+    this.eosToken = tokenName(config.eos_token) ?? '</s>';
+    this.bosId = tok.token_to_id(this.bosToken) ?? -1;
+    this.eosId = tok.token_to_id(this.eosToken) ?? -1;
+    this.chatTemplate = typeof config.chat_template === 'string' ? config.chat_template : null;
+    this.pieces = Array.from({ length: vocabSize }, (_, id) => pieceOf(tok.id_to_token(id) ?? ''));
+  }
+
+  static load(modelDir: string, vocabSize: number): ModelTokenizer {
+    const json = JSON.parse(fs.readFileSync(path.join(modelDir, PACKAGE_FILES.tokenizer), 'utf8'));
+    const config = JSON.parse(fs.readFileSync(path.join(modelDir, PACKAGE_FILES.tokenizerConfig), 'utf8'));
+    return new ModelTokenizer(new Tokenizer(json, config), config, vocabSize);
+  }
+
+  /** `addSpecial`: add BOS as the model expects for raw text; chat templates write it themselves. */
+  encode(text: string, addSpecial: boolean): number[] {
+    return this.tok.encode(text, { add_special_tokens: addSpecial }).ids;
+  }
+
+  decode(ids: number[]): string {
+    return this.tok.decode(ids, { skip_special_tokens: true });
+  }
+
+  get vocabSize(): number {
+    return this.pieces.length;
+  }
+
+  piece(id: number): TokenPiece {
+    return this.pieces[id] ?? { text: '', bytes: [] };
+  }
+}
+
+function tokenName(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') {
+    return (v as { content: string }).content;
+  }
+  return undefined;
+}
+
+/** SentencePiece pieces: U+2581 is a space, `<0xNN>` a raw byte. */
+function pieceOf(raw: string): TokenPiece {
+  const byte = /^<0x([0-9A-Fa-f]{2})>$/.exec(raw);
+  if (byte) {
+    const b = parseInt(byte[1], 16);
+    return { text: b < 0x80 ? String.fromCharCode(b) : `bytes:\\x${byte[1].toLowerCase()}`, bytes: [b] };
+  }
+  const text = raw.replace(/\u2581/g, ' ');
+  return { text, bytes: [...Buffer.from(text, 'utf8')] };
+}

@@ -1,0 +1,34 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadConfig } from '../../src/config.js';
+import { startServer, type RunningServer } from '../../src/server.js';
+
+export const ADMIN_KEY = 'sk-test-admin-0123456789';
+export const USER_KEY = 'sk-test-user-0123456789';
+
+/** A models cache shared by test files, so stories260K is imported once per run, not once per file. */
+const SHARED_DATA = path.join(os.tmpdir(), 'carryon-test-data');
+
+export interface TestGateway extends RunningServer {
+  dataDir: string;
+}
+
+/** Starts the real gateway on an ephemeral port with the default model (stories260K from ../shared). */
+export async function startTestGateway(env: Record<string, string> = {}): Promise<TestGateway> {
+  const dataDir = env.CARRYON_DATA_DIR ?? SHARED_DATA;
+  fs.mkdirSync(dataDir, { recursive: true });
+  const config = loadConfig({
+    HOST: '127.0.0.1',
+    PORT: '0',
+    CARRYON_DATA_DIR: dataDir,
+    CARRYON_ADMIN_KEY: ADMIN_KEY,
+    CARRYON_API_KEYS: USER_KEY,
+    CARRYON_THREADS: '1',
+    CARRYON_LOG_LEVEL: 'silent',
+    ...env,
+  });
+  const server = await startServer(config);
+  await server.ready;
+  return { ...server, dataDir };
+}
