@@ -3,7 +3,7 @@
  * same model bit for bit; our GGUF writer must round-trip and produce files llama.cpp runs.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -376,6 +376,13 @@ describe('GGUF writer', () => {
   it('refuses values that do not fit their declared type', async () => {
     const bad = new Map([['x', gguf.u8(256)]]);
     await expect(writeGguf(path.join(tmp, 'bad.gguf'), { metadata: bad, tensors: [] })).rejects.toThrow(/x/);
+
+    // A tensor that fails mid-write leaves neither the target nor a partial file behind.
+    const target = path.join(tmp, 'failed', 'bad-tensor.gguf');
+    mkdirSync(path.dirname(target));
+    const tensors = [{ name: 'w', dims: [32], type: GgmlType.F32, data: new Float32Array(31) }];
+    await expect(writeGguf(target, { metadata: new Map(), tensors })).rejects.toThrow(/w: 31 values/);
+    expect(readdirSync(path.dirname(target))).toEqual([]);
   });
 
   it('refuses non-llama GGUF files clearly', async () => {
