@@ -28,7 +28,7 @@ export interface RunningServer {
  * Boots the gateway: listen first (so probes answer and /v1 says 503 while loading), then resolve,
  * import if needed, and load the model in the engine worker.
  */
-export async function startServer(config: Config): Promise<RunningServer> {
+export async function startServer(config: Config & { sharedModelDir?: string }): Promise<RunningServer> {
   fs.mkdirSync(config.dataDir, { recursive: true });
   const adminKey = config.CARRYON_ADMIN_KEY || ensureGeneratedAdminKey(config.dataDir);
   const keys = new KeyStore({ admin: [adminKey], inference: config.inferenceKeys });
@@ -52,6 +52,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       tokenizer: config.CARRYON_TOKENIZER,
       dataDir: config.dataDir,
       downloadBaseUrl: config.CARRYON_DOWNLOAD_BASE_URL,
+      sharedDir: config.sharedModelDir,
       log: (m) => app.log.info(m),
     });
     engine = await Engine.start({
