@@ -1,10 +1,23 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { initCarryOnWeights } from './carryon/graph.js';
+import { CARRYON_FILES } from './carryon/manifest.js';
+import { writeCarryOnPackage } from './carryon/package.js';
+import type { InputLayer } from './carryon/tensor-names.js';
 import { importModel } from './model/import.js';
+import { readManifest, readModelConfig } from './model/package-files.js';
 
 const USAGE = `usage:
   carryon import SRC OUT [--tokenizer TOKENIZER_BIN] [--name NAME] [--layers 2,4]
       Build a model package folder OUT from a llama2.c checkpoint (.bin, with its tokenizer.bin)
       or a llama-architecture GGUF file (F32, F16, Q8_0, Q4_0 tensors).
+  carryon carry-on init --base MODEL_DIR --out DIR --id ID [--width 64] [--layers 2] [--heads 4]
+      [--kv-heads N] [--intermediate N] [--alpha 1] [--layers-in final,3] [--token-ids] [--seed 0]
+      [--description TEXT]
+      Write a freshly initialised carry-on package for the model package MODEL_DIR: its delta is
+      exactly 0, so it serves the base unchanged until trained. --layers-in picks the base hidden
+      states it reads ('final' or block indices the base was imported with --layers).
   carryon serve
       Start the gateway (same as npm start); configured by environment variables, see README.`;
 
@@ -27,6 +40,8 @@ async function main(argv: string[]): Promise<number> {
       console.log(`imported ${src} -> ${out} (fingerprint ${manifest.fingerprint}, ${manifest.quantization})`);
       return 0;
     }
+    case 'carry-on':
+      return carryOnCommand(rest);
     case 'serve':
       await import('./main.js');
       return -1;
@@ -34,6 +49,90 @@ async function main(argv: string[]): Promise<number> {
       console.error(USAGE);
       return command === undefined || command === '--help' || command === 'help' ? 0 : 2;
   }
+}
+
+async function carryOnCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  if (sub !== 'init') {
+    console.error(USAGE);
+    return 2;
+  }
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      base: { type: 'string' },
+      out: { type: 'string' },
+      id: { type: 'string' },
+      width: { type: 'string', default: '64' },
+      layers: { type: 'string', default: '2' },
+      heads: { type: 'string', default: '4' },
+      'kv-heads': { type: 'string' },
+      intermediate: { type: 'string' },
+      alpha: { type: 'string', default: '1' },
+      'layers-in': { type: 'string', default: 'final' },
+      'token-ids': { type: 'boolean', default: false },
+      seed: { type: 'string', default: '0' },
+      description: { type: 'string', default: '' },
+    },
+  });
+  if (!values.base || !values.out || !values.id) {
+    console.error(USAGE);
+    return 2;
+  }
+  const config = readModelConfig(values.base);
+  const base = readManifest(values.base);
+  const inputLayers = parseInputLayers(values['layers-in'], base.extra_layer_outputs);
+  const weights = initCarryOnWeights({
+    hiddenSize: config.hidden_size,
+    vocabSize: config.vocab_size,
+    width: intOption('width', values.width),
+    layers: intOption('layers', values.layers),
+    heads: intOption('heads', values.heads),
+    kvHeads: values['kv-heads'] === undefined ? undefined : intOption('kv-heads', values['kv-heads']),
+    intermediate: values.intermediate === undefined ? undefined : intOption('intermediate', values.intermediate),
+    inputLayers,
+    readsTokenIds: values['token-ids'],
+    seed: intOption('seed', values.seed),
+    // Same positions and norm epsilon as the base: the carry-on sees exactly the base's positions.
+    maxPositions: config.max_position_embeddings,
+    ropeTheta: config.rope_theta,
+    rmsNormEps: config.rms_norm_eps,
+  });
+  const manifest = await writeCarryOnPackage(values.out, weights, {
+    id: values.id,
+    baseFingerprint: base.fingerprint,
+    description: values.description,
+    defaultAlpha: Number(values.alpha),
+  });
+  const bytes = fs.statSync(path.join(values.out, CARRYON_FILES.graph)).size;
+  console.log(
+    `carry-on ${manifest.id} v${manifest.version} -> ${values.out}: ${manifest.parameter_count} params, ` +
+      `${bytes} bytes, inputs ${manifest.input_layers.join(',')}${manifest.reads_token_ids ? '+token ids' : ''} ` +
+      `(base ${base.name}, fingerprint ${base.fingerprint.slice(0, 12)})`,
+  );
+  return 0;
+}
+
+function intOption(name: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new Error(`--${name} must be an integer, got '${value}'`);
+  return n;
+}
+
+/** Numeric layers must be ones the base body outputs, or the engine could never feed them. */
+function parseInputLayers(spec: string, available: number[]): InputLayer[] {
+  return spec.split(',').map((s): InputLayer => {
+    const item = s.trim();
+    if (item === 'final') return 'final';
+    const k = intOption('layers-in', item);
+    if (!available.includes(k)) {
+      throw new Error(
+        `--layers-in ${k}: the base package does not output hidden_states.layer.${k} ` +
+          `(it has [${available.join(',')}]; re-import it with --layers ${k})`,
+      );
+    }
+    return k;
+  });
 }
 
 const code = await main(process.argv.slice(2)).catch((err: Error) => {

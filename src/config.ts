@@ -43,6 +43,10 @@ export const ConfigSchema = z.object({
   CARRYON_MAX_N: int(1, 128).default(8),
   /** Upper bound on inputs per /v1/embeddings request. */
   CARRYON_MAX_EMBEDDING_INPUTS: int(1, 65536).default(256),
+  /** Resident carry-on bytes (graph sizes) before the least recently used idle ones are evicted. */
+  CARRYON_CARRY_ON_BUDGET_BYTES: int(1, Number.MAX_SAFE_INTEGER).default(1 << 30),
+  /** Comma-separated `tenant/carry-on-id` never evicted for space. */
+  CARRYON_PINNED_CARRY_ONS: z.string().default(''),
   CARRYON_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -52,6 +56,7 @@ export interface Config extends RawConfig {
   /** Absolute data folder. */
   dataDir: string;
   inferenceKeys: string[];
+  pinnedCarryOns: Set<string>;
 }
 
 export class ConfigError extends Error {
@@ -73,5 +78,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     ...raw,
     dataDir: path.resolve(cwd, raw.CARRYON_DATA_DIR),
     inferenceKeys: raw.CARRYON_API_KEYS.split(',').map((k) => k.trim()).filter(Boolean),
+    pinnedCarryOns: new Set(raw.CARRYON_PINNED_CARRY_ONS.split(',').map((k) => k.trim()).filter(Boolean)),
   };
 }

@@ -1,3 +1,6 @@
+import type { CarryOnCatalog, CarryOnVersionRecord } from './carryon/catalog.js';
+import type { CarryOnRegistry } from './carryon/registry.js';
+import { notFound, routeModel, type Caller } from './carryon/routing.js';
 import type { ChatTemplate } from './chat-template.js';
 import type { Engine } from './engine/engine.js';
 import { ApiError } from './errors.js';
@@ -12,6 +15,7 @@ export interface ModelServices {
   generator: Generator;
   contextLength: number;
   hiddenSize: number;
+  registry: CarryOnRegistry;
 }
 
 export type GatewayStatus = 'loading' | 'ready' | 'failed' | 'stopping';
@@ -30,6 +34,8 @@ export class Gateway {
     readonly modelName: string,
     readonly scheduler: Scheduler,
     readonly limits: { maxN: number; maxEmbeddingInputs: number },
+    /** Tenants' carry-ons; null when the gateway runs without a metadata store. */
+    readonly catalog: CarryOnCatalog | null = null,
   ) {}
 
   setReady(services: ModelServices): void {
@@ -53,10 +59,13 @@ export class Gateway {
     return this.services;
   }
 
-  /** Resolves a request's `model` field; anything but the served model is a 404. */
-  resolveModel(name: string): void {
-    if (name !== this.modelName) {
-      throw new ApiError('model_not_found', `The model '${name}' does not exist or you do not have access to it.`, { param: 'model' });
-    }
+  /** Resolves a request's `model` field to the base (null) or one of the caller's carry-on versions. */
+  route(model: string, caller: Caller): CarryOnVersionRecord | null {
+    return routeModel(model, this.modelName, caller, this.catalog);
+  }
+
+  /** For surfaces served by the base alone (embeddings): its name, or `<base>:base`. */
+  requireBase(model: string): void {
+    if (model !== this.modelName && model !== `${this.modelName}:base`) throw notFound(model);
   }
 }

@@ -1,6 +1,8 @@
 import { AsyncQueue } from './async-queue.js';
+import type { CarryOnVersionRecord } from './carryon/catalog.js';
+import type { CarryOnLease, CarryOnRegistry } from './carryon/registry.js';
 import type { Engine } from './engine/engine.js';
-import type { FinishReason, SamplingParams } from './engine/protocol.js';
+import type { CarryOnUse, FinishReason, SamplingParams } from './engine/protocol.js';
 import { ApiError } from './errors.js';
 import type { Scheduler } from './scheduler.js';
 import { TextAssembler } from './text-assembler.js';
@@ -16,6 +18,8 @@ export interface GenerationRequest {
   maxTokensParam: string;
   sampling: Omit<SamplingParams, 'maxTokens' | 'stopTokenIds'>;
   stop: string[];
+  /** The carry-on to compose with the base, and its α; null: the base alone. */
+  carryOn: { record: CarryOnVersionRecord; alpha: number } | null;
   /** Aborts when the client goes away. */
   signal: AbortSignal;
 }
@@ -46,6 +50,7 @@ export interface GenerationDeps {
   tokenizer: ModelTokenizer;
   contextLength: number;
   timeoutMs: number;
+  registry: CarryOnRegistry;
 }
 
 /**
@@ -59,7 +64,18 @@ export class Generator {
   async start(req: GenerationRequest): Promise<GenerationRun> {
     const maxTokens = this.resolveMaxTokens(req);
     const release = await this.deps.scheduler.acquire(req.n, req.signal);
-    return new GenerationRun(this.deps, req, maxTokens, release);
+    let lease: CarryOnLease | null = null;
+    try {
+      // Lazy load: the first request for a carry-on version waits for it; later ones find it resident.
+      if (req.carryOn) lease = await this.deps.registry.acquire(req.carryOn.record);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    return new GenerationRun(this.deps, req, maxTokens, () => {
+      lease?.release();
+      release();
+    }, lease ? { key: lease.key, alpha: req.carryOn!.alpha } : null);
   }
 
   private resolveMaxTokens(req: GenerationRequest): number {
@@ -98,6 +114,7 @@ export class GenerationRun {
     private readonly req: GenerationRequest,
     maxTokens: number,
     private readonly release: () => void,
+    carryOn: CarryOnUse | null,
   ) {
     this.usage = { prompt_tokens: req.promptIds.length, completion_tokens: 0, total_tokens: req.promptIds.length };
     this.open = req.n;
@@ -133,7 +150,7 @@ export class GenerationRun {
           if (delta.finishReason) this.choiceDone(index);
         },
         onError: (message) => this.fail(new ApiError('internal_error', message)),
-      });
+      }, carryOn);
       this.seqIds.push(seqId);
     }
     this.timer = setTimeout(() => this.expire(), deps.timeoutMs);

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { KeyStore } from './auth.js';
+import { CarryOnRegistry } from './carryon/registry.js';
 import { ChatTemplate } from './chat-template.js';
 import type { Config } from './config.js';
 import { Engine } from './engine/engine.js';
@@ -64,8 +65,15 @@ export async function startServer(config: Config & { sharedModelDir?: string }):
     const tokenizer = ModelTokenizer.load(dir, engine.info.vocabSize);
     const chatTemplate = new ChatTemplate(tokenizer.chatTemplate, { bos_token: tokenizer.bosToken, eos_token: tokenizer.eosToken });
     const contextLength = engine.info.contextLength;
-    const generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS });
-    gateway.setReady({ engine, tokenizer, chatTemplate, generator, contextLength, hiddenSize: engine.info.hiddenSize });
+    const registry = new CarryOnRegistry({
+      loader: engine,
+      budgetBytes: config.CARRYON_CARRY_ON_BUDGET_BYTES,
+      pinned: config.pinnedCarryOns,
+      log: (obj, msg) => app.log.info(obj, msg),
+    });
+    gateway.catalog?.onChange((change) => registry.onCatalogChange(change));
+    const generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS, registry });
+    gateway.setReady({ engine, tokenizer, chatTemplate, generator, contextLength, hiddenSize: engine.info.hiddenSize, registry });
     app.log.info({ model: modelName, package: dir, fingerprint: readManifest(dir).fingerprint }, 'model ready');
   })().catch((err: Error) => {
     gateway.setFailed(err.message);

@@ -29,7 +29,7 @@ afterAll(async () => {
 });
 
 async function fullLogits(r: ModelRunner, tokens: number[]): Promise<Float32Array> {
-  const hidden = await r.forwardBody(tokens, r.newCache());
+  const { hidden } = await r.forwardBody(tokens, r.newCache());
   return r.forwardHead(hidden, tokens.length);
 }
 
@@ -38,7 +38,7 @@ async function stepLogits(r: ModelRunner, tokens: number[], chunk: number): Prom
   const parts: Float32Array[] = [];
   for (let i = 0; i < tokens.length; i += chunk) {
     const piece = tokens.slice(i, i + chunk);
-    parts.push(await r.forwardHead(await r.forwardBody(piece, cache), piece.length));
+    parts.push(await r.forwardHead((await r.forwardBody(piece, cache)).hidden, piece.length));
   }
   const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
   let at = 0;

@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { callerOf } from '../../src/carryon/routing.js';
 import type { Gateway } from '../../src/gateway.js';
 import { clientGone, respond } from '../../src/http/respond.js';
 import { ChatCompletionRequest } from '../../src/openai/protocol.js';
@@ -9,7 +10,8 @@ const chatRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gatew
   app.post('/v1/chat/completions', async (request, reply) => {
     const body = parseRequest(ChatCompletionRequest, request.body);
     const ac = clientGone(request, reply);
-    await respond(reply, await serveChat(gateway, body, ac.signal));
+    const caller = callerOf(request.principal);
+    await respond(reply, await serveChat(gateway, body, caller, ac.signal));
   });
 };
 

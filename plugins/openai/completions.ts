@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { callerOf } from '../../src/carryon/routing.js';
 import type { Gateway } from '../../src/gateway.js';
 import { clientGone, respond } from '../../src/http/respond.js';
 import { CompletionRequest } from '../../src/openai/protocol.js';
@@ -9,7 +10,8 @@ const completionRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, {
   app.post('/v1/completions', async (request, reply) => {
     const body = parseRequest(CompletionRequest, request.body);
     const ac = clientGone(request, reply);
-    await respond(reply, await serveCompletion(gateway, body, ac.signal));
+    const caller = callerOf(request.principal);
+    await respond(reply, await serveCompletion(gateway, body, caller, ac.signal));
   });
 };
 

@@ -1,5 +1,6 @@
 import { Worker } from 'node:worker_threads';
-import type { EngineInit, FromWorker, ModelInfo, SamplingParams, TokenEvent, ToWorker } from './protocol.js';
+import type { CarryOnSpec } from './carry-on-session.js';
+import type { CarryOnUse, EngineInit, FromWorker, ModelInfo, SamplingParams, TokenEvent, ToWorker } from './protocol.js';
 
 export interface SequenceHandlers {
   onEvent(ev: TokenEvent): void;
@@ -14,6 +15,7 @@ export class Engine {
   private nextSeqId = 1;
   private nextJobId = 1;
   private readonly sequences = new Map<number, SequenceHandlers>();
+  private readonly carryOnLoads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly embedJobs = new Map<number, { resolve: (v: Float32Array[]) => void; reject: (e: Error) => void }>();
   private dead: Error | null = null;
   private closing: (() => void) | null = null;
@@ -55,14 +57,14 @@ export class Engine {
   }
 
   /** Starts a sequence; events arrive until one carries `finish`, or onError. Returns its id for cancel(). */
-  submit(promptIds: number[], params: SamplingParams, handlers: SequenceHandlers): number {
+  submit(promptIds: number[], params: SamplingParams, handlers: SequenceHandlers, carryOn: CarryOnUse | null = null): number {
     const seqId = this.nextSeqId++;
     if (this.dead) {
       queueMicrotask(() => handlers.onError(this.dead!.message));
       return seqId;
     }
     this.sequences.set(seqId, handlers);
-    this.post({ type: 'add', seqId, promptIds, params });
+    this.post({ type: 'add', seqId, promptIds, params, carryOn });
     return seqId;
   }
 
@@ -70,6 +72,21 @@ export class Engine {
   cancel(seqId: number): void {
     if (!this.sequences.delete(seqId)) return;
     this.post({ type: 'cancel', seqId });
+  }
+
+  /** Loads a carry-on graph into the worker (a session with one thread); resolves when it can run. */
+  loadCarryOn(spec: CarryOnSpec): Promise<void> {
+    if (this.dead) return Promise.reject(this.dead);
+    const requestId = this.nextJobId++;
+    return new Promise((resolve, reject) => {
+      this.carryOnLoads.set(requestId, { resolve, reject });
+      this.post({ type: 'loadCarryOn', requestId, spec });
+    });
+  }
+
+  /** Frees a carry-on session once no live sequence uses it. */
+  unloadCarryOn(key: string): void {
+    if (!this.dead) this.post({ type: 'unloadCarryOn', key });
   }
 
   embed(inputs: number[][]): Promise<Float32Array[]> {
@@ -116,6 +133,13 @@ export class Engine {
         else job?.resolve(msg.vectors);
         return;
       }
+      case 'carryOnLoaded': {
+        const load = this.carryOnLoads.get(msg.requestId);
+        this.carryOnLoads.delete(msg.requestId);
+        if (msg.error) load?.reject(new Error(msg.error));
+        else load?.resolve();
+        return;
+      }
       case 'fatal':
         this.fail(new Error(msg.message));
         return;
@@ -136,5 +160,7 @@ export class Engine {
     this.sequences.clear();
     for (const [, job] of this.embedJobs) job.reject(err);
     this.embedJobs.clear();
+    for (const [, load] of this.carryOnLoads) load.reject(err);
+    this.carryOnLoads.clear();
   }
 }

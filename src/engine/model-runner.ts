@@ -3,9 +3,17 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
 import { TensorNames } from '../model/tensor-names.js';
-import { readModelConfig, PACKAGE_FILES } from '../model/package-files.js';
+import { PACKAGE_FILES, readManifest, readModelConfig } from '../model/package-files.js';
 import type { LlamaConfig } from '../model/types.js';
 import type { EngineInit } from './protocol.js';
+
+/** What the body produced for the tokens just fed: the final hidden state and any extra layer outputs. */
+export interface BodyResult {
+  /** [tokens × hidden], after the final norm. */
+  hidden: Float32Array;
+  /** Residual stream after block k, [tokens × hidden], for each layer the package exports. */
+  layers: Map<number, Float32Array>;
+}
 
 /** One sequence's attention cache: per layer, key and value [1, kvHeads, length, headDim]. */
 export interface KvCache {
@@ -23,6 +31,8 @@ export class ModelRunner {
     readonly config: LlamaConfig,
     private readonly body: ort.InferenceSession,
     private readonly head: ort.InferenceSession,
+    /** Extra residual-stream layers the body outputs (from the package manifest). */
+    readonly extraLayers: number[],
   ) {}
 
   static async create(init: EngineInit): Promise<ModelRunner> {
@@ -30,7 +40,7 @@ export class ModelRunner {
     const options = sessionOptions(init);
     const body = await ort.InferenceSession.create(path.join(init.modelDir, PACKAGE_FILES.body), options);
     const head = await ort.InferenceSession.create(path.join(init.modelDir, PACKAGE_FILES.head), options);
-    return new ModelRunner(config, body, head);
+    return new ModelRunner(config, body, head, readManifest(init.modelDir).extra_layer_outputs);
   }
 
   newCache(): KvCache {
@@ -43,8 +53,8 @@ export class ModelRunner {
     return { length: 0, tensors };
   }
 
-  /** Feeds `ids` after what `cache` holds; returns their final hidden states [ids.length × hidden] and extends the cache. */
-  async forwardBody(ids: number[], cache: KvCache): Promise<Float32Array> {
+  /** Feeds `ids` after what `cache` holds; returns their hidden states and extends the cache. */
+  async forwardBody(ids: number[], cache: KvCache): Promise<BodyResult> {
     const n = ids.length;
     const total = cache.length + n;
     const feeds: Record<string, ort.Tensor> = {
@@ -63,7 +73,9 @@ export class ModelRunner {
       cache.tensors.set(TensorNames.pastValue(i), out[TensorNames.presentValue(i)]);
     }
     cache.length = total;
-    return out[TensorNames.hiddenStates].data as Float32Array;
+    const layers = new Map<number, Float32Array>();
+    for (const k of this.extraLayers) layers.set(k, out[TensorNames.layerHidden(k)].data as Float32Array);
+    return { hidden: out[TensorNames.hiddenStates].data as Float32Array, layers };
   }
 
   /** LM head over `rows` hidden states laid end to end; returns rows × vocab logits. */

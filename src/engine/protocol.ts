@@ -1,3 +1,5 @@
+import type { CarryOnSpec } from './carry-on-session.js';
+
 /**
  * Messages between the gateway's main thread and the engine worker. The worker owns the ONNX sessions
  * and every sequence's KV cache; the main thread owns admission, text and HTTP. Only token ids and
@@ -47,9 +49,17 @@ export interface ModelInfo {
   numLayers: number;
 }
 
+/** A sequence's carry-on: which resident session, and the α of x + α · g ⊙ Δx. */
+export interface CarryOnUse {
+  key: string;
+  alpha: number;
+}
+
 export type ToWorker =
   | { type: 'init'; init: EngineInit }
-  | { type: 'add'; seqId: number; promptIds: number[]; params: SamplingParams }
+  | { type: 'add'; seqId: number; promptIds: number[]; params: SamplingParams; carryOn: CarryOnUse | null }
+  | { type: 'loadCarryOn'; requestId: number; spec: CarryOnSpec }
+  | { type: 'unloadCarryOn'; key: string }
   | { type: 'cancel'; seqId: number }
   | { type: 'embed'; jobId: number; inputs: number[][] }
   | { type: 'close' };
@@ -60,4 +70,5 @@ export type FromWorker =
   | { type: 'tokens'; events: TokenEvent[] }
   | { type: 'seqError'; seqId: number; message: string }
   | { type: 'embedded'; jobId: number; vectors: Float32Array[]; error?: string }
+  | { type: 'carryOnLoaded'; requestId: number; error?: string }
   | { type: 'closed' };

@@ -1,6 +1,13 @@
+import { mergeRow, type CarryOnCache, type CarryOnSession } from './carry-on-session.js';
 import type { KvCache, ModelRunner } from './model-runner.js';
 import type { SamplingParams, TokenEvent } from './protocol.js';
 import { Sampler } from './sampler.js';
+
+interface SequenceCarryOn {
+  session: CarryOnSession;
+  cache: CarryOnCache;
+  alpha: number;
+}
 
 interface LiveSequence {
   seqId: number;
@@ -12,6 +19,7 @@ interface LiveSequence {
   /** The token to feed on the next decode step. */
   last: number;
   generated: number;
+  carryOn: SequenceCarryOn | null;
 }
 
 /**
@@ -30,9 +38,12 @@ export class StepLoop {
     private readonly prefillChunk: number,
     private readonly emit: (events: TokenEvent[]) => void,
     private readonly onSeqError: (seqId: number, message: string) => void,
+    /** Called between steps, when no forward pass is running: the safe moment to release sessions. */
+    private readonly onStepBoundary: () => void = () => {},
   ) {}
 
-  add(seqId: number, promptIds: number[], params: SamplingParams): void {
+  /** `carryOn` null: the base alone. With α = 0 the carry-on is not run at all: the base, exactly. */
+  add(seqId: number, promptIds: number[], params: SamplingParams, carryOn: { session: CarryOnSession; alpha: number } | null): void {
     if (promptIds.length === 0) throw new Error('empty prompt');
     this.live.set(seqId, {
       seqId,
@@ -42,6 +53,7 @@ export class StepLoop {
       pending: promptIds.slice(),
       last: -1,
       generated: 0,
+      carryOn: carryOn && carryOn.alpha !== 0 ? { ...carryOn, cache: carryOn.session.newCache() } : null,
     });
     this.kick();
   }
@@ -55,6 +67,17 @@ export class StepLoop {
     return this.live.size;
   }
 
+  /** Whether a step is in progress (forward passes may be running). */
+  get busy(): boolean {
+    return this.running;
+  }
+
+  /** Whether a live sequence still uses this carry-on session (it must not be released yet). */
+  uses(key: string): boolean {
+    for (const seq of this.live.values()) if (seq.carryOn?.session.spec.key === key) return true;
+    return false;
+  }
+
   private kick(): void {
     if (this.running) return;
     this.running = true;
@@ -65,6 +88,7 @@ export class StepLoop {
     try {
       while (this.live.size > 0) {
         this.dropCancelled();
+        this.onStepBoundary();
         if (this.live.size === 0) break;
         await this.step();
         // Let queued messages (adds, cancels, embeddings) in between steps.
@@ -72,6 +96,7 @@ export class StepLoop {
       }
     } finally {
       this.running = false;
+      this.onStepBoundary();
     }
   }
 
@@ -96,19 +121,9 @@ export class StepLoop {
 
   /** One step of one sequence: a prefill chunk (sampling only after the prompt's last token) or a decode. */
   private async advance(seq: LiveSequence): Promise<TokenEvent | null> {
-    let feed: number[];
-    if (seq.pending.length > 0) {
-      feed = seq.pending.splice(0, this.prefillChunk);
-      if (seq.pending.length > 0) {
-        await this.runner.forwardBody(feed, seq.cache);
-        return null;
-      }
-    } else {
-      feed = [seq.last];
-    }
-    const hidden = await this.runner.forwardBody(feed, seq.cache);
-    const d = this.runner.config.hidden_size;
-    const lastRow = hidden.subarray((feed.length - 1) * d, feed.length * d);
+    const feed = seq.pending.length > 0 ? seq.pending.splice(0, this.prefillChunk) : [seq.last];
+    const lastRow = await this.forwardHidden(seq, feed);
+    if (seq.pending.length > 0) return null;
     const logits = await this.runner.forwardHead(lastRow, 1);
     const pick = seq.sampler.sample(logits);
     seq.generated++;
@@ -120,5 +135,19 @@ export class StepLoop {
       this.live.delete(seq.seqId);
     }
     return ev;
+  }
+
+  /**
+   * Base body, then the sequence's carry-on over the same tokens (its KV cache must see every
+   * position), then x + α · g ⊙ Δx on the last row: the only row the LM head needs.
+   */
+  private async forwardHidden(seq: LiveSequence, feed: number[]): Promise<Float32Array> {
+    const body = await this.runner.forwardBody(feed, seq.cache);
+    const d = this.runner.config.hidden_size;
+    const at = (feed.length - 1) * d;
+    const x = body.hidden.subarray(at, at + d);
+    if (!seq.carryOn) return x;
+    const { delta, gate } = await seq.carryOn.session.forward(feed, body, seq.carryOn.cache);
+    return mergeRow(x, delta.subarray(at, at + d), gate.subarray(at, at + d), seq.carryOn.alpha);
   }
 }

@@ -1,4 +1,5 @@
 import { parentPort } from 'node:worker_threads';
+import { CarryOnSession } from './carry-on-session.js';
 import { ModelRunner } from './model-runner.js';
 import type { FromWorker, ToWorker } from './protocol.js';
 import { StepLoop } from './step-loop.js';
@@ -14,6 +15,10 @@ const post = (msg: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage
 
 let runner: ModelRunner | null = null;
 let loop: StepLoop | null = null;
+/** Resident carry-on sessions by key; the main thread's registry decides what is loaded and when. */
+const carryOns = new Map<string, CarryOnSession>();
+/** Unloads asked for while a live sequence still used the session: done when that sequence ends. */
+const pendingUnloads = new Set<string>();
 
 port.on('message', (msg: ToWorker) => {
   void handle(msg).catch((err: unknown) => post({ type: 'fatal', message: errorMessage(err) }));
@@ -28,6 +33,7 @@ async function handle(msg: ToWorker): Promise<void> {
         msg.init.prefillChunk,
         (events) => post({ type: 'tokens', events }),
         (seqId, message) => post({ type: 'seqError', seqId, message }),
+        () => void releaseIdleCarryOns(),
       );
       const c = runner.config;
       post({
@@ -43,10 +49,30 @@ async function handle(msg: ToWorker): Promise<void> {
     }
     case 'add':
       try {
-        requireLoop().add(msg.seqId, msg.promptIds, msg.params);
+        let carryOn = null;
+        if (msg.carryOn) {
+          const session = carryOns.get(msg.carryOn.key);
+          if (!session) throw new Error(`carry-on ${msg.carryOn.key} is not loaded`);
+          carryOn = { session, alpha: msg.carryOn.alpha };
+        }
+        requireLoop().add(msg.seqId, msg.promptIds, msg.params, carryOn);
       } catch (err) {
         post({ type: 'seqError', seqId: msg.seqId, message: errorMessage(err) });
       }
+      return;
+    case 'loadCarryOn':
+      try {
+        if (!carryOns.has(msg.spec.key)) carryOns.set(msg.spec.key, await CarryOnSession.load(msg.spec));
+        pendingUnloads.delete(msg.spec.key);
+        post({ type: 'carryOnLoaded', requestId: msg.requestId });
+      } catch (err) {
+        post({ type: 'carryOnLoaded', requestId: msg.requestId, error: errorMessage(err) });
+      }
+      return;
+    case 'unloadCarryOn':
+      pendingUnloads.add(msg.key);
+      // With no step running, nothing can be mid-run on the session; otherwise the loop's next boundary releases it.
+      if (!loop?.busy) await releaseIdleCarryOns();
       return;
     case 'cancel':
       loop?.cancel(msg.seqId);
@@ -60,12 +86,22 @@ async function handle(msg: ToWorker): Promise<void> {
   }
 }
 
+async function releaseIdleCarryOns(): Promise<void> {
+  for (const key of [...pendingUnloads]) {
+    if (loop?.uses(key)) continue;
+    pendingUnloads.delete(key);
+    const session = carryOns.get(key);
+    carryOns.delete(key);
+    await session?.release();
+  }
+}
+
 async function embed(jobId: number, inputs: number[][]): Promise<void> {
   try {
     const r = requireRunner();
     const vectors: Float32Array[] = [];
     for (const ids of inputs) {
-      const hidden = await r.forwardBody(ids, r.newCache());
+      const { hidden } = await r.forwardBody(ids, r.newCache());
       vectors.push(meanPoolNormalized(hidden, ids.length, r.config.hidden_size));
     }
     post({ type: 'embedded', jobId, vectors }, vectors.map((v) => v.buffer as ArrayBuffer));

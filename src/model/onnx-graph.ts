@@ -78,7 +78,7 @@ export const DIM_TOTAL_SEQUENCE = 'total_sequence';
 export const ONNX_OPSET = 17;
 export const MS_OPSET = 1;
 
-const MODEL_OPTIONS: ModelOptions = {
+export const MODEL_OPTIONS: ModelOptions = {
   irVersion: 8,
   opsets: [
     { domain: '', version: ONNX_OPSET },
@@ -123,14 +123,14 @@ export function buildBodyModel(weights: LlamaWeights, opts: BodyModelOptions = {
 
   const g = new GraphBuilder('llama_body');
   declareBodyInputs(g, cfg);
-  const shared = buildSharedTensors(g, cfg);
+  const shared = buildSharedTensors(g, cfg, { sequence: INPUT_IDS, pastKey: pastKeyName(0) });
 
   const embed = g.initializer('model.embed_tokens.weight', weights.tokEmbeddings, [cfg.vocab_size, cfg.hidden_size]);
   let x = g.op('Gather', [embed, INPUT_IDS], { axis: attr.int(0) });
 
   weights.layers.forEach((layer, i) => {
     g.scope = `model.layers.${i}`;
-    x = decoderLayer(g, x, layer, i, cfg, shared, accuracyLevel);
+    x = decoderBlock(g, x, layer, cfg, shared, bodyBlockNames(i), accuracyLevel);
     if (extra.has(i)) {
       g.op('Identity', [x], undefined, layerHiddenStatesName(i));
       g.output(layerHiddenStatesName(i), DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, cfg.hidden_size]);
@@ -201,9 +201,47 @@ function declarePresentOutputs(g: GraphBuilder, cfg: LlamaConfig): void {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Building blocks, exported so other Llama-style graphs (the carry-on module) are built from the
+// very same operators as the base rather than from a copy that could drift.
+
+/** The part of a config that one attention/MLP block and its RoPE/mask tensors depend on. */
+export type BlockGeometry = Pick<
+  LlamaConfig,
+  'num_attention_heads' | 'num_key_value_heads' | 'head_dim' | 'rms_norm_eps' | 'rope_theta' | 'max_position_embeddings'
+>;
+
+/**
+ * Graph tensors the shared mask reads its lengths from: any [batch, sequence, ...] input, and the
+ * first block's past key [batch, kv_heads, past_sequence, head_dim].
+ */
+export interface MaskSources {
+  sequence: string;
+  pastKey: string;
+}
+
+/** Names one decoder block uses: its initializer prefix and its KV-cache graph inputs/outputs. */
+export interface BlockNames {
+  prefix: string;
+  pastKey: string;
+  pastValue: string;
+  presentKey: string;
+  presentValue: string;
+}
+
+function bodyBlockNames(i: number): BlockNames {
+  return {
+    prefix: `model.layers.${i}`,
+    pastKey: pastKeyName(i),
+    pastValue: pastValueName(i),
+    presentKey: presentKeyName(i),
+    presentValue: presentValueName(i),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Tensors computed once and shared by every layer
 
-interface SharedTensors {
+export interface SharedTensors {
   /** RoPE cos/sin for each token, [batch, sequence, 1, head_dim/2, 1] to broadcast over heads. */
   cos: string;
   sin: string;
@@ -213,7 +251,11 @@ interface SharedTensors {
   scoreScale: string;
 }
 
-function buildSharedTensors(g: GraphBuilder, cfg: LlamaConfig): SharedTensors {
+/**
+ * RoPE cos/sin gathered at `position_ids` (a graph input every caller must declare) and the
+ * causal+padding mask. Leaves `g.scope` at ''.
+ */
+export function buildSharedTensors(g: GraphBuilder, cfg: BlockGeometry, sources: MaskSources): SharedTensors {
   g.scope = 'rope';
   const { cos, sin } = ropeTables(cfg);
   const half = cfg.head_dim / 2;
@@ -226,7 +268,7 @@ function buildSharedTensors(g: GraphBuilder, cfg: LlamaConfig): SharedTensors {
   const sinT = perToken(g.initializer('rope.sin_cached', sin, tableDims));
 
   g.scope = 'mask';
-  const allowed = attentionMask(g);
+  const allowed = attentionMask(g, sources);
   g.scope = '';
   return { cos: cosT, sin: sinT, allowed, scoreScale: g.constF32([Math.sqrt(cfg.head_dim)], []) };
 }
@@ -236,7 +278,7 @@ function buildSharedTensors(g: GraphBuilder, cfg: LlamaConfig): SharedTensors {
  * float32 arithmetic (`1.0f / powf(theta, i / (float)head_size)`, `pos * freq`, cosf/sinf) so
  * the rotation is bit-close to llama2.c and llama.cpp rather than to a float64 reference.
  */
-function ropeTables(cfg: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
+function ropeTables(cfg: BlockGeometry): { cos: Float32Array; sin: Float32Array } {
   const f = Math.fround;
   const half = cfg.head_dim / 2;
   const theta = f(cfg.rope_theta);
@@ -257,10 +299,10 @@ function ropeTables(cfg: LlamaConfig): { cos: Float32Array; sin: Float32Array } 
  * Causal (in index space) AND attention_mask. The past length comes from the first layer's past
  * key shape, so one graph serves prefill (past 0) and decode.
  */
-function attentionMask(g: GraphBuilder): string {
+function attentionMask(g: GraphBuilder, sources: MaskSources): string {
   const scalar = (t: string): string => g.op('Squeeze', [t, g.constI64([0])]);
-  const seqLen = g.op('Shape', [INPUT_IDS], { start: attr.int(1), end: attr.int(2) });
-  const pastLen = g.op('Shape', [pastKeyName(0)], { start: attr.int(2), end: attr.int(3) });
+  const seqLen = g.op('Shape', [sources.sequence], { start: attr.int(1), end: attr.int(2) });
+  const pastLen = g.op('Shape', [sources.pastKey], { start: attr.int(2), end: attr.int(3) });
   const totalLen = scalar(g.op('Add', [pastLen, seqLen]));
   const one = g.constI64([1], []);
   const queryIdx = g.op('Range', [scalar(pastLen), totalLen, one]);
@@ -275,22 +317,26 @@ function attentionMask(g: GraphBuilder): string {
 // ---------------------------------------------------------------------------------------------
 // Decoder layer
 
-function decoderLayer(
+/**
+ * One pre-norm Llama block on the residual stream x: x + attn(norm x), then + mlp(norm x).
+ * Initializers are named `${names.prefix}.<hf name>`; the caller sets `g.scope`.
+ */
+export function decoderBlock(
   g: GraphBuilder,
   x: string,
   layer: LlamaLayer,
-  i: number,
-  cfg: LlamaConfig,
+  cfg: BlockGeometry,
   shared: SharedTensors,
+  names: BlockNames,
   accuracyLevel: number,
 ): string {
-  const p = `model.layers.${i}`;
+  const p = names.prefix;
   const linear = (input: string, m: Matrix, name: string): string =>
     linearLayer(g, input, m, `${p}.${name}`, accuracyLevel);
 
   const attnNorm = g.initializer(`${p}.input_layernorm.weight`, layer.attnNorm);
   const h = rmsNorm(g, x, attnNorm, cfg.rms_norm_eps);
-  const attn = selfAttention(g, h, layer, i, cfg, shared, linear);
+  const attn = selfAttention(g, h, layer, cfg, shared, names, linear);
   x = g.op('Add', [x, linear(attn, layer.wo, 'self_attn.o_proj')]);
 
   const ffnNorm = g.initializer(`${p}.post_attention_layernorm.weight`, layer.ffnNorm);
@@ -306,9 +352,9 @@ function selfAttention(
   g: GraphBuilder,
   h: string,
   layer: LlamaLayer,
-  i: number,
-  cfg: LlamaConfig,
+  cfg: BlockGeometry,
   shared: SharedTensors,
+  names: BlockNames,
   linear: (input: string, m: Matrix, name: string) => string,
 ): string {
   const { num_attention_heads: nHeads, num_key_value_heads: nKv, head_dim: hd } = cfg;
@@ -320,8 +366,8 @@ function selfAttention(
 
   const toHeadMajor = (t: string): string => g.op('Transpose', [t], { perm: attr.ints([0, 2, 1, 3]) });
   const axis2 = { axis: attr.int(2) };
-  const presentK = g.node('Concat', [pastKeyName(i), toHeadMajor(k)], { attrs: axis2, outputs: [presentKeyName(i)] })[0];
-  const presentV = g.node('Concat', [pastValueName(i), toHeadMajor(v)], { attrs: axis2, outputs: [presentValueName(i)] })[0];
+  const presentK = g.node('Concat', [names.pastKey, toHeadMajor(k)], { attrs: axis2, outputs: [names.presentKey] })[0];
+  const presentV = g.node('Concat', [names.pastValue, toHeadMajor(v)], { attrs: axis2, outputs: [names.presentValue] })[0];
 
   // GQA without copying K/V: group the query heads by their KV head and let MatMul broadcast
   // the KV head over the group axis. Query head h = kv * group + g, as in llama2.c.
@@ -355,7 +401,7 @@ function applyRope(g: GraphBuilder, proj: string, heads: number, hd: number, sha
 }
 
 /** llama2.c's RMSNorm: w * (x * 1/sqrt(mean(x^2) + eps)), all in float32. */
-function rmsNorm(g: GraphBuilder, x: string, weight: string, eps: number, output?: string): string {
+export function rmsNorm(g: GraphBuilder, x: string, weight: string, eps: number, output?: string): string {
   const meanSq = g.op('ReduceMean', [g.op('Mul', [x, x])], { axes: attr.ints([-1]), keepdims: attr.int(1) });
   const inv = g.op('Reciprocal', [g.op('Sqrt', [g.op('Add', [meanSq, g.constF32([eps], [])])])]);
   return g.op('Mul', [g.op('Mul', [x, inv]), weight], undefined, output);
@@ -364,8 +410,11 @@ function rmsNorm(g: GraphBuilder, x: string, weight: string, eps: number, output
 // ---------------------------------------------------------------------------------------------
 // Linear layers
 
-/** y = x W^T for W [out, in]; f32 via MatMul on a stored [in, out] copy, Q4_0 via MatMulNBits. */
-function linearLayer(g: GraphBuilder, x: string, m: Matrix, name: string, accuracyLevel: number): string {
+/**
+ * y = x W^T for W [out, in]; f32 via MatMul on a stored [in, out] copy (initializer
+ * `${name}.weight_t`), Q4_0 via MatMulNBits.
+ */
+export function linearLayer(g: GraphBuilder, x: string, m: Matrix, name: string, accuracyLevel: number): string {
   if (m.kind === 'q4_0') return matMulNBits(g, x, m, name, accuracyLevel);
   const wT = g.initializer(`${name}.weight_t`, transpose(m.data, m.rows, m.cols), [m.cols, m.rows]);
   return g.op('MatMul', [x, wT]);

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_ALPHA } from '../carryon/manifest.js';
 
 /**
  * The OpenAI surface's request schemas, in one place. Unknown fields are ignored (SDKs add new ones
@@ -23,6 +24,8 @@ const sampling = {
   seed: z.number().int().nullish(),
   user: z.string().nullish(),
   logit_bias: z.record(z.string(), z.number()).nullish(),
+  /** Extension: α of x + α · g ⊙ Δx for a carry-on model (default: the carry-on's manifest). Ignored for the base. */
+  carry_on_alpha: z.number().min(0).max(MAX_ALPHA).nullish(),
 };
 
 const textPart = z.object({ type: z.literal('text'), text: z.string() });

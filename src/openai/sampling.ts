@@ -1,4 +1,6 @@
+import type { Caller } from '../carryon/routing.js';
 import { ApiError } from '../errors.js';
+import type { Gateway } from '../gateway.js';
 import type { GenerationRequest } from '../generation.js';
 
 interface CommonSamplingFields {
@@ -40,6 +42,16 @@ export function samplingFrom(
       topLogprobs,
     },
   };
+}
+
+/** The request's carry-on (from its `model`) and the α to apply; null for the base. */
+export function carryOnFor(
+  gw: Gateway,
+  body: { model: string; carry_on_alpha?: number | null },
+  caller: Caller,
+): GenerationRequest['carryOn'] {
+  const record = gw.route(body.model, caller);
+  return record ? { record, alpha: body.carry_on_alpha ?? record.manifest.default_alpha } : null;
 }
 
 export function requestId(prefix: string): string {

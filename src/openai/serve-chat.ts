@@ -1,15 +1,16 @@
 import type { ChatMessage } from '../chat-template.js';
+import type { Caller } from '../carryon/routing.js';
 import { ApiError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import type { ChoiceDelta, TokenDetail } from '../generation.js';
 import type { ModelTokenizer } from '../tokenizer.js';
 import type { ChatCompletionRequest } from './protocol.js';
-import { requestId, samplingFrom } from './sampling.js';
+import { carryOnFor, requestId, samplingFrom } from './sampling.js';
 import { collect, type ServeResult } from './serve-result.js';
 
 /** /v1/chat/completions serving logic: messages → template → generation → OpenAI objects. */
-export async function serveChat(gw: Gateway, body: ChatCompletionRequest, signal: AbortSignal): Promise<ServeResult> {
-  gw.resolveModel(body.model);
+export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller: Caller, signal: AbortSignal): Promise<ServeResult> {
+  const carryOn = carryOnFor(gw, body, caller);
   const m = gw.model();
   refuseUnsupported(body);
   const prompt = renderPrompt(m.chatTemplate, body.messages);
@@ -21,6 +22,7 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, signal
     maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
     maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
     ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN),
+    carryOn,
     signal,
   });
   const id = requestId('chatcmpl');

@@ -1,13 +1,14 @@
+import type { Caller } from '../carryon/routing.js';
 import { ApiError } from '../errors.js';
 import type { Gateway, ModelServices } from '../gateway.js';
 import type { TokenDetail } from '../generation.js';
 import type { CompletionRequest } from './protocol.js';
-import { requestId, samplingFrom } from './sampling.js';
+import { carryOnFor, requestId, samplingFrom } from './sampling.js';
 import { collect, type ServeResult } from './serve-result.js';
 
 /** /v1/completions serving logic: one prompt (text or token ids) → generation → text_completion objects. */
-export async function serveCompletion(gw: Gateway, body: CompletionRequest, signal: AbortSignal): Promise<ServeResult> {
-  gw.resolveModel(body.model);
+export async function serveCompletion(gw: Gateway, body: CompletionRequest, caller: Caller, signal: AbortSignal): Promise<ServeResult> {
+  const carryOn = carryOnFor(gw, body, caller);
   const m = gw.model();
   if (body.suffix) throw new ApiError('unsupported_parameter', "'suffix' is not supported by this model.", { param: 'suffix' });
   if (body.best_of != null && body.best_of !== (body.n ?? 1)) {
@@ -21,6 +22,7 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, sign
     maxTokens: body.max_tokens ?? 16, // OpenAI's default for legacy completions
     maxTokensParam: 'max_tokens',
     ...samplingFrom(body, wantLogprobs ? (body.logprobs ?? 0) : -1, gw.limits.maxN),
+    carryOn,
     signal,
   });
   const echoText = body.echo ? m.tokenizer.decode(promptIds) : '';

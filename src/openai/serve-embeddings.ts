@@ -4,10 +4,11 @@ import type { EmbeddingRequest } from './protocol.js';
 
 /**
  * /v1/embeddings: the base's final-layer hidden state (after the final norm), mean-pooled over the
- * input's tokens (BOS included) and L2-normalised. See src/engine/pooling.ts.
+ * input's tokens (BOS included) and L2-normalised. See src/engine/pooling.ts. Served by the base
+ * alone: a carry-on corrects next-token predictions, not the representation.
  */
 export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, signal: AbortSignal): Promise<object> {
-  gw.resolveModel(body.model);
+  gw.requireBase(body.model);
   const m = gw.model();
   if (body.dimensions != null && body.dimensions !== m.hiddenSize) {
     throw new ApiError('unsupported_parameter', `This model's embeddings have ${m.hiddenSize} dimensions; 'dimensions' must be ${m.hiddenSize} or omitted.`, {

@@ -1,0 +1,92 @@
+import * as ort from 'onnxruntime-node';
+import { CarryOnTensorNames as N, type InputLayer } from '../carryon/tensor-names.js';
+import type { BodyResult } from './model-runner.js';
+
+/** What the worker needs to know to run a carry-on graph (from its manifest). */
+export interface CarryOnSpec {
+  /** `tenant/id@version`: one resident session per version. */
+  key: string;
+  graphPath: string;
+  inputLayers: InputLayer[];
+  readsTokenIds: boolean;
+  blocks: number;
+  kvHeads: number;
+  headDim: number;
+  hiddenSize: number;
+}
+
+/** A carry-on's own attention cache, one per sequence, like the base's. */
+export interface CarryOnCache {
+  length: number;
+  tensors: Map<string, ort.Tensor>;
+}
+
+/**
+ * One loaded carry-on graph. Each session owns a thread pool, so carry-ons (small, many) get one
+ * intra-op thread each; the base keeps the configured thread count.
+ */
+export class CarryOnSession {
+  private constructor(
+    readonly spec: CarryOnSpec,
+    private readonly session: ort.InferenceSession,
+  ) {}
+
+  static async load(spec: CarryOnSpec): Promise<CarryOnSession> {
+    const session = await ort.InferenceSession.create(spec.graphPath, {
+      executionProviders: ['cpu'],
+      intraOpNumThreads: 1,
+      interOpNumThreads: 1,
+      graphOptimizationLevel: 'all',
+    });
+    return new CarryOnSession(spec, session);
+  }
+
+  newCache(): CarryOnCache {
+    const tensors = new Map<string, ort.Tensor>();
+    const empty = () => new ort.Tensor('float32', new Float32Array(0), [1, this.spec.kvHeads, 0, this.spec.headDim]);
+    for (let i = 0; i < this.spec.blocks; i++) {
+      tensors.set(N.pastKey(i), empty());
+      tensors.set(N.pastValue(i), empty());
+    }
+    return { length: 0, tensors };
+  }
+
+  /** Runs the carry-on over the tokens the body just processed; returns delta and gate [tokens × hidden]. */
+  async forward(ids: number[], body: BodyResult, cache: CarryOnCache): Promise<{ delta: Float32Array; gate: Float32Array }> {
+    const n = ids.length;
+    const h = this.spec.hiddenSize;
+    const total = cache.length + n;
+    const feeds: Record<string, ort.Tensor> = {
+      [N.positionIds]: new ort.Tensor('int64', BigInt64Array.from({ length: n }, (_, i) => BigInt(cache.length + i)), [1, n]),
+      [N.attentionMask]: new ort.Tensor('int64', new BigInt64Array(total).fill(1n), [1, total]),
+    };
+    for (const layer of this.spec.inputLayers) {
+      const data = layer === 'final' ? body.hidden : body.layers.get(layer);
+      if (!data) throw new Error(`carry-on ${this.spec.key} reads base layer ${layer}, which this base package does not output`);
+      feeds[N.input(layer)] = new ort.Tensor('float32', data, [1, n, h]);
+    }
+    if (this.spec.readsTokenIds) feeds[N.inputIds] = new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]);
+    for (const [name, t] of cache.tensors) feeds[name] = t;
+    const out = await this.session.run(feeds);
+    for (let i = 0; i < this.spec.blocks; i++) {
+      cache.tensors.set(N.pastKey(i), out[N.presentKey(i)]);
+      cache.tensors.set(N.pastValue(i), out[N.presentValue(i)]);
+    }
+    cache.length = total;
+    return { delta: out[N.delta].data as Float32Array, gate: out[N.gate].data as Float32Array };
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+/**
+ * GPT Carry-On's combination, x' = x + α · g ⊙ Δx, for one row of hidden states. Rounded to float32
+ * per element, as an ONNX graph would compute it.
+ */
+export function mergeRow(x: Float32Array, delta: Float32Array, gate: Float32Array, alpha: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = x[i] + Math.fround(alpha * Math.fround(gate[i] * delta[i]));
+  return out;
+}

@@ -1,0 +1,34 @@
+import type { Caller } from '../carryon/routing.js';
+import type { Gateway } from '../gateway.js';
+
+interface ModelCard {
+  id: string;
+  object: 'model';
+  created: number;
+  owned_by: string;
+  root: string;
+  parent: string | null;
+}
+
+/** The base, then the caller's own carry-ons (never another tenant's), each with the base as parent and root. */
+export function listModels(gw: Gateway, caller: Caller): { object: 'list'; data: ModelCard[] } {
+  const base = baseCard(gw);
+  const own =
+    caller.tenantId && gw.catalog
+      ? gw.catalog.listForTenant(caller.tenantId).map((c) => carryOnCard(gw, c.id, caller.tenantId!, Date.parse(c.createdAt)))
+      : [];
+  return { object: 'list', data: [base, ...own] };
+}
+
+export function retrieveModel(gw: Gateway, model: string, caller: Caller): ModelCard {
+  const record = gw.route(model, { ...caller, defaultCarryOn: null });
+  return record ? carryOnCard(gw, model, record.tenantId, Date.parse(record.manifest.created_at)) : { ...baseCard(gw), id: model };
+}
+
+function baseCard(gw: Gateway): ModelCard {
+  return { id: gw.modelName, object: 'model', created: gw.created, owned_by: 'carry-on-gateway', root: gw.modelName, parent: null };
+}
+
+function carryOnCard(gw: Gateway, id: string, tenant: string, createdMs: number): ModelCard {
+  return { id, object: 'model', created: Math.floor(createdMs / 1000) || gw.created, owned_by: tenant, root: gw.modelName, parent: gw.modelName };
+}

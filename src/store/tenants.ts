@@ -1,0 +1,64 @@
+import type { Db } from './db.js';
+import { nowIso } from './db.js';
+
+/** Tenant ids become folder names and URL segments: a slug with no dots, so never `.` or `..`. */
+export const TENANT_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+export interface TenantRecord {
+  id: string;
+  name: string;
+  createdAt: string;
+}
+
+interface TenantRow {
+  id: string;
+  name: string;
+  created_at: string;
+  deleted_at: string | null;
+}
+
+const toRecord = (r: TenantRow): TenantRecord => ({ id: r.id, name: r.name, createdAt: r.created_at });
+
+export class TenantRepository {
+  constructor(private readonly db: Db) {}
+
+  /** A live (not deleted) tenant. */
+  get(id: string): TenantRecord | null {
+    const row = this.db.prepare<[string], TenantRow>('SELECT * FROM tenants WHERE id = ? AND deleted_at IS NULL').get(id);
+    return row ? toRecord(row) : null;
+  }
+
+  list(): TenantRecord[] {
+    return this.db.prepare<[], TenantRow>('SELECT * FROM tenants WHERE deleted_at IS NULL ORDER BY id').all().map(toRecord);
+  }
+
+  /**
+   * Creates the tenant, or brings back a deleted one under the same id (its old keys stay revoked
+   * and its old carry-ons deleted). Returns null when a live tenant already has the id.
+   */
+  create(id: string, name: string): TenantRecord | null {
+    return this.db
+      .transaction((): TenantRecord | null => {
+        const existing = this.db.prepare<[string], TenantRow>('SELECT * FROM tenants WHERE id = ?').get(id);
+        if (existing && existing.deleted_at === null) return null;
+        const now = nowIso();
+        if (existing) {
+          this.db.prepare('UPDATE tenants SET name = ?, created_at = ?, deleted_at = NULL WHERE id = ?').run(name, now, id);
+        } else {
+          this.db.prepare('INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)').run(id, name, now);
+        }
+        return { id, name, createdAt: now };
+      })
+      .immediate();
+  }
+
+  /** The live tenant, created (or brought back) when missing. */
+  ensure(id: string, name: string): TenantRecord {
+    return this.get(id) ?? this.create(id, name) ?? (this.get(id) as TenantRecord);
+  }
+
+  /** Soft delete; the caller revokes keys and removes carry-ons in the same transaction. */
+  markDeleted(id: string): boolean {
+    return this.db.prepare('UPDATE tenants SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL').run(nowIso(), id).changes > 0;
+  }
+}
