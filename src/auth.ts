@@ -1,33 +1,41 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { ApiError } from './errors.js';
+import type { HarvestPolicy } from './harvest/types.js';
+import type { ApiKeyRepository, ConfigKey, Scope } from './store/api-keys.js';
+import { runtimeHarvestPolicy } from './store/harvest-policy.js';
+import type { TenantRepository } from './store/tenants.js';
 
-export type Scope = 'admin' | 'inference';
+export type { Scope } from './store/api-keys.js';
 
 export interface Principal {
   scope: Scope;
-  /** A short, non-secret id for logs: the first hex digits of the key's hash. */
+  /** The key's row id (`key_…`): safe to log, unlike the key. */
   keyId: string;
+  /** The tenant acted for; null: a global admin key acting for no tenant (it sees only the base). */
+  tenantId: string | null;
+  /** `<carry-on id>[@<version or alias>]` used when a request names only the base model. */
+  defaultCarryOn: string | null;
+  /** The key's harvest policy; null: its traffic is never harvested. */
+  harvest: HarvestPolicy | null;
 }
 
-/**
- * API keys, held only as SHA-256 hashes. A presented key is hashed and compared against every stored
- * hash with timingSafeEqual, so neither the match position nor the key leaks through timing.
- */
-export class KeyStore {
-  private readonly entries: Array<{ hash: Buffer; scope: Scope }> = [];
+/** Admin keys may act for a tenant by sending its id in this header (see README, "Tenants and keys"). */
+export const TENANT_HEADER = 'x-carryon-tenant';
+/** The tenant that owns the CARRYON_API_KEYS keys. */
+export const DEFAULT_TENANT = 'default';
 
-  constructor(keys: { admin: string[]; inference: string[] }) {
-    for (const k of keys.admin) this.entries.push({ hash: hashKey(k), scope: 'admin' });
-    for (const k of keys.inference) this.entries.push({ hash: hashKey(k), scope: 'inference' });
-  }
+/** `sk-` + 32 random bytes: 256 bits, so hashing without a salt is safe (no dictionary to try). */
+export function generateApiKey(): string {
+  return `sk-${randomBytes(32).toString('base64url')}`;
+}
 
-  authenticate(presented: string): Principal | null {
-    const h = hashKey(presented);
-    let found: Principal | null = null;
-    for (const e of this.entries) {
-      if (timingSafeEqual(h, e.hash) && !found) found = { scope: e.scope, keyId: h.toString('hex').slice(0, 12) };
-    }
-    return found;
-  }
+export function newKeyId(): string {
+  return `key_${randomBytes(8).toString('hex')}`;
+}
+
+/** The first 8 characters, to recognise a key in listings; never more than half of a short key. */
+export function keyPrefix(key: string): string {
+  return key.slice(0, Math.min(8, Math.floor(key.length / 2)));
 }
 
 export function hashKey(key: string): Buffer {
@@ -39,4 +47,73 @@ export function bearerToken(header: string | undefined): string | null {
   if (!header) return null;
   const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
   return m ? m[1] : null;
+}
+
+/**
+ * API keys are held only as SHA-256 hashes in the store. A presented key is hashed, its row found
+ * by that hash, and the hashes compared again with timingSafeEqual; every lookup reads the store,
+ * so a revocation holds from the next request on.
+ */
+export class Authenticator {
+  constructor(
+    private readonly keys: ApiKeyRepository,
+    private readonly tenants: TenantRepository,
+  ) {}
+
+  authenticate(presented: string): Principal | null {
+    const hash = hashKey(presented);
+    const found = this.keys.findByHash(hash);
+    if (!found || !timingSafeEqual(hash, found.storedHash)) return null;
+    const k = found.record;
+    if (k.revokedAt !== null) return null;
+    // Deleting a tenant revokes its keys in the same transaction; this holds even if a row was edited by hand.
+    if (k.tenantId !== null && !this.tenants.get(k.tenantId)) return null;
+    return {
+      scope: k.scope,
+      keyId: k.id,
+      tenantId: k.tenantId,
+      defaultCarryOn: k.defaultCarryOn,
+      harvest: k.harvest ? runtimeHarvestPolicy(k.harvest) : null,
+    };
+  }
+
+  /**
+   * The principal acting for `tenant` (the TENANT_HEADER). A global admin may act for any live
+   * tenant; any other key only for its own tenant, where the header changes nothing.
+   */
+  actAs(principal: Principal, tenant: string): Principal {
+    if (principal.tenantId === tenant) return principal;
+    if (principal.scope !== 'admin' || principal.tenantId !== null) {
+      throw new ApiError('permission_denied', `This API key cannot act for tenant '${tenant}'.`, { param: TENANT_HEADER });
+    }
+    if (!this.tenants.get(tenant)) {
+      throw new ApiError('invalid_value', `Invalid '${TENANT_HEADER}': there is no tenant '${tenant}'.`, { param: TENANT_HEADER });
+    }
+    // The admin's own defaults describe no tenant's traffic: acting for one starts from none.
+    return { ...principal, tenantId: tenant, defaultCarryOn: null, harvest: null };
+  }
+}
+
+export interface BootstrapKeys {
+  /** Global admin key (CARRYON_ADMIN_KEY, or the generated one). */
+  adminKey: string;
+  adminKeyName: string;
+  /** Inference keys of the `default` tenant (CARRYON_API_KEYS). */
+  inferenceKeys: string[];
+}
+
+/**
+ * Brings the configured keys into the store: they are live exactly while configured. The
+ * `default` tenant is created (or brought back) when there are inference keys for it.
+ */
+export function syncConfigKeys(keys: ApiKeyRepository, tenants: TenantRepository, boot: BootstrapKeys): { inserted: number; revoked: number } {
+  const wanted: ConfigKey[] = [];
+  if (boot.adminKey) {
+    wanted.push({ hash: hashKey(boot.adminKey), scope: 'admin', tenantId: null, name: boot.adminKeyName, prefix: keyPrefix(boot.adminKey) });
+  }
+  if (boot.inferenceKeys.length > 0) tenants.ensure(DEFAULT_TENANT, 'Default tenant');
+  boot.inferenceKeys.forEach((key, i) => {
+    wanted.push({ hash: hashKey(key), scope: 'inference', tenantId: DEFAULT_TENANT, name: `CARRYON_API_KEYS[${i}]`, prefix: keyPrefix(key) });
+  });
+  return keys.syncConfigKeys(wanted, newKeyId);
 }

@@ -18,6 +18,8 @@ const USAGE = `usage:
       Write a freshly initialised carry-on package for the model package MODEL_DIR: its delta is
       exactly 0, so it serves the base unchanged until trained. --layers-in picks the base hidden
       states it reads ('final' or block indices the base was imported with --layers).
+  carryon harvest --model MODEL_DIR --input FILE --out DIR [options]
+      Write hidden-state training shards from a data file (carryon harvest --help for options).
   carryon serve
       Start the gateway (same as npm start); configured by environment variables, see README.`;
 
@@ -42,6 +44,8 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'carry-on':
       return carryOnCommand(rest);
+    case 'harvest':
+      return (await import('./harvest/offline-cli.js')).harvestCommand(rest);
     case 'serve':
       await import('./main.js');
       return -1;

@@ -47,6 +47,10 @@ export const ConfigSchema = z.object({
   CARRYON_CARRY_ON_BUDGET_BYTES: int(1, Number.MAX_SAFE_INTEGER).default(1 << 30),
   /** Comma-separated `tenant/carry-on-id` never evicted for space. */
   CARRYON_PINNED_CARRY_ONS: z.string().default(''),
+  /** Largest carry-on graph (carry-on.onnx) the admin API accepts; 413 beyond. Under protobuf's 2 GiB. */
+  CARRYON_MAX_CARRYON_BYTES: int(1024, 2 ** 31 - 1).default(200 * 1024 * 1024),
+  /** Time an uploaded carry-on gets to load in ONNX Runtime and run one token before it is refused. */
+  CARRYON_CARRYON_CHECK_TIMEOUT_MS: int(1000, 3_600_000).default(60_000),
   CARRYON_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

@@ -1,6 +1,9 @@
 import { AsyncQueue } from './async-queue.js';
 import type { CarryOnVersionRecord } from './carryon/catalog.js';
 import type { CarryOnLease, CarryOnRegistry } from './carryon/registry.js';
+import { toHarvestedSequence } from './harvest/capture-to-sequence.js';
+import type { HarvestPolicy, HarvestSink } from './harvest/types.js';
+import type { Metrics } from './metrics.js';
 import type { Engine } from './engine/engine.js';
 import type { CarryOnUse, FinishReason, SamplingParams } from './engine/protocol.js';
 import { ApiError } from './errors.js';
@@ -20,6 +23,8 @@ export interface GenerationRequest {
   stop: string[];
   /** The carry-on to compose with the base, and its α; null: the base alone. */
   carryOn: { record: CarryOnVersionRecord; alpha: number } | null;
+  /** Set when this request was sampled for harvesting: what to keep, and how to label it. */
+  harvest: { policy: HarvestPolicy; requestId: string; tenantId: string | null } | null;
   /** Aborts when the client goes away. */
   signal: AbortSignal;
 }
@@ -51,6 +56,11 @@ export interface GenerationDeps {
   contextLength: number;
   timeoutMs: number;
   registry: CarryOnRegistry;
+  /** Null when harvesting is off for this gateway. */
+  harvestSink: HarvestSink | null;
+  hiddenSize: number;
+  /** Null in contexts that do not export metrics (benchmarks). */
+  metrics: Metrics | null;
 }
 
 /**
@@ -58,12 +68,33 @@ export interface GenerationDeps {
  * checks, one engine sequence per choice, text assembly with stop strings, usage and cancellation.
  */
 export class Generator {
+  /** Runs still producing tokens, so shutdown can wait for them or end them cleanly. */
+  private readonly active = new Set<GenerationRun>();
+
   constructor(private readonly deps: GenerationDeps) {}
+
+  get activeRuns(): number {
+    return this.active.size;
+  }
+
+  /** Resolves when no run is active, or after `deadlineMs`, whichever is first; true when all finished. */
+  async drain(deadlineMs: number): Promise<boolean> {
+    const end = Date.now() + deadlineMs;
+    while (this.active.size > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    return this.active.size === 0;
+  }
+
+  /** Past the drain deadline: every open choice ends now with finish_reason "length", a proper last chunk. */
+  endAll(): void {
+    for (const run of [...this.active]) run.expire();
+  }
 
   /** Validates and admits; throws ApiError before anything is sent to the client. */
   async start(req: GenerationRequest): Promise<GenerationRun> {
     const maxTokens = this.resolveMaxTokens(req);
+    const queuedAt = performance.now();
     const release = await this.deps.scheduler.acquire(req.n, req.signal);
+    this.deps.metrics?.queueTime.observe((performance.now() - queuedAt) / 1000);
     let lease: CarryOnLease | null = null;
     try {
       // Lazy load: the first request for a carry-on version waits for it; later ones find it resident.
@@ -72,10 +103,13 @@ export class Generator {
       release();
       throw err;
     }
-    return new GenerationRun(this.deps, req, maxTokens, () => {
+    const run: GenerationRun = new GenerationRun(this.deps, req, maxTokens, () => {
+      this.active.delete(run);
       lease?.release();
       release();
-    }, lease ? { key: lease.key, alpha: req.carryOn!.alpha } : null);
+    }, lease ? { key: lease.key, alpha: req.carryOn!.alpha } : null, queuedAt);
+    this.active.add(run);
+    return run;
   }
 
   private resolveMaxTokens(req: GenerationRequest): number {
@@ -115,6 +149,8 @@ export class GenerationRun {
     maxTokens: number,
     private readonly release: () => void,
     carryOn: CarryOnUse | null,
+    /** When the request arrived (before queueing): TTFT and e2e latency count from here, as vLLM's do. */
+    private readonly startedAt: number,
   ) {
     this.usage = { prompt_tokens: req.promptIds.length, completion_tokens: 0, total_tokens: req.promptIds.length };
     this.open = req.n;
@@ -127,6 +163,7 @@ export class GenerationRun {
       const params: SamplingParams = { ...req.sampling, seed, maxTokens, stopTokenIds };
       const seqId = deps.engine.submit(req.promptIds, params, {
         onEvent: (ev) => {
+          this.observeToken(index, ev.token >= 0, ev.finish);
           const delta: ChoiceDelta = { index, text: '', tokens: [] };
           if (ev.token >= 0) {
             this.usage.completion_tokens++;
@@ -150,11 +187,42 @@ export class GenerationRun {
           if (delta.finishReason) this.choiceDone(index);
         },
         onError: (message) => this.fail(new ApiError('internal_error', message)),
-      }, carryOn);
+        onCapture: (capture) => this.harvest(capture, index),
+      }, carryOn, deps.harvestSink && req.harvest ? req.harvest.policy.layers : null);
       this.seqIds.push(seqId);
     }
     this.timer = setTimeout(() => this.expire(), deps.timeoutMs);
     req.signal.addEventListener('abort', () => this.cancel(), { once: true });
+  }
+
+  private readonly lastTokenAt = new Map<number, number>();
+
+  /** TTFT for a choice's first token, inter-token latency after, and the finish reason. */
+  private observeToken(index: number, isToken: boolean, finish: FinishReason | undefined): void {
+    const m = this.deps.metrics;
+    if (!m) return;
+    const now = performance.now();
+    const label = m.carryOnLabel(this.req.carryOn?.record.carryOnId ?? null);
+    if (isToken) {
+      const last = this.lastTokenAt.get(index);
+      if (last === undefined) m.timeToFirstToken.observe((now - this.startedAt) / 1000);
+      else m.interTokenLatency.observe((now - last) / 1000);
+      this.lastTokenAt.set(index, now);
+      m.generationTokens.inc({ carry_on: label });
+    }
+    if (finish) m.requestsFinished.inc({ finished_reason: finish, carry_on: label });
+  }
+
+  /** Hands a finished choice's hidden states to the harvest sink; a full queue drops it there, never waits. */
+  private harvest(capture: Parameters<typeof toHarvestedSequence>[0], index: number): void {
+    const h = this.req.harvest;
+    if (!h || !this.deps.harvestSink) return;
+    const seq = toHarvestedSequence(capture, h.policy.keep, this.deps.hiddenSize, {
+      requestId: `${h.requestId}#${index}`,
+      tenantId: h.tenantId,
+      carryOnId: this.req.carryOn?.record.carryOnId ?? null,
+    });
+    if (seq) this.deps.harvestSink.offer(seq);
   }
 
   deltas(): AsyncIterable<ChoiceDelta> {
@@ -170,7 +238,7 @@ export class GenerationRun {
   }
 
   /** Past the deadline: end every open choice with finish_reason "length" rather than hang. */
-  private expire(): void {
+  expire(): void {
     for (let index = 0; index < this.req.n; index++) {
       if (!this.finished.has(index)) this.queue.push({ index, text: '', tokens: [], finishReason: 'length' });
     }
@@ -195,6 +263,11 @@ export class GenerationRun {
 
   private finish(): void {
     clearTimeout(this.timer);
+    const m = this.deps.metrics;
+    if (m) {
+      m.e2eLatency.observe((performance.now() - this.startedAt) / 1000);
+      m.promptTokens.inc({ carry_on: m.carryOnLabel(this.req.carryOn?.record.carryOnId ?? null) }, this.usage.prompt_tokens);
+    }
     for (const id of this.seqIds) this.deps.engine.cancel(id);
     this.release();
   }

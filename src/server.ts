@@ -2,11 +2,14 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { KeyStore } from './auth.js';
+import { readBaseModelInfo, type BaseModelInfo } from './admin/base-model.js';
+import { createAdminServices } from './admin/services.js';
+import { Authenticator, syncConfigKeys } from './auth.js';
 import { CarryOnRegistry } from './carryon/registry.js';
 import { ChatTemplate } from './chat-template.js';
 import type { Config } from './config.js';
 import { Engine } from './engine/engine.js';
+import { ApiError } from './errors.js';
 import { writeFileAtomic } from './fs-atomic.js';
 import { Gateway } from './gateway.js';
 import { Generator } from './generation.js';
@@ -14,11 +17,14 @@ import { buildApp } from './http/app.js';
 import { resolveModelPackage } from './model/model-source.js';
 import { readManifest } from './model/package-files.js';
 import { Scheduler } from './scheduler.js';
+import { Store } from './store/store.js';
 import { ModelTokenizer } from './tokenizer.js';
 
 export interface RunningServer {
   app: FastifyInstance;
   gateway: Gateway;
+  /** Tenants, keys and carry-ons (DATA_DIR/gateway.sqlite); `store.carryOns` is the carry-on catalog. */
+  store: Store;
   /** Resolves once the model is loaded (or rejects if it failed). */
   ready: Promise<void>;
   url: string;
@@ -29,21 +35,64 @@ export interface RunningServer {
  * Boots the gateway: listen first (so probes answer and /v1 says 503 while loading), then resolve,
  * import if needed, and load the model in the engine worker.
  */
-export async function startServer(config: Config & { sharedModelDir?: string }): Promise<RunningServer> {
+export async function startServer(
+  config: Config & { sharedModelDir?: string; logStream?: { write(line: string): void } },
+): Promise<RunningServer> {
   fs.mkdirSync(config.dataDir, { recursive: true });
   const adminKey = config.CARRYON_ADMIN_KEY || ensureGeneratedAdminKey(config.dataDir);
-  const keys = new KeyStore({ admin: [adminKey], inference: config.inferenceKeys });
+  const store = Store.open(config.dataDir);
+  try {
+    return await startWithStore(config, store, adminKey);
+  } catch (err) {
+    store.close();
+    throw err;
+  }
+}
+
+async function startWithStore(
+  config: Config & { sharedModelDir?: string; logStream?: { write(line: string): void } },
+  store: Store,
+  adminKey: string,
+): Promise<RunningServer> {
+  const synced = syncConfigKeys(store.apiKeys, store.tenants, {
+    adminKey,
+    adminKeyName: config.CARRYON_ADMIN_KEY ? 'CARRYON_ADMIN_KEY' : 'generated admin key',
+    inferenceKeys: config.inferenceKeys,
+  });
+  const auth = new Authenticator(store.apiKeys, store.tenants);
+  // Known once the model package is resolved: uploaded carry-ons are checked against it.
+  let base: BaseModelInfo | null = null;
+  const baseModel = (): BaseModelInfo => {
+    if (base) return base;
+    throw new ApiError('model_loading', gateway.failure ? `The base model failed to load: ${gateway.failure}` : 'The base model is still loading; retry shortly.', {
+      headers: { 'retry-after': '5' },
+    });
+  };
   const scheduler = new Scheduler({ maxLive: config.CARRYON_MAX_LIVE_SEQUENCES, maxWaiting: config.CARRYON_MAX_WAITING });
   const modelName = config.CARRYON_MODEL_NAME || nameFromSetting(config.CARRYON_MODEL);
-  const gateway = new Gateway(modelName, scheduler, { maxN: config.CARRYON_MAX_N, maxEmbeddingInputs: config.CARRYON_MAX_EMBEDDING_INPUTS });
+  const gateway = new Gateway(
+    modelName,
+    scheduler,
+    { maxN: config.CARRYON_MAX_N, maxEmbeddingInputs: config.CARRYON_MAX_EMBEDDING_INPUTS },
+    store.carryOns,
+  );
+  const admin = createAdminServices(store, {
+    dataDir: config.dataDir,
+    baseModel,
+    maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES,
+    checkTimeoutMs: config.CARRYON_CARRYON_CHECK_TIMEOUT_MS,
+  });
   const app = await buildApp({
     gateway,
-    keys,
+    auth,
+    admin: { services: admin, maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES },
+    logStream: config.logStream,
     allowAnonymous: config.CARRYON_ALLOW_ANONYMOUS,
     bodyLimit: config.CARRYON_MAX_BODY_BYTES,
     logLevel: config.CARRYON_LOG_LEVEL,
   });
   const url = await app.listen({ host: config.HOST, port: config.PORT });
+  if (synced.inserted + synced.revoked > 0) app.log.info(synced, 'configured API keys synced to the store');
   if (!config.CARRYON_ADMIN_KEY) app.log.warn(`no CARRYON_ADMIN_KEY set: using the generated key in ${adminKeyPath(config.dataDir)}`);
 
   let engine: Engine | null = null;
@@ -56,6 +105,7 @@ export async function startServer(config: Config & { sharedModelDir?: string }):
       sharedDir: config.sharedModelDir,
       log: (m) => app.log.info(m),
     });
+    base = readBaseModelInfo(dir);
     engine = await Engine.start({
       modelDir: dir,
       provider: config.CARRYON_EXECUTION_PROVIDER,
@@ -72,7 +122,7 @@ export async function startServer(config: Config & { sharedModelDir?: string }):
       log: (obj, msg) => app.log.info(obj, msg),
     });
     gateway.catalog?.onChange((change) => registry.onCatalogChange(change));
-    const generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS, registry });
+    const generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS, registry, harvestSink: null, hiddenSize: engine.info.hiddenSize, metrics: null });
     gateway.setReady({ engine, tokenizer, chatTemplate, generator, contextLength, hiddenSize: engine.info.hiddenSize, registry });
     app.log.info({ model: modelName, package: dir, fingerprint: readManifest(dir).fingerprint }, 'model ready');
   })().catch((err: Error) => {
@@ -85,6 +135,7 @@ export async function startServer(config: Config & { sharedModelDir?: string }):
   return {
     app,
     gateway,
+    store,
     ready,
     url,
     async close() {
@@ -92,6 +143,7 @@ export async function startServer(config: Config & { sharedModelDir?: string }):
       scheduler.drain();
       await app.close();
       await (engine as Engine | null)?.close();
+      store.close();
     },
   };
 }

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { callerOf } from '../../src/carryon/routing.js';
 import type { Gateway } from '../../src/gateway.js';
-import { clientGone, respond } from '../../src/http/respond.js';
+import { clientGone, harvestOptOut, respond } from '../../src/http/respond.js';
 import { ChatCompletionRequest } from '../../src/openai/protocol.js';
 import { serveChat } from '../../src/openai/serve-chat.js';
 import { parseRequest } from '../../src/openai/validate.js';
@@ -11,7 +11,7 @@ const chatRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gatew
     const body = parseRequest(ChatCompletionRequest, request.body);
     const ac = clientGone(request, reply);
     const caller = callerOf(request.principal);
-    await respond(reply, await serveChat(gateway, body, caller, ac.signal));
+    await respond(reply, await serveChat(gateway, body, caller, ac.signal, harvestOptOut(request.headers)));
   });
 };
 

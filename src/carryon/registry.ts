@@ -3,6 +3,7 @@ import type { CarryOnSpec } from '../engine/carry-on-session.js';
 import { ApiError } from '../errors.js';
 import { carryOnKey, type CarryOnChange, type CarryOnVersionRecord } from './catalog.js';
 import { CARRYON_FILES } from './manifest.js';
+import type { Metrics } from '../metrics.js';
 
 export interface CarryOnLoader {
   loadCarryOn(spec: CarryOnSpec): Promise<void>;
@@ -16,6 +17,7 @@ export interface RegistryOptions {
   /** `tenant/id` of carry-ons never evicted for space. */
   pinned: Set<string>;
   log: (obj: object, msg: string) => void;
+  metrics?: Metrics | null;
 }
 
 interface Entry {
@@ -102,10 +104,13 @@ export class CarryOnRegistry {
     const entry: Entry = { key, record, ready: Promise.resolve(), loaded: false, refs: 0, lastUsed: ++this.clock, retired: false };
     this.entries.set(key, entry);
     this.residentBytes += record.bytes;
+    this.opts.metrics?.carryOnResidentBytes.set(this.residentBytes);
     const started = Date.now();
     entry.ready = this.opts.loader.loadCarryOn(specOf(record)).then(
       () => {
         entry.loaded = true;
+        this.opts.metrics?.carryOnLoads.inc();
+        this.opts.metrics?.carryOnLoadSeconds.observe((Date.now() - started) / 1000);
         this.opts.log({ carryOn: key, bytes: record.bytes, ms: Date.now() - started }, 'carry-on loaded');
         if (entry.retired && entry.refs === 0) this.free(entry);
       },
@@ -131,6 +136,7 @@ export class CarryOnRegistry {
         throw new ApiError('server_overloaded', 'every resident carry-on is in use; retry shortly', { headers: { 'retry-after': '1' } });
       }
       this.opts.log({ carryOn: victim.key, bytes: victim.record.bytes }, 'carry-on evicted');
+      this.opts.metrics?.carryOnEvictions.inc();
       this.free(victim);
     }
   }
@@ -150,6 +156,7 @@ export class CarryOnRegistry {
     if (this.entries.get(e.key) !== e) return;
     this.entries.delete(e.key);
     this.residentBytes -= e.record.bytes;
+    this.opts.metrics?.carryOnResidentBytes.set(this.residentBytes);
   }
 }
 

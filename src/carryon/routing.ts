@@ -1,4 +1,5 @@
 import { ApiError } from '../errors.js';
+import type { HarvestPolicy } from '../harvest/types.js';
 import type { CarryOnCatalog, CarryOnVersionRecord } from './catalog.js';
 
 /** Who is asking, as far as routing cares. */
@@ -6,12 +7,14 @@ export interface Caller {
   /** null: a global admin key, which sees the base only. */
   tenantId: string | null;
   defaultCarryOn: string | null;
+  /** The key's harvest policy (opt-in); null: this caller's traffic is never harvested. */
+  harvest: HarvestPolicy | null;
 }
 
 /** The routing view of an authenticated principal (null: anonymous access). */
 export function callerOf(principal: object | null): Caller {
-  const p = (principal ?? {}) as { tenantId?: string | null; defaultCarryOn?: string | null };
-  return { tenantId: p.tenantId ?? null, defaultCarryOn: p.defaultCarryOn ?? null };
+  const p = (principal ?? {}) as { tenantId?: string | null; defaultCarryOn?: string | null; harvest?: HarvestPolicy | null };
+  return { tenantId: p.tenantId ?? null, defaultCarryOn: p.defaultCarryOn ?? null, harvest: p.harvest ?? null };
 }
 
 /** The literal carry-on name that always means "the base alone", e.g. `stories260K:base`. */

@@ -1,10 +1,13 @@
 import { Worker } from 'node:worker_threads';
+import type { CaptureResult } from './capture.js';
 import type { CarryOnSpec } from './carry-on-session.js';
 import type { CarryOnUse, EngineInit, FromWorker, ModelInfo, SamplingParams, TokenEvent, ToWorker } from './protocol.js';
 
 export interface SequenceHandlers {
   onEvent(ev: TokenEvent): void;
   onError(message: string): void;
+  /** Called once, after the sequence ends however it ends, when `harvestLayers` was given to submit. */
+  onCapture?(capture: CaptureResult): void;
 }
 
 /**
@@ -15,6 +18,8 @@ export class Engine {
   private nextSeqId = 1;
   private nextJobId = 1;
   private readonly sequences = new Map<number, SequenceHandlers>();
+  /** Outlives `sequences`: a cancelled sequence's capture still arrives after it is gone from there. */
+  private readonly captureSinks = new Map<number, (c: CaptureResult) => void>();
   private readonly carryOnLoads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly embedJobs = new Map<number, { resolve: (v: Float32Array[]) => void; reject: (e: Error) => void }>();
   private dead: Error | null = null;
@@ -57,14 +62,21 @@ export class Engine {
   }
 
   /** Starts a sequence; events arrive until one carries `finish`, or onError. Returns its id for cancel(). */
-  submit(promptIds: number[], params: SamplingParams, handlers: SequenceHandlers, carryOn: CarryOnUse | null = null): number {
+  submit(
+    promptIds: number[],
+    params: SamplingParams,
+    handlers: SequenceHandlers,
+    carryOn: CarryOnUse | null = null,
+    harvestLayers: Array<'final' | number> | null = null,
+  ): number {
     const seqId = this.nextSeqId++;
     if (this.dead) {
       queueMicrotask(() => handlers.onError(this.dead!.message));
       return seqId;
     }
     this.sequences.set(seqId, handlers);
-    this.post({ type: 'add', seqId, promptIds, params, carryOn });
+    if (harvestLayers && handlers.onCapture) this.captureSinks.set(seqId, handlers.onCapture);
+    this.post({ type: 'add', seqId, promptIds, params, carryOn, harvestLayers: handlers.onCapture ? harvestLayers : null });
     return seqId;
   }
 
@@ -123,6 +135,7 @@ export class Engine {
       case 'seqError': {
         const h = this.sequences.get(msg.seqId);
         this.sequences.delete(msg.seqId);
+        this.captureSinks.delete(msg.seqId); // its capture, if any, was posted before the error
         h?.onError(msg.message);
         return;
       }
@@ -131,6 +144,12 @@ export class Engine {
         this.embedJobs.delete(msg.jobId);
         if (msg.error) job?.reject(new Error(msg.error));
         else job?.resolve(msg.vectors);
+        return;
+      }
+      case 'captured': {
+        const sink = this.captureSinks.get(msg.capture.seqId);
+        this.captureSinks.delete(msg.capture.seqId);
+        sink?.(msg.capture);
         return;
       }
       case 'carryOnLoaded': {
@@ -158,6 +177,7 @@ export class Engine {
     this.dead = err;
     for (const [, h] of this.sequences) h.onError(`engine failure: ${err.message}`);
     this.sequences.clear();
+    this.captureSinks.clear();
     for (const [, job] of this.embedJobs) job.reject(err);
     this.embedJobs.clear();
     for (const [, load] of this.carryOnLoads) load.reject(err);

@@ -1,3 +1,4 @@
+import type { CaptureResult } from './capture.js';
 import type { CarryOnSpec } from './carry-on-session.js';
 
 /**
@@ -57,7 +58,15 @@ export interface CarryOnUse {
 
 export type ToWorker =
   | { type: 'init'; init: EngineInit }
-  | { type: 'add'; seqId: number; promptIds: number[]; params: SamplingParams; carryOn: CarryOnUse | null }
+  | {
+      type: 'add';
+      seqId: number;
+      promptIds: number[];
+      params: SamplingParams;
+      carryOn: CarryOnUse | null;
+      /** Base layers to capture for harvesting; null: this sequence is not harvested. */
+      harvestLayers: Array<'final' | number> | null;
+    }
   | { type: 'loadCarryOn'; requestId: number; spec: CarryOnSpec }
   | { type: 'unloadCarryOn'; key: string }
   | { type: 'cancel'; seqId: number }
@@ -71,4 +80,5 @@ export type FromWorker =
   | { type: 'seqError'; seqId: number; message: string }
   | { type: 'embedded'; jobId: number; vectors: Float32Array[]; error?: string }
   | { type: 'carryOnLoaded'; requestId: number; error?: string }
+  | { type: 'captured'; capture: CaptureResult }
   | { type: 'closed' };

@@ -1,3 +1,4 @@
+import { SequenceCapture, type CaptureResult } from './capture.js';
 import { mergeRow, type CarryOnCache, type CarryOnSession } from './carry-on-session.js';
 import type { KvCache, ModelRunner } from './model-runner.js';
 import type { SamplingParams, TokenEvent } from './protocol.js';
@@ -20,6 +21,8 @@ interface LiveSequence {
   last: number;
   generated: number;
   carryOn: SequenceCarryOn | null;
+  /** Hidden-state capture for harvesting; null when this sequence is not sampled. */
+  capture: SequenceCapture | null;
 }
 
 /**
@@ -40,10 +43,18 @@ export class StepLoop {
     private readonly onSeqError: (seqId: number, message: string) => void,
     /** Called between steps, when no forward pass is running: the safe moment to release sessions. */
     private readonly onStepBoundary: () => void = () => {},
+    /** Receives a harvested sequence's capture when it ends, however it ends. */
+    private readonly onCapture: (capture: CaptureResult) => void = () => {},
   ) {}
 
   /** `carryOn` null: the base alone. With α = 0 the carry-on is not run at all: the base, exactly. */
-  add(seqId: number, promptIds: number[], params: SamplingParams, carryOn: { session: CarryOnSession; alpha: number } | null): void {
+  add(
+    seqId: number,
+    promptIds: number[],
+    params: SamplingParams,
+    carryOn: { session: CarryOnSession; alpha: number } | null,
+    harvestLayers: Array<'final' | number> | null = null,
+  ): void {
     if (promptIds.length === 0) throw new Error('empty prompt');
     this.live.set(seqId, {
       seqId,
@@ -54,6 +65,7 @@ export class StepLoop {
       last: -1,
       generated: 0,
       carryOn: carryOn && carryOn.alpha !== 0 ? { ...carryOn, cache: carryOn.session.newCache() } : null,
+      capture: harvestLayers ? new SequenceCapture(harvestLayers, promptIds.length, this.runner.config.hidden_size) : null,
     });
     this.kick();
   }
@@ -101,8 +113,18 @@ export class StepLoop {
   }
 
   private dropCancelled(): void {
-    for (const id of this.cancelled) this.live.delete(id);
+    for (const id of this.cancelled) {
+      const seq = this.live.get(id);
+      if (seq) this.end(seq);
+    }
     this.cancelled.clear();
+  }
+
+  /** Removes a sequence (its caches go with it) and hands over its capture, if any. */
+  private end(seq: LiveSequence): void {
+    this.live.delete(seq.seqId);
+    const result = seq.capture?.finish(seq.seqId);
+    if (result) this.onCapture(result);
   }
 
   private async step(): Promise<void> {
@@ -112,7 +134,7 @@ export class StepLoop {
         const ev = await this.advance(seq);
         if (ev) events.push(ev);
       } catch (err) {
-        this.live.delete(seq.seqId);
+        this.end(seq);
         this.onSeqError(seq.seqId, err instanceof Error ? err.message : String(err));
       }
     }
@@ -128,11 +150,12 @@ export class StepLoop {
     const pick = seq.sampler.sample(logits);
     seq.generated++;
     seq.last = pick.token;
+    seq.capture?.recordSample(pick.token);
     const ev: TokenEvent = { seqId: seq.seqId, token: pick.token, logprob: pick.logprob, top: pick.top };
     const stop = seq.params.stopTokenIds.includes(pick.token);
     if (stop || seq.generated >= seq.params.maxTokens || seq.cache.length >= this.runner.config.max_position_embeddings) {
       ev.finish = stop ? 'stop' : 'length';
-      this.live.delete(seq.seqId);
+      this.end(seq);
     }
     return ev;
   }
@@ -143,6 +166,7 @@ export class StepLoop {
    */
   private async forwardHidden(seq: LiveSequence, feed: number[]): Promise<Float32Array> {
     const body = await this.runner.forwardBody(feed, seq.cache);
+    seq.capture?.recordForward(feed, body);
     const d = this.runner.config.hidden_size;
     const at = (feed.length - 1) * d;
     const x = body.hidden.subarray(at, at + d);

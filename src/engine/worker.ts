@@ -34,6 +34,13 @@ async function handle(msg: ToWorker): Promise<void> {
         (events) => post({ type: 'tokens', events }),
         (seqId, message) => post({ type: 'seqError', seqId, message }),
         () => void releaseIdleCarryOns(),
+        (capture) =>
+          post({ type: 'captured', capture }, [
+            ...capture.hidden.map((h) => h.buffer as ArrayBuffer),
+            capture.tokenIds.buffer as ArrayBuffer,
+            capture.targetIds.buffer as ArrayBuffer,
+            capture.isCompletion.buffer as ArrayBuffer,
+          ]),
       );
       const c = runner.config;
       post({
@@ -55,7 +62,7 @@ async function handle(msg: ToWorker): Promise<void> {
           if (!session) throw new Error(`carry-on ${msg.carryOn.key} is not loaded`);
           carryOn = { session, alpha: msg.carryOn.alpha };
         }
-        requireLoop().add(msg.seqId, msg.promptIds, msg.params, carryOn);
+        requireLoop().add(msg.seqId, msg.promptIds, msg.params, carryOn, msg.harvestLayers);
       } catch (err) {
         post({ type: 'seqError', seqId: msg.seqId, message: errorMessage(err) });
       }

@@ -5,7 +5,9 @@ import completionRoutes from '../../plugins/openai/completions.js';
 import embeddingRoutes from '../../plugins/openai/embeddings.js';
 import modelRoutes from '../../plugins/openai/models.js';
 import healthRoutes from '../../plugins/health.js';
-import { bearerToken, type KeyStore, type Principal } from '../auth.js';
+import adminRoutes from '../../plugins/admin/index.js';
+import type { AdminServices } from '../admin/services.js';
+import { bearerToken, TENANT_HEADER, type Authenticator, type Principal } from '../auth.js';
 import { ApiError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 
@@ -21,12 +23,16 @@ declare module 'fastify' {
 
 export interface AppOptions {
   gateway: Gateway;
-  keys: KeyStore;
+  auth: Authenticator;
+  /** The admin API under /admin. */
+  admin: { services: AdminServices; maxCarryOnBytes: number };
   allowAnonymous: boolean;
   bodyLimit: number;
   logLevel: string;
   /** Time allowed to receive a whole request (headers and body). */
   requestReceiveTimeoutMs?: number;
+  /** Where log lines (JSON) go; default stdout. Tests capture them here. */
+  logStream?: { write(line: string): void };
 }
 
 /** Builds the HTTP server: request ids, auth, one error mapping, then each surface as a plugin. */
@@ -41,6 +47,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       level: opts.logLevel,
       // Never log credentials, whatever a serializer change might add later.
       redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]'], censor: '[redacted]' },
+      ...(opts.logStream ? { stream: opts.logStream } : {}),
     },
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
@@ -58,8 +65,10 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     if (request.routeOptions.config?.public) return;
     const token = bearerToken(request.headers.authorization);
     if (token) {
-      request.principal = opts.keys.authenticate(token);
-      if (!request.principal) throw new ApiError('invalid_api_key', 'Incorrect API key provided.');
+      const principal = opts.auth.authenticate(token);
+      if (!principal) throw new ApiError('invalid_api_key', 'Incorrect API key provided.');
+      const actFor = request.headers[TENANT_HEADER];
+      request.principal = typeof actFor === 'string' && actFor !== '' ? opts.auth.actAs(principal, actFor) : principal;
       return;
     }
     if (!opts.allowAnonymous) {
@@ -83,6 +92,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   await app.register(chatRoutes, { gateway: opts.gateway });
   await app.register(completionRoutes, { gateway: opts.gateway });
   await app.register(embeddingRoutes, { gateway: opts.gateway });
+  await app.register(adminRoutes, { prefix: '/admin', admin: opts.admin.services, maxCarryOnBytes: opts.admin.maxCarryOnBytes });
   return app;
 }
 
@@ -99,7 +109,11 @@ function toApiError(err: FastifyError | ApiError): ApiError {
       return new ApiError('unsupported_media_type', "Send the request body as JSON with 'Content-Type: application/json'.");
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return new ApiError('invalid_json', 'The Content-Length header does not match the body.');
+    case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
+      return new ApiError('unsupported_media_type', "Send the request body as 'multipart/form-data'.");
   }
+  // @fastify/multipart's own limits (file size, part counts) and anything else that says 413.
+  if (err.statusCode === 413) return new ApiError('request_too_large', `The request is larger than this server accepts: ${err.message}`);
   if (err.statusCode === 400 && err instanceof SyntaxError) {
     return new ApiError('invalid_json', `We could not parse the JSON body of your request: ${err.message}`);
   }

@@ -12,6 +12,11 @@ export function clientGone(request: FastifyRequest, reply: FastifyReply): AbortC
   return ac;
 }
 
+/** `x-carryon-harvest: off` keeps a request out of harvesting, for clients that cannot add body fields. */
+export function harvestOptOut(headers: Record<string, string | string[] | undefined>): boolean {
+  return String(headers['x-carryon-harvest'] ?? '').toLowerCase() === 'off';
+}
+
 export async function respond(reply: FastifyReply, result: ServeResult): Promise<void> {
   if (result.kind === 'json') {
     await reply.send(result.body);

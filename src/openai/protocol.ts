@@ -26,6 +26,8 @@ const sampling = {
   logit_bias: z.record(z.string(), z.number()).nullish(),
   /** Extension: α of x + α · g ⊙ Δx for a carry-on model (default: the carry-on's manifest). Ignored for the base. */
   carry_on_alpha: z.number().min(0).max(MAX_ALPHA).nullish(),
+  /** Extension: false keeps this request out of hidden-state harvesting even when the key opted in. */
+  carry_on_harvest: z.boolean().nullish(),
 };
 
 const textPart = z.object({ type: z.literal('text'), text: z.string() });

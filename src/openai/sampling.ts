@@ -54,6 +54,20 @@ export function carryOnFor(
   return record ? { record, alpha: body.carry_on_alpha ?? record.manifest.default_alpha } : null;
 }
 
+/**
+ * Whether this request is harvested: only when the caller's key opted in, the sample draw says so,
+ * and the request did not opt out (`carry_on_harvest: false` or header `x-carryon-harvest: off`).
+ */
+export function harvestFor(
+  caller: Caller,
+  optOut: boolean,
+  responseId: string,
+): GenerationRequest['harvest'] {
+  const policy = caller.harvest;
+  if (!policy || optOut || !(Math.random() < policy.sampleRate)) return null;
+  return { policy, requestId: responseId, tenantId: caller.tenantId };
+}
+
 export function requestId(prefix: string): string {
   return `${prefix}-${crypto.randomUUID().replace(/-/g, '')}`;
 }

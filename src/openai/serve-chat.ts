@@ -5,12 +5,13 @@ import type { Gateway } from '../gateway.js';
 import type { ChoiceDelta, TokenDetail } from '../generation.js';
 import type { ModelTokenizer } from '../tokenizer.js';
 import type { ChatCompletionRequest } from './protocol.js';
-import { carryOnFor, requestId, samplingFrom } from './sampling.js';
+import { carryOnFor, harvestFor, requestId, samplingFrom } from './sampling.js';
 import { collect, type ServeResult } from './serve-result.js';
 
 /** /v1/chat/completions serving logic: messages → template → generation → OpenAI objects. */
-export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller: Caller, signal: AbortSignal): Promise<ServeResult> {
+export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
   const carryOn = carryOnFor(gw, body, caller);
+  const id = requestId('chatcmpl');
   const m = gw.model();
   refuseUnsupported(body);
   const prompt = renderPrompt(m.chatTemplate, body.messages);
@@ -23,9 +24,9 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
     maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
     ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN),
     carryOn,
+    harvest: harvestFor(caller, optOut || body.carry_on_harvest === false, id),
     signal,
   });
-  const id = requestId('chatcmpl');
   const created = Math.floor(Date.now() / 1000);
   const base = { id, created, model: body.model, system_fingerprint: null };
   const logprobs = (tokens: TokenDetail[]) => (wantLogprobs ? { content: tokens.map((t) => chatLogprob(m.tokenizer, t)) } : null);

@@ -3,12 +3,13 @@ import { ApiError } from '../errors.js';
 import type { Gateway, ModelServices } from '../gateway.js';
 import type { TokenDetail } from '../generation.js';
 import type { CompletionRequest } from './protocol.js';
-import { carryOnFor, requestId, samplingFrom } from './sampling.js';
+import { carryOnFor, harvestFor, requestId, samplingFrom } from './sampling.js';
 import { collect, type ServeResult } from './serve-result.js';
 
 /** /v1/completions serving logic: one prompt (text or token ids) → generation → text_completion objects. */
-export async function serveCompletion(gw: Gateway, body: CompletionRequest, caller: Caller, signal: AbortSignal): Promise<ServeResult> {
+export async function serveCompletion(gw: Gateway, body: CompletionRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
   const carryOn = carryOnFor(gw, body, caller);
+  const id = requestId('cmpl');
   const m = gw.model();
   if (body.suffix) throw new ApiError('unsupported_parameter', "'suffix' is not supported by this model.", { param: 'suffix' });
   if (body.best_of != null && body.best_of !== (body.n ?? 1)) {
@@ -23,10 +24,10 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
     maxTokensParam: 'max_tokens',
     ...samplingFrom(body, wantLogprobs ? (body.logprobs ?? 0) : -1, gw.limits.maxN),
     carryOn,
+    harvest: harvestFor(caller, optOut || body.carry_on_harvest === false, id),
     signal,
   });
   const echoText = body.echo ? m.tokenizer.decode(promptIds) : '';
-  const id = requestId('cmpl');
   const created = Math.floor(Date.now() / 1000);
   const base = { id, object: 'text_completion', created, model: body.model, system_fingerprint: null };
   const logprobs = (tokens: TokenDetail[], offset: number) => (wantLogprobs ? completionLogprobs(m, tokens, offset) : null);

@@ -1,5 +1,4 @@
-import type { Db } from './db.js';
-import { nowIso } from './db.js';
+import { nowIso, statementCache, type Db, type Prepare } from './db.js';
 import { parseStoredHarvestPolicy, type HarvestPolicy } from './harvest-policy.js';
 
 export type Scope = 'admin' | 'inference';
@@ -78,11 +77,14 @@ const toRecord = (r: ApiKeyRow): ApiKeyRecord => ({
 const policyText = (p: HarvestPolicy | null | undefined): string | null => (p ? JSON.stringify(p) : null);
 
 export class ApiKeyRepository {
-  constructor(private readonly db: Db) {}
+  private readonly sql: Prepare;
+
+  constructor(private readonly db: Db) {
+    this.sql = statementCache(db);
+  }
 
   insert(k: NewApiKey): ApiKeyRecord {
-    this.db
-      .prepare(
+    this.sql(
         `INSERT INTO api_keys (id, tenant_id, scope, name, key_hash, prefix, default_carry_on, harvest_policy, origin, created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
@@ -92,12 +94,12 @@ export class ApiKeyRepository {
 
   /** The key whose hash this is, with the stored hash for the caller's constant-time comparison. */
   findByHash(hash: Buffer): { record: ApiKeyRecord; storedHash: Buffer } | null {
-    const row = this.db.prepare<[Buffer], ApiKeyRow>('SELECT * FROM api_keys WHERE key_hash = ?').get(hash);
+    const row = this.sql<[Buffer], ApiKeyRow>('SELECT * FROM api_keys WHERE key_hash = ?').get(hash);
     return row ? { record: toRecord(row), storedHash: row.key_hash } : null;
   }
 
   get(id: string): ApiKeyRecord | null {
-    const row = this.db.prepare<[string], ApiKeyRow>('SELECT * FROM api_keys WHERE id = ?').get(id);
+    const row = this.sql<[string], ApiKeyRow>('SELECT * FROM api_keys WHERE id = ?').get(id);
     return row ? toRecord(row) : null;
   }
 
@@ -105,30 +107,34 @@ export class ApiKeyRepository {
   list(tenantId?: string | null): ApiKeyRecord[] {
     const rows =
       tenantId === undefined
-        ? this.db.prepare<[], ApiKeyRow>('SELECT * FROM api_keys ORDER BY created_at, id').all()
+        ? this.sql<[], ApiKeyRow>('SELECT * FROM api_keys ORDER BY created_at, id').all()
         : tenantId === null
-          ? this.db.prepare<[], ApiKeyRow>('SELECT * FROM api_keys WHERE tenant_id IS NULL ORDER BY created_at, id').all()
-          : this.db.prepare<[string], ApiKeyRow>('SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id').all(tenantId);
+          ? this.sql<[], ApiKeyRow>('SELECT * FROM api_keys WHERE tenant_id IS NULL ORDER BY created_at, id').all()
+          : this.sql<[string], ApiKeyRow>('SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id').all(tenantId);
     return rows.map(toRecord);
   }
 
   update(id: string, patch: ApiKeyPatch): ApiKeyRecord | null {
     const sets: string[] = [];
     const values: Array<string | null> = [];
-    if (patch.name !== undefined) sets.push('name = ?') && values.push(patch.name);
-    if (patch.defaultCarryOn !== undefined) sets.push('default_carry_on = ?') && values.push(patch.defaultCarryOn);
-    if (patch.harvest !== undefined) sets.push('harvest_policy = ?') && values.push(policyText(patch.harvest));
-    if (sets.length > 0) this.db.prepare(`UPDATE api_keys SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
+    const set = (column: string, value: string | null) => {
+      sets.push(`${column} = ?`);
+      values.push(value);
+    };
+    if (patch.name !== undefined) set('name', patch.name);
+    if (patch.defaultCarryOn !== undefined) set('default_carry_on', patch.defaultCarryOn);
+    if (patch.harvest !== undefined) set('harvest_policy', policyText(patch.harvest));
+    if (sets.length > 0) this.sql(`UPDATE api_keys SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
     return this.get(id);
   }
 
   /** Revokes a live key; false when it does not exist or was already revoked. */
   revoke(id: string): boolean {
-    return this.db.prepare('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(nowIso(), id).changes > 0;
+    return this.sql('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(nowIso(), id).changes > 0;
   }
 
   revokeForTenant(tenantId: string): number {
-    return this.db.prepare('UPDATE api_keys SET revoked_at = ? WHERE tenant_id = ? AND revoked_at IS NULL').run(nowIso(), tenantId).changes;
+    return this.sql('UPDATE api_keys SET revoked_at = ? WHERE tenant_id = ? AND revoked_at IS NULL').run(nowIso(), tenantId).changes;
   }
 
   /**
@@ -150,14 +156,13 @@ export class ApiKeyRepository {
             this.insert({ ...k, id: newId(), origin: 'config' });
             inserted++;
           } else if (found.record.origin === 'config') {
-            this.db
-              .prepare('UPDATE api_keys SET scope = ?, tenant_id = ?, name = ?, prefix = ?, revoked_at = NULL WHERE id = ?')
+            this.sql('UPDATE api_keys SET scope = ?, tenant_id = ?, name = ?, prefix = ?, revoked_at = NULL WHERE id = ?')
               .run(k.scope, k.tenantId, k.name, k.prefix, found.record.id);
           }
           // An API-created key that is also configured keeps its row: revoking it through the API still works.
         }
         let revoked = 0;
-        for (const r of this.db.prepare<[], ApiKeyRow>("SELECT * FROM api_keys WHERE origin = 'config' AND revoked_at IS NULL").all()) {
+        for (const r of this.sql<[], ApiKeyRow>("SELECT * FROM api_keys WHERE origin = 'config' AND revoked_at IS NULL").all()) {
           if (!wanted.has(r.key_hash.toString('hex'))) revoked += Number(this.revoke(r.id));
         }
         return { inserted, revoked };

@@ -58,3 +58,18 @@ export function migrate(db: Db): void {
 export function nowIso(): string {
   return new Date().toISOString();
 }
+
+export type Prepare = <P extends unknown[] = unknown[], R = unknown>(sql: string) => Database.Statement<P, R>;
+
+/** Compiles each SQL text once: lookups on the request path (key by hash, carry-on resolve) stay cheap. */
+export function statementCache(db: Db): Prepare {
+  const cache = new Map<string, Database.Statement<unknown[], unknown>>();
+  return <P extends unknown[] = unknown[], R = unknown>(sql: string): Database.Statement<P, R> => {
+    let s = cache.get(sql);
+    if (!s) {
+      s = db.prepare(sql);
+      cache.set(sql, s);
+    }
+    return s as unknown as Database.Statement<P, R>;
+  };
+}

@@ -1,5 +1,4 @@
-import type { Db } from './db.js';
-import { nowIso } from './db.js';
+import { nowIso, statementCache, type Db, type Prepare } from './db.js';
 
 /** Tenant ids become folder names and URL segments: a slug with no dots, so never `.` or `..`. */
 export const TENANT_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -20,16 +19,20 @@ interface TenantRow {
 const toRecord = (r: TenantRow): TenantRecord => ({ id: r.id, name: r.name, createdAt: r.created_at });
 
 export class TenantRepository {
-  constructor(private readonly db: Db) {}
+  private readonly sql: Prepare;
+
+  constructor(private readonly db: Db) {
+    this.sql = statementCache(db);
+  }
 
   /** A live (not deleted) tenant. */
   get(id: string): TenantRecord | null {
-    const row = this.db.prepare<[string], TenantRow>('SELECT * FROM tenants WHERE id = ? AND deleted_at IS NULL').get(id);
+    const row = this.sql<[string], TenantRow>('SELECT * FROM tenants WHERE id = ? AND deleted_at IS NULL').get(id);
     return row ? toRecord(row) : null;
   }
 
   list(): TenantRecord[] {
-    return this.db.prepare<[], TenantRow>('SELECT * FROM tenants WHERE deleted_at IS NULL ORDER BY id').all().map(toRecord);
+    return this.sql<[], TenantRow>('SELECT * FROM tenants WHERE deleted_at IS NULL ORDER BY id').all().map(toRecord);
   }
 
   /**
@@ -39,13 +42,13 @@ export class TenantRepository {
   create(id: string, name: string): TenantRecord | null {
     return this.db
       .transaction((): TenantRecord | null => {
-        const existing = this.db.prepare<[string], TenantRow>('SELECT * FROM tenants WHERE id = ?').get(id);
+        const existing = this.sql<[string], TenantRow>('SELECT * FROM tenants WHERE id = ?').get(id);
         if (existing && existing.deleted_at === null) return null;
         const now = nowIso();
         if (existing) {
-          this.db.prepare('UPDATE tenants SET name = ?, created_at = ?, deleted_at = NULL WHERE id = ?').run(name, now, id);
+          this.sql('UPDATE tenants SET name = ?, created_at = ?, deleted_at = NULL WHERE id = ?').run(name, now, id);
         } else {
-          this.db.prepare('INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)').run(id, name, now);
+          this.sql('INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)').run(id, name, now);
         }
         return { id, name, createdAt: now };
       })
@@ -59,6 +62,6 @@ export class TenantRepository {
 
   /** Soft delete; the caller revokes keys and removes carry-ons in the same transaction. */
   markDeleted(id: string): boolean {
-    return this.db.prepare('UPDATE tenants SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL').run(nowIso(), id).changes > 0;
+    return this.sql('UPDATE tenants SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL').run(nowIso(), id).changes > 0;
   }
 }

@@ -14,8 +14,18 @@ export interface TestGateway extends RunningServer {
   dataDir: string;
 }
 
+export interface TestGatewayOptions {
+  /** Receives every log line (JSON); pair with CARRYON_LOG_LEVEL to capture logs. */
+  logStream?: { write(line: string): void };
+}
+
+/** A new empty data folder: its own gateway.sqlite and carry-on files (the model is imported into it). */
+export function freshDataDir(prefix = 'carryon-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
 /** Starts the real gateway on an ephemeral port with the default model (stories260K from ../shared). */
-export async function startTestGateway(env: Record<string, string> = {}): Promise<TestGateway> {
+export async function startTestGateway(env: Record<string, string> = {}, opts: TestGatewayOptions = {}): Promise<TestGateway> {
   const dataDir = env.CARRYON_DATA_DIR ?? SHARED_DATA;
   fs.mkdirSync(dataDir, { recursive: true });
   const config = loadConfig({
@@ -28,7 +38,7 @@ export async function startTestGateway(env: Record<string, string> = {}): Promis
     CARRYON_LOG_LEVEL: 'silent',
     ...env,
   });
-  const server = await startServer(config);
+  const server = await startServer({ ...config, logStream: opts.logStream });
   await server.ready;
   return { ...server, dataDir };
 }

@@ -1,0 +1,26 @@
+import type { FastifyPluginAsync } from 'fastify';
+import { requireAdmin } from '../../src/admin/access.js';
+import type { AdminServices } from '../../src/admin/services.js';
+import carryOnRoutes from './carry-ons.js';
+import keyRoutes from './keys.js';
+import tenantRoutes from './tenants.js';
+
+export interface AdminPluginOptions {
+  admin: AdminServices;
+  /** CARRYON_MAX_CARRYON_BYTES: the multipart parser's own cut-off for the graph part. */
+  maxCarryOnBytes: number;
+}
+
+/** The admin API, registered under /admin: admin-scope keys only, checked before any body is read. */
+const adminRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, opts) => {
+  app.addHook('onRequest', async (request) => {
+    requireAdmin(request.principal);
+  });
+  // Not `opts` itself: it carries this plugin's `prefix`, which the children would apply again.
+  const deps: AdminPluginOptions = { admin: opts.admin, maxCarryOnBytes: opts.maxCarryOnBytes };
+  await app.register(tenantRoutes, deps);
+  await app.register(keyRoutes, deps);
+  await app.register(carryOnRoutes, deps);
+};
+
+export default adminRoutes;

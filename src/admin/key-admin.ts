@@ -1,0 +1,81 @@
+import { generateApiKey, hashKey, keyPrefix, newKeyId } from '../auth.js';
+import { ApiError } from '../errors.js';
+import type { ApiKeyRecord } from '../store/api-keys.js';
+import { parseCarryOnRef } from '../store/carry-ons.js';
+import type { Store } from '../store/store.js';
+import { canManageTenant, managedTenant, requireGlobalAdmin } from './access.js';
+import { audit, type AdminContext } from './audit.js';
+import type { ApiKeyObject, CreatedApiKeyObject, CreateKeyBody, List, PatchKeyBody } from './protocol.js';
+import { view } from './views.js';
+
+export class KeyAdmin {
+  constructor(private readonly store: Store) {}
+
+  /** Creates a key; the response is the only place the key ever appears (the store keeps its hash). */
+  create(ctx: AdminContext, body: CreateKeyBody): CreatedApiKeyObject {
+    const tenantId = body.tenant ?? null;
+    if (tenantId === null) requireGlobalAdmin(ctx.principal);
+    else managedTenant(ctx.principal, this.store.tenants, tenantId);
+    if (body.default_carry_on) this.checkDefaultCarryOn(tenantId, body.default_carry_on);
+    const key = generateApiKey();
+    const record = this.store.apiKeys.insert({
+      id: newKeyId(),
+      tenantId,
+      scope: body.scope,
+      name: body.name ?? null,
+      hash: hashKey(key),
+      prefix: keyPrefix(key),
+      defaultCarryOn: body.default_carry_on ?? null,
+      harvest: body.harvest ?? null,
+    });
+    audit(ctx, { action: 'key.create', tenant: tenantId, target: record.id });
+    return { ...view.apiKey(record), key };
+  }
+
+  /** Keys this admin manages, revoked ones included; `tenant` narrows to one tenant. */
+  list(ctx: AdminContext, tenant: string | undefined): List<ApiKeyObject> {
+    const own = ctx.principal.tenantId;
+    if (tenant !== undefined) managedTenant(ctx.principal, this.store.tenants, tenant);
+    const keys = this.store.apiKeys.list(tenant ?? own ?? undefined);
+    return view.list(keys.map(view.apiKey));
+  }
+
+  update(ctx: AdminContext, id: string, patch: PatchKeyBody): ApiKeyObject {
+    const key = this.managedKey(ctx, id);
+    if (key.revokedAt !== null) throw new ApiError('conflict', `The key '${id}' is revoked.`);
+    if (patch.default_carry_on) this.checkDefaultCarryOn(key.tenantId, patch.default_carry_on);
+    const updated = this.store.apiKeys.update(id, { name: patch.name, defaultCarryOn: patch.default_carry_on, harvest: patch.harvest });
+    if (Object.values(patch).some((v) => v !== undefined)) audit(ctx, { action: 'key.update', tenant: key.tenantId, target: id });
+    return view.apiKey(updated as ApiKeyRecord);
+  }
+
+  /** Revokes at once: the next request with the key gets a 401. Revoking a revoked key changes nothing. */
+  revoke(ctx: AdminContext, id: string): ApiKeyObject {
+    const key = this.managedKey(ctx, id);
+    if (key.origin === 'config') {
+      throw new ApiError('conflict', `The key '${id}' comes from the server's configuration (${key.name}); remove it there and restart.`);
+    }
+    if (this.store.apiKeys.revoke(id)) audit(ctx, { action: 'key.revoke', tenant: key.tenantId, target: id });
+    return view.apiKey(this.store.apiKeys.get(id) as ApiKeyRecord);
+  }
+
+  /** A key this admin may manage; others answer 404 like missing ones. */
+  private managedKey(ctx: AdminContext, id: string): ApiKeyRecord {
+    const key = this.store.apiKeys.get(id);
+    if (!key || !canManageTenant(ctx.principal, key.tenantId)) {
+      throw new ApiError('not_found', `The API key '${id}' does not exist or you do not have access to it.`, { param: 'id' });
+    }
+    return key;
+  }
+
+  /** A default carry-on must resolve now, for the key's own tenant; requests would fail on it otherwise. */
+  private checkDefaultCarryOn(tenantId: string | null, ref: string): void {
+    if (tenantId === null) {
+      throw new ApiError('invalid_value', 'A global admin key has no tenant, so it cannot have a default carry-on.', { param: 'default_carry_on' });
+    }
+    const parsed = parseCarryOnRef(ref);
+    if (!parsed || !this.store.carryOns.resolve(tenantId, parsed.carryOnId, parsed.versionOrAlias)) {
+      throw new ApiError('invalid_value', `Tenant '${tenantId}' has no carry-on '${ref}'.`, { param: 'default_carry_on' });
+    }
+  }
+}

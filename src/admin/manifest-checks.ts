@@ -1,0 +1,59 @@
+import { CarryOnManifest } from '../carryon/manifest.js';
+import { ApiError } from '../errors.js';
+import type { BaseModelInfo } from './base-model.js';
+import { UploadManifest } from './protocol.js';
+
+/** The uploaded manifest text → a manifest without its version (the server assigns it). */
+export function parseUploadedManifest(text: string): UploadManifest {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new ApiError('invalid_json', `The 'manifest' part is not valid JSON: ${(err as Error).message}`, { param: 'manifest' });
+  }
+  const parsed = UploadManifest.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const param = ['manifest', ...issue.path.map(String)].join('.');
+    throw new ApiError(issue.code === 'invalid_type' ? 'invalid_type' : 'invalid_value', `Invalid '${param}': ${issue.message}.`, { param });
+  }
+  return parsed.data;
+}
+
+/** A carry-on is trained against one exact base: anything else would add a meaningless correction. */
+export function checkAgainstBase(m: UploadManifest, base: BaseModelInfo): void {
+  if (m.base_fingerprint !== base.fingerprint) {
+    throw new ApiError(
+      'invalid_value',
+      `This carry-on was built for base model ${m.base_fingerprint.slice(0, 12)}…, but this gateway serves ${base.fingerprint.slice(0, 12)}….`,
+      { param: 'manifest.base_fingerprint' },
+    );
+  }
+  if (m.hidden_size !== base.hiddenSize) {
+    throw new ApiError('invalid_value', `The manifest's hidden_size ${m.hidden_size} is not the base's ${base.hiddenSize}.`, {
+      param: 'manifest.hidden_size',
+    });
+  }
+  const unavailable = m.input_layers.filter((l) => l !== 'final' && !base.extraLayerOutputs.includes(l));
+  if (unavailable.length > 0) {
+    throw new ApiError(
+      'invalid_value',
+      `The base model does not output the hidden states of block(s) ${unavailable.join(', ')}; ` +
+        `it has ${base.extraLayerOutputs.length > 0 ? base.extraLayerOutputs.join(', ') : 'only the final one'}.`,
+      { param: 'manifest.input_layers' },
+    );
+  }
+}
+
+export function checkDigest(m: UploadManifest, sha256: string): void {
+  if (m.sha256 !== sha256) {
+    throw new ApiError('invalid_value', `The uploaded graph has sha256 ${sha256}, but the manifest says ${m.sha256}.`, {
+      param: 'manifest.sha256',
+    });
+  }
+}
+
+/** The manifest as stored: the upload's fields plus the version the server assigned. */
+export function storedManifest(m: UploadManifest, version: number): CarryOnManifest {
+  return CarryOnManifest.parse({ ...m, version });
+}

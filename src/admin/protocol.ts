@@ -1,0 +1,122 @@
+/**
+ * The admin API's wire format, in one place: zod schemas of every request (validated by the
+ * routes) and of every response object (built by ./views.ts, typed from these schemas).
+ * Snake_case fields and `{object, ...}` envelopes, as the OpenAI API the clients already speak.
+ */
+import { z } from 'zod';
+import { CarryOnManifest } from '../carryon/manifest.js';
+import { ALIAS_PATTERN, CARRYON_REF_PATTERN } from '../store/carry-ons.js';
+import { HarvestPolicy } from '../store/harvest-policy.js';
+import { TENANT_ID_PATTERN } from '../store/tenants.js';
+
+const TenantId = z.string().regex(TENANT_ID_PATTERN, 'expected a lowercase slug: [a-z0-9][a-z0-9_-]{0,62}');
+const DisplayName = z.string().trim().min(1).max(200);
+/** `<carry-on id>` or `<carry-on id>@<version or alias>`. */
+const CarryOnRef = z.string().regex(CARRYON_REF_PATTERN, "expected '<carry-on id>' or '<carry-on id>@<version or alias>'");
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+export const CreateTenantBody = z.strictObject({ id: TenantId, name: DisplayName.optional() });
+
+export const CreateKeyBody = z
+  .strictObject({
+    /** Omitted only for a global admin key. */
+    tenant: TenantId.optional(),
+    scope: z.enum(['inference', 'admin']).default('inference'),
+    name: DisplayName.optional(),
+    default_carry_on: CarryOnRef.nullable().optional(),
+    harvest: HarvestPolicy.nullable().optional(),
+  })
+  .refine((b) => b.tenant !== undefined || b.scope === 'admin', { message: 'an inference key needs a tenant', path: ['tenant'] });
+export type CreateKeyBody = z.infer<typeof CreateKeyBody>;
+
+export const ListKeysQuery = z.strictObject({ tenant: TenantId.optional() });
+
+export const PatchKeyBody = z.strictObject({
+  name: DisplayName.nullable().optional(),
+  default_carry_on: CarryOnRef.nullable().optional(),
+  harvest: HarvestPolicy.nullable().optional(),
+});
+export type PatchKeyBody = z.infer<typeof PatchKeyBody>;
+
+export const SetAliasBody = z.strictObject({ version: z.number().int().positive() });
+
+export const AliasName = z.string().regex(ALIAS_PATTERN, 'expected a slug starting with a letter: [a-z][a-z0-9._-]{0,63}');
+
+/** The uploaded manifest: the server assigns `version`, so one sent along is ignored. */
+export const UploadManifest = CarryOnManifest.omit({ version: true });
+export type UploadManifest = z.infer<typeof UploadManifest>;
+
+/** Path parameters are plain strings: an id that cannot exist is simply not found. */
+export const TenantParams = z.object({ tenant: z.string() });
+export const KeyParams = z.object({ id: z.string() });
+export const CarryOnParams = z.object({ tenant: z.string(), id: z.string() });
+export const VersionParams = z.object({ tenant: z.string(), id: z.string(), version: z.string() });
+export const AliasParams = z.object({ tenant: z.string(), id: z.string(), alias: z.string() });
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+export const TenantObject = z.object({
+  object: z.literal('tenant'),
+  id: z.string(),
+  name: z.string(),
+  created_at: z.string(),
+});
+export type TenantObject = z.infer<typeof TenantObject>;
+
+export const ApiKeyObject = z.object({
+  object: z.literal('api_key'),
+  id: z.string(),
+  /** null: a global admin key. */
+  tenant: z.string().nullable(),
+  scope: z.enum(['inference', 'admin']),
+  name: z.string().nullable(),
+  /** The first characters of the key, to recognise it; never the key. */
+  prefix: z.string(),
+  default_carry_on: z.string().nullable(),
+  harvest: HarvestPolicy.nullable(),
+  /** 'config': from CARRYON_ADMIN_KEY / CARRYON_API_KEYS; managed there, not revocable here. */
+  origin: z.enum(['api', 'config']),
+  created_at: z.string(),
+  revoked_at: z.string().nullable(),
+});
+export type ApiKeyObject = z.infer<typeof ApiKeyObject>;
+
+/** The create response: the only time the key itself is ever returned. */
+export const CreatedApiKeyObject = ApiKeyObject.extend({ key: z.string() });
+export type CreatedApiKeyObject = z.infer<typeof CreatedApiKeyObject>;
+
+export const CarryOnVersionObject = z.object({
+  object: z.literal('carry_on.version'),
+  tenant: z.string(),
+  carry_on: z.string(),
+  version: z.number().int(),
+  sha256: z.string(),
+  bytes: z.number().int(),
+  created_at: z.string(),
+  manifest: CarryOnManifest,
+});
+export type CarryOnVersionObject = z.infer<typeof CarryOnVersionObject>;
+
+export const CarryOnObject = z.object({
+  object: z.literal('carry_on'),
+  id: z.string(),
+  tenant: z.string(),
+  created_at: z.string(),
+  latest_version: z.number().int(),
+  aliases: z.record(z.string(), z.number().int()),
+  versions: z.array(CarryOnVersionObject),
+});
+export type CarryOnObject = z.infer<typeof CarryOnObject>;
+
+export const DeletedObject = z.object({ object: z.string(), id: z.string(), deleted: z.literal(true) });
+export type DeletedObject = z.infer<typeof DeletedObject>;
+
+export const ListObject = <T extends z.ZodType>(item: T) => z.object({ object: z.literal('list'), data: z.array(item) });
+export interface List<T> {
+  object: 'list';
+  data: T[];
+}
+

@@ -1,0 +1,47 @@
+import { ApiError } from '../errors.js';
+import type { Store } from '../store/store.js';
+import { managedTenant, requireGlobalAdmin } from './access.js';
+import { audit, type AdminContext } from './audit.js';
+import type { CarryOnFiles } from './carry-on-files.js';
+import type { DeletedObject, List, TenantObject } from './protocol.js';
+import { view } from './views.js';
+
+export class TenantAdmin {
+  constructor(
+    private readonly store: Store,
+    private readonly files: CarryOnFiles,
+  ) {}
+
+  create(ctx: AdminContext, body: { id: string; name?: string }): TenantObject {
+    requireGlobalAdmin(ctx.principal);
+    const tenant = this.store.tenants.create(body.id, body.name ?? body.id);
+    if (!tenant) throw new ApiError('conflict', `A tenant '${body.id}' already exists.`, { param: 'id' });
+    audit(ctx, { action: 'tenant.create', tenant: tenant.id, target: tenant.id });
+    return view.tenant(tenant);
+  }
+
+  /** A global admin sees every tenant; a tenant's admin key sees its own. */
+  list(ctx: AdminContext): List<TenantObject> {
+    const { tenantId } = ctx.principal;
+    const tenants = tenantId === null ? this.store.tenants.list() : [this.store.tenants.get(tenantId)].filter((t) => t !== null);
+    return view.list(tenants.map(view.tenant));
+  }
+
+  /** Revokes the tenant's keys and deletes its carry-ons with it, in one transaction; then removes their files. */
+  delete(ctx: AdminContext, tenantId: string): DeletedObject {
+    requireGlobalAdmin(ctx.principal);
+    managedTenant(ctx.principal, this.store.tenants, tenantId);
+    const dirs = this.store.carryOns.deleteForTenant(tenantId, () => {
+      this.store.tenants.markDeleted(tenantId);
+      this.store.apiKeys.revokeForTenant(tenantId);
+    });
+    this.files.remove(dirs);
+    try {
+      this.files.removeTenant(tenantId);
+    } catch (err) {
+      ctx.log.warn({ err, tenant: tenantId }, 'could not remove the deleted tenant’s carry-on folder');
+    }
+    audit(ctx, { action: 'tenant.delete', tenant: tenantId, target: tenantId });
+    return view.deleted('tenant', tenantId);
+  }
+}

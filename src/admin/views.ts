@@ -1,0 +1,48 @@
+import type { ApiKeyRecord } from '../store/api-keys.js';
+import type { CarryOnSummary, CarryOnVersionInfo } from '../store/carry-ons.js';
+import type { TenantRecord } from '../store/tenants.js';
+import type { ApiKeyObject, CarryOnObject, CarryOnVersionObject, DeletedObject, List, TenantObject } from './protocol.js';
+
+/** Store records → the admin API's response objects (./protocol.ts). */
+export const view = {
+  list: <T>(data: T[]): List<T> => ({ object: 'list', data }),
+
+  tenant: (t: TenantRecord): TenantObject => ({ object: 'tenant', id: t.id, name: t.name, created_at: t.createdAt }),
+
+  apiKey: (k: ApiKeyRecord): ApiKeyObject => ({
+    object: 'api_key',
+    id: k.id,
+    tenant: k.tenantId,
+    scope: k.scope,
+    name: k.name,
+    prefix: k.prefix,
+    default_carry_on: k.defaultCarryOn,
+    harvest: k.harvest,
+    origin: k.origin,
+    created_at: k.createdAt,
+    revoked_at: k.revokedAt,
+  }),
+
+  carryOnVersion: (tenant: string, carryOn: string, v: CarryOnVersionInfo): CarryOnVersionObject => ({
+    object: 'carry_on.version',
+    tenant,
+    carry_on: carryOn,
+    version: v.version,
+    sha256: v.sha256,
+    bytes: v.bytes,
+    created_at: v.createdAt,
+    manifest: v.manifest,
+  }),
+
+  carryOn: (tenant: string, c: CarryOnSummary): CarryOnObject => ({
+    object: 'carry_on',
+    id: c.id,
+    tenant,
+    created_at: c.createdAt,
+    latest_version: c.latestVersion,
+    aliases: c.aliases,
+    versions: c.versions.map((v) => view.carryOnVersion(tenant, c.id, v)),
+  }),
+
+  deleted: (object: string, id: string): DeletedObject => ({ object, id, deleted: true }),
+};

@@ -1,0 +1,352 @@
+import path from 'node:path';
+import { parseCarryOnManifest, type CarryOnManifest } from '../carryon/manifest.js';
+import { nowIso, statementCache, type Db, type Prepare } from './db.js';
+
+/** Aliases start with a letter, so an alias can never be mistaken for a version number. */
+export const ALIAS_PATTERN = /^[a-z][a-z0-9._-]{0,63}$/;
+/** Built in: always the newest live version; cannot be set as an alias. */
+export const LATEST = 'latest';
+
+/**
+ * A reference to a carry-on as keys and requests name it: `<id>` (its newest version) or
+ * `<id>@<version or alias>`. `@` cannot occur in an id, so the split is unambiguous.
+ */
+export const CARRYON_REF_PATTERN = /^([a-z0-9][a-z0-9._-]{0,63})(?:@([1-9][0-9]{0,14}|[a-z][a-z0-9._-]{0,63}))?$/;
+
+export function parseCarryOnRef(ref: string): { carryOnId: string; versionOrAlias?: string } | null {
+  const m = CARRYON_REF_PATTERN.exec(ref);
+  if (!m) return null;
+  return m[2] === undefined ? { carryOnId: m[1] } : { carryOnId: m[1], versionOrAlias: m[2] };
+}
+
+/** One stored, immutable carry-on version: what the engine loads. */
+export interface CarryOnVersionRecord {
+  tenantId: string;
+  carryOnId: string;
+  version: number;
+  /** Absolute folder holding carry-on.onnx and manifest.json. */
+  dir: string;
+  manifest: CarryOnManifest;
+  sha256: string;
+  bytes: number;
+  createdAt: string;
+}
+
+export interface CarryOnVersionInfo {
+  version: number;
+  sha256: string;
+  bytes: number;
+  createdAt: string;
+  manifest: CarryOnManifest;
+}
+
+export interface CarryOnSummary {
+  id: string;
+  createdAt: string;
+  /** Newest live version (a listed carry-on always has one: deleting the last version deletes it). */
+  latestVersion: number;
+  /** Live versions, oldest first. */
+  versions: CarryOnVersionInfo[];
+  aliases: Record<string, number>;
+}
+
+export type CarryOnChangeKind = 'version-added' | 'deleted' | 'alias-changed';
+
+export interface CarryOnChange {
+  tenantId: string;
+  carryOnId: string;
+  kind: CarryOnChangeKind;
+  /** version-added: the new version; deleted: the deleted version, absent when the whole carry-on went. */
+  version?: number;
+  /** alias-changed: the alias that was set or removed. */
+  alias?: string;
+}
+
+/** What `addVersion`'s install step put on disk for the version number it was given. */
+export interface InstalledVersion {
+  dir: string;
+  manifest: CarryOnManifest;
+  sha256: string;
+  bytes: number;
+}
+
+export type DeleteVersionResult =
+  | { status: 'deleted'; dir: string; carryOnDeleted: boolean }
+  | { status: 'not-found' }
+  | { status: 'aliased'; aliases: string[] };
+
+interface VersionRow {
+  tenant_id: string;
+  carry_on_id: string;
+  version: number;
+  manifest: string;
+  dir: string;
+  sha256: string;
+  bytes: number;
+  created_at: string;
+}
+
+interface CarryOnRow {
+  id: string;
+  created_at: string;
+}
+
+interface AliasRow {
+  carry_on_id: string;
+  alias: string;
+  version: number;
+}
+
+/** Live versions of live carry-ons of live tenants: the only ones anything may resolve to. */
+const LIVE_VERSIONS = `
+  SELECT v.* FROM carry_on_versions v
+  JOIN carry_ons c ON c.tenant_id = v.tenant_id AND c.id = v.carry_on_id AND c.deleted_at IS NULL
+  JOIN tenants t ON t.id = v.tenant_id AND t.deleted_at IS NULL
+  WHERE v.deleted_at IS NULL`;
+
+/**
+ * Carry-ons, their immutable numbered versions and movable aliases. Version numbers are never
+ * reused (deleted versions keep their row), so (tenant, id, version) names the same bytes forever
+ * and the engine may cache sessions by it. Change events fire after the commit, in this process only.
+ */
+export class CarryOnRepository {
+  private readonly sql: Prepare;
+  private readonly listeners = new Set<(e: CarryOnChange) => void>();
+  /** Parsed manifests by (tenant, id, version): versions are immutable, so entries never go stale. */
+  private readonly manifests = new Map<string, CarryOnManifest>();
+
+  constructor(
+    private readonly db: Db,
+    /** Version folders are stored relative to it, so the data folder can move (a volume remounted elsewhere). */
+    private readonly dataDir: string,
+  ) {
+    this.sql = statementCache(db);
+  }
+
+  /**
+   * The version a request names: the newest live one when `versionOrAlias` is absent, '' or
+   * 'latest'; a number; or an alias. null when the tenant does not own it or it is deleted.
+   */
+  resolve(tenantId: string, carryOnId: string, versionOrAlias?: string): CarryOnVersionRecord | null {
+    const ref = versionOrAlias ?? '';
+    const where = `${LIVE_VERSIONS} AND v.tenant_id = ? AND v.carry_on_id = ?`;
+    let row: VersionRow | undefined;
+    if (ref === '' || ref === LATEST) {
+      row = this.sql<[string, string], VersionRow>(`${where} ORDER BY v.version DESC LIMIT 1`).get(tenantId, carryOnId);
+    } else if (/^[1-9][0-9]{0,14}$/.test(ref)) {
+      row = this.sql<[string, string, number], VersionRow>(`${where} AND v.version = ?`).get(tenantId, carryOnId, Number(ref));
+    } else {
+      row = this.sql<[string, string, string], VersionRow>(
+        `${where} AND v.version = (SELECT a.version FROM carry_on_aliases a
+           WHERE a.tenant_id = v.tenant_id AND a.carry_on_id = v.carry_on_id AND a.alias = ?)`,
+      ).get(tenantId, carryOnId, ref);
+    }
+    return row ? this.toRecord(row) : null;
+  }
+
+  listForTenant(tenantId: string): CarryOnSummary[] {
+    const carryOns = this.sql<[string], CarryOnRow>(
+      `SELECT c.id, c.created_at FROM carry_ons c JOIN tenants t ON t.id = c.tenant_id AND t.deleted_at IS NULL
+       WHERE c.tenant_id = ? AND c.deleted_at IS NULL ORDER BY c.id`,
+    ).all(tenantId);
+    const versions = this.sql<[string], VersionRow>(`${LIVE_VERSIONS} AND v.tenant_id = ? ORDER BY v.carry_on_id, v.version`).all(tenantId);
+    const aliases = this.sql<[string], AliasRow>('SELECT carry_on_id, alias, version FROM carry_on_aliases WHERE tenant_id = ? ORDER BY alias').all(tenantId);
+    return carryOns.flatMap((c): CarryOnSummary[] => {
+      const own = versions.filter((v) => v.carry_on_id === c.id);
+      if (own.length === 0) return [];
+      const summary: CarryOnSummary = {
+        id: c.id,
+        createdAt: c.created_at,
+        latestVersion: own[own.length - 1].version,
+        versions: own.map((v) => ({ version: v.version, sha256: v.sha256, bytes: v.bytes, createdAt: v.created_at, manifest: this.manifestOf(v) })),
+        aliases: Object.fromEntries(aliases.filter((a) => a.carry_on_id === c.id).map((a) => [a.alias, a.version])),
+      };
+      return [summary];
+    });
+  }
+
+  get(tenantId: string, carryOnId: string): CarryOnSummary | null {
+    return this.listForTenant(tenantId).find((c) => c.id === carryOnId) ?? null;
+  }
+
+  /** Subscribes to changes; returns the unsubscribe function. */
+  onChange(listener: (e: CarryOnChange) => void): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  /**
+   * Adds the next version of (tenant, id), creating or reviving the carry-on. `install` runs
+   * inside the write transaction with the assigned number and must put the files in place
+   * synchronously, so the row and its folder appear together; if it throws, nothing is recorded.
+   * null when the tenant does not exist.
+   */
+  addVersion(tenantId: string, carryOnId: string, install: (version: number) => InstalledVersion): CarryOnVersionRecord | null {
+    const record = this.db
+      .transaction((): CarryOnVersionRecord | null => {
+        if (!this.sql<[string]>('SELECT 1 FROM tenants WHERE id = ? AND deleted_at IS NULL').get(tenantId)) return null;
+        const now = nowIso();
+        this.sql(
+          `INSERT INTO carry_ons (tenant_id, id, created_at) VALUES (?, ?, ?)
+           ON CONFLICT (tenant_id, id) DO UPDATE SET
+             created_at = CASE WHEN deleted_at IS NULL THEN created_at ELSE excluded.created_at END,
+             deleted_at = NULL`,
+        ).run(tenantId, carryOnId, now);
+        const { next } = this.sql<[string, string], { next: number }>(
+          'SELECT COALESCE(MAX(version), 0) + 1 AS next FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ?',
+        ).get(tenantId, carryOnId) as { next: number };
+        const files = install(next);
+        this.sql(
+          `INSERT INTO carry_on_versions (tenant_id, carry_on_id, version, manifest, dir, sha256, bytes, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        ).run(tenantId, carryOnId, next, JSON.stringify(files.manifest), path.relative(this.dataDir, files.dir), files.sha256, files.bytes, now);
+        return { tenantId, carryOnId, version: next, dir: files.dir, manifest: files.manifest, sha256: files.sha256, bytes: files.bytes, createdAt: now };
+      })
+      .immediate();
+    if (record) this.emit({ tenantId, carryOnId, kind: 'version-added', version: record.version });
+    return record;
+  }
+
+  /** Points `alias` at a live version; false when that version does not exist. */
+  setAlias(tenantId: string, carryOnId: string, alias: string, version: number): boolean {
+    const ok = this.db
+      .transaction((): boolean => {
+        if (!this.resolve(tenantId, carryOnId, String(version))) return false;
+        this.sql(
+          `INSERT INTO carry_on_aliases (tenant_id, carry_on_id, alias, version) VALUES (?, ?, ?, ?)
+           ON CONFLICT (tenant_id, carry_on_id, alias) DO UPDATE SET version = excluded.version`,
+        ).run(tenantId, carryOnId, alias, version);
+        return true;
+      })
+      .immediate();
+    if (ok) this.emit({ tenantId, carryOnId, kind: 'alias-changed', alias });
+    return ok;
+  }
+
+  removeAlias(tenantId: string, carryOnId: string, alias: string): boolean {
+    const removed =
+      this.sql('DELETE FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ? AND alias = ?').run(tenantId, carryOnId, alias).changes > 0;
+    if (removed) this.emit({ tenantId, carryOnId, kind: 'alias-changed', alias });
+    return removed;
+  }
+
+  /**
+   * Deletes one version. Refused while an alias points at it: moving traffic off a version is a
+   * deliberate step (re-point the alias first), not a side effect. Deleting the last version
+   * deletes the carry-on.
+   */
+  deleteVersion(tenantId: string, carryOnId: string, version: number): DeleteVersionResult {
+    const result = this.db
+      .transaction((): DeleteVersionResult => {
+        const row = this.resolve(tenantId, carryOnId, String(version));
+        if (!row) return { status: 'not-found' };
+        const aliases = this.sql<[string, string, number], { alias: string }>(
+          'SELECT alias FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ? AND version = ? ORDER BY alias',
+        )
+          .all(tenantId, carryOnId, version)
+          .map((a) => a.alias);
+        if (aliases.length > 0) return { status: 'aliased', aliases };
+        const now = nowIso();
+        this.sql('UPDATE carry_on_versions SET deleted_at = ? WHERE tenant_id = ? AND carry_on_id = ? AND version = ?').run(now, tenantId, carryOnId, version);
+        const remaining = this.sql<[string, string]>(
+          'SELECT 1 FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL LIMIT 1',
+        ).get(tenantId, carryOnId);
+        if (!remaining) this.sql('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?').run(now, tenantId, carryOnId);
+        return { status: 'deleted', dir: row.dir, carryOnDeleted: !remaining };
+      })
+      .immediate();
+    if (result.status === 'deleted') {
+      this.forget(tenantId, carryOnId, version);
+      this.emit({ tenantId, carryOnId, kind: 'deleted', version });
+    }
+    return result;
+  }
+
+  /** Deletes every version and alias; returns the folders to remove, or null when there was no such carry-on. */
+  deleteCarryOn(tenantId: string, carryOnId: string): string[] | null {
+    const dirs = this.db.transaction(() => this.deleteCarryOnRows(tenantId, carryOnId)).immediate();
+    if (dirs) this.emit({ tenantId, carryOnId, kind: 'deleted' });
+    return dirs;
+  }
+
+  /**
+   * Deletes all of a tenant's carry-ons; returns the folders to remove. `alongside` runs in the
+   * same transaction, so deleting the tenant itself commits together with its carry-ons.
+   */
+  deleteForTenant(tenantId: string, alongside?: () => void): string[] {
+    const { ids, dirs } = this.db
+      .transaction(() => {
+        alongside?.();
+        const ids = this.sql<[string], { id: string }>('SELECT id FROM carry_ons WHERE tenant_id = ? AND deleted_at IS NULL')
+          .all(tenantId)
+          .map((r) => r.id);
+        return { ids, dirs: ids.flatMap((id) => this.deleteCarryOnRows(tenantId, id) ?? []) };
+      })
+      .immediate();
+    for (const id of ids) this.emit({ tenantId, carryOnId: id, kind: 'deleted' });
+    return dirs;
+  }
+
+  private deleteCarryOnRows(tenantId: string, carryOnId: string): string[] | null {
+    if (!this.sql<[string, string]>('SELECT 1 FROM carry_ons WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL').get(tenantId, carryOnId)) {
+      return null;
+    }
+    const live = this.sql<[string, string], VersionRow>(
+      'SELECT * FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL',
+    ).all(tenantId, carryOnId);
+    const now = nowIso();
+    this.sql('DELETE FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ?').run(tenantId, carryOnId);
+    this.sql('UPDATE carry_on_versions SET deleted_at = ? WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL').run(now, tenantId, carryOnId);
+    this.sql('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?').run(now, tenantId, carryOnId);
+    for (const v of live) this.forget(tenantId, carryOnId, v.version);
+    return live.map((v) => this.absolute(v.dir));
+  }
+
+  private toRecord(row: VersionRow): CarryOnVersionRecord {
+    return {
+      tenantId: row.tenant_id,
+      carryOnId: row.carry_on_id,
+      version: row.version,
+      dir: this.absolute(row.dir),
+      manifest: this.manifestOf(row),
+      sha256: row.sha256,
+      bytes: row.bytes,
+      createdAt: row.created_at,
+    };
+  }
+
+  private manifestOf(row: VersionRow): CarryOnManifest {
+    const key = cacheKey(row.tenant_id, row.carry_on_id, row.version);
+    let m = this.manifests.get(key);
+    if (!m) {
+      m = parseCarryOnManifest(JSON.parse(row.manifest), `stored manifest of ${row.tenant_id}/${row.carry_on_id} v${row.version}`);
+      this.manifests.set(key, m);
+    }
+    return m;
+  }
+
+  private forget(tenantId: string, carryOnId: string, version: number): void {
+    this.manifests.delete(cacheKey(tenantId, carryOnId, version));
+  }
+
+  private absolute(dir: string): string {
+    return path.resolve(this.dataDir, dir);
+  }
+
+  /** A throwing listener must not turn a committed change into a failed request. */
+  private emit(change: CarryOnChange): void {
+    for (const listener of [...this.listeners]) {
+      try {
+        listener(change);
+      } catch (err) {
+        process.emitWarning(`carry-on change listener failed: ${(err as Error).message}`, { code: 'CARRYON_LISTENER' });
+      }
+    }
+  }
+}
+
+function cacheKey(tenantId: string, carryOnId: string, version: number): string {
+  return `${tenantId}\u0000${carryOnId}\u0000${version}`;
+}
