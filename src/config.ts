@@ -51,6 +51,12 @@ export const ConfigSchema = z.object({
   CARRYON_MAX_CARRYON_BYTES: int(1024, 2 ** 31 - 1).default(200 * 1024 * 1024),
   /** Time an uploaded carry-on gets to load in ONNX Runtime and run one token before it is refused. */
   CARRYON_CARRYON_CHECK_TIMEOUT_MS: int(1000, 3_600_000).default(60_000),
+  /** On SIGTERM: how long in-flight generations may run on before they are ended with a final chunk. */
+  CARRYON_DRAIN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
+  /** Who may read /metrics on the main port: admin-scope keys (default) or anyone. */
+  CARRYON_METRICS_AUTH: z.enum(['admin', 'none']).default('admin'),
+  /** >0: also serve /metrics, without a key, on this separate port (bind it to a private network). */
+  CARRYON_METRICS_PORT: int(0, 65535).default(0),
   CARRYON_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

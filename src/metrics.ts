@@ -8,6 +8,8 @@ import client from 'prom-client';
 export class Metrics {
   readonly registry = new client.Registry();
   private readonly carryOnLabels = new Set<string>();
+  /** Read at scrape time: gauges whose truth lives elsewhere (scheduler queue, harvest stats). */
+  private readonly collectors: Array<() => void> = [];
 
   readonly requestsRunning: client.Gauge;
   readonly requestsWaiting: client.Gauge;
@@ -67,7 +69,13 @@ export class Metrics {
     return carryOnId;
   }
 
+  /** Registers a function that refreshes gauges just before each scrape. */
+  onScrape(collect: () => void): void {
+    this.collectors.push(collect);
+  }
+
   render(): Promise<string> {
+    for (const c of this.collectors) c();
     return this.registry.metrics();
   }
 

@@ -16,6 +16,8 @@ import { Generator } from './generation.js';
 import { buildApp } from './http/app.js';
 import { resolveModelPackage } from './model/model-source.js';
 import { readManifest } from './model/package-files.js';
+import { Metrics } from './metrics.js';
+import { startMetricsListener } from './http/metrics-listener.js';
 import { Scheduler } from './scheduler.js';
 import { Store } from './store/store.js';
 import { ModelTokenizer } from './tokenizer.js';
@@ -28,6 +30,7 @@ export interface RunningServer {
   /** Resolves once the model is loaded (or rejects if it failed). */
   ready: Promise<void>;
   url: string;
+  metrics: Metrics;
   close(): Promise<void>;
 }
 
@@ -82,9 +85,15 @@ async function startWithStore(
     maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES,
     checkTimeoutMs: config.CARRYON_CARRYON_CHECK_TIMEOUT_MS,
   });
+  const metrics = new Metrics();
+  metrics.onScrape(() => {
+    metrics.requestsRunning.set(scheduler.runningSequences);
+    metrics.requestsWaiting.set(scheduler.waitingRequests);
+  });
   const app = await buildApp({
     gateway,
     auth,
+    metrics: { registry: metrics, requireAdmin: config.CARRYON_METRICS_AUTH === 'admin' },
     admin: { services: admin, maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES },
     logStream: config.logStream,
     allowAnonymous: config.CARRYON_ALLOW_ANONYMOUS,
@@ -92,10 +101,12 @@ async function startWithStore(
     logLevel: config.CARRYON_LOG_LEVEL,
   });
   const url = await app.listen({ host: config.HOST, port: config.PORT });
+  const metricsServer = config.CARRYON_METRICS_PORT > 0 ? await startMetricsListener(metrics, config.HOST, config.CARRYON_METRICS_PORT) : null;
   if (synced.inserted + synced.revoked > 0) app.log.info(synced, 'configured API keys synced to the store');
   if (!config.CARRYON_ADMIN_KEY) app.log.warn(`no CARRYON_ADMIN_KEY set: using the generated key in ${adminKeyPath(config.dataDir)}`);
 
   let engine: Engine | null = null;
+  let generator: Generator | null = null;
   const ready = (async () => {
     const dir = await resolveModelPackage({
       model: config.CARRYON_MODEL,
@@ -120,9 +131,10 @@ async function startWithStore(
       budgetBytes: config.CARRYON_CARRY_ON_BUDGET_BYTES,
       pinned: config.pinnedCarryOns,
       log: (obj, msg) => app.log.info(obj, msg),
+      metrics,
     });
     gateway.catalog?.onChange((change) => registry.onCatalogChange(change));
-    const generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS, registry, harvestSink: null, hiddenSize: engine.info.hiddenSize, metrics: null });
+    generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS, registry, harvestSink: null, hiddenSize: engine.info.hiddenSize, metrics });
     gateway.setReady({ engine, tokenizer, chatTemplate, generator, contextLength, hiddenSize: engine.info.hiddenSize, registry });
     app.log.info({ model: modelName, package: dir, fingerprint: readManifest(dir).fingerprint }, 'model ready');
   })().catch((err: Error) => {
@@ -138,10 +150,23 @@ async function startWithStore(
     store,
     ready,
     url,
+    metrics,
+    /**
+     * Graceful shutdown: readiness goes 503 and new work is refused (503, Connection: close); running
+     * generations get CARRYON_DRAIN_TIMEOUT_MS to finish, then end with a proper final chunk
+     * (finish_reason "length"); then the listener, the engine and the store close.
+     */
     async close() {
       gateway.status = 'stopping';
       scheduler.drain();
+      const gen = generator as Generator | null;
+      if (gen && !(await gen.drain(config.CARRYON_DRAIN_TIMEOUT_MS))) {
+        app.log.warn({ running: gen.activeRuns }, 'drain deadline reached: ending running generations');
+        gen.endAll();
+        await gen.drain(5_000);
+      }
       await app.close();
+      await new Promise<void>((r) => (metricsServer ? metricsServer.close(() => r()) : r()));
       await (engine as Engine | null)?.close();
       store.close();
     },

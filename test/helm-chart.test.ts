@@ -234,9 +234,14 @@ describe('Deployment', () => {
     expect(container.startupProbe.httpGet).toEqual({ path: '/health/live', port: 'http' });
     expect(container.livenessProbe.httpGet).toEqual({ path: '/health/live', port: 'http' });
     expect(container.readinessProbe.httpGet).toEqual({ path: '/health/ready', port: 'http' });
-    expect(container.ports.map((p: any) => p.name)).toEqual(['http']);
+    expect(container.ports.map((p: any) => p.name)).toEqual(['http', 'metrics']);
     const [service] = skeleton('service.yaml');
-    expect(service.spec.ports).toEqual([expect.objectContaining({ name: 'http', targetPort: 'http' })]);
+    expect(service.spec.ports).toEqual([
+      expect.objectContaining({ name: 'http', targetPort: 'http' }),
+      expect.objectContaining({ name: 'metrics', targetPort: 'metrics' }),
+    ]);
+    // The metrics port exists only when config.metricsPort > 0.
+    expect(template('deployment.yaml')).toMatch(/\{\{- if gt \(int \.Values\.config\.metricsPort\) 0 \}\}\n\s+- name: metrics/);
     // The routes exist and are public (probes send no key).
     const health = fs.readFileSync(path.join(ROOT, 'plugins/health.ts'), 'utf8');
     for (const route of ['/health/live', '/health/ready']) expect(health).toMatch(new RegExp(`app\\.get\\('${route}', \\{ config: \\{ public: true \\} \\}`));
@@ -292,9 +297,9 @@ describe('Deployment', () => {
     for (const [name, values] of valueSets) if (values.gpu.enabled) expect(values.config.executionProvider, name).toBe('cuda');
   });
 
-  it('grace period: preStop pause + drain deadline (config.requestTimeoutMs) + margin, enforced by a fail', () => {
+  it('grace period: preStop pause + drain deadline (config.drainTimeoutMs) + margin, enforced by a fail', () => {
     const helper = template('_helpers.tpl');
-    expect(helper).toMatch(/\$drain := divf \.Values\.config\.requestTimeoutMs 1000 \| ceil \| int/);
+    expect(helper).toMatch(/\$drain := divf \.Values\.config\.drainTimeoutMs 1000 \| ceil \| int/);
     expect(helper).toMatch(/\$min := add \.Values\.shutdown\.preStopSleepSeconds \$drain \.Values\.shutdown\.marginSeconds/);
     expect(helper).toMatch(/if lt \$grace \$min \}\}\n\{\{- fail/);
     expect(template('deployment.yaml')).toContain('terminationGracePeriodSeconds: {{ $grace }}');
@@ -302,7 +307,7 @@ describe('Deployment', () => {
     expect(template('deployment.yaml')).toContain('command: ["/bin/sleep", "{{ .Values.shutdown.preStopSleepSeconds }}"]');
     for (const [name, values] of valueSets) {
       const { preStopSleepSeconds, marginSeconds, terminationGracePeriodSeconds } = values.shutdown;
-      const min = preStopSleepSeconds + Math.ceil(values.config.requestTimeoutMs / 1000) + marginSeconds;
+      const min = preStopSleepSeconds + Math.ceil(values.config.drainTimeoutMs / 1000) + marginSeconds;
       expect(preStopSleepSeconds, name).toBeGreaterThan(0);
       expect(marginSeconds, name).toBeGreaterThan(0);
       if (terminationGracePeriodSeconds !== null) expect(terminationGracePeriodSeconds, name).toBeGreaterThanOrEqual(min);
@@ -327,9 +332,10 @@ describe('optional objects', () => {
     expect(hpa.spec.scaleTargetRef).toEqual({ apiVersion: 'apps/v1', kind: 'Deployment', name: 'TPL' });
   });
 
-  it('the ServiceMonitor scrapes /metrics on the http port, and is off by default while the server has no such route', () => {
+  it('the ServiceMonitor scrapes /metrics on the key-less metrics port, and refuses to render without one', () => {
     const [monitor] = skeleton('servicemonitor.yaml');
-    expect(monitor.spec.endpoints[0].port).toBe('http');
+    expect(monitor.spec.endpoints[0].port).toBe('metrics');
+    expect(template('servicemonitor.yaml')).toMatch(/if eq \(int \.Values\.config\.metricsPort\) 0 \}\}\n\{\{- fail/);
     expect(defaults.metrics.serviceMonitor.path).toBe('/metrics');
     const sources = ['plugins', 'src/http'].flatMap((dir) =>
       fs.readdirSync(path.join(ROOT, dir), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts')).map((f) => fs.readFileSync(path.join(ROOT, dir, f), 'utf8')),

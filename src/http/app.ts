@@ -8,7 +8,9 @@ import healthRoutes from '../../plugins/health.js';
 import adminRoutes from '../../plugins/admin/index.js';
 import type { AdminServices } from '../admin/services.js';
 import { bearerToken, TENANT_HEADER, type Authenticator, type Principal } from '../auth.js';
+import metricsRoutes from '../../plugins/metrics.js';
 import { ApiError } from '../errors.js';
+import type { Metrics } from '../metrics.js';
 import type { Gateway } from '../gateway.js';
 
 declare module 'fastify' {
@@ -31,6 +33,8 @@ export interface AppOptions {
   logLevel: string;
   /** Time allowed to receive a whole request (headers and body). */
   requestReceiveTimeoutMs?: number;
+  /** Prometheus metrics, served at /metrics. */
+  metrics: { registry: Metrics; requireAdmin: boolean };
   /** Where log lines (JSON) go; default stdout. Tests capture them here. */
   logStream?: { write(line: string): void };
 }
@@ -60,6 +64,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   app.decorateRequest('principal', null);
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id);
+    // Draining: tell keep-alive clients to reconnect (to another replica) instead of reusing this socket.
+    if (opts.gateway.status === 'stopping') reply.header('connection', 'close');
   });
   app.addHook('onRequest', async (request) => {
     if (request.routeOptions.config?.public) return;
@@ -88,6 +94,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   });
 
   await app.register(healthRoutes, { gateway: opts.gateway });
+  await app.register(metricsRoutes, { metrics: opts.metrics.registry, requireAdmin: opts.metrics.requireAdmin });
   await app.register(modelRoutes, { gateway: opts.gateway });
   await app.register(chatRoutes, { gateway: opts.gateway });
   await app.register(completionRoutes, { gateway: opts.gateway });

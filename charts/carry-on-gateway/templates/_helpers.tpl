@@ -68,18 +68,18 @@ A value as a quoted environment string. Helm reads numbers from values files as 
 {{/*
 The grace period the kubelet allows between SIGTERM and SIGKILL. On SIGTERM (after the preStop
 pause) the gateway reports not-ready, refuses new work and lets in-flight generations finish; each
-ends by config.requestTimeoutMs at the latest (finish_reason "length"), which makes that the drain
+ends by config.drainTimeoutMs at the latest (finish_reason "length"), which makes that the drain
 deadline. A grace period below pause + drain + margin would SIGKILL streams mid-response.
 */}}
 {{- define "carryon-gateway.terminationGracePeriodSeconds" -}}
-{{- $drain := divf .Values.config.requestTimeoutMs 1000 | ceil | int }}
+{{- $drain := divf .Values.config.drainTimeoutMs 1000 | ceil | int }}
 {{- $min := add .Values.shutdown.preStopSleepSeconds $drain .Values.shutdown.marginSeconds | int }}
 {{- $grace := $min }}
 {{- if not (kindIs "invalid" .Values.shutdown.terminationGracePeriodSeconds) }}
 {{- $grace = .Values.shutdown.terminationGracePeriodSeconds | int }}
 {{- end }}
 {{- if lt $grace $min }}
-{{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must be at least shutdown.preStopSleepSeconds + ceil(config.requestTimeoutMs / 1000) + shutdown.marginSeconds = %d: in-flight generations drain for up to config.requestTimeoutMs after SIGTERM" $grace $min) }}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must be at least shutdown.preStopSleepSeconds + ceil(config.drainTimeoutMs / 1000) + shutdown.marginSeconds = %d: in-flight generations drain for up to config.drainTimeoutMs after SIGTERM" $grace $min) }}
 {{- end }}
 {{- $grace }}
 {{- end }}
