@@ -52,3 +52,51 @@ function perturb(w: CarryOnWeights, scale: number, seed: number): void {
   };
   for (const a of [w.outProj.data, w.gateProj.data, w.gateBias]) for (let i = 0; i < a.length; i++) a[i] = rnd();
 }
+
+/**
+ * A carry-on built to push one token: it reads token ids, embeds every token to the same unit
+ * vector, adds nothing in its blocks (zero output projections), so its final state is a constant h;
+ * W_out maps h to `strength` × the base's embedding row of `tokenId`, and the gate sits near 1.
+ * Then logit[tokenId] rises by about α·strength·|E[tokenId]|² at every position.
+ */
+export async function makePushCarryOn(
+  baseDir: string,
+  outDir: string,
+  opts: { id: string; tokenId: number; strength: number; baseEmbedding: Float32Array },
+): Promise<CarryOnVersionRecord> {
+  const base = readModelConfig(baseDir);
+  const d = base.hidden_size;
+  const w = initCarryOnWeights({
+    hiddenSize: d,
+    vocabSize: base.vocab_size,
+    width: 32,
+    layers: 1,
+    heads: 4,
+    readsTokenIds: true,
+    maxPositions: base.max_position_embeddings,
+  });
+  w.inProj.data.fill(0);
+  w.tokEmbeddings!.fill(0);
+  for (let t = 0; t < base.vocab_size; t++) w.tokEmbeddings![t * 32] = 1; // every token → e_0
+  for (const b of w.blocks) {
+    b.wo.data.fill(0);
+    b.down.data.fill(0);
+  }
+  w.finalNorm.fill(1);
+  // RMSNorm(e_0) = sqrt(width) · e_0, so column 0 of W_out is scaled down by sqrt(width).
+  const scale = opts.strength / Math.sqrt(32);
+  w.outProj.data.fill(0);
+  for (let i = 0; i < d; i++) w.outProj.data[i * 32] = scale * opts.baseEmbedding[opts.tokenId * d + i];
+  w.gateProj.data.fill(0);
+  w.gateBias.fill(12); // sigmoid(12) ≈ 0.99999
+  const manifest = await writeCarryOnPackage(outDir, w, { id: opts.id, baseFingerprint: readManifest(baseDir).fingerprint, defaultAlpha: 1 });
+  return {
+    tenantId: 't',
+    carryOnId: opts.id,
+    version: manifest.version,
+    dir: outDir,
+    manifest,
+    sha256: manifest.sha256,
+    bytes: fs.statSync(path.join(outDir, CARRYON_FILES.graph)).size,
+  };
+}
