@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { initCarryOnWeights } from './carryon/graph.js';
@@ -6,18 +7,31 @@ import { CARRYON_FILES } from './carryon/manifest.js';
 import { writeCarryOnPackage } from './carryon/package.js';
 import type { InputLayer } from './carryon/tensor-names.js';
 import { importModel } from './model/import.js';
+import { resolveModelPackage } from './model/model-source.js';
 import { readManifest, readModelConfig } from './model/package-files.js';
+
+/** Where `carry-on init` imports a checkpoint file it is given as --base, unless --data-dir says. */
+const DEFAULT_BASE_CACHE = path.join(os.tmpdir(), 'carryon-base-cache');
 
 const USAGE = `usage:
   carryon import SRC OUT [--tokenizer TOKENIZER_BIN] [--name NAME] [--layers 2,4]
       Build a model package folder OUT from a llama2.c checkpoint (.bin, with its tokenizer.bin)
       or a llama-architecture GGUF file (F32, F16, Q8_0, Q4_0 tensors).
-  carryon carry-on init --base MODEL_DIR --out DIR --id ID [--width 64] [--layers 2] [--heads 4]
+  carryon carry-on init --base MODEL --out DIR --id ID [--width 64] [--layers 2] [--heads 4]
       [--kv-heads N] [--intermediate N] [--alpha 1] [--layers-in final,3] [--token-ids] [--seed 0]
-      [--description TEXT]
-      Write a freshly initialised carry-on package for the model package MODEL_DIR: its delta is
-      exactly 0, so it serves the base unchanged until trained. --layers-in picks the base hidden
-      states it reads ('final' or block indices the base was imported with --layers).
+      [--description TEXT] [--tenant TENANT] [--tokenizer TOKENIZER_BIN] [--data-dir DIR]
+      Write a freshly initialised carry-on package (model.onnx + manifest.json) for the base MODEL:
+      a model package folder, or a llama2.c .bin / .gguf file, imported first exactly as the
+      gateway imports CARRYON_MODEL (into DIR/models/<file name>, reused while the file is
+      unchanged; --data-dir defaults to ${DEFAULT_BASE_CACHE}), so base_fingerprint is the one the
+      gateway serving that file computes. Its delta is exactly 0, so it serves the base unchanged
+      until trained. --layers-in picks the base hidden states it reads ('final' or block indices
+      the base was imported with --layers). --tenant goes into the manifest, for uploads to
+      POST /admin/carry-ons that do not name one.
+  carryon carry-on build --weights W.safetensors --config C.json --base MODEL_DIR --out DIR [--id ID] [--alpha 1]
+  carryon carry-on verify DIR --fixture F.safetensors [--tolerance 1e-4]
+      Package trained weights (trainer/), and check a package against the trainer's outputs
+      (carryon carry-on build --help for the weight layout).
   carryon harvest --model MODEL_DIR --input FILE --out DIR [options]
       Write hidden-state training shards from a data file (carryon harvest --help for options).
   carryon serve
@@ -57,6 +71,10 @@ async function main(argv: string[]): Promise<number> {
 
 async function carryOnCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
+  if (sub === 'build' || sub === 'verify') {
+    const m = await import('./carryon/build-from-weights.js');
+    return sub === 'build' ? m.carryOnBuildCommand(rest) : m.carryOnVerifyCommand(rest);
+  }
   if (sub !== 'init') {
     console.error(USAGE);
     return 2;
@@ -77,14 +95,25 @@ async function carryOnCommand(args: string[]): Promise<number> {
       'token-ids': { type: 'boolean', default: false },
       seed: { type: 'string', default: '0' },
       description: { type: 'string', default: '' },
+      tenant: { type: 'string' },
+      tokenizer: { type: 'string' },
+      'data-dir': { type: 'string' },
     },
   });
   if (!values.base || !values.out || !values.id) {
     console.error(USAGE);
     return 2;
   }
-  const config = readModelConfig(values.base);
-  const base = readManifest(values.base);
+  // The gateway's own resolution of CARRYON_MODEL: a package as is, a checkpoint imported once.
+  const baseDir = await resolveModelPackage({
+    model: values.base,
+    tokenizer: values.tokenizer,
+    dataDir: values['data-dir'] ?? DEFAULT_BASE_CACHE,
+    downloadBaseUrl: '',
+    log: (m) => console.error(m),
+  });
+  const config = readModelConfig(baseDir);
+  const base = readManifest(baseDir);
   const inputLayers = parseInputLayers(values['layers-in'], base.extra_layer_outputs);
   const weights = initCarryOnWeights({
     hiddenSize: config.hidden_size,
@@ -107,6 +136,7 @@ async function carryOnCommand(args: string[]): Promise<number> {
     baseFingerprint: base.fingerprint,
     description: values.description,
     defaultAlpha: Number(values.alpha),
+    tenant: values.tenant,
   });
   const bytes = fs.statSync(path.join(values.out, CARRYON_FILES.graph)).size;
   console.log(

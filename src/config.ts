@@ -1,6 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import { HARVEST_CONFIG } from './harvest/config.js';
 
 /**
  * Every option is an environment variable; this schema is the single place that names, defaults and
@@ -47,7 +48,7 @@ export const ConfigSchema = z.object({
   CARRYON_CARRY_ON_BUDGET_BYTES: int(1, Number.MAX_SAFE_INTEGER).default(1 << 30),
   /** Comma-separated `tenant/carry-on-id` never evicted for space. */
   CARRYON_PINNED_CARRY_ONS: z.string().default(''),
-  /** Largest carry-on graph (carry-on.onnx) the admin API accepts; 413 beyond. Under protobuf's 2 GiB. */
+  /** Largest carry-on graph (model.onnx) the admin API accepts; 413 beyond. Under protobuf's 2 GiB. */
   CARRYON_MAX_CARRYON_BYTES: int(1024, 2 ** 31 - 1).default(200 * 1024 * 1024),
   /** Time an uploaded carry-on gets to load in ONNX Runtime and run one token before it is refused. */
   CARRYON_CARRYON_CHECK_TIMEOUT_MS: int(1000, 3_600_000).default(60_000),
@@ -57,6 +58,8 @@ export const ConfigSchema = z.object({
   CARRYON_METRICS_AUTH: z.enum(['admin', 'none']).default('admin'),
   /** >0: also serve /metrics, without a key, on this separate port (bind it to a private network). */
   CARRYON_METRICS_PORT: int(0, 65535).default(0),
+  /** CARRYON_HARVEST*: hidden-state harvesting (src/harvest/config.ts). */
+  ...HARVEST_CONFIG,
   CARRYON_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

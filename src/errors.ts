@@ -19,6 +19,7 @@ const ERROR_TABLE = {
   context_length_exceeded: { status: 400, type: 'invalid_request_error' },
   request_too_large: { status: 413, type: 'invalid_request_error' },
   unsupported_media_type: { status: 415, type: 'invalid_request_error' },
+  range_not_satisfiable: { status: 416, type: 'invalid_request_error' },
   server_overloaded: { status: 429, type: 'server_error' },
   request_timeout: { status: 408, type: 'invalid_request_error' },
   model_loading: { status: 503, type: 'server_error' },

@@ -13,6 +13,7 @@ import { ApiError } from './errors.js';
 import { writeFileAtomic } from './fs-atomic.js';
 import { Gateway } from './gateway.js';
 import { Generator } from './generation.js';
+import { createHarvestService, type HarvestService } from './harvest/service.js';
 import { buildApp } from './http/app.js';
 import { resolveModelPackage } from './model/model-source.js';
 import { readManifest } from './model/package-files.js';
@@ -30,6 +31,8 @@ export interface RunningServer {
   /** Resolves once the model is loaded (or rejects if it failed). */
   ready: Promise<void>;
   url: string;
+  /** Harvesting: `flush()` writes every open shard and indexes it (call it on SIGTERM), `stats()`, the shard index. */
+  harvest: HarvestService;
   metrics: Metrics;
   close(): Promise<void>;
 }
@@ -79,17 +82,21 @@ async function startWithStore(
     { maxN: config.CARRYON_MAX_N, maxEmbeddingInputs: config.CARRYON_MAX_EMBEDDING_INPUTS },
     store.carryOns,
   );
+  // The shard index and admin routes work at once; the writer starts when the base's fingerprint is known.
+  const harvest = createHarvestService(config, store, () => app.log);
   const admin = createAdminServices(store, {
     dataDir: config.dataDir,
     baseModel,
     maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES,
     checkTimeoutMs: config.CARRYON_CARRYON_CHECK_TIMEOUT_MS,
+    harvest,
   });
   const metrics = new Metrics();
   metrics.onScrape(() => {
     metrics.requestsRunning.set(scheduler.runningSequences);
     metrics.requestsWaiting.set(scheduler.waitingRequests);
   });
+  metrics.onScrape(() => harvest.exportMetrics(metrics));
   const app = await buildApp({
     gateway,
     auth,
@@ -117,6 +124,7 @@ async function startWithStore(
       log: (m) => app.log.info(m),
     });
     base = readBaseModelInfo(dir);
+    const harvestSink = await harvest.start(base.fingerprint);
     engine = await Engine.start({
       modelDir: dir,
       provider: config.CARRYON_EXECUTION_PROVIDER,
@@ -134,7 +142,7 @@ async function startWithStore(
       metrics,
     });
     gateway.catalog?.onChange((change) => registry.onCatalogChange(change));
-    generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS, registry, harvestSink: null, hiddenSize: engine.info.hiddenSize, metrics });
+    generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS, registry, harvestSink, hiddenSize: engine.info.hiddenSize, metrics });
     gateway.setReady({ engine, tokenizer, chatTemplate, generator, contextLength, hiddenSize: engine.info.hiddenSize, registry });
     app.log.info({ model: modelName, package: dir, fingerprint: readManifest(dir).fingerprint }, 'model ready');
   })().catch((err: Error) => {
@@ -150,6 +158,7 @@ async function startWithStore(
     store,
     ready,
     url,
+    harvest,
     metrics,
     /**
      * Graceful shutdown: readiness goes 503 and new work is refused (503, Connection: close); running
@@ -168,6 +177,7 @@ async function startWithStore(
       await app.close();
       await new Promise<void>((r) => (metricsServer ? metricsServer.close(() => r()) : r()));
       await (engine as Engine | null)?.close();
+      await harvest.close(); // after the engine, whose last captures reach the writer before it stops
       store.close();
     },
   };

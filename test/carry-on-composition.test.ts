@@ -6,7 +6,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CarryOnVersionRecord } from '../src/carryon/catalog.js';
 import { CarryOnRegistry } from '../src/carryon/registry.js';
 import { CarryOnTensorNames as N } from '../src/carryon/tensor-names.js';
-import { CARRYON_FILES } from '../src/carryon/manifest.js';
 import { Engine } from '../src/engine/engine.js';
 import { ModelRunner } from '../src/engine/model-runner.js';
 import type { SamplingParams } from '../src/engine/protocol.js';
@@ -62,7 +61,7 @@ async function generate(record: CarryOnVersionRecord | null, alpha: number): Pro
 /** The reference: base body, carry-on and head as three sessions, merged here, greedy. */
 async function referenceGreedy(record: CarryOnVersionRecord, alpha: number): Promise<number[]> {
   const runner = await ModelRunner.create({ modelDir: baseDir, provider: 'cpu', threads: 1, prefillChunk: 256 });
-  const co = await ort.InferenceSession.create(path.join(record.dir, CARRYON_FILES.graph));
+  const co = await ort.InferenceSession.create(record.graphPath);
   const { architecture: a } = record.manifest;
   const cache = runner.newCache();
   const past: Record<string, ort.Tensor> = {};

@@ -1,7 +1,16 @@
 import multipart from '@fastify/multipart';
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { adminContext } from '../../src/admin/context.js';
-import { AliasParams, CarryOnParams, SetAliasBody, TenantParams, VersionParams } from '../../src/admin/protocol.js';
+import {
+  AliasParams,
+  CarryOnIdParams,
+  CarryOnParams,
+  CarryOnTenantQuery,
+  SetAliasBody,
+  TenantParams,
+  VersionParams,
+} from '../../src/admin/protocol.js';
+import type { AdminServices } from '../../src/admin/services.js';
 import { MAX_MANIFEST_BYTES } from '../../src/admin/upload-receive.js';
 import { parseAdmin } from '../../src/admin/validate.js';
 import { ApiError } from '../../src/errors.js';
@@ -10,29 +19,28 @@ import type { AdminPluginOptions } from './index.js';
 const carryOnRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { admin, maxCarryOnBytes }) => {
   // Parts are streamed by the upload service; these limits only stop a malformed form early.
   await app.register(multipart, {
-    limits: { fileSize: maxCarryOnBytes + 1, files: 2, fields: 2, parts: 4, fieldSize: MAX_MANIFEST_BYTES, headerPairs: 64 },
+    limits: { fileSize: maxCarryOnBytes + 1, files: 2, fields: 3, parts: 5, fieldSize: MAX_MANIFEST_BYTES, headerPairs: 64 },
   });
 
-  app.post('/tenants/:tenant/carry-ons', async (request, reply) => {
-    const { tenant } = parseAdmin(TenantParams, request.params);
-    if (!request.isMultipart()) {
-      throw new ApiError('unsupported_media_type', "Upload a carry-on as 'multipart/form-data' with a 'manifest' field and a 'graph' file.");
-    }
-    const length = Number(request.headers['content-length']);
-    try {
-      const created = await admin.carryOns.upload(adminContext(request), tenant, {
-        contentLength: Number.isFinite(length) ? length : undefined,
-        parts: () => request.parts(),
-      });
-      return await reply.code(201).send(created);
-    } catch (err) {
-      // A refusal can come mid-body. Read and drop the rest, as Node does for a body nobody read:
-      // the multipart parser stopped reading, and the connection would stall until a timeout.
-      request.raw.unpipe();
-      request.raw.resume();
-      throw err;
-    }
+  // The tenant comes from the query (the form's `tenant` field or the manifest's for an upload) or the admin key.
+  app.post('/carry-ons', async (request, reply) => upload(admin, request, reply, null));
+  app.get('/carry-ons', async (request) => {
+    const { tenant } = parseAdmin(CarryOnTenantQuery, request.query);
+    return admin.carryOns.listManaged(adminContext(request), tenant);
   });
+  app.get('/carry-ons/:id', async (request) => {
+    const { id } = parseAdmin(CarryOnIdParams, request.params);
+    const ctx = adminContext(request);
+    return admin.carryOns.get(ctx, admin.carryOns.tenantFor(ctx, parseAdmin(CarryOnTenantQuery, request.query).tenant), id);
+  });
+  app.delete('/carry-ons/:id', async (request) => {
+    const { id } = parseAdmin(CarryOnIdParams, request.params);
+    const ctx = adminContext(request);
+    return admin.carryOns.deleteCarryOn(ctx, admin.carryOns.tenantFor(ctx, parseAdmin(CarryOnTenantQuery, request.query).tenant), id);
+  });
+
+  // Tenant-scoped routes: the tenant is in the path.
+  app.post('/tenants/:tenant/carry-ons', async (request, reply) => upload(admin, request, reply, parseAdmin(TenantParams, request.params).tenant));
   app.get('/tenants/:tenant/carry-ons', async (request) => {
     const { tenant } = parseAdmin(TenantParams, request.params);
     return admin.carryOns.list(adminContext(request), tenant);
@@ -59,5 +67,25 @@ const carryOnRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { admi
     return admin.carryOns.removeAlias(adminContext(request), tenant, id, alias);
   });
 };
+
+async function upload(admin: AdminServices, request: FastifyRequest, reply: FastifyReply, tenant: string | null): Promise<FastifyReply> {
+  if (!request.isMultipart()) {
+    throw new ApiError('unsupported_media_type', "Upload a carry-on as 'multipart/form-data' with a 'manifest' field and a 'model' file.");
+  }
+  const length = Number(request.headers['content-length']);
+  try {
+    const created = await admin.carryOns.upload(adminContext(request), tenant, {
+      contentLength: Number.isFinite(length) ? length : undefined,
+      parts: () => request.parts(),
+    });
+    return await reply.code(201).send(created);
+  } catch (err) {
+    // A refusal can come mid-body. Read and drop the rest, as Node does for a body nobody read:
+    // the multipart parser stopped reading, and the connection would stall until a timeout.
+    request.raw.unpipe();
+    request.raw.resume();
+    throw err;
+  }
+}
 
 export default carryOnRoutes;

@@ -2,6 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { requireAdmin } from '../../src/admin/access.js';
 import type { AdminServices } from '../../src/admin/services.js';
 import carryOnRoutes from './carry-ons.js';
+import harvestRoutes from './harvest.js';
 import keyRoutes from './keys.js';
 import tenantRoutes from './tenants.js';
 
@@ -21,6 +22,7 @@ const adminRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, opts) =>
   await app.register(tenantRoutes, deps);
   await app.register(keyRoutes, deps);
   await app.register(carryOnRoutes, deps);
+  await app.register(harvestRoutes, deps);
 };
 
 export default adminRoutes;

@@ -4,6 +4,7 @@ import type { Principal } from '../auth.js';
 export interface AuditLog {
   info(obj: object, msg: string): void;
   warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
 }
 
 /** Who is acting and where to log it: every admin service call gets one. */

@@ -8,8 +8,8 @@ import type { BaseModelSource } from './base-model.js';
 import type { CarryOnFiles } from './carry-on-files.js';
 import { checkCarryOnGraph } from './graph-check.js';
 import { checkAgainstBase, checkDigest, parseUploadedManifest, storedManifest } from './manifest-checks.js';
-import { AliasName, type CarryOnObject, type CarryOnVersionObject, type DeletedObject, type List } from './protocol.js';
-import { MAX_MANIFEST_BYTES, receiveCarryOnUpload } from './upload-receive.js';
+import { AliasName, UploadTenantField, type CarryOnObject, type CarryOnVersionObject, type DeletedObject, type List } from './protocol.js';
+import { GRAPH_PART, MAX_MANIFEST_BYTES, receiveCarryOnUpload } from './upload-receive.js';
 import { view } from './views.js';
 
 export interface CarryOnAdminOptions {
@@ -41,6 +41,27 @@ export class CarryOnAdmin {
     return view.list(this.store.carryOns.listForTenant(tenant).map((c) => view.carryOn(tenant, c)));
   }
 
+  /** `GET /admin/carry-ons`: one tenant's (named, or the admin key's own), or every tenant's for a global admin. */
+  listManaged(ctx: AdminContext, tenant: string | undefined): List<CarryOnObject> {
+    const scope = tenant ?? ctx.principal.tenantId;
+    if (scope !== null) return this.list(ctx, scope);
+    const all = this.store.tenants.list().flatMap((t) => this.store.carryOns.listForTenant(t.id).map((c) => view.carryOn(t.id, c)));
+    return view.list(all);
+  }
+
+  /**
+   * The tenant an `/admin/carry-ons/{id}` request acts on: `?tenant=`, else the admin key's own.
+   * A global admin key implies none, so it must name one (400); a tenant it may not manage is a 404.
+   */
+  tenantFor(ctx: AdminContext, tenant: string | undefined): string {
+    const resolved = tenant ?? ctx.principal.tenantId;
+    if (resolved === null) {
+      throw new ApiError('missing_required_parameter', "This admin key manages every tenant: say which one with '?tenant=<tenant>'.", { param: 'tenant' });
+    }
+    managedTenant(ctx.principal, this.store.tenants, resolved);
+    return resolved;
+  }
+
   get(ctx: AdminContext, tenant: string, id: string): CarryOnObject {
     managedTenant(ctx.principal, this.store.tenants, tenant);
     return view.carryOn(tenant, this.summary(tenant, id));
@@ -49,38 +70,79 @@ export class CarryOnAdmin {
   /**
    * Accepts a new version: receive (size-limited, hashed while streaming), check the manifest
    * against the served base and the bytes, check and test-run the graph off the main thread,
-   * then install it under the next version number. Any failure leaves nothing behind.
+   * then install its blob and record it under the next version number. Any failure leaves
+   * nothing behind.
+   *
+   * `pathTenant` is the tenant of `/admin/tenants/{tenant}/carry-ons`; `POST /admin/carry-ons`
+   * passes null and the form's `tenant` field, the manifest's `tenant` or the admin key's own
+   * tenant says which (they must agree).
    */
-  async upload(ctx: AdminContext, tenant: string, req: UploadRequest): Promise<CarryOnVersionObject> {
-    managedTenant(ctx.principal, this.store.tenants, tenant);
+  async upload(ctx: AdminContext, pathTenant: string | null, req: UploadRequest): Promise<CarryOnVersionObject> {
+    if (pathTenant !== null) managedTenant(ctx.principal, this.store.tenants, pathTenant);
     const base = this.opts.baseModel();
     if (req.contentLength !== undefined && req.contentLength > this.opts.maxGraphBytes + MAX_MANIFEST_BYTES + FORM_OVERHEAD_BYTES) {
-      throw new ApiError('request_too_large', `A carry-on graph may be at most ${this.opts.maxGraphBytes} bytes.`, { param: 'graph' });
+      throw new ApiError('request_too_large', `A carry-on graph may be at most ${this.opts.maxGraphBytes} bytes.`, { param: GRAPH_PART });
     }
     const staging = this.files.createStagingDir();
-    let installed = false;
+    let blob: string | null = null;
+    let recorded = false;
     try {
-      const received = await receiveCarryOnUpload(req.parts(), staging, { maxGraphBytes: this.opts.maxGraphBytes, maxManifestBytes: MAX_MANIFEST_BYTES });
+      const received = await receiveCarryOnUpload(
+        req.parts(),
+        staging,
+        { maxGraphBytes: this.opts.maxGraphBytes, maxManifestBytes: MAX_MANIFEST_BYTES },
+        // A tenant the key may not upload for is refused before a graph sent after it is read.
+        { onTenant: (field) => this.uploadTenant(ctx, pathTenant, field, undefined) },
+      );
       const manifest = parseUploadedManifest(received.manifestText);
+      const tenant = this.uploadTenant(ctx, pathTenant, received.tenant, manifest.tenant);
       checkAgainstBase(manifest, base);
       checkDigest(manifest, received.sha256);
       const check = await checkCarryOnGraph(
         { graphPath: received.graphPath, manifest: storedManifest(manifest, 1), vocabSize: base.vocabSize },
         this.opts.checkTimeoutMs,
       );
-      if (!check.ok) throw new ApiError('invalid_value', `The carry-on graph was refused: ${check.problem}.`, { param: 'graph' });
+      if (!check.ok) throw new ApiError('invalid_value', `The carry-on graph was refused: ${check.problem}.`, { param: GRAPH_PART });
+      // The blob is made durable inside the write transaction, before the row that points at it.
       const record = this.store.carryOns.addVersion(tenant, manifest.id, (version) => {
         const stored = storedManifest(manifest, version);
-        const dir = this.files.install(staging, stored, tenant);
-        installed = true;
-        return { dir, manifest: stored, sha256: received.sha256, bytes: received.bytes };
+        blob = this.files.installGraph(received.graphPath, received.sha256, received.bytes);
+        return { graphPath: blob, manifest: stored, sha256: received.sha256, bytes: received.bytes };
       });
       if (!record) throw new ApiError('not_found', `The tenant '${tenant}' was deleted during the upload.`, { param: 'tenant' });
+      recorded = true;
       audit(ctx, { action: 'carry_on.upload', tenant, target: `${record.carryOnId}@${record.version}` });
       return view.carryOnVersion(tenant, record.carryOnId, record);
     } finally {
-      if (!installed) this.files.discardStaging(staging);
+      this.files.discardStaging(staging);
+      // The row did not commit: a blob installed for it goes too, unless another version shares it.
+      if (blob !== null && !recorded) this.removeFiles(ctx, [blob]);
     }
+  }
+
+  /** The tenant an upload is stored under; every place that names one must name the same. */
+  private uploadTenant(ctx: AdminContext, pathTenant: string | null, field: string | null, manifestTenant: string | undefined): string {
+    if (field !== null) {
+      const parsed = UploadTenantField.safeParse(field);
+      if (!parsed.success) throw new ApiError('invalid_value', `Invalid 'tenant': ${parsed.error.issues[0].message}.`, { param: 'tenant' });
+    }
+    const named = pathTenant ?? field;
+    if (pathTenant !== null && field !== null && field !== pathTenant) {
+      throw new ApiError('invalid_value', `The form names tenant '${field}', but the upload is for tenant '${pathTenant}'.`, { param: 'tenant' });
+    }
+    if (named !== null && manifestTenant !== undefined && manifestTenant !== named) {
+      throw new ApiError('invalid_value', `The manifest names tenant '${manifestTenant}', but the upload is for tenant '${named}'.`, { param: 'manifest.tenant' });
+    }
+    const tenant = named ?? manifestTenant ?? ctx.principal.tenantId;
+    if (tenant === null) {
+      throw new ApiError(
+        'missing_required_parameter',
+        "This admin key manages every tenant: say which one the carry-on is for, with a 'tenant' form field or a 'tenant' property in the manifest.",
+        { param: 'tenant' },
+      );
+    }
+    managedTenant(ctx.principal, this.store.tenants, tenant);
+    return tenant;
   }
 
   setAlias(ctx: AdminContext, tenant: string, id: string, alias: string, version: number): CarryOnObject {
@@ -129,7 +191,7 @@ export class CarryOnAdmin {
           { param: 'version' },
         );
       case 'deleted':
-        this.removeFiles(ctx, [result.dir]);
+        this.removeFiles(ctx, [result.files]);
         audit(ctx, { action: 'carry_on.version.delete', tenant, target: `${id}@${versionParam}` });
         return view.deleted('carry_on.version', `${id}@${versionParam}`);
     }
@@ -145,9 +207,12 @@ export class CarryOnAdmin {
     return new ApiError('not_found', `The carry-on '${id}' does not exist.`, { param: 'id' });
   }
 
-  /** The rows are already gone, so a file that cannot be removed is only wasted disk: log it, do not fail. */
-  private removeFiles(ctx: AdminContext, dirs: string[]): void {
-    const failed = this.files.remove(dirs);
-    if (failed.length > 0) ctx.log.warn({ dirs: failed }, 'could not remove deleted carry-on files');
+  /**
+   * The rows are already gone, so a file that cannot be removed is only wasted disk: log it, do not
+   * fail. Blobs another live version shares stay.
+   */
+  private removeFiles(ctx: AdminContext, files: string[]): void {
+    const failed = this.files.remove(files);
+    if (failed.length > 0) ctx.log.warn({ files: failed }, 'could not remove deleted carry-on files');
   }
 }

@@ -1,71 +1,112 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { CARRYON_FILES, type CarryOnManifest } from '../carryon/manifest.js';
+import { CARRYON_FILES } from '../carryon/manifest.js';
 import { fsyncDir } from '../fs-atomic.js';
+import type { CarryOnRepository } from '../store/carry-ons.js';
 
-/** Staging folders older than this are leftovers of a crash (an upload cannot take this long). */
+/** Staging folders older than this are leftovers of a crash wherever they came from (an upload cannot take this long). */
 const STALE_STAGING_MS = 24 * 60 * 60 * 1000;
 
+/** Names under `carry-ons/` that are not (legacy) tenant folders. Tenant ids cannot start with a dot; `blobs` is reserved. */
+const BLOBS = 'blobs';
+const STAGING = '.staging';
+
+/** Tells this process's staging folders from those of an earlier process with the same pid (a restarted container). */
+const PROCESS_TAG = randomBytes(4).toString('hex');
+const HOST = os.hostname().replace(/[^A-Za-z0-9.-]/g, '-');
+
+const BLOB_NAME = /^[0-9a-f]{64}\.onnx$/;
+
 /**
- * The carry-on folders under DATA_DIR/carry-ons: `<tenant>/<id>/<version>/` holding carry-on.onnx
- * and manifest.json, and `.staging/` for uploads in progress (on the same filesystem, so
- * installing a version is one rename).
+ * The carry-on files under DATA_DIR/carry-ons:
+ *
+ * - `blobs/<sha256>.onnx`: every version's graph, content-addressed, so identical uploads share
+ *   one file. A blob appears by rename from staging inside the store's write transaction that
+ *   records the version (after the bytes were fsynced), and is deleted, under the same lock, only
+ *   once no live version points at it. The per-version manifest lives in the database.
+ * - `.staging/<host>_<pid>_<tag>_<random>/`: uploads in progress, on the same filesystem as the
+ *   blobs so installing is one rename. Left-overs of a crashed process are removed at start.
+ * - `<tenant>/<id>/<version>/`: version folders of gateways before content addressing; still
+ *   served, and removed when their version is deleted.
  */
 export class CarryOnFiles {
   readonly root: string;
+  readonly blobs: string;
   private readonly staging: string;
 
-  constructor(dataDir: string) {
+  constructor(
+    dataDir: string,
+    private readonly catalog: Pick<CarryOnRepository, 'dropUnreferencedGraphs'>,
+  ) {
     this.root = path.join(dataDir, 'carry-ons');
-    this.staging = path.join(this.root, '.staging');
+    this.blobs = path.join(this.root, BLOBS);
+    this.staging = path.join(this.root, STAGING);
   }
 
-  versionDir(tenantId: string, carryOnId: string, version: number): string {
-    return path.join(this.root, tenantId, carryOnId, String(version));
+  blobPath(sha256: string): string {
+    return path.join(this.blobs, `${sha256}.onnx`);
   }
 
-  tenantDir(tenantId: string): string {
-    return path.join(this.root, tenantId);
-  }
-
-  /** A fresh, empty staging folder for one upload. */
+  /** A fresh, empty staging folder for one upload; the graph goes to `<dir>/model.onnx`. */
   createStagingDir(): string {
     fs.mkdirSync(this.staging, { recursive: true });
-    const dir = path.join(this.staging, `${process.pid}-${randomBytes(6).toString('hex')}`);
+    const dir = path.join(this.staging, `${HOST}_${process.pid}_${PROCESS_TAG}_${randomBytes(6).toString('hex')}`);
     fs.mkdirSync(dir);
     return dir;
   }
 
-  /**
-   * Writes the stored manifest beside the staged graph and renames the folder into place.
-   * Synchronous on purpose: it runs inside the store's write transaction, between assigning the
-   * version and recording it.
-   */
-  install(stagingDir: string, manifest: CarryOnManifest, tenantId: string): string {
-    const manifestPath = path.join(stagingDir, CARRYON_FILES.manifest);
-    const fd = fs.openSync(manifestPath, 'w', 0o644);
-    try {
-      fs.writeSync(fd, `${JSON.stringify(manifest, null, 2)}\n`);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fsyncDir(stagingDir);
-    const target = this.versionDir(tenantId, manifest.id, manifest.version);
-    fs.mkdirSync(path.dirname(target), { recursive: true });
-    // Only a crash between a rename and its commit can leave a folder here; no row points at it.
-    fs.rmSync(target, { recursive: true, force: true });
-    fs.renameSync(stagingDir, target);
-    fsyncDir(path.dirname(target));
-    return target;
+  stagedGraphPath(stagingDir: string): string {
+    return path.join(stagingDir, CARRYON_FILES.graph);
   }
 
-  /** Removes version folders and the carry-on folders they leave empty. Never throws: returns what it could not remove. */
-  remove(dirs: string[]): string[] {
+  /**
+   * Makes the staged graph (already fsynced) the blob for its sha256 and returns the blob's path:
+   * a rename, then an fsync of the blobs folder, so the blob is durable before the caller records
+   * a row pointing at it. When the blob exists (identical bytes uploaded before) the staged copy
+   * is left for `discardStaging`. Synchronous on purpose: it runs inside the store's write
+   * transaction, between assigning the version and recording it.
+   */
+  installGraph(stagedGraph: string, sha256: string, bytes: number): string {
+    const blob = this.blobPath(sha256);
+    fs.mkdirSync(this.blobs, { recursive: true });
+    let existing: fs.Stats | null = null;
+    try {
+      existing = fs.statSync(blob);
+    } catch {
+      // not there yet
+    }
+    // Same name, same bytes: a blob only ever appears by renaming a complete, hashed file. A size
+    // that differs means the disk lost it since; the fresh copy replaces it.
+    if (existing?.isFile() && existing.size === bytes) return blob;
+    fs.renameSync(stagedGraph, blob);
+    fsyncDir(this.blobs);
+    return blob;
+  }
+
+  /**
+   * Removes the files of deleted versions: a blob once no live version points at it (checked under
+   * the store's write lock), a legacy version folder at once. Never throws: returns what it could
+   * not remove.
+   */
+  remove(files: string[]): string[] {
     const failed: string[] = [];
-    for (const dir of dirs) {
-      if (!this.isInside(dir)) continue;
+    const blobs = files.filter((f) => path.dirname(f) === this.blobs && BLOB_NAME.test(path.basename(f)));
+    const legacy = files.filter((f) => !blobs.includes(f) && this.isLegacyVersionDir(f));
+    try {
+      this.catalog.dropUnreferencedGraphs(blobs, (blob) => {
+        try {
+          fs.rmSync(blob, { force: true });
+        } catch {
+          failed.push(blob);
+        }
+      });
+      if (blobs.length > 0) fsyncDir(this.blobs);
+    } catch {
+      failed.push(...blobs.filter((b) => fs.existsSync(b)));
+    }
+    for (const dir of legacy) {
       try {
         fs.rmSync(dir, { recursive: true, force: true });
         const parent = path.dirname(dir);
@@ -77,8 +118,10 @@ export class CarryOnFiles {
     return failed;
   }
 
+  /** Removes a deleted tenant's legacy folder (`carry-ons/<tenant>/`), if it has one. */
   removeTenant(tenantId: string): void {
-    const dir = this.tenantDir(tenantId);
+    if (tenantId === BLOBS || tenantId.startsWith('.')) return;
+    const dir = path.join(this.root, tenantId);
     if (this.isInside(dir)) fs.rmSync(dir, { recursive: true, force: true });
   }
 
@@ -86,27 +129,82 @@ export class CarryOnFiles {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 
-  /** Removes staging folders a crashed upload left behind. */
-  sweepStaleStaging(now = Date.now()): void {
-    let entries: fs.Dirent[];
-    try {
-      entries = fs.readdirSync(this.staging, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      const p = path.join(this.staging, e.name);
+  /**
+   * At start: removes what a crashed upload can leave. Staging folders of processes on this host
+   * that are gone (or of an earlier process with this pid), and any older than a day; then blobs
+   * no live version points at (a crash between installing a blob and committing its row).
+   * Another live process's uploads (a second gateway on the same data folder) are left alone.
+   */
+  sweepAtStart(now = Date.now()): { staging: number; blobs: number } {
+    return { staging: this.sweepStaging(now), blobs: this.sweepBlobs() };
+  }
+
+  private sweepStaging(now: number): number {
+    let removed = 0;
+    for (const name of readDir(this.staging)) {
+      const p = path.join(this.staging, name);
       try {
-        if (now - fs.statSync(p).mtimeMs > STALE_STAGING_MS) fs.rmSync(p, { recursive: true, force: true });
+        if (!this.isStagingLeftover(name, p, now)) continue;
+        fs.rmSync(p, { recursive: true, force: true });
+        removed++;
       } catch {
         // raced with another process's sweep or upload: nothing to do
       }
     }
+    return removed;
+  }
+
+  private isStagingLeftover(name: string, p: string, now: number): boolean {
+    if (now - fs.statSync(p).mtimeMs > STALE_STAGING_MS) return true;
+    const parts = name.split('_');
+    if (parts.length < 4) return false;
+    const [tag, pidText] = [parts.at(-2), parts.at(-3)];
+    const host = parts.slice(0, -3).join('_');
+    const pid = Number(pidText);
+    if (host !== HOST || !Number.isInteger(pid)) return false;
+    if (pid === process.pid) return tag !== PROCESS_TAG;
+    return !processAlive(pid);
+  }
+
+  private sweepBlobs(): number {
+    const blobs = readDir(this.blobs)
+      .filter((name) => BLOB_NAME.test(name))
+      .map((name) => path.join(this.blobs, name));
+    if (blobs.length === 0) return 0;
+    const dropped = this.catalog.dropUnreferencedGraphs(blobs, (blob) => fs.rmSync(blob, { force: true }));
+    if (dropped.length > 0) fsyncDir(this.blobs);
+    return dropped.length;
+  }
+
+  /** A `<tenant>/<id>/<version>` folder under the root: never the blobs, the staging area or anything outside. */
+  private isLegacyVersionDir(p: string): boolean {
+    const rel = path.relative(this.root, p);
+    if (!this.isInside(p)) return false;
+    const parts = rel.split(path.sep);
+    return parts.length === 3 && parts[0] !== BLOBS && !parts[0].startsWith('.');
   }
 
   /** Guards every removal: a path from the database must never point the server outside its carry-on folder. */
   private isInside(p: string): boolean {
     const rel = path.relative(this.root, p);
     return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel);
+  }
+}
+
+function readDir(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists, it is just not ours to signal.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -53,7 +53,11 @@ export function checkDigest(m: UploadManifest, sha256: string): void {
   }
 }
 
-/** The manifest as stored: the upload's fields plus the version the server assigned. */
+/**
+ * The manifest as stored: the upload's fields plus the version the server assigned, less `tenant`
+ * (upload routing, not part of the carry-on: the version's tenant is the one it is stored under).
+ */
 export function storedManifest(m: UploadManifest, version: number): CarryOnManifest {
-  return CarryOnManifest.parse({ ...m, version });
+  const { tenant: _routing, ...contract } = m;
+  return CarryOnManifest.parse({ ...contract, version });
 }

@@ -4,7 +4,7 @@
  * Snake_case fields and `{object, ...}` envelopes, as the OpenAI API the clients already speak.
  */
 import { z } from 'zod';
-import { CarryOnManifest } from '../carryon/manifest.js';
+import { CARRYON_ID_PATTERN, CarryOnManifest } from '../carryon/manifest.js';
 import { ALIAS_PATTERN, CARRYON_REF_PATTERN } from '../store/carry-ons.js';
 import { HarvestPolicy } from '../store/harvest-policy.js';
 import { TENANT_ID_PATTERN } from '../store/tenants.js';
@@ -54,6 +54,20 @@ export const KeyParams = z.object({ id: z.string() });
 export const CarryOnParams = z.object({ tenant: z.string(), id: z.string() });
 export const VersionParams = z.object({ tenant: z.string(), id: z.string(), version: z.string() });
 export const AliasParams = z.object({ tenant: z.string(), id: z.string(), alias: z.string() });
+
+/**
+ * `/admin/carry-ons…` name the tenant in the query (or the `tenant` form field / manifest property
+ * of an upload) unless the admin key implies it. Ids there are checked, so `../x` is a 400.
+ */
+export const CarryOnTenantQuery = z.strictObject({ tenant: TenantId.optional() });
+export const CarryOnIdParams = z.object({
+  id: z.string().regex(CARRYON_ID_PATTERN, 'expected a carry-on id: [a-z0-9][a-z0-9._-]{0,63}'),
+});
+/** The `tenant` form field of `POST /admin/carry-ons`. */
+export const UploadTenantField = TenantId;
+
+export const ListHarvestShardsQuery = z.strictObject({ tenant: TenantId.optional() });
+export const HarvestShardParams = z.object({ id: z.string() });
 
 // ---------------------------------------------------------------------------------------------
 // Responses
@@ -120,3 +134,49 @@ export interface List<T> {
   data: T[];
 }
 
+// ---------------------------------------------------------------------------------------------
+// Harvest (shards of hidden states; see README "Harvesting hidden states")
+
+export const HarvestShardObject = z.object({
+  object: z.literal('harvest.shard'),
+  id: z.string(),
+  /** null: traffic of no tenant. */
+  tenant: z.string().nullable(),
+  bytes: z.number().int(),
+  rows: z.number().int(),
+  sequences: z.number().int(),
+  /** When the shard was opened (its oldest data). */
+  created_at: z.string(),
+  /** When it reached CARRYON_HARVEST_PUSH_URL; null: not pushed. */
+  pushed_at: z.string().nullable(),
+  /** The shard header's metadata, less the per-sequence lists (download the shard for those). */
+  metadata: z.object({
+    base_fingerprint: z.string(),
+    layers: z.array(z.union([z.literal('final'), z.number().int()])),
+    hidden_size: z.number().int(),
+    stored_size: z.number().int(),
+    dtype: z.enum(['F16', 'I8', 'F32']),
+    sigma: z.object({
+      codec: z.enum(['f16', 'int8', 'none']),
+      projection: z.object({ sha256: z.string(), file: z.string(), rows: z.number().int(), cols: z.number().int() }).nullable(),
+    }),
+    completion_rows: z.number().int(),
+    data_sha256: z.string(),
+    recovered: z.boolean(),
+    closed_at: z.string(),
+  }),
+});
+export type HarvestShardObject = z.infer<typeof HarvestShardObject>;
+
+export const HarvestStatsObject = z.object({
+  object: z.literal('harvest.stats'),
+  enabled: z.boolean(),
+  /** The writer's counters since start (src/harvest/stats.ts), snake_case. */
+  writer: z.record(z.string(), z.number()),
+  /** What the index lists now. */
+  index: z.object({ shards: z.number().int(), bytes: z.number().int(), rows: z.number().int(), sequences: z.number().int() }),
+  dropped_deleted_tenant: z.number().int(),
+  retention_deleted: z.number().int(),
+  push: z.object({ pushed: z.number().int(), failed_attempts: z.number().int(), pending: z.number().int() }).nullable(),
+});
+export type HarvestStatsObject = z.infer<typeof HarvestStatsObject>;

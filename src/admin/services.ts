@@ -1,7 +1,9 @@
+import type { HarvestService } from '../harvest/service.js';
 import type { Store } from '../store/store.js';
 import type { BaseModelSource } from './base-model.js';
 import { CarryOnAdmin } from './carry-on-admin.js';
 import { CarryOnFiles } from './carry-on-files.js';
+import { HarvestAdmin } from './harvest-admin.js';
 import { KeyAdmin } from './key-admin.js';
 import { TenantAdmin } from './tenant-admin.js';
 
@@ -9,6 +11,7 @@ export interface AdminServices {
   tenants: TenantAdmin;
   keys: KeyAdmin;
   carryOns: CarryOnAdmin;
+  harvest: HarvestAdmin;
 }
 
 export interface AdminOptions {
@@ -18,15 +21,19 @@ export interface AdminOptions {
   maxCarryOnBytes: number;
   /** CARRYON_CARRYON_CHECK_TIMEOUT_MS */
   checkTimeoutMs: number;
+  /** Harvested shards; deleting a tenant forgets its harvest data through it. */
+  harvest: HarvestService;
 }
 
 /** The admin API's logic, wired to the store; the plugins under plugins/admin only route to it. */
 export function createAdminServices(store: Store, opts: AdminOptions): AdminServices {
-  const files = new CarryOnFiles(opts.dataDir);
-  files.sweepStaleStaging();
+  const files = new CarryOnFiles(opts.dataDir, store.carryOns);
+  // What a crash mid-upload can leave: staging folders, and a blob whose row never committed.
+  files.sweepAtStart();
   return {
-    tenants: new TenantAdmin(store, files),
+    tenants: new TenantAdmin(store, files, opts.harvest),
     keys: new KeyAdmin(store),
     carryOns: new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxGraphBytes: opts.maxCarryOnBytes, checkTimeoutMs: opts.checkTimeoutMs }),
+    harvest: new HarvestAdmin(store, opts.harvest),
   };
 }

@@ -1,4 +1,5 @@
 import { ApiError } from '../errors.js';
+import type { ForgetSummary } from '../harvest/service.js';
 import type { Store } from '../store/store.js';
 import { managedTenant, requireGlobalAdmin } from './access.js';
 import { audit, type AdminContext } from './audit.js';
@@ -10,6 +11,8 @@ export class TenantAdmin {
   constructor(
     private readonly store: Store,
     private readonly files: CarryOnFiles,
+    /** Deletes a tenant's harvested shards, journals and index rows. */
+    private readonly harvest: { forgetTenant(tenantId: string): Promise<ForgetSummary> },
   ) {}
 
   create(ctx: AdminContext, body: { id: string; name?: string }): TenantObject {
@@ -27,8 +30,12 @@ export class TenantAdmin {
     return view.list(tenants.map(view.tenant));
   }
 
-  /** Revokes the tenant's keys and deletes its carry-ons with it, in one transaction; then removes their files. */
-  delete(ctx: AdminContext, tenantId: string): DeletedObject {
+  /**
+   * Revokes the tenant's keys and deletes its carry-ons with it, in one transaction; then removes
+   * their files and everything harvested from its traffic. The response waits for the harvest data to
+   * be gone, so a 200 means forgotten.
+   */
+  async delete(ctx: AdminContext, tenantId: string): Promise<DeletedObject> {
     requireGlobalAdmin(ctx.principal);
     managedTenant(ctx.principal, this.store.tenants, tenantId);
     const dirs = this.store.carryOns.deleteForTenant(tenantId, () => {
@@ -42,6 +49,14 @@ export class TenantAdmin {
       ctx.log.warn({ err, tenant: tenantId }, 'could not remove the deleted tenant’s carry-on folder');
     }
     audit(ctx, { action: 'tenant.delete', tenant: tenantId, target: tenantId });
+    try {
+      const forgotten = await this.harvest.forgetTenant(tenantId);
+      ctx.log.info({ tenant: tenantId, harvest: forgotten }, 'harvest data of the deleted tenant removed');
+    } catch (err) {
+      // The tenant is gone already; the next start removes what is left of its harvest data.
+      ctx.log.error({ err, tenant: tenantId }, 'could not remove the deleted tenant’s harvest data');
+      throw new ApiError('internal_error', `Tenant '${tenantId}' was deleted, but its harvest data could not all be removed yet; it is removed at the next start.`);
+    }
     return view.deleted('tenant', tenantId);
   }
 }

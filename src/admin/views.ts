@@ -1,7 +1,19 @@
+import { parseShardMetadata } from '../harvest/shard-format.js';
+import type { HarvestServiceStats } from '../harvest/service.js';
 import type { ApiKeyRecord } from '../store/api-keys.js';
 import type { CarryOnSummary, CarryOnVersionInfo } from '../store/carry-ons.js';
 import type { TenantRecord } from '../store/tenants.js';
-import type { ApiKeyObject, CarryOnObject, CarryOnVersionObject, DeletedObject, List, TenantObject } from './protocol.js';
+import type { HarvestShardRecord } from '../store/harvest-shards.js';
+import type {
+  ApiKeyObject,
+  CarryOnObject,
+  CarryOnVersionObject,
+  DeletedObject,
+  HarvestShardObject,
+  HarvestStatsObject,
+  List,
+  TenantObject,
+} from './protocol.js';
 
 /** Store records → the admin API's response objects (./protocol.ts). */
 export const view = {
@@ -45,4 +57,42 @@ export const view = {
   }),
 
   deleted: (object: string, id: string): DeletedObject => ({ object, id, deleted: true }),
+
+  harvestShard: (s: HarvestShardRecord): HarvestShardObject => {
+    const m = parseShardMetadata(s.metadata, s.id);
+    return {
+      object: 'harvest.shard',
+      id: s.id,
+      tenant: s.tenantId,
+      bytes: s.bytes,
+      rows: s.rows,
+      sequences: s.sequences,
+      created_at: new Date(s.createdAt).toISOString(),
+      pushed_at: s.pushedAt,
+      metadata: {
+        base_fingerprint: m.baseFingerprint,
+        layers: m.layers,
+        hidden_size: m.hiddenSize,
+        stored_size: m.storedSize,
+        dtype: m.dtype,
+        sigma: m.sigma,
+        completion_rows: m.completionRows,
+        data_sha256: m.dataSha256,
+        recovered: m.recovered,
+        closed_at: new Date(m.closedAt).toISOString(),
+      },
+    };
+  },
+
+  harvestStats: (s: HarvestServiceStats): HarvestStatsObject => ({
+    object: 'harvest.stats',
+    enabled: s.enabled,
+    writer: Object.fromEntries(Object.entries(s.writer).map(([k, v]) => [snake(k), v])),
+    index: s.index,
+    dropped_deleted_tenant: s.droppedDeletedTenant,
+    retention_deleted: s.retentionDeleted,
+    push: s.push && { pushed: s.push.pushed, failed_attempts: s.push.failedAttempts, pending: s.push.pending },
+  }),
 };
+
+const snake = (camel: string): string => camel.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);

@@ -5,8 +5,8 @@ export interface CarryOnVersionRecord {
   tenantId: string;
   carryOnId: string;
   version: number;
-  /** Folder holding carry-on.onnx and manifest.json. */
-  dir: string;
+  /** The version's ONNX graph (content-addressed: versions with identical bytes share one file). */
+  graphPath: string;
   manifest: CarryOnManifest;
   sha256: string;
   bytes: number;

@@ -1,14 +1,16 @@
 /**
- * A carry-on package is a folder with two files: the self-contained ONNX graph and a manifest
- * that binds it to one exact base model (by the base package's fingerprint) and to its own bytes
- * (by sha256), so a gateway never pairs a carry-on with the wrong base or a torn/tampered file.
+ * A carry-on package is a folder with two files: the self-contained ONNX graph (`model.onnx`) and
+ * a manifest (`manifest.json`) that binds it to one exact base model (by the base package's
+ * fingerprint) and to its own bytes (by sha256), so a gateway never pairs a carry-on with the
+ * wrong base or a torn/tampered file. models/README.md documents both for trainers.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { TENANT_ID_PATTERN } from '../tenant-id.js';
 
-export const CARRYON_FILES = { graph: 'carry-on.onnx', manifest: 'manifest.json' } as const;
+export const CARRYON_FILES = { graph: 'model.onnx', manifest: 'manifest.json' } as const;
 
 export const CARRYON_FORMAT_VERSION = 1;
 
@@ -57,11 +59,16 @@ export const CarryOnManifest = z.object({
   default_alpha: z.number().min(0).max(MAX_ALPHA),
   /** Trainable parameters (RoPE tables and scalar constants excluded). */
   parameter_count: z.number().int().nonnegative(),
-  /** sha256 of carry-on.onnx. */
+  /** sha256 of model.onnx. */
   sha256: Sha256Hex,
   description: z.string().max(2000),
   architecture: CarryOnArchitecture,
   created_at: z.iso.datetime(),
+  /**
+   * Upload routing only: the tenant `POST /admin/carry-ons` stores it for when the form names none.
+   * Not part of the carry-on's contract: the gateway drops it from the manifest it stores.
+   */
+  tenant: z.string().regex(TENANT_ID_PATTERN, 'expected a tenant id: [a-z0-9][a-z0-9_-]{0,62}').optional(),
 });
 export type CarryOnManifest = z.infer<typeof CarryOnManifest>;
 

@@ -23,6 +23,8 @@ export interface CarryOnPackageMeta {
   defaultAlpha?: number;
   /** Default: now. Fixed by callers that need reproducible manifests. */
   createdAt?: Date;
+  /** The tenant `POST /admin/carry-ons` should store it for; upload routing only, not stored. */
+  tenant?: string;
 }
 
 export function carryOnArchitecture(c: CarryOnConfig): CarryOnArchitecture {
@@ -60,11 +62,12 @@ export function buildCarryOnManifest(
     description: meta.description ?? '',
     architecture: carryOnArchitecture(c),
     created_at: (meta.createdAt ?? new Date()).toISOString(),
+    ...(meta.tenant === undefined ? {} : { tenant: meta.tenant }),
   });
 }
 
 /**
- * Writes a carry-on package folder (carry-on.onnx + manifest.json), replacing `dir` atomically:
+ * Writes a carry-on package folder (model.onnx + manifest.json), replacing `dir` atomically:
  * a reader sees the old package or the complete new one, never a graph without its manifest.
  */
 export async function writeCarryOnPackage(

@@ -1,8 +1,6 @@
-import path from 'node:path';
 import type { CarryOnSpec } from '../engine/carry-on-session.js';
 import { ApiError } from '../errors.js';
 import { carryOnKey, type CarryOnChange, type CarryOnVersionRecord } from './catalog.js';
-import { CARRYON_FILES } from './manifest.js';
 import type { Metrics } from '../metrics.js';
 
 export interface CarryOnLoader {
@@ -164,7 +162,7 @@ export function specOf(record: CarryOnVersionRecord): CarryOnSpec {
   const m = record.manifest;
   return {
     key: carryOnKey(record),
-    graphPath: path.join(record.dir, CARRYON_FILES.graph),
+    graphPath: record.graphPath,
     inputLayers: m.input_layers,
     readsTokenIds: m.reads_token_ids,
     blocks: m.architecture.layers,

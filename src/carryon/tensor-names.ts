@@ -1,5 +1,5 @@
 /**
- * Tensor names of a carry-on graph (`carry-on.onnx`): the contract between the carry-on builder,
+ * Tensor names of a carry-on graph (`model.onnx`): the contract between the carry-on builder,
  * the PyTorch trainer's exporter and the engine.
  *
  * Inputs deliberately reuse the base package's names (`hidden_states`, `hidden_states.layer.{k}`,

@@ -7,6 +7,9 @@ export const ALIAS_PATTERN = /^[a-z][a-z0-9._-]{0,63}$/;
 /** Built in: always the newest live version; cannot be set as an alias. */
 export const LATEST = 'latest';
 
+/** The graph's name inside the version folders of gateways before content-addressed storage (still read). */
+export const LEGACY_GRAPH_FILE = 'carry-on.onnx';
+
 /**
  * A reference to a carry-on as keys and requests name it: `<id>` (its newest version) or
  * `<id>@<version or alias>`. `@` cannot occur in an id, so the split is unambiguous.
@@ -24,8 +27,8 @@ export interface CarryOnVersionRecord {
   tenantId: string;
   carryOnId: string;
   version: number;
-  /** Absolute folder holding carry-on.onnx and manifest.json. */
-  dir: string;
+  /** Absolute path of the version's ONNX graph: a content-addressed blob shared by identical uploads. */
+  graphPath: string;
   manifest: CarryOnManifest;
   sha256: string;
   bytes: number;
@@ -64,14 +67,15 @@ export interface CarryOnChange {
 
 /** What `addVersion`'s install step put on disk for the version number it was given. */
 export interface InstalledVersion {
-  dir: string;
+  /** The durable graph file the row will point at. */
+  graphPath: string;
   manifest: CarryOnManifest;
   sha256: string;
   bytes: number;
 }
 
 export type DeleteVersionResult =
-  | { status: 'deleted'; dir: string; carryOnDeleted: boolean }
+  | { status: 'deleted'; files: string; carryOnDeleted: boolean }
   | { status: 'not-found' }
   | { status: 'aliased'; aliases: string[] };
 
@@ -80,6 +84,10 @@ interface VersionRow {
   carry_on_id: string;
   version: number;
   manifest: string;
+  /**
+   * Where the version's graph is, relative to the data folder: its blob `carry-ons/blobs/<sha256>.onnx`;
+   * for versions stored before graphs were content-addressed, a version folder holding `carry-on.onnx`.
+   */
   dir: string;
   sha256: string;
   bytes: number;
@@ -117,7 +125,7 @@ export class CarryOnRepository {
 
   constructor(
     private readonly db: Db,
-    /** Version folders are stored relative to it, so the data folder can move (a volume remounted elsewhere). */
+    /** Graph paths are stored relative to it, so the data folder can move (a volume remounted elsewhere). */
     private readonly dataDir: string,
   ) {
     this.sql = statementCache(db);
@@ -179,9 +187,9 @@ export class CarryOnRepository {
 
   /**
    * Adds the next version of (tenant, id), creating or reviving the carry-on. `install` runs
-   * inside the write transaction with the assigned number and must put the files in place
-   * synchronously, so the row and its folder appear together; if it throws, nothing is recorded.
-   * null when the tenant does not exist.
+   * inside the write transaction (holding SQLite's write lock) with the assigned number and must
+   * make the graph durable synchronously, so the row is only ever recorded pointing at a complete
+   * file; if it throws, nothing is recorded. null when the tenant does not exist.
    */
   addVersion(tenantId: string, carryOnId: string, install: (version: number) => InstalledVersion): CarryOnVersionRecord | null {
     const record = this.db
@@ -201,8 +209,8 @@ export class CarryOnRepository {
         this.sql(
           `INSERT INTO carry_on_versions (tenant_id, carry_on_id, version, manifest, dir, sha256, bytes, created_at)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-        ).run(tenantId, carryOnId, next, JSON.stringify(files.manifest), path.relative(this.dataDir, files.dir), files.sha256, files.bytes, now);
-        return { tenantId, carryOnId, version: next, dir: files.dir, manifest: files.manifest, sha256: files.sha256, bytes: files.bytes, createdAt: now };
+        ).run(tenantId, carryOnId, next, JSON.stringify(files.manifest), path.relative(this.dataDir, files.graphPath), files.sha256, files.bytes, now);
+        return { tenantId, carryOnId, version: next, graphPath: files.graphPath, manifest: files.manifest, sha256: files.sha256, bytes: files.bytes, createdAt: now };
       })
       .immediate();
     if (record) this.emit({ tenantId, carryOnId, kind: 'version-added', version: record.version });
@@ -235,12 +243,15 @@ export class CarryOnRepository {
   /**
    * Deletes one version. Refused while an alias points at it: moving traffic off a version is a
    * deliberate step (re-point the alias first), not a side effect. Deleting the last version
-   * deletes the carry-on.
+   * deletes the carry-on. `files` is the version's graph (or legacy folder) for the caller to pass
+   * to `dropUnreferencedGraphs`.
    */
   deleteVersion(tenantId: string, carryOnId: string, version: number): DeleteVersionResult {
     const result = this.db
       .transaction((): DeleteVersionResult => {
-        const row = this.resolve(tenantId, carryOnId, String(version));
+        const row = this.sql<[string, string, number], VersionRow>(
+          `${LIVE_VERSIONS} AND v.tenant_id = ? AND v.carry_on_id = ? AND v.version = ?`,
+        ).get(tenantId, carryOnId, version);
         if (!row) return { status: 'not-found' };
         const aliases = this.sql<[string, string, number], { alias: string }>(
           'SELECT alias FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ? AND version = ? ORDER BY alias',
@@ -254,7 +265,7 @@ export class CarryOnRepository {
           'SELECT 1 FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL LIMIT 1',
         ).get(tenantId, carryOnId);
         if (!remaining) this.sql('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?').run(now, tenantId, carryOnId);
-        return { status: 'deleted', dir: row.dir, carryOnDeleted: !remaining };
+        return { status: 'deleted', files: this.absolute(row.dir), carryOnDeleted: !remaining };
       })
       .immediate();
     if (result.status === 'deleted') {
@@ -264,7 +275,7 @@ export class CarryOnRepository {
     return result;
   }
 
-  /** Deletes every version and alias; returns the folders to remove, or null when there was no such carry-on. */
+  /** Deletes every version and alias; returns their graph files (see `deleteVersion`), or null when there was no such carry-on. */
   deleteCarryOn(tenantId: string, carryOnId: string): string[] | null {
     const dirs = this.db.transaction(() => this.deleteCarryOnRows(tenantId, carryOnId)).immediate();
     if (dirs) this.emit({ tenantId, carryOnId, kind: 'deleted' });
@@ -272,7 +283,7 @@ export class CarryOnRepository {
   }
 
   /**
-   * Deletes all of a tenant's carry-ons; returns the folders to remove. `alongside` runs in the
+   * Deletes all of a tenant's carry-ons; returns their graph files. `alongside` runs in the
    * same transaction, so deleting the tenant itself commits together with its carry-ons.
    */
   deleteForTenant(tenantId: string, alongside?: () => void): string[] {
@@ -286,7 +297,28 @@ export class CarryOnRepository {
       })
       .immediate();
     for (const id of ids) this.emit({ tenantId, carryOnId: id, kind: 'deleted' });
-    return dirs;
+    return [...new Set(dirs)];
+  }
+
+  /**
+   * Calls `drop` for each of `files` (absolute graph paths or legacy version folders) that no live
+   * version points at any more, holding SQLite's write lock meanwhile: an upload installs its
+   * graph inside its own write transaction, so it can neither reuse a blob that is being dropped
+   * nor have its fresh blob dropped before its row commits. Returns the files dropped.
+   */
+  dropUnreferencedGraphs(files: string[], drop: (file: string) => void): string[] {
+    return this.db
+      .transaction((): string[] => {
+        const dropped: string[] = [];
+        for (const file of new Set(files)) {
+          const rel = path.relative(this.dataDir, file);
+          if (this.sql<[string]>('SELECT 1 FROM carry_on_versions WHERE dir = ? AND deleted_at IS NULL LIMIT 1').get(rel)) continue;
+          drop(file);
+          dropped.push(file);
+        }
+        return dropped;
+      })
+      .immediate();
   }
 
   private deleteCarryOnRows(tenantId: string, carryOnId: string): string[] | null {
@@ -301,7 +333,7 @@ export class CarryOnRepository {
     this.sql('UPDATE carry_on_versions SET deleted_at = ? WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL').run(now, tenantId, carryOnId);
     this.sql('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?').run(now, tenantId, carryOnId);
     for (const v of live) this.forget(tenantId, carryOnId, v.version);
-    return live.map((v) => this.absolute(v.dir));
+    return [...new Set(live.map((v) => this.absolute(v.dir)))];
   }
 
   private toRecord(row: VersionRow): CarryOnVersionRecord {
@@ -309,7 +341,7 @@ export class CarryOnRepository {
       tenantId: row.tenant_id,
       carryOnId: row.carry_on_id,
       version: row.version,
-      dir: this.absolute(row.dir),
+      graphPath: this.graphPathOf(row),
       manifest: this.manifestOf(row),
       sha256: row.sha256,
       bytes: row.bytes,
@@ -333,6 +365,12 @@ export class CarryOnRepository {
 
   private absolute(dir: string): string {
     return path.resolve(this.dataDir, dir);
+  }
+
+  /** A blob path as stored; a version stored before graphs were content-addressed kept its graph in a folder of its own. */
+  private graphPathOf(row: VersionRow): string {
+    const stored = this.absolute(row.dir);
+    return row.dir.endsWith('.onnx') ? stored : path.join(stored, LEGACY_GRAPH_FILE);
   }
 
   /** A throwing listener must not turn a committed change into a failed request. */

@@ -61,4 +61,24 @@ export const MIGRATIONS: readonly string[] = [
     FOREIGN KEY (tenant_id, carry_on_id, version) REFERENCES carry_on_versions(tenant_id, carry_on_id, version)
   ) STRICT;
   `,
+  // 2: the harvest shard index (src/store/harvest-shards.ts). No foreign key to tenants: forgetting a
+  // tenant deletes its shard rows explicitly, and tenant_id is NULL for traffic of no tenant.
+  `
+  CREATE TABLE harvest_shards (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT,
+    -- Relative to the data folder, so the folder can move (a volume remounted elsewhere).
+    path        TEXT NOT NULL,
+    bytes       INTEGER NOT NULL CHECK (bytes >= 0),
+    rows        INTEGER NOT NULL CHECK (rows >= 0),
+    sequences   INTEGER NOT NULL CHECK (sequences >= 0),
+    -- Unix ms when the shard was opened (its oldest data): retention's clock.
+    created_at  INTEGER NOT NULL,
+    -- The shard's safetensors __metadata__, as JSON.
+    metadata    TEXT NOT NULL,
+    pushed_at   TEXT
+  ) STRICT;
+  CREATE INDEX harvest_shards_by_created ON harvest_shards(created_at, id);
+  CREATE INDEX harvest_shards_by_tenant ON harvest_shards(tenant_id, created_at);
+  `,
 ];

@@ -1,6 +1,7 @@
 import { ApiKeyRepository } from './api-keys.js';
 import { CarryOnRepository } from './carry-ons.js';
 import { openDatabase, type Db } from './db.js';
+import { HarvestShardRepository } from './harvest-shards.js';
 import { TenantRepository } from './tenants.js';
 
 /** The gateway's persistent state (DATA_DIR/gateway.sqlite) and its repositories. */
@@ -8,6 +9,7 @@ export class Store {
   readonly tenants: TenantRepository;
   readonly apiKeys: ApiKeyRepository;
   readonly carryOns: CarryOnRepository;
+  readonly harvestShards: HarvestShardRepository;
 
   private constructor(
     readonly db: Db,
@@ -16,6 +18,7 @@ export class Store {
     this.tenants = new TenantRepository(db);
     this.apiKeys = new ApiKeyRepository(db);
     this.carryOns = new CarryOnRepository(db, dataDir);
+    this.harvestShards = new HarvestShardRepository(db, dataDir);
   }
 
   static open(dataDir: string): Store {

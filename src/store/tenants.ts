@@ -1,7 +1,6 @@
 import { nowIso, statementCache, type Db, type Prepare } from './db.js';
 
-/** Tenant ids become folder names and URL segments: a slug with no dots, so never `.` or `..`. */
-export const TENANT_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+export { TENANT_ID_PATTERN } from '../tenant-id.js';
 
 export interface TenantRecord {
   id: string;

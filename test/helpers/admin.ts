@@ -79,11 +79,22 @@ export async function uploadCarryOn<T = Record<string, unknown>>(
   parts: FormPart[],
   opts: { chunked?: boolean } = {},
 ): Promise<ApiResponse<T>> {
+  return uploadCarryOnTo<T>(gw, `/admin/tenants/${tenant}/carry-ons`, key, parts, opts);
+}
+
+/** The same upload to any route, e.g. `POST /admin/carry-ons` (tenant in the form or the manifest). */
+export async function uploadCarryOnTo<T = Record<string, unknown>>(
+  gw: TestGateway,
+  route: string,
+  key: string,
+  parts: FormPart[],
+  opts: { chunked?: boolean } = {},
+): Promise<ApiResponse<T>> {
   const { contentType, body } = multipartBody(parts);
   const pieces = async function* () {
     for (let i = 0; i < body.length; i += 65536) yield body.subarray(i, i + 65536);
   };
-  const res = await request(`${gw.url}/admin/tenants/${tenant}/carry-ons`, {
+  const res = await request(`${gw.url}${route}`, {
     method: 'POST',
     headers: { authorization: `Bearer ${key}`, 'content-type': contentType },
     body: opts.chunked ? Readable.from(pieces()) : body,

@@ -6,6 +6,12 @@ import { CARRYON_FILES } from '../../src/carryon/manifest.js';
 import { writeCarryOnPackage } from '../../src/carryon/package.js';
 import { readManifest, readModelConfig } from '../../src/model/package-files.js';
 
+/** A carry-on package folder, described as the store would hand it to the engine. */
+export type CarryOnPackageRecord = CarryOnVersionRecord & {
+  /** The package folder: model.onnx and manifest.json. */
+  dir: string;
+};
+
 /**
  * A carry-on for the stories260K base. `perturb` > 0 gives W_out, W_gate and b_gate random values
  * (seeded), so the carry-on visibly changes the base's predictions; 0 keeps the zero-initialised
@@ -15,7 +21,7 @@ export async function makeCarryOn(
   baseDir: string,
   outDir: string,
   opts: { id: string; perturb?: number; seed?: number; defaultAlpha?: number } & Partial<InitCarryOnOptions>,
-): Promise<CarryOnVersionRecord> {
+): Promise<CarryOnPackageRecord> {
   const base = readModelConfig(baseDir);
   const w = initCarryOnWeights({
     hiddenSize: base.hidden_size,
@@ -38,6 +44,7 @@ export async function makeCarryOn(
     carryOnId: opts.id,
     version: manifest.version,
     dir: outDir,
+    graphPath: path.join(outDir, CARRYON_FILES.graph),
     manifest,
     sha256: manifest.sha256,
     bytes: fs.statSync(path.join(outDir, CARRYON_FILES.graph)).size,
@@ -63,7 +70,7 @@ export async function makePushCarryOn(
   baseDir: string,
   outDir: string,
   opts: { id: string; tokenId: number; strength: number; baseEmbedding: Float32Array },
-): Promise<CarryOnVersionRecord> {
+): Promise<CarryOnPackageRecord> {
   const base = readModelConfig(baseDir);
   const d = base.hidden_size;
   const w = initCarryOnWeights({
@@ -95,6 +102,7 @@ export async function makePushCarryOn(
     carryOnId: opts.id,
     version: manifest.version,
     dir: outDir,
+    graphPath: path.join(outDir, CARRYON_FILES.graph),
     manifest,
     sha256: manifest.sha256,
     bytes: fs.statSync(path.join(outDir, CARRYON_FILES.graph)).size,

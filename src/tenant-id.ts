@@ -1,0 +1,6 @@
+/**
+ * Tenant ids become URL segments, metric labels and (for harvest shards) folder names: a slug with
+ * no dots, so never `.` or `..`, and no `/`. Shared by the store and the carry-on manifest (which
+ * may name the tenant it is uploaded for), so both accept exactly the same ids.
+ */
+export const TENANT_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;

@@ -1,0 +1,7 @@
+"""Trainer for GPT Carry-On modules (arXiv 2504.07513) served by the Carry-On Gateway.
+
+See trainer/README.md. Modules: model (the PyTorch carry-on, mirroring src/carryon/graph.ts),
+data (harvest shards), loss (chunked head cross-entropy), train, evaluate, export (build + parity
+through the gateway's CLI), gateway (admin API client), pipeline, cli.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,213 @@
+"""Harvested shards → training windows → padded batches.
+
+A shard (README "Harvesting hidden states") holds sequences row-wise: row p of a sequence is the
+base's state after token p (`token_ids[p]`), and `target_ids[p]` is the token that followed it.
+Row index within the sequence is the token's position, so the carry-on sees the same RoPE
+positions it will see when served.
+
+Hidden states stay in their stored dtype (memory-mapped f16 / int8 / f32) and are decoded to f32
+per batch: a D=576 model's states take 1.2 KB per token in f16, twice that as f32.
+
+Sequences longer than `seq_len` are cut into windows that keep their absolute positions; a window
+then attends only to its own tokens, an approximation of serving (where the carry-on sees the
+whole prefix) that only matters for sequences longer than `seq_len` (default: the base context).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import safetensors_io as st
+
+Layer = Union[str, int]
+
+
+def layer_tensor(layer: Layer) -> str:
+    return "hidden.final" if layer == "final" else f"hidden.layer.{layer}"
+
+
+class ShardError(ValueError):
+    pass
+
+
+@dataclass
+class Shard:
+    path: str
+    metadata: Dict[str, str]
+    tensors: Dict[str, np.ndarray]
+    offsets: np.ndarray  # seq_offsets [S+1]
+    dtype: str  # F16 / I8 / F32
+
+    @property
+    def sequences(self) -> int:
+        return len(self.offsets) - 1
+
+    def rows(self, layer: Layer, begin: int, end: int) -> np.ndarray:
+        """Decoded f32 hidden states of rows [begin, end) (σ undone: int8 rows · scale / 127)."""
+        name = layer_tensor(layer)
+        x = np.asarray(self.tensors[name][begin:end], dtype=np.float32)
+        if self.dtype == "I8":
+            x = x * (np.asarray(self.tensors[f"{name}.scale"][begin:end], dtype=np.float32)[:, None] / np.float32(127))
+        return x
+
+
+def find_shards(paths: Sequence[str]) -> List[str]:
+    """Files as given; folders searched recursively for *.safetensors (a harvest dir has one per tenant)."""
+    out: List[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            out.extend(sorted(glob.glob(os.path.join(p, "**", "*.safetensors"), recursive=True)))
+        else:
+            out.append(p)
+    if not out:
+        raise ShardError(f"no shards in {list(paths)}")
+    return out
+
+
+def open_shard(path: str, layers: Sequence[Layer], hidden_size: Optional[int] = None, base_fingerprint: Optional[str] = None) -> Shard:
+    tensors, meta = st.load(path)
+    if meta.get("format") != "carryon-harvest":
+        raise ShardError(f"{path}: not a carry-on harvest shard (format {meta.get('format')!r})")
+    if meta.get("format_version") != "1":
+        raise ShardError(f"{path}: unsupported shard format_version {meta.get('format_version')}")
+    if base_fingerprint and meta.get("base_fingerprint") != base_fingerprint:
+        raise ShardError(
+            f"{path}: harvested from base {meta.get('base_fingerprint', '?')[:12]}, not this base ({base_fingerprint[:12]}); "
+            "a carry-on only fits the exact base its states came from"
+        )
+    D, d = int(meta["hidden_size"]), int(meta["stored_size"])
+    sigma = json.loads(meta.get("sigma", "{}"))
+    if sigma.get("projection") is not None:
+        # The LM head needs the base's D-dim state; a projection (σ never inverts it) loses that.
+        if d != D:
+            raise ShardError(f"{path}: projected shard (D={D} → d={d}): training needs unprojected states (harvest with no projection)")
+        warnings.warn(f"{path}: square projection: the stored states are P·x, trained on as if they were x")
+    if hidden_size is not None and D != hidden_size:
+        raise ShardError(f"{path}: hidden size {D}, the base has {hidden_size}")
+    have = json.loads(meta["layers"])
+    for layer in layers:
+        if layer not in have:
+            raise ShardError(f"{path}: has layers {have}, not {layer!r} (harvest with --layers {','.join(map(str, layers))})")
+    return Shard(path, meta, tensors, np.asarray(tensors["seq_offsets"], dtype=np.int64), meta["dtype"])
+
+
+@dataclass(frozen=True)
+class Window:
+    shard: int
+    begin: int  # first row in the shard
+    end: int
+    position: int  # position of the first row (0 unless a long sequence was cut)
+    sequence: int  # global sequence index (train/eval split is by sequence)
+
+
+class Corpus:
+    """Every sequence of some shards, cut into windows of at most `seq_len` rows."""
+
+    def __init__(self, shards: List[Shard], layers: Sequence[Layer], seq_len: int) -> None:
+        self.shards, self.layers, self.seq_len = shards, list(layers), seq_len
+        self.windows: List[Window] = []
+        seq = 0
+        for si, sh in enumerate(shards):
+            for i in range(sh.sequences):
+                b, e = int(sh.offsets[i]), int(sh.offsets[i + 1])
+                for start in range(b, e, seq_len):
+                    self.windows.append(Window(si, start, min(start + seq_len, e), start - b, seq))
+                seq += 1
+        self.sequence_count = seq
+
+    @classmethod
+    def open(cls, paths: Sequence[str], layers: Sequence[Layer], seq_len: int, hidden_size: Optional[int] = None, base_fingerprint: Optional[str] = None) -> "Corpus":
+        need = list(dict.fromkeys(["final", *layers]))  # the loss always needs the final state
+        return cls([open_shard(p, need, hidden_size, base_fingerprint) for p in find_shards(paths)], need, seq_len)
+
+    def completion_rows(self) -> int:
+        return sum(int(sh.metadata.get("completion_rows", "0")) for sh in self.shards)
+
+    def split(self, eval_fraction: float, seed: int) -> Tuple[List[Window], List[Window]]:
+        """Held-out split by whole sequences (so no sequence is in both), seeded."""
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(self.sequence_count)
+        n_eval = int(round(self.sequence_count * eval_fraction))
+        if eval_fraction > 0 and self.sequence_count > 1:
+            n_eval = min(max(n_eval, 1), self.sequence_count - 1)
+        held = set(order[:n_eval].tolist())
+        train = [w for w in self.windows if w.sequence not in held]
+        ev = [w for w in self.windows if w.sequence in held]
+        return train, ev
+
+    def rows(self, windows: Sequence[Window] = ()) -> int:
+        return sum(w.end - w.begin for w in (windows or self.windows))
+
+
+@dataclass
+class Batch:
+    hidden: Dict[Layer, np.ndarray]  # [B, L, H] f32 per layer
+    token_ids: np.ndarray  # [B, L] int64
+    target_ids: np.ndarray  # [B, L] int64
+    position_ids: np.ndarray  # [B, L] int64
+    loss_mask: np.ndarray  # [B, L] bool: real row, and a completion row when training on completions
+
+    @property
+    def tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def make_batch(corpus: Corpus, windows: Sequence[Window], completion_only: bool, max_positions: int) -> Batch:
+    """Right-padded batch: causal attention means real rows never see the padding, so no mask."""
+    B, L = len(windows), max(w.end - w.begin for w in windows)
+    H = int(corpus.shards[0].metadata["stored_size"])
+    hidden = {layer: np.zeros((B, L, H), np.float32) for layer in corpus.layers}
+    tok = np.zeros((B, L), np.int64)
+    tgt = np.zeros((B, L), np.int64)
+    pos = np.zeros((B, L), np.int64)
+    mask = np.zeros((B, L), bool)
+    for b, w in enumerate(windows):
+        sh, n = corpus.shards[w.shard], w.end - w.begin
+        for layer in corpus.layers:
+            hidden[layer][b, :n] = sh.rows(layer, w.begin, w.end)
+        tok[b, :n] = sh.tensors["token_ids"][w.begin : w.end]
+        tgt[b, :n] = sh.tensors["target_ids"][w.begin : w.end]
+        keep = np.ones(n, bool)
+        if completion_only:
+            keep = np.asarray(sh.tensors["is_completion"][w.begin : w.end]) != 0
+        mask[b, :n] = keep
+        # Padding positions continue the count (clamped to the table): their outputs are never used.
+        pos[b] = np.minimum(w.position + np.arange(L), max_positions - 1)
+    return Batch(hidden, tok, tgt, pos, mask)
+
+
+class BatchOrder:
+    """Deterministic epochs: the order of epoch e is a permutation seeded by (seed, e), so the
+    stream resumes exactly from (epoch, index) without storing it."""
+
+    def __init__(self, windows: Sequence[Window], batch_size: int, seed: int) -> None:
+        if not windows:
+            raise ShardError("no training windows")
+        self.windows, self.batch_size, self.seed = list(windows), batch_size, seed
+        self.per_epoch = max(1, len(self.windows) // batch_size)
+        self._perm: Tuple[int, Optional[np.ndarray]] = (-1, None)
+
+    def batch(self, step: int) -> List[Window]:
+        """Windows of global step `step` (0-based); a partial last batch of an epoch is dropped."""
+        epoch, i = divmod(step, self.per_epoch)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.windows)))
+        perm = self._perm[1]
+        assert perm is not None
+        idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
+        if len(idx) == 0:  # fewer windows than one batch: use them all
+            idx = perm
+        return [self.windows[j] for j in idx]
+
+
+def eval_batches(windows: Sequence[Window], batch_size: int) -> Iterator[List[Window]]:
+    # Sorted by length so padding is small; evaluation order does not matter.
+    ws = sorted(windows, key=lambda w: w.end - w.begin)
+    for i in range(0, len(ws), batch_size):
+        yield ws[i : i + batch_size]

@@ -1,0 +1,78 @@
+"""Export: trained weights → carry-on package through the gateway's own builder, then a parity
+check of the package in ONNX Runtime against this module's outputs. The export is only declared
+done when `carryon carry-on verify` passes (max |Δ| ≤ tolerance, whole sequence and through the
+KV cache)."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from . import node
+from . import safetensors_io as st
+from .data import Corpus, Window
+from .model import CarryOn
+
+DEFAULT_TOLERANCE = 1e-4
+FIXTURE_LEN = 24
+FIXTURE_LEFT_PAD = 3
+
+
+def write_weights(model: CarryOn, path: str, carry_on_id: Optional[str] = None, description: Optional[str] = None) -> str:
+    """weights.safetensors + config.json (the two inputs of `carryon carry-on build`); returns the config path."""
+    st.save(path, model.export_state(), {"format": "carryon-carry-on-weights", "format_version": "1"})
+    cfg_path = os.path.splitext(path)[0] + ".config.json"
+    with open(cfg_path, "w", encoding="utf-8") as f:
+        json.dump(model.config.to_build_config(carry_on_id, description), f, indent=2)
+    return cfg_path
+
+
+@torch.no_grad()
+def make_fixture(model: CarryOn, path: str, corpus: Optional[Corpus] = None, windows: Optional[List[Window]] = None, seed: int = 0) -> str:
+    """Two sequences of FIXTURE_LEN tokens: real held-out states when there are any (else random
+    ones), random token ids, and the second row left-padded (its first FIXTURE_LEFT_PAD keys
+    masked, positions starting at 0 at its first real token, as the engine feeds padded batches)."""
+    c = model.config
+    m = copy.deepcopy(model).cpu().float().eval()
+    rng = np.random.default_rng(seed)
+    B, S, H = 2, min(FIXTURE_LEN, c.max_positions), c.hidden_size
+    hidden = {l: rng.standard_normal((B, S, H)).astype(np.float32) for l in c.input_layers}
+    if corpus is not None and windows:
+        ws = [w for w in windows if w.end - w.begin >= S][:B]
+        for b, w in enumerate(ws):
+            for l in c.input_layers:
+                hidden[l][b] = corpus.shards[w.shard].rows(l, w.begin, w.begin + S)
+    ids = rng.integers(0, c.vocab_size, (B, S)).astype(np.int64)
+    mask = np.ones((B, S), np.int64)
+    mask[1, :FIXTURE_LEFT_PAD] = 0
+    pos = np.tile(np.arange(S, dtype=np.int64), (B, 1))
+    pos[1] = np.maximum(np.arange(S) - FIXTURE_LEFT_PAD, 0)
+    delta, gate = m([torch.from_numpy(hidden[l]) for l in c.input_layers], torch.from_numpy(pos),
+                    torch.from_numpy(ids) if c.reads_token_ids else None, torch.from_numpy(mask))
+    tensors: Dict[str, np.ndarray] = {
+        ("hidden_states" if l == "final" else f"hidden_states.layer.{l}"): hidden[l] for l in c.input_layers
+    }
+    tensors.update({"position_ids": pos, "attention_mask": mask, "expected.delta": delta.numpy(), "expected.gate": gate.numpy()})
+    if c.reads_token_ids:
+        tensors["input_ids"] = ids
+    st.save(path, tensors, {"format": "carryon-verify-fixture"})
+    return path
+
+
+def export_package(model: CarryOn, base_dir: str, work_dir: str, out_dir: str, carry_on_id: str, alpha: float = 1.0,
+                   description: str = "", corpus: Optional[Corpus] = None, windows: Optional[List[Window]] = None,
+                   tolerance: float = DEFAULT_TOLERANCE) -> Dict:
+    """Builds `out_dir` (model.onnx + manifest.json) and verifies it; returns manifest + verify report."""
+    os.makedirs(work_dir, exist_ok=True)
+    weights = os.path.join(work_dir, "weights.safetensors")
+    cfg = write_weights(model, weights, carry_on_id, description)
+    node.build(weights, cfg, base_dir, out_dir, alpha, carry_on_id, description)
+    fixture = make_fixture(model, os.path.join(work_dir, "fixture.safetensors"), corpus, windows)
+    report = node.verify(out_dir, fixture, tolerance)
+    with open(os.path.join(out_dir, "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    return {"manifest": manifest, "verify": report, "package": os.path.abspath(out_dir)}

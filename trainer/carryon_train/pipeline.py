@@ -1,0 +1,134 @@
+"""Shards in, verified carry-on package + report out: the whole of `carryon_train train`."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .base import BasePackage, carry_on_graph
+from .data import Corpus
+from .evaluate import DEFAULT_ALPHAS, alpha_report
+from .export import export_package
+from .model import CarryOn, CarryOnConfig
+from .train import Trainer, TrainOptions
+
+MAX_ALPHA = 4.0  # src/carryon/manifest.ts
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch sees no CUDA device")
+    return name
+
+
+def configure_torch(device: str, threads: Optional[int]) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    # Parity with the f32 ONNX graph: no TF32 matmuls on Ampere+ (guarded: absent on CPU-only builds).
+    cuda_backend = getattr(torch.backends, "cuda", None)
+    if device.startswith("cuda") and cuda_backend is not None and hasattr(cuda_backend, "matmul"):
+        cuda_backend.matmul.allow_tf32 = False
+    if hasattr(torch.backends, "cudnn"):
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def train_carry_on(
+    base_dir: str,
+    shards: Sequence[str],
+    run_dir: str,
+    carry_on_id: str,
+    arch: Dict,
+    options: TrainOptions,
+    seq_len: Optional[int] = None,
+    eval_fraction: float = 0.1,
+    eval_shards: Optional[Sequence[str]] = None,
+    loss_rows: str = "auto",
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    description: str = "",
+    export: bool = True,
+    resume: bool = True,
+    init_seed: Optional[int] = None,
+) -> Dict:
+    """Trains, evaluates (base vs carry-on, α sweep), exports + verifies; writes run_dir/report.json."""
+    os.makedirs(run_dir, exist_ok=True)
+    base = BasePackage.open(base_dir)
+    config = CarryOnConfig.for_base(base.config, **arch)
+    for l in config.input_layers:
+        if l != "final" and l not in base.extra_layers:
+            raise ValueError(f"input layer {l}: the base package does not output it (has {base.extra_layers}); re-import with --layers {l}")
+    seq_len = seq_len or config.max_positions
+    corpus = Corpus.open(shards, config.input_layers, seq_len, base.hidden_size, base.fingerprint)
+    if eval_shards:
+        eval_corpus = Corpus.open(eval_shards, config.input_layers, seq_len, base.hidden_size, base.fingerprint)
+        train_w, _ = corpus.split(0.0, options.seed)
+        # One corpus object for batches: append the eval shards' windows with shifted shard indexes.
+        offset = len(corpus.shards)
+        corpus.shards.extend(eval_corpus.shards)
+        held = [type(w)(w.shard + offset, w.begin, w.end, w.position, w.sequence + corpus.sequence_count) for w in eval_corpus.windows]
+    else:
+        train_w, held = corpus.split(eval_fraction, options.seed)
+
+    completion_rows = corpus.completion_rows()
+    if loss_rows == "auto":
+        options.completion_only = completion_rows > 0  # chat data: learn the responses
+    else:
+        options.completion_only = loss_rows == "completion"
+        if options.completion_only and completion_rows == 0:
+            raise ValueError("--loss-rows completion: these shards have no completion rows (harvest with --format chat)")
+
+    torch.manual_seed(options.seed)
+    model = CarryOn(config, seed=options.seed if init_seed is None else init_seed)
+    head = torch.from_numpy(base.lm_head())
+    trainer = Trainer(model, head, corpus, train_w, held, options, run_dir)
+    resumed_from = None
+    if resume and trainer.latest_checkpoint():
+        resumed_from = trainer.latest_checkpoint()
+        trainer.load_checkpoint(resumed_from)
+    t0 = time.time()
+    summary = trainer.fit()
+    if options.checkpoint_every and trainer.step % options.checkpoint_every != 0:
+        trainer.save_checkpoint()  # the final state, so `--resume` after completion is a no-op
+
+    report: Dict = {
+        "carry_on_id": carry_on_id,
+        "base": {"dir": os.path.abspath(base_dir), "fingerprint": base.fingerprint},
+        "config": config.to_build_config(),
+        "parameter_count": model.parameter_count(),
+        "data": {
+            "shards": len(corpus.shards),
+            "train_windows": len(train_w),
+            "train_rows": corpus.rows(train_w),
+            "eval_windows": len(held),
+            "loss_rows": "completion" if options.completion_only else "all",
+        },
+        "train": {**summary, "options": asdict(options), "resumed_from": resumed_from},
+    }
+    alphas = sorted({float(a) for a in alphas} | {0.0, float(options.alpha)})
+    if held:
+        ev = trainer.evaluate([a for a in alphas if a <= MAX_ALPHA])
+        report["eval"] = alpha_report(ev, float(options.alpha))
+        best = report["eval"]["best_alpha"]
+        if best == 0.0:
+            warnings.warn("the carry-on does not lower held-out loss at any α > 0: default_alpha = 0 (serves the base)")
+    else:
+        warnings.warn("no held-out data: default_alpha stays at the training α")
+        best = float(options.alpha)
+    report["default_alpha"] = best
+
+    if export:
+        exp = export_package(model, base_dir, os.path.join(run_dir, "export"), os.path.join(run_dir, "carry-on"), carry_on_id,
+                             best, description, corpus, held or train_w)
+        report["export"] = {"package": exp["package"], "sha256": exp["manifest"]["sha256"],
+                            "bytes": os.path.getsize(carry_on_graph(exp["package"])), "verify": exp["verify"]}
+    report["wall_seconds"] = round(time.time() - t0, 3)
+    with open(os.path.join(run_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    return report
