@@ -14,14 +14,21 @@ export interface CarryOnVersionRecord {
 
 export interface CarryOnSummary {
   id: string;
-  latestVersion: number;
   createdAt: string;
+  /** Newest live version (a listed carry-on always has one: deleting the last version deletes it). */
+  latestVersion: number;
 }
+
+export type CarryOnChangeKind = 'version-added' | 'deleted' | 'alias-changed';
 
 export interface CarryOnChange {
   tenantId: string;
   carryOnId: string;
-  kind: 'version-added' | 'deleted' | 'alias-changed';
+  kind: CarryOnChangeKind;
+  /** version-added: the new version; deleted: the deleted version, absent when the whole carry-on went. */
+  version?: number;
+  /** alias-changed: the alias that was set or removed. */
+  alias?: string;
 }
 
 /** Where carry-ons are looked up (the metadata store implements it). */

@@ -77,11 +77,15 @@ export class CarryOnRegistry {
     };
   }
 
-  /** Store events: a deleted carry-on is unusable at once; a new version supersedes the older ones. */
+  /**
+   * Store events: a deleted carry-on (or version) is unusable at once; a new version supersedes the
+   * older ones. Retired versions still serve the requests that hold them and are freed when idle.
+   */
   onCatalogChange(change: CarryOnChange): void {
     for (const e of this.entries.values()) {
       if (e.record.tenantId !== change.tenantId || e.record.carryOnId !== change.carryOnId) continue;
-      if (change.kind === 'deleted' || change.kind === 'version-added') this.retire(e);
+      const oneVersion = change.kind === 'deleted' && change.version !== undefined;
+      if (oneVersion ? e.record.version === change.version : change.kind !== 'alias-changed') this.retire(e);
     }
   }
 

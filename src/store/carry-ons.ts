@@ -1,5 +1,11 @@
 import path from 'node:path';
 import { parseCarryOnManifest, type CarryOnManifest } from '../carryon/manifest.js';
+import type {
+  CarryOnChange,
+  CarryOnChangeKind,
+  CarryOnSummary as CatalogSummary,
+  CarryOnVersionRecord as CatalogVersionRecord,
+} from '../carryon/catalog.js';
 import { nowIso, statementCache, type Db, type Prepare } from './db.js';
 
 /** Aliases start with a letter, so an alias can never be mistaken for a version number. */
@@ -22,16 +28,8 @@ export function parseCarryOnRef(ref: string): { carryOnId: string; versionOrAlia
   return m[2] === undefined ? { carryOnId: m[1] } : { carryOnId: m[1], versionOrAlias: m[2] };
 }
 
-/** One stored, immutable carry-on version: what the engine loads. */
-export interface CarryOnVersionRecord {
-  tenantId: string;
-  carryOnId: string;
-  version: number;
-  /** Absolute path of the version's ONNX graph: a content-addressed blob shared by identical uploads. */
-  graphPath: string;
-  manifest: CarryOnManifest;
-  sha256: string;
-  bytes: number;
+/** The store's record adds when the version was stored to what the engine needs (src/carryon/catalog.ts). */
+export interface CarryOnVersionRecord extends CatalogVersionRecord {
   createdAt: string;
 }
 
@@ -43,27 +41,13 @@ export interface CarryOnVersionInfo {
   manifest: CarryOnManifest;
 }
 
-export interface CarryOnSummary {
-  id: string;
-  createdAt: string;
-  /** Newest live version (a listed carry-on always has one: deleting the last version deletes it). */
-  latestVersion: number;
+export interface CarryOnSummary extends CatalogSummary {
   /** Live versions, oldest first. */
   versions: CarryOnVersionInfo[];
   aliases: Record<string, number>;
 }
 
-export type CarryOnChangeKind = 'version-added' | 'deleted' | 'alias-changed';
-
-export interface CarryOnChange {
-  tenantId: string;
-  carryOnId: string;
-  kind: CarryOnChangeKind;
-  /** version-added: the new version; deleted: the deleted version, absent when the whole carry-on went. */
-  version?: number;
-  /** alias-changed: the alias that was set or removed. */
-  alias?: string;
-}
+export type { CarryOnChange, CarryOnChangeKind };
 
 /** What `addVersion`'s install step put on disk for the version number it was given. */
 export interface InstalledVersion {
