@@ -34,20 +34,22 @@ export async function makeCarryOn(
     ...opts,
   });
   if (opts.perturb) perturb(w, opts.perturb, opts.seed ?? 1);
-  const manifest = await writeCarryOnPackage(outDir, w, {
-    id: opts.id,
-    baseFingerprint: readManifest(baseDir).fingerprint,
-    defaultAlpha: opts.defaultAlpha ?? 1,
-  });
+  return writePackage(baseDir, outDir, w, opts.id, opts.defaultAlpha ?? 1);
+}
+
+/** Writes `w` as a package for `baseDir`'s base and describes it as the store would. */
+async function writePackage(baseDir: string, outDir: string, w: CarryOnWeights, id: string, defaultAlpha: number): Promise<CarryOnPackageRecord> {
+  const manifest = await writeCarryOnPackage(outDir, w, { id, baseFingerprint: readManifest(baseDir).fingerprint, defaultAlpha });
+  const graphPath = path.join(outDir, CARRYON_FILES.graph);
   return {
     tenantId: 't',
-    carryOnId: opts.id,
+    carryOnId: id,
     version: manifest.version,
     dir: outDir,
-    graphPath: path.join(outDir, CARRYON_FILES.graph),
+    graphPath,
     manifest,
     sha256: manifest.sha256,
-    bytes: fs.statSync(path.join(outDir, CARRYON_FILES.graph)).size,
+    bytes: fs.statSync(graphPath).size,
   };
 }
 
@@ -96,15 +98,5 @@ export async function makePushCarryOn(
   for (let i = 0; i < d; i++) w.outProj.data[i * 32] = scale * opts.baseEmbedding[opts.tokenId * d + i];
   w.gateProj.data.fill(0);
   w.gateBias.fill(12); // sigmoid(12) ≈ 0.99999
-  const manifest = await writeCarryOnPackage(outDir, w, { id: opts.id, baseFingerprint: readManifest(baseDir).fingerprint, defaultAlpha: 1 });
-  return {
-    tenantId: 't',
-    carryOnId: opts.id,
-    version: manifest.version,
-    dir: outDir,
-    graphPath: path.join(outDir, CARRYON_FILES.graph),
-    manifest,
-    sha256: manifest.sha256,
-    bytes: fs.statSync(path.join(outDir, CARRYON_FILES.graph)).size,
-  };
+  return writePackage(baseDir, outDir, w, opts.id, 1);
 }
