@@ -4,7 +4,7 @@
  *
  *   node --import tsx bench/carry-on.ts [--models stories,smol-f32,smol-q4] [--threads 1]
  *        [--loads 40] [--memory 20] [--ttft-pairs 30] [--ttft-prompt 16]
- *        [--ctx 128] [--decode 64] [--runs 3] [--streams 4]
+ *        [--ctx 128] [--decode 64] [--runs 5] [--streams 4]
  *
  * 1. Cold load of a ~1 MB carry-on: `registry.acquire` of a version that is not resident (what the
  *    first request for it waits for), unloaded again after each load so every load is cold; p50/p99
@@ -244,6 +244,8 @@ interface MemoryResult {
   rssUsedLong: number;
   longPrompt: number;
   rssUnloaded: number;
+  /** After loading the same N again (no requests). */
+  rssReloaded: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,7 +286,13 @@ async function measureMemory(engine: Engine, registry: CarryOnRegistry, cos: Ben
   for (const c of set) registry.retireVersion(c.record);
   await sleep(300); // unloads are fire-and-forget messages to the worker
   const rssUnloaded = await rss();
-  return { model, allocator, n, fileBytes: median(set.map((c) => c.graphBytes)), rssBefore, rssLoaded, rssUsed, rssUsedLong, longPrompt, rssUnloaded };
+  // Load the same N again: if RSS barely moves, what the unload left in RSS is the allocator keeping
+  // freed memory for reuse, not sessions that were never freed.
+  for (const c of set) (await registry.acquire(c.record)).release();
+  const rssReloaded = await rss();
+  for (const c of set) registry.retireVersion(c.record);
+  await sleep(300);
+  return { model, allocator, n, fileBytes: median(set.map((c) => c.graphBytes)), rssBefore, rssLoaded, rssUsed, rssUsedLong, longPrompt, rssUnloaded, rssReloaded };
 }
 
 async function measureLoads(engine: Engine, registry: CarryOnRegistry, cos: BenchCarryOn[], opts: Options, vocab: number, bos: number, spec: ModelSpec, firstInProcessMs: number): Promise<LoadResult> {
@@ -686,7 +694,7 @@ function printMemory(mem: MemoryResult[], loads: LoadResult[]): void {
   console.log(`request through each (first runs); after one ${long}-token request through each (session arenas grow with the prefill chunk)\n`);
   const cell = (delta: number, m: MemoryResult) => `${kib(delta / m.n)} (${(delta / m.n / m.fileBytes).toFixed(2)}x)`;
   table(
-    ['base', 'allocator', 'N', '.onnx KiB', 'RSS before MiB', 'loaded', 'after 8-token req', `after ${long}-token req`, 'after unload: Δ MiB total'],
+    ['base', 'allocator', 'N', '.onnx KiB', 'RSS before MiB', 'loaded', 'after 8-token req', `after ${long}-token req`, 'after unload: Δ MiB total', 'N loaded again: Δ/co KiB'],
     [...mem].sort((a, b) => a.model.localeCompare(b.model) || a.allocator.localeCompare(b.allocator)).map((m) => [
       m.model,
       m.allocator,
@@ -697,12 +705,14 @@ function printMemory(mem: MemoryResult[], loads: LoadResult[]): void {
       cell(m.rssUsed - m.rssBefore, m),
       cell(m.rssUsedLong - m.rssBefore, m),
       mib(m.rssUnloaded - m.rssBefore),
+      kib((m.rssReloaded - m.rssUnloaded) / m.n),
     ]),
     2,
   );
   console.log(`\n"glibc default, this process": the benchmark's own process, after the base's load freed its parse buffers; glibc keeps`);
   console.log(`that memory and hands it to the carry-ons, so for a large base RSS hardly moves. The child process fixes glibc's mmap`);
   console.log(`threshold at 128 KiB, so a carry-on's large tensors are fresh mappings and RSS counts them: the per-carry-on cost.`);
+  console.log(`"N loaded again": RSS growth from loading the same N after the unload, relative to after the unload (≈ 0: freed memory is reused).`);
   if (loads.length === 0) return;
   console.log(`\nRSS over the cold-load measurements (each load unloaded again): growth there means unloads do not give memory back\n`);
   table(
