@@ -206,6 +206,19 @@ describe('live traffic → shards', () => {
     expect(Buffer.from(py.hidden.buffer).equals(Buffer.from(hidden.buffer))).toBe(true);
   });
 
+  it('a policy’s `keep` and `layers` apply; a block the base does not output is left out, never a failed request', async () => {
+    const key = await harvestKey(gw, 't2', { sample_rate: 1, layers: ['final', 1], keep: 'completion' });
+    const r = await client(gw, key).completions.create({ model: MODEL, prompt: 'The big tree', max_tokens: 7 });
+    expect(r.choices[0].finish_reason).toBeDefined();
+    await gw.harvest.flush();
+    const [info] = await listShards(gw, '?tenant=t2');
+    expect(info.metadata.layers).toEqual(['final']);
+    const { shard } = readShardBytes((await downloadShard(gw, info.id)).body);
+    // Only the rows that predict generated tokens: exactly the completion.
+    expect(Array.from(shard.isCompletion)).toEqual(Array(r.usage!.completion_tokens).fill(1));
+    expect(base.tokenizer.decode(Array.from(shard.targetIds))).toBe(r.choices[0].text.trimStart());
+  });
+
   it('a tiny queue under concurrent load drops whole sequences and counts them; every request still succeeds', async () => {
     const dataDir = freshDataDir('carryon-harvest-queue-');
     dirs.push(dataDir);

@@ -56,6 +56,9 @@ export class StepLoop {
     harvestLayers: Array<'final' | number> | null = null,
   ): void {
     if (promptIds.length === 0) throw new Error('empty prompt');
+    // A key's harvest policy may name blocks this base does not output (keys outlive model changes):
+    // capture the layers that exist; harvesting must never fail the request itself.
+    const layers = harvestLayers?.filter((l) => l === 'final' || this.runner.extraLayers.includes(l)) ?? [];
     this.live.set(seqId, {
       seqId,
       params,
@@ -65,7 +68,7 @@ export class StepLoop {
       last: -1,
       generated: 0,
       carryOn: carryOn && carryOn.alpha !== 0 ? { ...carryOn, cache: carryOn.session.newCache() } : null,
-      capture: harvestLayers ? new SequenceCapture(harvestLayers, promptIds.length, this.runner.config.hidden_size) : null,
+      capture: layers.length > 0 ? new SequenceCapture(layers, promptIds.length, this.runner.config.hidden_size) : null,
     });
     this.kick();
   }

@@ -72,6 +72,7 @@ export class HarvestService implements HarvestSink {
   private retentionDeleted = 0;
   private droppedDeletedTenant = 0;
   private closed = false;
+  private closing: Promise<void> | null = null;
 
   constructor(private readonly opts: HarvestServiceOptions) {
     this.dir = path.join(opts.dataDir, 'harvest');
@@ -112,25 +113,28 @@ export class HarvestService implements HarvestSink {
     return this.harvester.offer(seq);
   }
 
-  /** Writes every open shard and waits until each is indexed (SIGTERM, tests). */
+  /** Writes every open shard and waits until each is indexed (SIGTERM, tests). Once closing, waits for `close`, which flushes. */
   async flush(): Promise<void> {
+    if (this.closing) return this.closing;
     await this.starting?.catch(() => null);
     await this.harvester?.flush();
     await this.enforceRetention();
   }
 
   /** Flushes and stops the writer, the retention timer and pushes in flight (unpushed shards are retried next start). */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    if (this.retentionTimer) clearInterval(this.retentionTimer);
-    await this.starting?.catch(() => null);
-    try {
-      await this.harvester?.close();
-    } finally {
-      this.pusher?.close();
-      await this.retention;
-    }
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      if (this.retentionTimer) clearInterval(this.retentionTimer);
+      await this.starting?.catch(() => null);
+      try {
+        await this.harvester?.close();
+      } finally {
+        this.pusher?.close();
+        await this.retention;
+      }
+    })();
+    return this.closing;
   }
 
   stats(): HarvestServiceStats {
