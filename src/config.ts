@@ -52,6 +52,10 @@ export const ConfigSchema = z.object({
   CARRYON_MAX_CARRYON_BYTES: int(1024, 2 ** 31 - 1).default(200 * 1024 * 1024),
   /** Time an uploaded carry-on gets to load in ONNX Runtime and run one token before it is refused. */
   CARRYON_CARRYON_CHECK_TIMEOUT_MS: int(1000, 3_600_000).default(60_000),
+  /** Per-key requests per minute on /v1 inference routes; 0 = unlimited. */
+  CARRYON_RATE_LIMIT_RPM: int(0, 10_000_000).default(0),
+  /** Per-key prompt + completion tokens per minute; 0 = unlimited. */
+  CARRYON_RATE_LIMIT_TPM: int(0, 1_000_000_000).default(0),
   /** On SIGTERM: how long in-flight generations may run on before they are ended with a final chunk. */
   CARRYON_DRAIN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
   /** Who may read /metrics on the main port: admin-scope keys (default) or anyone. */

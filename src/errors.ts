@@ -21,6 +21,7 @@ const ERROR_TABLE = {
   unsupported_media_type: { status: 415, type: 'invalid_request_error' },
   range_not_satisfiable: { status: 416, type: 'invalid_request_error' },
   server_overloaded: { status: 429, type: 'server_error' },
+  rate_limit_exceeded: { status: 429, type: 'rate_limit_error' },
   request_timeout: { status: 408, type: 'invalid_request_error' },
   model_loading: { status: 503, type: 'server_error' },
   shutting_down: { status: 503, type: 'server_error' },

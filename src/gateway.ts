@@ -4,6 +4,7 @@ import { notFound, routeModel, type Caller } from './carryon/routing.js';
 import type { ChatTemplate } from './chat-template.js';
 import type { Engine } from './engine/engine.js';
 import { ApiError } from './errors.js';
+import type { RateLimiter } from './rate-limit.js';
 import type { Generator } from './generation.js';
 import type { Scheduler } from './scheduler.js';
 import type { ModelTokenizer } from './tokenizer.js';
@@ -26,6 +27,8 @@ export type GatewayStatus = 'loading' | 'ready' | 'failed' | 'stopping';
  */
 export class Gateway {
   status: GatewayStatus = 'loading';
+  /** Per-key request and token limits on inference routes; null: none configured. */
+  rateLimiter: RateLimiter | null = null;
   failure: string | null = null;
   private services: ModelServices | null = null;
   readonly created = Math.floor(Date.now() / 1000);

@@ -27,6 +27,8 @@ export interface GenerationRequest {
   harvest: { policy: HarvestPolicy; requestId: string; tenantId: string | null } | null;
   /** Aborts when the client goes away. */
   signal: AbortSignal;
+  /** Called once with the final usage (rate-limit token charging). */
+  onFinish?: (usage: Usage) => void;
 }
 
 export interface TokenDetail {
@@ -263,6 +265,7 @@ export class GenerationRun {
 
   private finish(): void {
     clearTimeout(this.timer);
+    this.req.onFinish?.(this.usage);
     const m = this.deps.metrics;
     if (m) {
       m.e2eLatency.observe((performance.now() - this.startedAt) / 1000);

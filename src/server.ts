@@ -19,6 +19,7 @@ import { resolveModelPackage } from './model/model-source.js';
 import { readManifest } from './model/package-files.js';
 import { Metrics } from './metrics.js';
 import { startMetricsListener } from './http/metrics-listener.js';
+import { RateLimiter } from './rate-limit.js';
 import { Scheduler } from './scheduler.js';
 import { Store } from './store/store.js';
 import { ModelTokenizer } from './tokenizer.js';
@@ -91,6 +92,7 @@ async function startWithStore(
     checkTimeoutMs: config.CARRYON_CARRYON_CHECK_TIMEOUT_MS,
     harvest,
   });
+  gateway.rateLimiter = new RateLimiter({ requestsPerMinute: config.CARRYON_RATE_LIMIT_RPM, tokensPerMinute: config.CARRYON_RATE_LIMIT_TPM });
   const metrics = new Metrics();
   metrics.onScrape(() => {
     metrics.requestsRunning.set(scheduler.runningSequences);

@@ -1,13 +1,14 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { callerOf } from '../../src/carryon/routing.js';
 import type { Gateway } from '../../src/gateway.js';
+import { rateLimitHook } from '../../src/http/rate-limit-hook.js';
 import { clientGone, harvestOptOut, respond } from '../../src/http/respond.js';
 import { CompletionRequest } from '../../src/openai/protocol.js';
 import { serveCompletion } from '../../src/openai/serve-completions.js';
 import { parseRequest } from '../../src/openai/validate.js';
 
 const completionRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gateway }) => {
-  app.post('/v1/completions', async (request, reply) => {
+  app.post('/v1/completions', { preHandler: rateLimitHook(gateway) }, async (request, reply) => {
     const body = parseRequest(CompletionRequest, request.body);
     const ac = clientGone(request, reply);
     const caller = callerOf(request.principal);

@@ -9,12 +9,14 @@ export interface Caller {
   defaultCarryOn: string | null;
   /** The key's harvest policy (opt-in); null: this caller's traffic is never harvested. */
   harvest: HarvestPolicy | null;
+  /** Non-secret key id (rate-limit buckets, logs); 'anonymous' without a key. */
+  keyId: string;
 }
 
 /** The routing view of an authenticated principal (null: anonymous access). */
 export function callerOf(principal: object | null): Caller {
-  const p = (principal ?? {}) as { tenantId?: string | null; defaultCarryOn?: string | null; harvest?: HarvestPolicy | null };
-  return { tenantId: p.tenantId ?? null, defaultCarryOn: p.defaultCarryOn ?? null, harvest: p.harvest ?? null };
+  const p = (principal ?? {}) as { tenantId?: string | null; defaultCarryOn?: string | null; harvest?: HarvestPolicy | null; keyId?: string };
+  return { tenantId: p.tenantId ?? null, defaultCarryOn: p.defaultCarryOn ?? null, harvest: p.harvest ?? null, keyId: p.keyId ?? 'anonymous' };
 }
 
 /** The literal carry-on name that always means "the base alone", e.g. `stories260K:base`. */

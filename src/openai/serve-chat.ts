@@ -26,6 +26,7 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
     carryOn,
     harvest: harvestFor(caller, optOut || body.carry_on_harvest === false, id),
     signal,
+    onFinish: (usage) => gw.rateLimiter?.charge(caller.keyId, usage.total_tokens),
   });
   const created = Math.floor(Date.now() / 1000);
   const base = { id, created, model: body.model, system_fingerprint: null };

@@ -26,6 +26,7 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
     carryOn,
     harvest: harvestFor(caller, optOut || body.carry_on_harvest === false, id),
     signal,
+    onFinish: (usage) => gw.rateLimiter?.charge(caller.keyId, usage.total_tokens),
   });
   const echoText = body.echo ? m.tokenizer.decode(promptIds) : '';
   const created = Math.floor(Date.now() / 1000);

@@ -1,3 +1,4 @@
+import type { Caller } from '../carryon/routing.js';
 import { ApiError } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import type { EmbeddingRequest } from './protocol.js';
@@ -7,7 +8,7 @@ import type { EmbeddingRequest } from './protocol.js';
  * input's tokens (BOS included) and L2-normalised. See src/engine/pooling.ts. Served by the base
  * alone: a carry-on corrects next-token predictions, not the representation.
  */
-export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, signal: AbortSignal): Promise<object> {
+export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, caller: Caller, signal: AbortSignal): Promise<object> {
   gw.requireBase(body.model);
   const m = gw.model();
   if (body.dimensions != null && body.dimensions !== m.hiddenSize) {
@@ -36,6 +37,7 @@ export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, signa
   }
   const base64 = body.encoding_format === 'base64';
   const promptTokens = inputs.reduce((s, ids) => s + ids.length, 0);
+  gw.rateLimiter?.charge(caller.keyId, promptTokens);
   return {
     object: 'list',
     data: vectors.map((v, index) => ({
