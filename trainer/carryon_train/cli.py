@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from typing import List, Optional
 
 from . import node

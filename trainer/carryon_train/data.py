@@ -183,27 +183,41 @@ def make_batch(corpus: Corpus, windows: Sequence[Window], completion_only: bool,
 
 
 class BatchOrder:
-    """Deterministic epochs: the order of epoch e is a permutation seeded by (seed, e), so the
-    stream resumes exactly from (epoch, index) without storing it."""
+    """Deterministic epochs of length-bucketed batches: epoch e shuffles the windows with a
+    generator seeded by (seed, e), sorts each pool of POOL_BATCHES batches' worth by length (so a
+    batch pads little), cuts the pools into batches and shuffles the batches. The stream is a pure
+    function of (seed, step), so it resumes exactly without being stored."""
+
+    POOL_BATCHES = 32
 
     def __init__(self, windows: Sequence[Window], batch_size: int, seed: int) -> None:
         if not windows:
             raise ShardError("no training windows")
         self.windows, self.batch_size, self.seed = list(windows), batch_size, seed
+        self.lengths = np.array([w.end - w.begin for w in self.windows])
+        # Full batches only (a short last batch would weigh its rows more); all windows if fewer.
         self.per_epoch = max(1, len(self.windows) // batch_size)
-        self._perm: Tuple[int, Optional[np.ndarray]] = (-1, None)
+        self._epoch: Tuple[int, List[np.ndarray]] = (-1, [])
+
+    def _batches(self, epoch: int) -> List[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = rng.permutation(len(self.windows))
+        bs, pool = self.batch_size, self.batch_size * self.POOL_BATCHES
+        batches: List[np.ndarray] = []
+        for p in range(0, len(perm), pool):
+            idx = perm[p : p + pool]
+            idx = idx[np.argsort(self.lengths[idx], kind="stable")]
+            batches.extend(idx[i : i + bs] for i in range(0, len(idx), bs) if len(idx[i : i + bs]) == bs)
+        if not batches:
+            batches = [perm]
+        return [batches[i] for i in rng.permutation(len(batches))]
 
     def batch(self, step: int) -> List[Window]:
-        """Windows of global step `step` (0-based); a partial last batch of an epoch is dropped."""
+        """Windows of global step `step` (0-based)."""
         epoch, i = divmod(step, self.per_epoch)
-        if self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.windows)))
-        perm = self._perm[1]
-        assert perm is not None
-        idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
-        if len(idx) == 0:  # fewer windows than one batch: use them all
-            idx = perm
-        return [self.windows[j] for j in idx]
+        if self._epoch[0] != epoch:
+            self._epoch = (epoch, self._batches(epoch))
+        return [self.windows[j] for j in self._epoch[1][i]]
 
 
 def eval_batches(windows: Sequence[Window], batch_size: int) -> Iterator[List[Window]]:

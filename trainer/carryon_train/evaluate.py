@@ -3,7 +3,7 @@ per batch (delta and gate do not depend on α)."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 

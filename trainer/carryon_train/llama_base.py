@@ -8,7 +8,7 @@ LlamaBlock, so base and carry-on run the very same block code. f32 packages only
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch

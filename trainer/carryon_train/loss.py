@@ -2,8 +2,7 @@
 
 The logits of a batch are [rows, vocab]: 2048 rows × 49152 vocab is 400 MB in f32, and autograd
 would keep that (and the softmax) alive until backward. `head_cross_entropy` never materialises
-more than one chunk: forward keeps only the inputs and each row's log-sum-exp, backward recomputes
-each chunk's logits and turns them into the gradient at once ((softmax − onehot) · W).
+more than one chunk of logits (see _ChunkedHeadCE for how the gradient is obtained).
 """
 from __future__ import annotations
 
@@ -21,22 +20,46 @@ def auto_chunk_rows(vocab: int, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
 
 
 class _ChunkedHeadCE(torch.autograd.Function):
+    """Per-row CE through a head W, one chunk of rows at a time.
+
+    Frozen head (the carry-on case): row i's gradient is grad_loss_i · (softmax_i − onehot_i) W, and
+    the factor after grad_loss_i does not depend on it, so forward computes G = (P − Y) W chunk by
+    chunk while the logits are at hand and saves only G ([N, H], the size of z); backward is
+    grad_loss[:, None] · G. Same FLOPs as unchunked autograd, logits memory of one chunk.
+    Trainable head (the benchmark's baselines): W's gradient needs the per-row upstream gradient
+    inside the sum over rows, so backward recomputes each chunk's logits instead (+50% FLOPs).
+    """
+
     @staticmethod
     def forward(ctx, z: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:  # type: ignore[override]
         n = z.shape[0]
+        fused = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1]
         losses = z.new_empty(n)
         lse = z.new_empty(n)
+        g = torch.empty_like(z) if fused else None
+        rows = torch.arange(min(chunk, max(n, 1)), device=z.device)
         for i in range(0, n, chunk):
             logits = z[i : i + chunk] @ weight.t()
+            t = targets[i : i + chunk]
             lse_c = torch.logsumexp(logits, dim=-1)
             lse[i : i + chunk] = lse_c
-            losses[i : i + chunk] = lse_c - logits.gather(1, targets[i : i + chunk, None]).squeeze(1)
-        ctx.save_for_backward(z, weight, targets, lse)
-        ctx.chunk = chunk
+            losses[i : i + chunk] = lse_c - logits.gather(1, t[:, None]).squeeze(1)
+            if g is not None:
+                p = logits.sub_(lse_c[:, None]).exp_()  # softmax, in place: the logits are done
+                p[rows[: p.shape[0]], t] -= 1
+                g[i : i + chunk] = p @ weight
+        if fused:
+            ctx.save_for_backward(g)
+        else:
+            ctx.save_for_backward(z, weight, targets, lse)
+        ctx.fused, ctx.chunk = fused, chunk
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses: torch.Tensor):  # type: ignore[override]
+        if ctx.fused:
+            (g,) = ctx.saved_tensors
+            return grad_losses[:, None] * g, None, None, None
         z, weight, targets, lse = ctx.saved_tensors
         chunk = ctx.chunk
         want_z, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

@@ -6,13 +6,12 @@ import os
 import time
 import warnings
 from dataclasses import asdict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .base import BasePackage, carry_on_graph
-from .data import Corpus
+from .data import Corpus, Window
 from .evaluate import DEFAULT_ALPHAS, alpha_report
 from .export import export_package
 from .model import CarryOn, CarryOnConfig
@@ -72,7 +71,7 @@ def train_carry_on(
         # One corpus object for batches: append the eval shards' windows with shifted shard indexes.
         offset = len(corpus.shards)
         corpus.shards.extend(eval_corpus.shards)
-        held = [type(w)(w.shard + offset, w.begin, w.end, w.position, w.sequence + corpus.sequence_count) for w in eval_corpus.windows]
+        held = [Window(w.shard + offset, w.begin, w.end, w.position, w.sequence + corpus.sequence_count) for w in eval_corpus.windows]
     else:
         train_w, held = corpus.split(eval_fraction, options.seed)
 

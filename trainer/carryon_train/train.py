@@ -49,6 +49,21 @@ class TrainOptions:
     progress: bool = True
 
 
+def peak_memory(device: torch.device) -> Dict[str, float]:
+    """The process's peak RSS so far (data, torch and training together), and the CUDA allocator's
+    peak on a GPU: what a run needed, for report.json."""
+    out: Dict[str, float] = {}
+    try:
+        import resource  # Unix only
+
+        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
 def lr_at(step: int, o: TrainOptions) -> float:
     """Linear warmup, then cosine down to min_lr_ratio · lr (or constant)."""
     if o.warmup > 0 and step < o.warmup:
@@ -85,6 +100,15 @@ def batch_loss(model: CarryOn, head: torch.Tensor, t: Dict[str, torch.Tensor], a
     mask = t["mask"]
     z = combine(t["final"][mask], delta[mask], gate[mask], alpha)
     return head_cross_entropy(z, head, t["targets"][mask], chunk_rows).mean()
+
+
+def _load(path: str, device: torch.device) -> Dict:
+    """torch.load of our own checkpoint. It holds NumPy / Python RNG states and plain dicts, which
+    torch ≥ 2.6's default `weights_only=True` refuses; torch < 1.13 has no such argument."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except TypeError:
+        return torch.load(path, map_location=device)
 
 
 class Trainer:
@@ -144,7 +168,7 @@ class Trainer:
         return found[-1] if found else None
 
     def load_checkpoint(self, path: str) -> None:
-        state = torch.load(path, map_location=self.device)
+        state = _load(path, self.device)
         if state.get("format") != "carryon-train-checkpoint":
             raise ValueError(f"{path} is not a carry-on training checkpoint")
         if state["config"] != self.model.config.to_dict():
@@ -224,7 +248,7 @@ class Trainer:
         finally:
             bar.close()
         self.elapsed += time.time() - t0
-        return {"steps": self.step, "train_seconds": round(self.elapsed, 3)}
+        return {"steps": self.step, "train_seconds": round(self.elapsed, 3), **peak_memory(self.device)}
 
     def evaluate(self, alphas: Sequence[float]) -> Dict:
         return evaluate(self.model, self.head, self.corpus, self.held_out, alphas, self.o.eval_batch_size,
