@@ -42,8 +42,8 @@ SHARED = os.path.abspath(os.path.join(REPO, "..", "shared"))
 # The ≤ 1 MB carry-on for stories260K (H = 64): 221,728 parameters, 0.94 MB of ONNX.
 CARRY_ON = dict(width=96, layers=2, heads=4, intermediate=224)
 DATASETS = {
-    "gsm8k": dict(steps=400, batch_size=16, lrs={"carry_on": [1e-3, 3e-3], "scratch": [1e-3, 3e-3], "finetune": [1e-4, 5e-4]}),
-    "chat": dict(steps=150, batch_size=16, lrs={"carry_on": [1e-3, 3e-3], "scratch": [1e-3, 3e-3], "finetune": [1e-4, 5e-4]}),
+    "gsm8k": dict(steps=400, batch_size=16, lrs={"carry_on": [1e-3, 3e-3, 1e-2], "scratch": [1e-3, 3e-3, 1e-2], "finetune": [1e-4, 5e-4, 2e-3]}),
+    "chat": dict(steps=150, batch_size=16, lrs={"carry_on": [1e-3, 3e-3, 1e-2], "scratch": [1e-3, 3e-3, 1e-2], "finetune": [1e-4, 5e-4, 2e-3]}),
 }
 SEED = 0
 
@@ -190,10 +190,17 @@ def smol_step(spec: Dict) -> Dict:
             "seconds_per_step": round(sum(times[1:]) / 3, 3), "loss": float(loss)}
 
 
-def spawn(spec: Dict, out: str) -> Dict:
-    """Runs one child; returns its result plus its own peak RSS."""
+def spawn(spec: Dict, out: str, reuse: bool = False) -> Dict:
+    """Runs one child; returns its result plus its own peak RSS. With `reuse`, a run whose result
+    file exists (same name: same method, data, phase and learning rate) is not run again."""
     path = os.path.join(out, "runs", f"{spec['name']}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if reuse and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+        if "peak_rss_mb" in result:
+            print(f"  {spec['name']}: reused", flush=True)
+            return result
     spec = {**spec, "result": path}
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_child", json.dumps(spec)])
@@ -213,7 +220,7 @@ def spawn(spec: Dict, out: str) -> Dict:
 # orchestration
 
 
-def run_dataset(name: str, paths: Dict[str, str], pkg: str, out: str, quick: bool) -> Dict:
+def run_dataset(name: str, paths: Dict[str, str], pkg: str, out: str, quick: bool, reuse: bool = False) -> Dict:
     cfg = DATASETS[name]
     steps = 20 if quick else cfg["steps"]
     common = {"kind": "train", "dataset": name, "package": pkg, "train": paths["train"], "test": paths["test"],
@@ -226,11 +233,11 @@ def run_dataset(name: str, paths: Dict[str, str], pkg: str, out: str, quick: boo
         for lr in grid:
             spec = {**common, "method": method, "phase": "select", "lr": lr, "name": f"{name}-{method}-select-{lr:g}",
                     "run_dir": os.path.join(out, "work", f"{name}-{method}-select-{lr:g}"), "target_params": target}
-            select[lr] = spawn(spec, out)
+            select[lr] = spawn(spec, out, reuse)
         lr = min(select, key=lambda k: select[k]["loss"])
-        spec = {**common, "method": method, "phase": "final", "lr": lr, "name": f"{name}-{method}-final",
-                "run_dir": os.path.join(out, "work", f"{name}-{method}-final"), "target_params": target}
-        final = spawn(spec, out)
+        spec = {**common, "method": method, "phase": "final", "lr": lr, "name": f"{name}-{method}-final-{lr:g}",
+                "run_dir": os.path.join(out, "work", f"{name}-{method}-final-{lr:g}"), "target_params": target}
+        final = spawn(spec, out, reuse)
         if method == "carry_on":
             target = final["params"]  # the from-scratch model matches it
         results[method] = {"lr": lr, "validation": {f"{k:g}": v["loss"] for k, v in select.items()}, **final}
@@ -279,6 +286,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--quick", action="store_true", help="20 steps, one learning rate: a smoke run of the script")
     ap.add_argument("--only", default="gsm8k,chat,smol")
+    ap.add_argument("--reuse", action="store_true", help="keep results of runs already in --out/runs (resume an interrupted benchmark)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     import torch
@@ -288,14 +296,14 @@ def main() -> int:
     if "smol" in only:
         print("smol:", flush=True)
         results["smol"] = {
-            "chunked": spawn({"kind": "smol", "name": "smol-chunked", "chunk_rows": None}, args.out),
-            "unchunked": spawn({"kind": "smol", "name": "smol-unchunked", "chunk_rows": 0}, args.out),
+            "chunked": spawn({"kind": "smol", "name": "smol-chunked", "chunk_rows": None}, args.out, args.reuse),
+            "unchunked": spawn({"kind": "smol", "name": "smol-unchunked", "chunk_rows": 0}, args.out, args.reuse),
         }
     data = prepare(args.out) if any(d in only for d in DATASETS) else {}
     for name in DATASETS:
         if name in only:
             print(f"{name}:", flush=True)
-            results[name] = run_dataset(name, data[name], data["package"]["dir"], args.out, args.quick)
+            results[name] = run_dataset(name, data[name], data["package"]["dir"], args.out, args.quick, args.reuse)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     md = table(results)
