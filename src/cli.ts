@@ -14,9 +14,10 @@ import { readManifest, readModelConfig } from './model/package-files.js';
 const DEFAULT_BASE_CACHE = path.join(os.tmpdir(), 'carryon-base-cache');
 
 const USAGE = `usage:
-  carryon import SRC OUT [--tokenizer TOKENIZER_BIN] [--name NAME] [--layers 2,4]
+  carryon import SRC OUT [--tokenizer TOKENIZER_BIN] [--name NAME] [--layers 2,4] [--quantize q4_0]
       Build a model package folder OUT from a llama2.c checkpoint (.bin, with its tokenizer.bin)
-      or a llama-architecture GGUF file (F32, F16, Q8_0, Q4_0 tensors).
+      or a llama-architecture GGUF file (F32, F16, Q8_0, Q4_0 tensors). --quantize q4_0 stores
+      the projection matrices and LM head 4-bit (MatMulNBits, accuracy_level 4).
   carryon carry-on init --base MODEL --out DIR --id ID [--width 64] [--layers 2] [--heads 4]
       [--kv-heads N] [--intermediate N] [--alpha 1] [--layers-in final,3] [--token-ids] [--seed 0]
       [--description TEXT] [--tenant TENANT] [--tokenizer TOKENIZER_BIN] [--data-dir DIR]
@@ -44,15 +45,19 @@ async function main(argv: string[]): Promise<number> {
       const { values, positionals } = parseArgs({
         args: rest,
         allowPositionals: true,
-        options: { tokenizer: { type: 'string' }, name: { type: 'string' }, layers: { type: 'string' } },
+        options: { tokenizer: { type: 'string' }, name: { type: 'string' }, layers: { type: 'string' }, quantize: { type: 'string' } },
       });
+      if (values.quantize !== undefined && values.quantize !== 'q4_0') {
+        console.error(`carryon import: --quantize takes q4_0, not ${values.quantize}`);
+        return 2;
+      }
       if (positionals.length !== 2) {
         console.error(USAGE);
         return 2;
       }
       const [src, out] = positionals;
       const extraLayerOutputs = values.layers ? values.layers.split(',').map((s) => Number.parseInt(s, 10)) : undefined;
-      const manifest = await importModel(src, out, { tokenizerPath: values.tokenizer, name: values.name, extraLayerOutputs });
+      const manifest = await importModel(src, out, { tokenizerPath: values.tokenizer, name: values.name, extraLayerOutputs, quantize: values.quantize as 'q4_0' | undefined });
       console.log(`imported ${src} -> ${out} (fingerprint ${manifest.fingerprint}, ${manifest.quantization})`);
       return 0;
     }

@@ -30,12 +30,19 @@ export const ConfigSchema = z.object({
   CARRYON_ALLOW_ANONYMOUS: bool.default(false),
   /** Where the default model is downloaded from when ../shared is absent (a mirror of huggingface.co). */
   CARRYON_DOWNLOAD_BASE_URL: z.string().url().default('https://huggingface.co'),
+  /** q4_0: checkpoints (CARRYON_MODEL files, the default model) are imported with 4-bit weights (MatMulNBits). */
+  CARRYON_QUANTIZE: z.enum(['none', 'q4_0']).default('none'),
   CARRYON_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda', 'webgpu']).default('cpu'),
   /** Intra-op threads for the base model's sessions. */
   CARRYON_THREADS: int(1, 1024).default(Math.max(1, Math.min(os.availableParallelism(), 8))),
   /** Prompt tokens prefilled per engine step, so a long prompt does not stall other sequences. */
   CARRYON_PREFILL_CHUNK: int(1, 65536).default(256),
   CARRYON_MAX_LIVE_SEQUENCES: int(1, 4096).default(32),
+  /**
+   * The base's KV cache is one pool of slots × the longest live row: sequences wait in the engine
+   * while admitting one more would pass this many bytes (running ones may still grow past it).
+   */
+  CARRYON_KV_CACHE_BYTES: int(1 << 20, Number.MAX_SAFE_INTEGER).default(2 * 1024 ** 3),
   CARRYON_MAX_WAITING: int(0, 1_000_000).default(256),
   CARRYON_MAX_BODY_BYTES: int(1024, 1 << 30).default(1 << 20),
   /** Whole-request deadline for inference routes; a stream past it ends with finish_reason "length". */

@@ -123,6 +123,7 @@ async function startWithStore(
       dataDir: config.dataDir,
       downloadBaseUrl: config.CARRYON_DOWNLOAD_BASE_URL,
       sharedDir: config.sharedModelDir,
+      quantize: config.CARRYON_QUANTIZE === 'q4_0' ? 'q4_0' : undefined,
       log: (m) => app.log.info(m),
     });
     base = readBaseModelInfo(dir);
@@ -132,6 +133,7 @@ async function startWithStore(
       provider: config.CARRYON_EXECUTION_PROVIDER,
       threads: config.CARRYON_THREADS,
       prefillChunk: config.CARRYON_PREFILL_CHUNK,
+      kvBudgetBytes: config.CARRYON_KV_CACHE_BYTES,
     });
     const tokenizer = ModelTokenizer.load(dir, engine.info.vocabSize);
     const chatTemplate = new ChatTemplate(tokenizer.chatTemplate, { bos_token: tokenizer.bosToken, eos_token: tokenizer.eosToken });

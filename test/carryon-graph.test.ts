@@ -16,6 +16,7 @@ import {
 import { CARRYON_FILES, CarryOnManifest, sha256Hex, verifyCarryOnFiles } from '../src/carryon/manifest.js';
 import { writeCarryOnPackage } from '../src/carryon/package.js';
 import { CarryOnTensorNames as N, type InputLayer } from '../src/carryon/tensor-names.js';
+import { ModelRunner } from '../src/engine/model-runner.js';
 import { importModel } from '../src/model/import.js';
 import { DataType, parseModel } from '../src/model/onnx-builder.js';
 import { PACKAGE_FILES, readModelConfig, type PackageManifest } from '../src/model/package-files.js';
@@ -56,23 +57,17 @@ afterAll(() => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
+/** Through the engine's own runner (the fused body), named as the graph names its outputs. */
 async function runBaseBody(): Promise<Record<string, ort.Tensor>> {
-  const bodyBytes = fs.readFileSync(path.join(baseDir, PACKAGE_FILES.body));
-  const body = await ort.InferenceSession.create(bodyBytes, SESSION_OPTIONS);
+  const runner = await ModelRunner.create({ modelDir: baseDir, provider: 'cpu', threads: 1 });
   try {
-    const { num_hidden_layers: n, num_key_value_heads: kv, head_dim: hd } = baseConfig;
-    const feeds: Feeds = {
-      [TensorNames.inputIds]: int64([TOKENS]),
-      [TensorNames.positionIds]: int64([range(0, S)]),
-      [TensorNames.attentionMask]: int64([ones(S)]),
-    };
-    for (let i = 0; i < n; i++) {
-      feeds[TensorNames.pastKey(i)] = new ort.Tensor('float32', new Float32Array(0), [1, kv, 0, hd]);
-      feeds[TensorNames.pastValue(i)] = new ort.Tensor('float32', new Float32Array(0), [1, kv, 0, hd]);
-    }
-    return await body.run(feeds);
+    const { hidden, layers } = await runner.forwardBody(TOKENS, runner.newCache());
+    const D = baseConfig.hidden_size;
+    const out: Record<string, ort.Tensor> = { [TensorNames.hiddenStates]: new ort.Tensor('float32', hidden, [1, S, D]) };
+    for (const [k, v] of layers) out[TensorNames.layerHidden(k)] = new ort.Tensor('float32', v, [1, S, D]);
+    return out;
   } finally {
-    await body.release();
+    await runner.release();
   }
 }
 

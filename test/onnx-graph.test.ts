@@ -51,7 +51,9 @@ class Runner {
   ) {}
 
   static async create(weights: LlamaWeights, opts: BodyModelOptions = {}): Promise<Runner> {
-    const body = await ort.InferenceSession.create(buildBodyModel(weights, opts), SESSION_OPTIONS);
+    // The reference body: its masks and positions are what these tests specify; the fused body is
+    // checked against it in fused-body.test.ts.
+    const body = await ort.InferenceSession.create(buildBodyModel(weights, { attention: 'reference', ...opts }), SESSION_OPTIONS);
     const head = await ort.InferenceSession.create(buildHeadModel(weights, opts), SESSION_OPTIONS);
     return new Runner(weights, body, head);
   }
@@ -151,7 +153,7 @@ describe('Llama ONNX graphs on stories260K', () => {
   });
 
   it('declares the documented inputs and outputs', () => {
-    const { inputs, outputs, opsets, opCounts } = summarizeModel(buildBodyModel(weights, { extraLayerOutputs: [1] }));
+    const { inputs, outputs, opsets, opCounts } = summarizeModel(buildBodyModel(weights, { attention: 'reference', extraLayerOutputs: [1] }));
     expect(inputs.slice(0, 3)).toEqual([INPUT_IDS, POSITION_IDS, ATTENTION_MASK]);
     expect(inputs).toContain(pastValueName(cfg.num_hidden_layers - 1));
     expect(outputs).toEqual(
@@ -401,7 +403,7 @@ describe('Q4_0 matrices through MatMulNBits', () => {
 
   it('builds mixed models: MatMulNBits where cols % 32 == 0, MatMul on f32 elsewhere', () => {
     expect(q4.layers[0].down.kind).toBe('f32'); // cols = 172
-    const body = summarizeModel(buildBodyModel(q4)).opCounts;
+    const body = summarizeModel(buildBodyModel(q4, { attention: 'reference' })).opCounts;
     expect(body['com.microsoft:MatMulNBits']).toBe(6 * cfg.num_hidden_layers);
     expect(body['ai.onnx:MatMul']).toBe(3 * cfg.num_hidden_layers); // down + two attention matmuls
     expect(summarizeModel(buildHeadModel(q4)).opCounts).toEqual({ 'com.microsoft:MatMulNBits': 1 });

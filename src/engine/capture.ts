@@ -29,13 +29,13 @@ export class SequenceCapture {
     this.chunks = layers.map(() => []);
   }
 
-  /** After a body pass over `fed`: its outputs are fresh allocations, so holding them needs no copy. */
+  /** After a body pass over `fed`. Copied: in a batched pass the rows are views of the whole batch's output. */
   recordForward(fed: number[], body: BodyResult): void {
     this.tokens.push(...fed);
     this.layers.forEach((layer, i) => {
       const rows = layer === 'final' ? body.hidden : body.layers.get(layer);
       if (!rows) throw new Error(`harvest asks for base layer ${layer}, which this base package does not output`);
-      this.chunks[i].push(rows);
+      this.chunks[i].push(rows.slice(0, fed.length * this.hiddenSize));
     });
   }
 

@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import type { CaptureResult } from './capture.js';
 import type { CarryOnSpec } from './carry-on-session.js';
-import type { CarryOnUse, EngineInit, FromWorker, ModelInfo, SamplingParams, TokenEvent, ToWorker } from './protocol.js';
+import type { CarryOnUse, EngineInit, FromWorker, ModelInfo, SamplingParams, StepStats, TokenEvent, ToWorker } from './protocol.js';
 
 export interface SequenceHandlers {
   onEvent(ev: TokenEvent): void;
@@ -23,6 +23,10 @@ export class Engine {
   private readonly carryOnLoads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly embedJobs = new Map<number, { resolve: (v: Float32Array[]) => void; reject: (e: Error) => void }>();
   private dead: Error | null = null;
+  /** Observers of each step that produced tokens (metrics). */
+  private readonly stepListeners: Array<(s: StepStats) => void> = [];
+  /** Largest decode batch seen so far: lets callers check that batching happens at all. */
+  maxDecodeRows = 0;
   private closing: (() => void) | null = null;
 
   private constructor(
@@ -80,6 +84,10 @@ export class Engine {
     return seqId;
   }
 
+  onStep(listener: (s: StepStats) => void): void {
+    this.stepListeners.push(listener);
+  }
+
   /** Stops a sequence at the worker's next step boundary and frees its KV cache. */
   cancel(seqId: number): void {
     if (!this.sequences.delete(seqId)) return;
@@ -125,6 +133,8 @@ export class Engine {
   private onMessage(msg: FromWorker): void {
     switch (msg.type) {
       case 'tokens':
+        this.maxDecodeRows = Math.max(this.maxDecodeRows, msg.step.decodeRows);
+        for (const l of this.stepListeners) l(msg.step);
         for (const ev of msg.events) {
           const h = this.sequences.get(ev.seqId);
           if (!h) continue; // cancelled while the step ran

@@ -5,74 +5,97 @@ import * as ort from 'onnxruntime-node';
 import { TensorNames } from '../model/tensor-names.js';
 import { PACKAGE_FILES, readManifest, readModelConfig } from '../model/package-files.js';
 import type { LlamaConfig } from '../model/types.js';
+import { fusedHeadDim } from '../model/onnx-graph.js';
+import { KvPool, type KvGeometry } from './kv-pool.js';
 import type { EngineInit } from './protocol.js';
 
 /** What the body produced for the tokens just fed: the final hidden state and any extra layer outputs. */
 export interface BodyResult {
-  /** [tokens × hidden], after the final norm. */
+  /** [rows × tokens × hidden], after the final norm. */
   hidden: Float32Array;
-  /** Residual stream after block k, [tokens × hidden], for each layer the package exports. */
+  /** Residual stream after block k, same layout, for each layer the package exports. */
   layers: Map<number, Float32Array>;
 }
 
-/** One sequence's attention cache: per layer, key and value [1, kvHeads, length, headDim]. */
-export interface KvCache {
-  length: number;
-  tensors: Map<string, ort.Tensor>;
+/** One sequence's attention cache on its own: a one-slot pool that doubles as it fills. */
+export class KvCache {
+  constructor(readonly pool: KvPool) {}
+
+  get length(): number {
+    return this.pool.slots === 0 ? 0 : this.pool.length(0);
+  }
 }
 
 /**
- * Runs the base model's two graphs: the body (tokens → final hidden state, with KV cache) and the
- * LM head (hidden → logits). Keeping them apart lets a carry-on change the hidden state in between
- * while the vocabulary projection still runs once per token.
+ * Runs the base model's two graphs: the body (tokens → final hidden state, appending to a KV pool
+ * in place) and the LM head (hidden → logits). Keeping them apart lets a carry-on change the hidden
+ * state in between while the vocabulary projection still runs once per token, batched.
  */
 export class ModelRunner {
+  readonly kvGeometry: KvGeometry;
+
   private constructor(
     readonly config: LlamaConfig,
     private readonly body: ort.InferenceSession,
     private readonly head: ort.InferenceSession,
     /** Extra residual-stream layers the body outputs (from the package manifest). */
     readonly extraLayers: number[],
-  ) {}
+  ) {
+    this.kvGeometry = { layers: config.num_hidden_layers, kvHeads: config.num_key_value_heads, headDim: fusedHeadDim(config.head_dim) };
+  }
 
-  static async create(init: EngineInit): Promise<ModelRunner> {
+  static async create(init: Pick<EngineInit, 'modelDir' | 'provider' | 'threads'> & Partial<EngineInit>): Promise<ModelRunner> {
     const config = readModelConfig(init.modelDir);
+    const manifest = readManifest(init.modelDir);
     const options = sessionOptions(init);
     const body = await ort.InferenceSession.create(path.join(init.modelDir, PACKAGE_FILES.body), options);
     const head = await ort.InferenceSession.create(path.join(init.modelDir, PACKAGE_FILES.head), options);
-    return new ModelRunner(config, body, head, readManifest(init.modelDir).extra_layer_outputs);
+    return new ModelRunner(config, body, head, manifest.extra_layer_outputs);
+  }
+
+  newPool(): KvPool {
+    return new KvPool(this.kvGeometry);
   }
 
   newCache(): KvCache {
-    const { num_hidden_layers: layers, num_key_value_heads: kvHeads, head_dim: headDim } = this.config;
-    const tensors = new Map<string, ort.Tensor>();
-    for (let i = 0; i < layers; i++) {
-      tensors.set(TensorNames.pastKey(i), new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]));
-      tensors.set(TensorNames.pastValue(i), new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]));
-    }
-    return { length: 0, tensors };
+    return new KvCache(this.newPool());
   }
 
   /** Feeds `ids` after what `cache` holds; returns their hidden states and extends the cache. */
   async forwardBody(ids: number[], cache: KvCache): Promise<BodyResult> {
-    const n = ids.length;
-    const total = cache.length + n;
-    const feeds: Record<string, ort.Tensor> = {
-      [TensorNames.inputIds]: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]),
-      [TensorNames.positionIds]: new ort.Tensor(
-        'int64',
-        BigInt64Array.from({ length: n }, (_, i) => BigInt(cache.length + i)),
-        [1, n],
-      ),
-      [TensorNames.attentionMask]: new ort.Tensor('int64', new BigInt64Array(total).fill(1n), [1, total]),
-    };
-    for (const [name, t] of cache.tensors) feeds[name] = t;
-    const out = await this.body.run(feeds);
-    for (let i = 0; i < this.config.num_hidden_layers; i++) {
-      cache.tensors.set(TensorNames.pastKey(i), out[TensorNames.presentKey(i)]);
-      cache.tensors.set(TensorNames.pastValue(i), out[TensorNames.presentValue(i)]);
+    const need = cache.length + ids.length;
+    if (need > this.config.max_position_embeddings) {
+      throw new Error(`${need} positions exceed the model's context of ${this.config.max_position_embeddings}`);
     }
-    cache.length = total;
+    if (need > cache.pool.capacity) {
+      cache.pool.ensure(1, Math.min(this.config.max_position_embeddings, Math.max(need, 2 * cache.pool.capacity, 64)));
+    }
+    return this.forwardRows(cache.pool, 0, 1, ids);
+  }
+
+  /**
+   * One body pass over `rows` adjacent slots from `first`, each fed `ids.length / rows` new tokens
+   * (ids laid out row by row). Each row continues from its own length; the pool must have room.
+   */
+  async forwardRows(pool: KvPool, first: number, rows: number, ids: number[]): Promise<BodyResult> {
+    const n = ids.length / rows;
+    if (!Number.isInteger(n) || n < 1) throw new Error(`cannot split ${ids.length} tokens into ${rows} rows`);
+    const seqlens = new Int32Array(rows);
+    let total = 0;
+    for (let r = 0; r < rows; r++) {
+      const after = pool.length(first + r) + n;
+      if (after > pool.capacity) throw new Error(`KV slot ${first + r} holds ${pool.capacity} positions; ${after} needed`);
+      seqlens[r] = after - 1;
+      total = Math.max(total, after);
+    }
+    const { feeds, fetches } = pool.bind(first, rows);
+    feeds[TensorNames.inputIds] = new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [rows, n]);
+    feeds[TensorNames.seqlensK] = new ort.Tensor('int32', seqlens, [rows]);
+    feeds[TensorNames.totalSequenceLength] = new ort.Tensor('int32', Int32Array.from([total]), []);
+    const outputs: Record<string, ort.Tensor | null> = { ...fetches, [TensorNames.hiddenStates]: null };
+    for (const k of this.extraLayers) outputs[TensorNames.layerHidden(k)] = null;
+    const out = await this.body.run(feeds, outputs);
+    for (let r = 0; r < rows; r++) pool.setLength(first + r, seqlens[r] + 1);
     const layers = new Map<number, Float32Array>();
     for (const k of this.extraLayers) layers.set(k, out[TensorNames.layerHidden(k)].data as Float32Array);
     return { hidden: out[TensorNames.hiddenStates].data as Float32Array, layers };
@@ -91,7 +114,7 @@ export class ModelRunner {
   }
 }
 
-function sessionOptions(init: EngineInit): ort.InferenceSession.SessionOptions {
+function sessionOptions(init: Pick<EngineInit, 'provider' | 'threads'>): ort.InferenceSession.SessionOptions {
   assertProviderAvailable(init.provider);
   const providers: ort.InferenceSession.ExecutionProviderConfig[] =
     init.provider === 'cpu' ? ['cpu'] : [init.provider, 'cpu'];

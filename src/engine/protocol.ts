@@ -36,11 +36,23 @@ export interface TokenEvent {
   finish?: FinishReason;
 }
 
+/** What one engine step did: for batching metrics and tests that must see batching happen. */
+export interface StepStats {
+  /** Sequences that decoded a token together in this step's batched body pass. */
+  decodeRows: number;
+  /** Sequences that read a prompt chunk in this step. */
+  prefillRows: number;
+  /** Bytes held by the shared KV pool after the step. */
+  kvBytes: number;
+}
+
 export interface EngineInit {
   modelDir: string;
   provider: 'cpu' | 'cuda' | 'webgpu';
   threads: number;
   prefillChunk: number;
+  /** Admission bound on the shared KV cache (see StepLoopOptions); default 2 GiB. */
+  kvBudgetBytes?: number;
 }
 
 export interface ModelInfo {
@@ -76,7 +88,7 @@ export type ToWorker =
 export type FromWorker =
   | { type: 'ready'; info: ModelInfo }
   | { type: 'fatal'; message: string }
-  | { type: 'tokens'; events: TokenEvent[] }
+  | { type: 'tokens'; events: TokenEvent[]; step: StepStats }
   | { type: 'seqError'; seqId: number; message: string }
   | { type: 'embedded'; jobId: number; vectors: Float32Array[]; error?: string }
   | { type: 'carryOnLoaded'; requestId: number; error?: string }

@@ -1,7 +1,8 @@
 import { SequenceCapture, type CaptureResult } from './capture.js';
 import { mergeRow, type CarryOnCache, type CarryOnSession } from './carry-on-session.js';
-import type { KvCache, ModelRunner } from './model-runner.js';
-import type { SamplingParams, TokenEvent } from './protocol.js';
+import type { KvPool } from './kv-pool.js';
+import type { BodyResult, ModelRunner } from './model-runner.js';
+import type { SamplingParams, StepStats, TokenEvent } from './protocol.js';
 import { Sampler } from './sampler.js';
 
 interface SequenceCarryOn {
@@ -14,7 +15,8 @@ interface LiveSequence {
   seqId: number;
   params: SamplingParams;
   sampler: Sampler;
-  cache: KvCache;
+  /** Its KV slot in the shared pool; -1 while it waits for room. */
+  slot: number;
   /** Prompt tokens not yet prefilled; the first sampled token comes after the last of them. */
   pending: number[];
   /** The token to feed on the next decode step. */
@@ -25,27 +27,55 @@ interface LiveSequence {
   capture: SequenceCapture | null;
 }
 
+export interface StepLoopOptions {
+  prefillChunk: number;
+  /**
+   * Admission bound on the shared KV pool (slots × longest row × bytes per position). Rows already
+   * admitted may still grow past it: a running sequence is never stopped for memory.
+   */
+  kvBudgetBytes: number;
+}
+
+/** What the LM head needs for one sampled row. */
+interface HeadRow {
+  seq: LiveSequence;
+  x: Float32Array;
+}
+
 /**
- * The engine's heart: a loop of steps over the set of live sequences. Each step advances every live
- * sequence once, by a prefill chunk or by one decoded token, so a long prompt never stalls the others.
- * Sequences join and leave only between steps, which is what continuous batching needs: a batched
- * forward pass can replace the per-sequence calls in `step()` without changing anything around it.
+ * The engine's heart: continuous batching over the live sequences. Each step runs
+ *   1. one batched body pass over every decoding sequence (one new token each, each at its own
+ *      length, KV appended in place in the shared pool),
+ *   2. one prefill chunk for each sequence still reading its prompt, so a long prompt never stalls
+ *      the others for more than a chunk,
+ *   3. the carry-ons, grouped by carry-on, over just their sequences' new tokens,
+ *   4. one batched LM-head call over every row that samples, then sampling.
+ * Sequences join, leave, get cancelled or hit their limits only between steps. This class is the
+ * one owner of the pool's slot order: decoding rows at the front (a batch is a contiguous run of
+ * slots), prefilling rows behind them.
  */
 export class StepLoop {
-  private readonly live = new Map<number, LiveSequence>();
+  /** Slot order: [0, decoding) decode, [decoding, rows.length) prefill. */
+  private readonly rows: LiveSequence[] = [];
+  private decoding = 0;
+  /** Admitted by the main thread, waiting for KV room (FIFO). */
+  private readonly waiting: LiveSequence[] = [];
   private readonly cancelled = new Set<number>();
+  private readonly pool: KvPool;
   private running = false;
 
   constructor(
     private readonly runner: ModelRunner,
-    private readonly prefillChunk: number,
-    private readonly emit: (events: TokenEvent[]) => void,
+    private readonly options: StepLoopOptions,
+    private readonly emit: (events: TokenEvent[], step: StepStats) => void,
     private readonly onSeqError: (seqId: number, message: string) => void,
     /** Called between steps, when no forward pass is running: the safe moment to release sessions. */
     private readonly onStepBoundary: () => void = () => {},
     /** Receives a harvested sequence's capture when it ends, however it ends. */
     private readonly onCapture: (capture: CaptureResult) => void = () => {},
-  ) {}
+  ) {
+    this.pool = runner.newPool();
+  }
 
   /** `carryOn` null: the base alone. With α = 0 the carry-on is not run at all: the base, exactly. */
   add(
@@ -56,14 +86,15 @@ export class StepLoop {
     harvestLayers: Array<'final' | number> | null = null,
   ): void {
     if (promptIds.length === 0) throw new Error('empty prompt');
+    if (promptIds.length > this.contextLength) throw new Error(`prompt of ${promptIds.length} tokens exceeds the context of ${this.contextLength}`);
     // A key's harvest policy may name blocks this base does not output (keys outlive model changes):
     // capture the layers that exist; harvesting must never fail the request itself.
     const layers = harvestLayers?.filter((l) => l === 'final' || this.runner.extraLayers.includes(l)) ?? [];
-    this.live.set(seqId, {
+    this.waiting.push({
       seqId,
       params,
       sampler: new Sampler(params),
-      cache: this.runner.newCache(),
+      slot: -1,
       pending: promptIds.slice(),
       last: -1,
       generated: 0,
@@ -73,13 +104,13 @@ export class StepLoop {
     this.kick();
   }
 
-  /** Takes effect at the next step boundary; the cache is dropped with the sequence. */
+  /** Takes effect at the next step boundary; the KV slot is freed with the sequence. */
   cancel(seqId: number): void {
-    if (this.live.has(seqId)) this.cancelled.add(seqId);
+    if (this.rows.some((s) => s.seqId === seqId) || this.waiting.some((s) => s.seqId === seqId)) this.cancelled.add(seqId);
   }
 
   get size(): number {
-    return this.live.size;
+    return this.rows.length + this.waiting.length;
   }
 
   /** Whether a step is in progress (forward passes may be running). */
@@ -87,10 +118,19 @@ export class StepLoop {
     return this.running;
   }
 
+  /** Bytes the shared KV pool holds now. */
+  get kvBytes(): number {
+    return this.pool.bytes;
+  }
+
   /** Whether a live sequence still uses this carry-on session (it must not be released yet). */
   uses(key: string): boolean {
-    for (const seq of this.live.values()) if (seq.carryOn?.session.spec.key === key) return true;
-    return false;
+    const uses = (s: LiveSequence) => s.carryOn?.session.spec.key === key;
+    return this.rows.some(uses) || this.waiting.some(uses);
+  }
+
+  private get contextLength(): number {
+    return this.runner.config.max_position_embeddings;
   }
 
   private kick(): void {
@@ -101,80 +141,212 @@ export class StepLoop {
 
   private async run(): Promise<void> {
     try {
-      while (this.live.size > 0) {
+      while (this.size > 0) {
         this.dropCancelled();
+        this.admit();
         this.onStepBoundary();
-        if (this.live.size === 0) break;
+        if (this.rows.length === 0) break;
         await this.step();
         // Let queued messages (adds, cancels, embeddings) in between steps.
         await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
       this.running = false;
+      if (this.rows.length === 0) this.pool.release();
       this.onStepBoundary();
+      if (this.size > 0) this.kick();
     }
   }
 
   private dropCancelled(): void {
     for (const id of this.cancelled) {
-      const seq = this.live.get(id);
-      if (seq) this.end(seq);
+      const w = this.waiting.findIndex((s) => s.seqId === id);
+      if (w >= 0) this.finish(this.waiting.splice(w, 1)[0]);
+      const seq = this.rows.find((s) => s.seqId === id);
+      if (seq) this.remove(seq);
     }
     this.cancelled.clear();
   }
 
-  /** Removes a sequence (its caches go with it) and hands over its capture, if any. */
-  private end(seq: LiveSequence): void {
-    this.live.delete(seq.seqId);
-    const result = seq.capture?.finish(seq.seqId);
-    if (result) this.onCapture(result);
+  /** Moves waiting sequences into pool slots while the pool stays within its budget (FIFO). */
+  private admit(): void {
+    while (this.waiting.length > 0) {
+      const seq = this.waiting[0];
+      const n = this.rows.length + 1;
+      const capacity = Math.max(this.pool.capacity, this.roundCapacity(Math.min(seq.pending.length, this.options.prefillChunk)));
+      const slots = Math.max(this.pool.slots, n);
+      if (this.rows.length > 0 && slots * capacity * this.pool.bytesPerPosition > this.options.kvBudgetBytes) return;
+      // Double the slot count as rows arrive, so a burst of N arrivals regrows the pool log N times.
+      this.pool.ensure(Math.max(slots, Math.min(2 * this.pool.slots, this.maxSlotsWithin(capacity))), capacity);
+      this.waiting.shift();
+      seq.slot = this.rows.length;
+      this.pool.setLength(seq.slot, 0);
+      this.rows.push(seq);
+    }
+  }
+
+  private maxSlotsWithin(capacity: number): number {
+    return Math.max(1, Math.floor(this.options.kvBudgetBytes / (capacity * this.pool.bytesPerPosition)));
+  }
+
+  /** Capacity grows in doublings (from 64), never past the context length. */
+  private roundCapacity(positions: number): number {
+    let c = Math.max(64, this.pool.capacity);
+    while (c < positions) c *= 2;
+    return Math.min(c, this.contextLength);
   }
 
   private async step(): Promise<void> {
-    const events: TokenEvent[] = [];
-    for (const seq of [...this.live.values()]) {
+    const heads: HeadRow[] = [];
+    const failed = new Map<LiveSequence, string>();
+    const fail = (seq: LiveSequence, err: unknown) => failed.set(seq, err instanceof Error ? err.message : String(err));
+
+    const decoders = this.rows.slice(0, this.decoding);
+    const prefillers = this.rows.slice(this.decoding);
+    const longest = Math.max(
+      0,
+      ...decoders.map((s) => this.pool.length(s.slot) + 1),
+      ...prefillers.map((s) => this.pool.length(s.slot) + Math.min(s.pending.length, this.options.prefillChunk)),
+    );
+    if (longest > this.pool.capacity) this.pool.ensure(this.pool.slots, this.roundCapacity(longest));
+
+    if (decoders.length > 0) {
       try {
-        const ev = await this.advance(seq);
-        if (ev) events.push(ev);
+        const body = await this.runner.forwardRows(this.pool, 0, decoders.length, decoders.map((s) => s.last));
+        // Grouped by carry-on, so one carry-on's rows run back to back.
+        const order = decoders.map((seq, r) => ({ seq, r })).sort((a, b) => carryOnKey(a.seq).localeCompare(carryOnKey(b.seq)));
+        for (const { seq, r } of order) {
+          try {
+            heads.push({ seq, x: await this.compose(seq, [seq.last], rowOf(body, r, this.runner.config.hidden_size), 0) });
+          } catch (err) {
+            fail(seq, err);
+          }
+        }
       } catch (err) {
-        this.end(seq);
-        this.onSeqError(seq.seqId, err instanceof Error ? err.message : String(err));
+        for (const seq of decoders) fail(seq, err);
       }
     }
-    if (events.length > 0) this.emit(events);
+
+    for (const seq of prefillers) {
+      try {
+        const feed = seq.pending.splice(0, this.options.prefillChunk);
+        const body = await this.runner.forwardRows(this.pool, seq.slot, 1, feed);
+        const x = await this.compose(seq, feed, body, feed.length - 1);
+        if (seq.pending.length === 0) heads.push({ seq, x });
+      } catch (err) {
+        fail(seq, err);
+      }
+    }
+
+    const events: TokenEvent[] = [];
+    const ended: LiveSequence[] = [];
+    if (heads.length > 0) {
+      const d = this.runner.config.hidden_size;
+      const v = this.runner.config.vocab_size;
+      const merged = new Float32Array(heads.length * d);
+      heads.forEach((h, i) => merged.set(h.x, i * d));
+      try {
+        const logits = await this.runner.forwardHead(merged, heads.length);
+        heads.forEach((h, i) => {
+          const ev = this.sample(h.seq, logits.subarray(i * v, (i + 1) * v));
+          events.push(ev);
+          if (ev.finish) ended.push(h.seq);
+        });
+      } catch (err) {
+        for (const h of heads) fail(h.seq, err);
+      }
+    }
+
+    for (const [seq, message] of failed) {
+      this.remove(seq);
+      this.onSeqError(seq.seqId, message);
+    }
+    for (const seq of ended) if (!failed.has(seq)) this.remove(seq);
+    // Prompts read in full this step decode from the next one on: move them into the decode range.
+    for (const seq of prefillers) {
+      if (seq.slot >= this.decoding && seq.pending.length === 0 && this.rows[seq.slot] === seq) this.promote(seq);
+    }
+    if (events.length > 0) this.emit(events, { decodeRows: decoders.length, prefillRows: prefillers.length, kvBytes: this.pool.bytes });
   }
 
-  /** One step of one sequence: a prefill chunk (sampling only after the prompt's last token) or a decode. */
-  private async advance(seq: LiveSequence): Promise<TokenEvent | null> {
-    const feed = seq.pending.length > 0 ? seq.pending.splice(0, this.prefillChunk) : [seq.last];
-    const lastRow = await this.forwardHidden(seq, feed);
-    if (seq.pending.length > 0) return null;
-    const logits = await this.runner.forwardHead(lastRow, 1);
+  private sample(seq: LiveSequence, logits: Float32Array): TokenEvent {
     const pick = seq.sampler.sample(logits);
     seq.generated++;
     seq.last = pick.token;
     seq.capture?.recordSample(pick.token);
     const ev: TokenEvent = { seqId: seq.seqId, token: pick.token, logprob: pick.logprob, top: pick.top };
     const stop = seq.params.stopTokenIds.includes(pick.token);
-    if (stop || seq.generated >= seq.params.maxTokens || seq.cache.length >= this.runner.config.max_position_embeddings) {
+    if (stop || seq.generated >= seq.params.maxTokens || this.pool.length(seq.slot) >= this.contextLength) {
       ev.finish = stop ? 'stop' : 'length';
-      this.end(seq);
     }
     return ev;
   }
 
   /**
-   * Base body, then the sequence's carry-on over the same tokens (its KV cache must see every
-   * position), then x + α · g ⊙ Δx on the last row: the only row the LM head needs.
+   * After the base body: capture, then the sequence's carry-on over the same tokens (its KV cache
+   * must see every position), then x + α · g ⊙ Δx on row `at`: the only row the LM head needs.
    */
-  private async forwardHidden(seq: LiveSequence, feed: number[]): Promise<Float32Array> {
-    const body = await this.runner.forwardBody(feed, seq.cache);
+  private async compose(seq: LiveSequence, feed: number[], body: BodyResult, at: number): Promise<Float32Array> {
     seq.capture?.recordForward(feed, body);
     const d = this.runner.config.hidden_size;
-    const at = (feed.length - 1) * d;
-    const x = body.hidden.subarray(at, at + d);
+    const x = body.hidden.subarray(at * d, (at + 1) * d);
     if (!seq.carryOn) return x;
     const { delta, gate } = await seq.carryOn.session.forward(feed, body, seq.carryOn.cache);
-    return mergeRow(x, delta.subarray(at, at + d), gate.subarray(at, at + d), seq.carryOn.alpha);
+    return mergeRow(x, delta.subarray(at * d, (at + 1) * d), gate.subarray(at * d, (at + 1) * d), seq.carryOn.alpha);
   }
+
+  /** Swaps a sequence that finished its prompt into the first prefill slot, then widens the decode range. */
+  private promote(seq: LiveSequence): void {
+    this.swapSlots(seq.slot, this.decoding);
+    this.decoding++;
+  }
+
+  /** Frees a sequence's slot, keeping decode rows and prefill rows each contiguous. */
+  private remove(seq: LiveSequence): void {
+    const i = seq.slot;
+    if (i < 0 || this.rows[i] !== seq) return;
+    if (i < this.decoding) {
+      this.moveSlot(this.decoding - 1, i);
+      this.decoding--;
+      this.moveSlot(this.rows.length - 1, this.decoding);
+    } else {
+      this.moveSlot(this.rows.length - 1, i);
+    }
+    this.rows.pop();
+    this.finish(seq);
+  }
+
+  /** Moves the sequence in slot `from` into slot `to` (whose sequence is leaving). */
+  private moveSlot(from: number, to: number): void {
+    if (from === to) return;
+    this.pool.move(from, to);
+    this.rows[to] = this.rows[from];
+    this.rows[to].slot = to;
+  }
+
+  private swapSlots(a: number, b: number): void {
+    if (a === b) return;
+    this.pool.swap(a, b);
+    [this.rows[a], this.rows[b]] = [this.rows[b], this.rows[a]];
+    this.rows[a].slot = a;
+    this.rows[b].slot = b;
+  }
+
+  /** Hands over the capture, if any, of a sequence that has left. */
+  private finish(seq: LiveSequence): void {
+    seq.slot = -1;
+    const result = seq.capture?.finish(seq.seqId);
+    if (result) this.onCapture(result);
+  }
+}
+
+function carryOnKey(seq: LiveSequence): string {
+  return seq.carryOn?.session.spec.key ?? '';
+}
+
+/** Row `r` of a batched body result, as views (the capture copies what it keeps). */
+function rowOf(body: BodyResult, r: number, d: number): BodyResult {
+  const layers = new Map<number, Float32Array>();
+  for (const [k, v] of body.layers) layers.set(k, v.subarray(r * d, (r + 1) * d));
+  return { hidden: body.hidden.subarray(r * d, (r + 1) * d), layers };
 }

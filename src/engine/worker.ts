@@ -30,8 +30,8 @@ async function handle(msg: ToWorker): Promise<void> {
       runner = await ModelRunner.create(msg.init);
       loop = new StepLoop(
         runner,
-        msg.init.prefillChunk,
-        (events) => post({ type: 'tokens', events }),
+        { prefillChunk: msg.init.prefillChunk, kvBudgetBytes: msg.init.kvBudgetBytes ?? 2 * 1024 ** 3 },
+        (events, step) => post({ type: 'tokens', events, step }),
         (seqId, message) => post({ type: 'seqError', seqId, message }),
         () => void releaseIdleCarryOns(),
         (capture) =>

@@ -2,12 +2,12 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { writeDirAtomic } from '../fs-atomic.js';
-import { ggufToCheckpoint } from './gguf.js';
+import { ggufToCheckpoint, quantizeQ4_0 } from './gguf.js';
 import { llama2cToCheckpoint } from './llama2c.js';
 import { buildBodyModel, buildHeadModel } from './onnx-graph.js';
 import { PACKAGE_FILES, PACKAGE_FORMAT_VERSION, toConfigFile, type PackageManifest } from './package-files.js';
 import { buildTokenizerFiles } from './tokenizer-json.js';
-import type { ImportedCheckpoint, LlamaWeights } from './types.js';
+import type { ImportedCheckpoint, LlamaWeights, Matrix } from './types.js';
 
 export interface ImportOptions {
   /** llama2c only: the tokenizer.bin; defaults to tokenizer.bin or tok512.bin beside the checkpoint. */
@@ -16,6 +16,11 @@ export interface ImportOptions {
   name?: string;
   /** Residual-stream layers the body also outputs, for carry-ons that mix layers. */
   extraLayerOutputs?: number[];
+  /**
+   * 'q4_0': store every f32 projection matrix (and the LM head) as 4-bit ggml Q4_0 blocks, run by
+   * MatMulNBits. Matrices whose input width is not a multiple of 32 stay f32. Embeddings stay f32.
+   */
+  quantize?: 'q4_0';
 }
 
 /** Reads a llama2.c `.bin` or a GGUF file into the common in-memory checkpoint. */
@@ -29,7 +34,8 @@ export async function readCheckpoint(src: string, opts: ImportOptions = {}): Pro
 /** Builds a model package folder (see models/README.md) from a checkpoint file, atomically. */
 export async function importModel(src: string, outDir: string, opts: ImportOptions = {}): Promise<PackageManifest> {
   const ckpt = await readCheckpoint(src, opts);
-  const { weights, vocab } = ckpt;
+  const { vocab } = ckpt;
+  const weights = opts.quantize === 'q4_0' ? quantizeWeights(ckpt.weights) : ckpt.weights;
   const extra = opts.extraLayerOutputs ?? [];
   const body = buildBodyModel(weights, { extraLayerOutputs: extra });
   const head = buildHeadModel(weights);
@@ -72,6 +78,19 @@ function findTokenizerBin(binPath: string): string {
   const others = fs.readdirSync(dir).filter((f) => /^tok.*\.bin$/.test(f));
   if (others.length === 1) return path.join(dir, others[0]);
   throw new Error(`no tokenizer.bin beside ${binPath}; pass one (CARRYON_TOKENIZER or --tokenizer)`);
+}
+
+/** Q4_0 for every f32 matrix that splits into 32-wide blocks (ggml's reference rounding). */
+export function quantizeWeights(w: LlamaWeights): LlamaWeights {
+  const q = (m: Matrix): Matrix =>
+    m.kind === 'f32' && m.cols % 32 === 0 ? { kind: 'q4_0', rows: m.rows, cols: m.cols, data: quantizeQ4_0(m.data) } : m;
+  const c = w.config;
+  const head: Matrix = w.output ?? { kind: 'f32', rows: c.vocab_size, cols: c.hidden_size, data: w.tokEmbeddings };
+  return {
+    ...w,
+    layers: w.layers.map((l) => ({ ...l, wq: q(l.wq), wk: q(l.wk), wv: q(l.wv), wo: q(l.wo), gate: q(l.gate), down: q(l.down), up: q(l.up) })),
+    output: q(head),
+  };
 }
 
 function quantizationOf(w: LlamaWeights): PackageManifest['quantization'] {

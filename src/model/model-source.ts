@@ -29,6 +29,8 @@ export interface ResolveOptions {
   downloadBaseUrl: string;
   /** Where to look for a local copy of the default model before downloading. */
   sharedDir?: string;
+  /** CARRYON_QUANTIZE: import checkpoints with 4-bit weights (a package folder is used as it is). */
+  quantize?: 'q4_0';
   log: (msg: string) => void;
 }
 
@@ -48,16 +50,27 @@ export async function resolveModelPackage(opts: ResolveOptions): Promise<string>
       return p;
     }
     const name = path.basename(p, path.extname(p));
-    return importOnce(p, path.join(opts.dataDir, 'models', name), { tokenizerPath: opts.tokenizer || undefined, name }, opts.log);
+    return importOnce(p, path.join(opts.dataDir, 'models', folderName(name, opts)), { tokenizerPath: opts.tokenizer || undefined, name, quantize: opts.quantize }, opts.log);
   }
   const sharedDir = opts.sharedDir ?? SHARED_DEFAULT_DIR;
   const files = fs.existsSync(path.join(sharedDir, 'stories260K.bin'))
     ? { bin: path.join(sharedDir, 'stories260K.bin'), tok: path.join(sharedDir, 'tok512.bin') }
     : await downloadDefaultModel(opts.dataDir, opts.downloadBaseUrl, opts.log);
-  return importOnce(files.bin, path.join(opts.dataDir, 'models', DEFAULT_MODEL.name), { tokenizerPath: files.tok, name: DEFAULT_MODEL.name }, opts.log);
+  const name = DEFAULT_MODEL.name;
+  return importOnce(files.bin, path.join(opts.dataDir, 'models', folderName(name, opts)), { tokenizerPath: files.tok, name, quantize: opts.quantize }, opts.log);
 }
 
-async function importOnce(src: string, outDir: string, o: { tokenizerPath?: string; name: string }, log: (m: string) => void): Promise<string> {
+/** A quantized import lives beside the f32 one, so switching CARRYON_QUANTIZE never re-imports over the other. */
+function folderName(name: string, opts: ResolveOptions): string {
+  return opts.quantize ? `${name}.${opts.quantize}` : name;
+}
+
+async function importOnce(
+  src: string,
+  outDir: string,
+  o: { tokenizerPath?: string; name: string; quantize?: 'q4_0' },
+  log: (m: string) => void,
+): Promise<string> {
   const sha = await sha256File(src);
   if (fs.existsSync(path.join(outDir, PACKAGE_FILES.manifest))) {
     try {

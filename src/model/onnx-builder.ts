@@ -15,6 +15,7 @@ const { onnx } = onnxProto;
 export const DataType = {
   FLOAT: onnx.TensorProto.DataType.FLOAT,
   UINT8: onnx.TensorProto.DataType.UINT8,
+  INT32: onnx.TensorProto.DataType.INT32,
   INT64: onnx.TensorProto.DataType.INT64,
   BOOL: onnx.TensorProto.DataType.BOOL,
 } as const;

@@ -70,6 +70,10 @@ export const DIM_BATCH = 'batch';
 export const DIM_SEQUENCE = 'sequence';
 export const DIM_PAST_SEQUENCE = 'past_sequence';
 export const DIM_TOTAL_SEQUENCE = 'total_sequence';
+/** The fused body's KV buffers: rows are slots of this many positions, past and present alike. */
+export const DIM_KV_CAPACITY = 'kv_capacity';
+export const SEQLENS_K = TensorNames.seqlensK;
+export const TOTAL_SEQUENCE_LENGTH = TensorNames.totalSequenceLength;
 
 /**
  * ai.onnx 17: ReduceMean still takes `axes` as an attribute here (it became an input in 18), so
@@ -87,6 +91,12 @@ export const MODEL_OPTIONS: ModelOptions = {
 };
 
 export interface BodyModelOptions {
+  /**
+   * 'fused' (the package default): GroupQueryAttention over preallocated KV slots, inputs
+   * `seqlens_k`/`total_sequence_length`. 'reference': standard ops only, `position_ids` and
+   * `attention_mask` inputs, growing KV tensors; kept as the readable specification and parity check.
+   */
+  attention?: 'fused' | 'reference';
   /** MatMulNBits accuracy_level for Q4_0 matrices (4 = int8 activations, 1 = fp32). Default 4. */
   accuracyLevel?: number;
   /** Layers whose residual-stream output is also exposed as `hidden_states.layer.{k}`. */
@@ -121,9 +131,10 @@ export function buildBodyModel(weights: LlamaWeights, opts: BodyModelOptions = {
   const accuracyLevel = opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL;
   const extra = validateExtraLayers(opts.extraLayerOutputs ?? [], cfg.num_hidden_layers);
 
+  const fused = (opts.attention ?? 'fused') === 'fused';
   const g = new GraphBuilder('llama_body');
-  declareBodyInputs(g, cfg);
-  const shared = buildSharedTensors(g, cfg, { sequence: INPUT_IDS, pastKey: pastKeyName(0) });
+  declareBodyInputs(g, cfg, fused);
+  const shared = fused ? buildFusedSharedTensors(g, cfg) : buildSharedTensors(g, cfg, { sequence: INPUT_IDS, pastKey: pastKeyName(0) });
 
   const embed = g.initializer('model.embed_tokens.weight', weights.tokEmbeddings, [cfg.vocab_size, cfg.hidden_size]);
   let x = g.op('Gather', [embed, INPUT_IDS], { axis: attr.int(0) });
@@ -142,7 +153,7 @@ export function buildBodyModel(weights: LlamaWeights, opts: BodyModelOptions = {
   rmsNorm(g, x, normW, cfg.rms_norm_eps, HIDDEN_STATES);
   g.output(HIDDEN_STATES, DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, cfg.hidden_size]);
 
-  declarePresentOutputs(g, cfg);
+  declarePresentOutputs(g, cfg, fused);
   return g.serialize({ ...MODEL_OPTIONS, docString: 'Llama body: embeddings .. final RMSNorm' });
 }
 
@@ -181,19 +192,28 @@ function gemmHead(g: GraphBuilder, hidden: string, m: Matrix & { kind: 'f32' }, 
 // ---------------------------------------------------------------------------------------------
 // Graph I/O
 
-function declareBodyInputs(g: GraphBuilder, cfg: LlamaConfig): void {
+function declareBodyInputs(g: GraphBuilder, cfg: LlamaConfig, fused: boolean): void {
   g.input(INPUT_IDS, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
-  g.input(POSITION_IDS, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
-  g.input(ATTENTION_MASK, DataType.INT64, [DIM_BATCH, DIM_TOTAL_SEQUENCE]);
-  const kvShape: Dim[] = [DIM_BATCH, cfg.num_key_value_heads, DIM_PAST_SEQUENCE, cfg.head_dim];
+  if (fused) {
+    g.input(SEQLENS_K, DataType.INT32, [DIM_BATCH]);
+    g.input(TOTAL_SEQUENCE_LENGTH, DataType.INT32, []);
+  } else {
+    g.input(POSITION_IDS, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
+    g.input(ATTENTION_MASK, DataType.INT64, [DIM_BATCH, DIM_TOTAL_SEQUENCE]);
+  }
+  const kvShape: Dim[] = fused
+    ? [DIM_BATCH, cfg.num_key_value_heads, DIM_KV_CAPACITY, fusedHeadDim(cfg.head_dim)]
+    : [DIM_BATCH, cfg.num_key_value_heads, DIM_PAST_SEQUENCE, cfg.head_dim];
   for (let i = 0; i < cfg.num_hidden_layers; i++) {
     g.input(pastKeyName(i), DataType.FLOAT, kvShape);
     g.input(pastValueName(i), DataType.FLOAT, kvShape);
   }
 }
 
-function declarePresentOutputs(g: GraphBuilder, cfg: LlamaConfig): void {
-  const kvShape: Dim[] = [DIM_BATCH, cfg.num_key_value_heads, DIM_TOTAL_SEQUENCE, cfg.head_dim];
+function declarePresentOutputs(g: GraphBuilder, cfg: LlamaConfig, fused: boolean): void {
+  const kvShape: Dim[] = fused
+    ? [DIM_BATCH, cfg.num_key_value_heads, DIM_KV_CAPACITY, fusedHeadDim(cfg.head_dim)]
+    : [DIM_BATCH, cfg.num_key_value_heads, DIM_TOTAL_SEQUENCE, cfg.head_dim];
   for (let i = 0; i < cfg.num_hidden_layers; i++) {
     g.output(presentKeyName(i), DataType.FLOAT, kvShape);
     g.output(presentValueName(i), DataType.FLOAT, kvShape);
@@ -241,7 +261,21 @@ function bodyBlockNames(i: number): BlockNames {
 // ---------------------------------------------------------------------------------------------
 // Tensors computed once and shared by every layer
 
-export interface SharedTensors {
+export type SharedTensors = ReferenceSharedTensors | FusedSharedTensors;
+
+/**
+ * For ORT's fused GroupQueryAttention: per-layer RoPE, masking and the KV-cache write happen
+ * inside the op, which needs only the rotation tables and each row's lengths.
+ */
+export interface FusedSharedTensors {
+  kind: 'fused';
+  /** [max_position_embeddings, head_dim/2] */
+  cosCache: string;
+  sinCache: string;
+}
+
+export interface ReferenceSharedTensors {
+  kind: 'reference';
   /** RoPE cos/sin for each token, [batch, sequence, 1, head_dim/2, 1] to broadcast over heads. */
   cos: string;
   sin: string;
@@ -270,7 +304,23 @@ export function buildSharedTensors(g: GraphBuilder, cfg: BlockGeometry, sources:
   g.scope = 'mask';
   const allowed = attentionMask(g, sources);
   g.scope = '';
-  return { cos: cosT, sin: sinT, allowed, scoreScale: g.constF32([Math.sqrt(cfg.head_dim)], []) };
+  return { kind: 'reference', cos: cosT, sin: sinT, allowed, scoreScale: g.constF32([Math.sqrt(cfg.head_dim)], []) };
+}
+
+/** The rotation tables GroupQueryAttention reads, shared by every layer. */
+function buildFusedSharedTensors(g: GraphBuilder, cfg: BlockGeometry): FusedSharedTensors {
+  const real = ropeTables(cfg);
+  const half = cfg.head_dim / 2;
+  const paddedHalf = fusedHeadDim(cfg.head_dim) / 2;
+  // Padded pairs are zeros; cos 1, sin 0 keeps them so.
+  const cos = new Float32Array(cfg.max_position_embeddings * paddedHalf).fill(1);
+  const sin = new Float32Array(cfg.max_position_embeddings * paddedHalf);
+  for (let p = 0; p < cfg.max_position_embeddings; p++) {
+    cos.set(real.cos.subarray(p * half, (p + 1) * half), p * paddedHalf);
+    sin.set(real.sin.subarray(p * half, (p + 1) * half), p * paddedHalf);
+  }
+  const dims = [cfg.max_position_embeddings, paddedHalf];
+  return { kind: 'fused', cosCache: g.initializer('rope.cos_cache', cos, dims), sinCache: g.initializer('rope.sin_cache', sin, dims) };
 }
 
 /**
@@ -336,7 +386,10 @@ export function decoderBlock(
 
   const attnNorm = g.initializer(`${p}.input_layernorm.weight`, layer.attnNorm);
   const h = rmsNorm(g, x, attnNorm, cfg.rms_norm_eps);
-  const attn = selfAttention(g, h, layer, cfg, shared, names, linear);
+  const attn =
+    shared.kind === 'fused'
+      ? fusedAttention(g, h, layer, cfg, shared, names, linear)
+      : selfAttention(g, h, layer, cfg, shared, names, linear);
   x = g.op('Add', [x, linear(attn, layer.wo, 'self_attn.o_proj')]);
 
   const ffnNorm = g.initializer(`${p}.post_attention_layernorm.weight`, layer.ffnNorm);
@@ -353,7 +406,7 @@ function selfAttention(
   h: string,
   layer: LlamaLayer,
   cfg: BlockGeometry,
-  shared: SharedTensors,
+  shared: ReferenceSharedTensors,
   names: BlockNames,
   linear: (input: string, m: Matrix, name: string) => string,
 ): string {
@@ -387,10 +440,77 @@ function selfAttention(
 }
 
 /**
+ * The same attention through ORT's com.microsoft GroupQueryAttention: RoPE (adjacent pairs, our
+ * float32 tables), causal softmax and the KV write in one kernel. Past and present are the same
+ * preallocated buffer [batch, kv_heads, capacity, head_dim] when the caller binds them so: the
+ * op appends the new keys in place at each row's own length (`seqlens_k`), so rows of different
+ * lengths decode in one batch and nothing is copied back through JavaScript.
+ */
+function fusedAttention(
+  g: GraphBuilder,
+  h: string,
+  layer: LlamaLayer,
+  cfg: BlockGeometry,
+  shared: FusedSharedTensors,
+  names: BlockNames,
+  linear: (input: string, m: Matrix, name: string) => string,
+): string {
+  const hd = cfg.head_dim;
+  const kvd = fusedHeadDim(hd);
+  const q = linear(h, padHeads(layer.wq, hd, kvd), 'self_attn.q_proj');
+  const k = linear(h, padHeads(layer.wk, hd, kvd), 'self_attn.k_proj');
+  const v = linear(h, padHeads(layer.wv, hd, kvd), 'self_attn.v_proj');
+  const [out] = g.node(
+    'GroupQueryAttention',
+    [q, k, v, names.pastKey, names.pastValue, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, shared.cosCache, shared.sinCache],
+    {
+      domain: 'com.microsoft',
+      attrs: {
+        num_heads: attr.int(cfg.num_attention_heads),
+        kv_num_heads: attr.int(cfg.num_key_value_heads),
+        do_rotary: attr.int(1),
+        rotary_interleaved: attr.int(1),
+        scale: attr.float(Math.fround(1 / Math.sqrt(cfg.head_dim))),
+      },
+      outputs: [`${names.prefix}.self_attn.gqa_out`, names.presentKey, names.presentValue],
+    },
+  );
+  if (kvd === hd) return out;
+  // Padded heads: the extra dims of q, k and v are zero, so scores are unchanged and the output's
+  // extra dims are zero; drop them before Wo.
+  const perHead = g.op('Reshape', [out, g.constI64([0, 0, cfg.num_attention_heads, kvd])]);
+  const real = g.op('Slice', [perHead, g.constI64([0]), g.constI64([hd]), g.constI64([3])]);
+  return g.op('Reshape', [real, g.constI64([0, 0, cfg.num_attention_heads * hd])]);
+}
+
+/**
+ * GroupQueryAttention's CPU kernel needs head_dim % 16 == 0 (stories260K's is 8): such heads are
+ * zero-padded to the next multiple of 16, in the weights, so the graph gains no ops before the op.
+ */
+export function fusedHeadDim(headDim: number): number {
+  return Math.ceil(headDim / 16) * 16;
+}
+
+/** Inserts zero output rows after each head's `hd` rows so every head spans `padded` rows. */
+function padHeads(m: Matrix, hd: number, padded: number): Matrix {
+  if (padded === hd) return m;
+  const heads = m.rows / hd;
+  const rowBytes = m.kind === 'f32' ? m.cols : (m.cols / Q4_BLOCK) * Q4_GGML_BLOCK_BYTES;
+  const src = m.data;
+  const dst = m.kind === 'f32' ? new Float32Array(heads * padded * m.cols) : new Uint8Array(heads * padded * rowBytes);
+  // A Q4_0 block of zero bytes has scale 0: it decodes to zeros.
+  for (let hIdx = 0; hIdx < heads; hIdx++) {
+    const from = hIdx * hd * rowBytes;
+    (dst as Float32Array).set((src as Float32Array).subarray(from, from + hd * rowBytes), hIdx * padded * rowBytes);
+  }
+  return { ...m, rows: heads * padded, data: dst } as Matrix;
+}
+
+/**
  * Adjacent-pair RoPE on a projection [B, S, heads*hd] -> [B, S, heads, hd]: view as
  * [..., hd/2, 2], split each pair (a, b) and write (a cos - b sin, a sin + b cos).
  */
-function applyRope(g: GraphBuilder, proj: string, heads: number, hd: number, shared: SharedTensors): string {
+function applyRope(g: GraphBuilder, proj: string, heads: number, hd: number, shared: ReferenceSharedTensors): string {
   const pairs = g.op('Reshape', [proj, g.constI64([0, 0, heads, hd / 2, 2])]);
   const [a, b] = g.node('Split', [pairs, g.constI64([1, 1])], { attrs: { axis: attr.int(-1) }, numOutputs: 2 });
   const mul = (x: string, y: string): string => g.op('Mul', [x, y]);

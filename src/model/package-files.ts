@@ -14,7 +14,8 @@ export const PACKAGE_FILES = {
   manifest: 'carryon-package.json',
 } as const;
 
-export const PACKAGE_FORMAT_VERSION = 1;
+/** 2: the body uses fused GroupQueryAttention over preallocated KV slots (1 had growing KV tensors). */
+export const PACKAGE_FORMAT_VERSION = 2;
 
 /** config.json: Hugging Face LlamaConfig keys, plus the few our graphs need to be explicit about. */
 export const ModelConfigFile = z.object({

@@ -3,6 +3,10 @@ export const TensorNames = {
   inputIds: 'input_ids',
   positionIds: 'position_ids',
   attentionMask: 'attention_mask',
+  /** Fused body: per row, its total length after this call minus one (GroupQueryAttention's convention). */
+  seqlensK: 'seqlens_k',
+  /** Fused body: the longest row's total length after this call, an int32 scalar. */
+  totalSequenceLength: 'total_sequence_length',
   hiddenStates: 'hidden_states',
   logits: 'logits',
   pastKey: (layer: number) => `past_key_values.${layer}.key`,

@@ -1,0 +1,229 @@
+/**
+ * Continuous batching on the SmolLM2-135M shape (CPU): the engine worker exactly as the gateway
+ * drives it, against node-llama-cpp serving the same GGUF with its own batching.
+ *
+ *   node --import tsx bench/batching.ts [--models smol-f32,smol-q4] [--concurrency 1,8,32]
+ *        [--decode 48] [--prompt 32] [--threads 1] [--long 2000] [--short 24] [--skip-llama]
+ *
+ * 1. Aggregate decode tokens/s with C concurrent streams (C prompts submitted together, greedy,
+ *    `--decode` tokens each). Counted from the moment every stream has its first token to the
+ *    last token, so it is decode only; ratio against C = 1 in the same run.
+ * 2. 32 streams each on a different carry-on (1 MB-class, 2 blocks) vs 32 streams on the base.
+ * 3. Time to first token of short prompts (`--prompt` tokens, 8 decoded) arriving one every
+ *    50 ms while a `--long`-token prompt is being prefilled, vs the same arrivals on an idle engine.
+ * 4. llama.cpp (node-llama-cpp 3, one context with C sequences, each decoding concurrently, which
+ *    node-llama-cpp batches into one llama_decode per step) at the same C: ratio ours / llama.cpp.
+ */
+import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import os from 'node:os';
+import path from 'node:path';
+import type { Token } from 'node-llama-cpp';
+
+import { CarryOnRegistry } from '../src/carryon/registry.js';
+import { Engine } from '../src/engine/engine.js';
+import type { SamplingParams } from '../src/engine/protocol.js';
+import { BENCH_OUT, modelPackage, smolGguf } from './lib/artifacts.js';
+import { makeBenchCarryOns } from './lib/carry-ons.js';
+import { mulberry32 } from './lib/rng.js';
+import { percentile, table } from './lib/stats.js';
+
+const { values } = parseArgs({
+  options: {
+    models: { type: 'string', default: 'smol-f32,smol-q4' },
+    concurrency: { type: 'string', default: '1,8,32' },
+    decode: { type: 'string', default: '48' },
+    prompt: { type: 'string', default: '32' },
+    threads: { type: 'string', default: '1' },
+    long: { type: 'string', default: '2000' },
+    short: { type: 'string', default: '24' },
+    'skip-llama': { type: 'boolean', default: false },
+  },
+});
+const CONCURRENCY = values.concurrency.split(',').map(Number);
+const DECODE = Number(values.decode);
+const PROMPT = Number(values.prompt);
+const THREADS = Number(values.threads);
+const LONG = Number(values.long);
+const SHORT = Number(values.short);
+const log = (m: string) => process.stderr.write(`[batching ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
+
+const greedy = (maxTokens: number): SamplingParams => ({
+  temperature: 0, topP: 1, topK: 0, seed: null, presencePenalty: 0, frequencyPenalty: 0, maxTokens, stopTokenIds: [], topLogprobs: -1,
+});
+
+function prompts(count: number, length: number, vocab: number, seed: number): number[][] {
+  const rnd = mulberry32(seed);
+  return Array.from({ length: count }, () => [1, ...Array.from({ length: length - 1 }, () => 2 + Math.floor(rnd() * (vocab - 2)))]);
+}
+
+/** Per-stream token arrival times; decode throughput counts tokens after every stream has started. */
+class Streams {
+  readonly firsts: number[] = [];
+  readonly times: number[][] = [];
+  constructor(n: number) {
+    for (let i = 0; i < n; i++) this.times.push([]);
+  }
+  tick(i: number): void {
+    const t = performance.now();
+    if (this.times[i].length === 0) this.firsts[i] = t;
+    this.times[i].push(t);
+  }
+  decodeTps(): number {
+    const start = Math.max(...this.firsts);
+    const end = Math.max(...this.times.map((t) => t[t.length - 1]));
+    const tokens = this.times.reduce((n, t) => n + t.filter((x) => x > start).length, 0);
+    return tokens / ((end - start) / 1000);
+  }
+}
+
+async function oursDecode(engine: Engine, ps: number[][], carryOnKeys: Array<string | null>): Promise<number> {
+  const s = new Streams(ps.length);
+  await Promise.all(
+    ps.map(
+      (p, i) =>
+        new Promise<void>((resolve, reject) => {
+          const key = carryOnKeys[i];
+          engine.submit(p, greedy(DECODE), {
+            onEvent: (ev) => {
+              s.tick(i);
+              if (ev.finish) resolve();
+            },
+            onError: (m) => reject(new Error(m)),
+          }, key ? { key, alpha: 1 } : null);
+        }),
+    ),
+  );
+  return s.decodeTps();
+}
+
+/** TTFTs (ms) of short prompts arriving every 50 ms; with `longPrompt`, that prompt is submitted first. */
+async function oursTtft(engine: Engine, shorts: number[][], longPrompt: number[] | null): Promise<number[]> {
+  const done: Array<Promise<unknown>> = [];
+  if (longPrompt) {
+    done.push(new Promise<void>((resolve, reject) => engine.submit(longPrompt, greedy(4), { onEvent: (ev) => ev.finish && resolve(), onError: (m) => reject(new Error(m)) })));
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const ttfts: number[] = [];
+  for (const p of shorts) {
+    const t0 = performance.now();
+    done.push(
+      new Promise<void>((resolve, reject) => {
+        let first = true;
+        engine.submit(p, greedy(8), {
+          onEvent: (ev) => {
+            if (first) ttfts.push(performance.now() - t0);
+            first = false;
+            if (ev.finish) resolve();
+          },
+          onError: (m) => reject(new Error(m)),
+        });
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await Promise.all(done);
+  return ttfts;
+}
+
+let llamaInstance: import('node-llama-cpp').Llama | null = null;
+
+async function llamaDecode(modelPath: string, ps: number[][]): Promise<number> {
+  const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
+  llamaInstance ??= await getLlama({ gpu: false, build: 'never', maxThreads: 0, logLevel: LlamaLogLevel.error });
+  const llama = llamaInstance;
+  const model = await llama.loadModel({ modelPath, gpuLayers: 0 });
+  const context = await model.createContext({
+    contextSize: ps.length * (PROMPT + DECODE + 16),
+    sequences: ps.length,
+    batchSize: Math.max(512, ps.length * PROMPT),
+    threads: { ideal: THREADS, min: THREADS },
+    flashAttention: false,
+  });
+  try {
+    const s = new Streams(ps.length);
+    await Promise.all(
+      ps.map(async (p, i) => {
+        const seq = context.getSequence();
+        let n = 0;
+        for await (const _ of seq.evaluate(p as Token[], { temperature: 0, yieldEogToken: true })) {
+          s.tick(i);
+          if (++n >= DECODE) break;
+        }
+      }),
+    );
+    return s.decodeTps();
+  } finally {
+    await context.dispose();
+    await model.dispose();
+  }
+}
+
+async function main(): Promise<void> {
+  const lines: string[] = [];
+  for (const key of values.models.split(',')) {
+    const quant = key === 'smol-q4' ? 'q4_0' : 'f32';
+    const gguf = await smolGguf(quant, log);
+    const pkg = await modelPackage(gguf, key, log);
+    const engine = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: THREADS, prefillChunk: 256 });
+    const vocab = engine.info.vocabSize;
+    try {
+      // Warm-up: first runs allocate.
+      await oursDecode(engine, prompts(2, PROMPT, vocab, 99), [null, null]);
+
+      const rows: string[][] = [];
+      const ours = new Map<number, number>();
+      const llama = new Map<number, number>();
+      for (const c of CONCURRENCY) {
+        const ps = prompts(c, PROMPT, vocab, c);
+        ours.set(c, await oursDecode(engine, ps, ps.map(() => null)));
+        log(`${key} C=${c}: ours ${ours.get(c)!.toFixed(1)} tok/s`);
+        if (!values['skip-llama']) {
+          llama.set(c, await llamaDecode(gguf, ps));
+          log(`${key} C=${c}: llama.cpp ${llama.get(c)!.toFixed(1)} tok/s`);
+        }
+      }
+      const one = ours.get(CONCURRENCY[0])!;
+      for (const c of CONCURRENCY) {
+        const l = llama.get(c);
+        rows.push([String(c), ours.get(c)!.toFixed(1), `${(ours.get(c)! / one).toFixed(2)}x`, l ? l.toFixed(1) : '–', l ? `${(ours.get(c)! / l).toFixed(2)}x` : '–']);
+      }
+      lines.push(`### ${key}: aggregate decode tokens/s (prompt ${PROMPT}, ${DECODE} greedy tokens per stream, ${THREADS} thread(s))`, '');
+      lines.push(table(['streams', 'ours tok/s', `vs ${CONCURRENCY[0]} stream`, 'llama.cpp tok/s', 'ours / llama.cpp'], rows), '');
+
+      // Carry-ons: 32 streams, each its own carry-on, vs the same 32 on the base.
+      const n = Math.max(...CONCURRENCY);
+      const cos = await makeBenchCarryOns(pkg, path.join(BENCH_OUT, 'carry-ons', `${key}-batching`), { width: 64, layers: 2, heads: 4 }, n);
+      const registry = new CarryOnRegistry({ loader: engine, budgetBytes: 2 ** 40, pinned: new Set(), log: () => {} });
+      const leases = await Promise.all(cos.map((c) => registry.acquire(c.record)));
+      const ps = prompts(n, PROMPT, vocab, 7);
+      const baseTps = await oursDecode(engine, ps, ps.map(() => null));
+      const coTps = await oursDecode(engine, ps, leases.map((l) => l.key));
+      const baseTps2 = await oursDecode(engine, ps, ps.map(() => null));
+      for (const l of leases) l.release();
+      const baseMean = (baseTps + baseTps2) / 2;
+      lines.push(`### ${key}: ${n} streams, each on a different carry-on (${(cos[0].graphBytes / 1e6).toFixed(2)} MB, ${cos[0].parameters.toLocaleString()} params) vs the base`, '');
+      lines.push(table(['run', 'tok/s', 'ratio'], [
+        ['base (mean of before/after)', baseMean.toFixed(1), '1.00x'],
+        [`${n} different carry-ons`, coTps.toFixed(1), `${(coTps / baseMean).toFixed(2)}x`],
+      ]), '');
+
+      // TTFT under a long prefill.
+      const shorts = prompts(20, SHORT, vocab, 5);
+      const idle = await oursTtft(engine, shorts, null);
+      const busy = await oursTtft(engine, shorts, prompts(1, LONG, vocab, 6)[0]);
+      lines.push(`### ${key}: TTFT of ${SHORT}-token prompts arriving every 50 ms (20 of them)`, '');
+      lines.push(table(['engine state', 'p50 ms', 'p99 ms'], [
+        ['idle', percentile(idle, 50).toFixed(1), percentile(idle, 99).toFixed(1)],
+        [`prefilling a ${LONG}-token prompt (chunks of 256)`, percentile(busy, 50).toFixed(1), percentile(busy, 99).toFixed(1)],
+      ]), '');
+    } finally {
+      await engine.close();
+    }
+  }
+  const cpu = os.cpus()[0]?.model ?? 'unknown';
+  console.log(`cpu: ${cpu} (${os.cpus().length} logical cores); threads ${THREADS}; load average at end ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}\n`);
+  console.log(lines.join('\n'));
+}
+
+await main();
