@@ -3,14 +3,14 @@
  * drives it, against node-llama-cpp serving the same GGUF with its own batching.
  *
  *   node --import tsx bench/batching.ts [--models smol-f32,smol-q4] [--concurrency 1,8,32]
- *        [--decode 48] [--prompt 32] [--threads 1] [--long 2000] [--short 24] [--skip-llama]
+ *        [--decode 48] [--prompt 32] [--threads 1] [--long 2000] [--short 24] [--prefill-chunk 256] [--skip-llama]
  *
  * 1. Aggregate decode tokens/s with C concurrent streams (C prompts submitted together, greedy,
  *    `--decode` tokens each). Counted from the moment every stream has its first token to the
  *    last token, so it is decode only; ratio against C = 1 in the same run.
  * 2. 32 streams each on a different carry-on (1 MB-class, 2 blocks) vs 32 streams on the base.
- * 3. Time to first token of short prompts (`--prompt` tokens, 8 decoded) arriving one every
- *    50 ms while a `--long`-token prompt is being prefilled, vs the same arrivals on an idle engine.
+ * 3. Time to first token of `--short`-token prompts sent one after another while a `--long`-token
+ *    prompt is being prefilled (budget `--prefill-chunk` prompt tokens per step), vs an idle engine.
  * 4. llama.cpp (node-llama-cpp 3, one context with C sequences, each decoding concurrently, which
  *    node-llama-cpp batches into one llama_decode per step) at the same C: ratio ours / llama.cpp.
  */
@@ -37,6 +37,7 @@ const { values } = parseArgs({
     threads: { type: 'string', default: '1' },
     long: { type: 'string', default: '2000' },
     short: { type: 'string', default: '24' },
+    'prefill-chunk': { type: 'string', default: '256' },
     'skip-llama': { type: 'boolean', default: false },
   },
 });
@@ -46,6 +47,7 @@ const PROMPT = Number(values.prompt);
 const THREADS = Number(values.threads);
 const LONG = Number(values.long);
 const SHORT = Number(values.short);
+const PREFILL = Number(values['prefill-chunk']);
 const log = (m: string) => process.stderr.write(`[batching ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 
 const greedy = (maxTokens: number): SamplingParams => ({
@@ -97,32 +99,34 @@ async function oursDecode(engine: Engine, ps: number[][], carryOnKeys: Array<str
   return s.decodeTps();
 }
 
-/** TTFTs (ms) of short prompts arriving every 50 ms; with `longPrompt`, that prompt is submitted first. */
-async function oursTtft(engine: Engine, shorts: number[][], longPrompt: number[] | null): Promise<number[]> {
-  const done: Array<Promise<unknown>> = [];
-  if (longPrompt) {
-    done.push(new Promise<void>((resolve, reject) => engine.submit(longPrompt, greedy(4), { onEvent: (ev) => ev.finish && resolve(), onError: (m) => reject(new Error(m)) })));
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  const ttfts: number[] = [];
-  for (const p of shorts) {
-    const t0 = performance.now();
-    done.push(
-      new Promise<void>((resolve, reject) => {
-        let first = true;
-        engine.submit(p, greedy(8), {
+/**
+ * TTFTs (ms) of short prompts sent one after another (each as soon as the previous one has its
+ * first token). With `longPrompt`, that prompt is submitted first and probing stops once it has
+ * been read, so every probe competes with its prefill.
+ */
+async function probeTtfts(engine: Engine, shorts: number[][], longPrompt: number[] | null): Promise<number[]> {
+  let longRead = false;
+  const long = longPrompt
+    ? new Promise<void>((resolve, reject) =>
+        engine.submit(longPrompt, greedy(1), {
           onEvent: (ev) => {
-            if (first) ttfts.push(performance.now() - t0);
-            first = false;
+            longRead = true;
             if (ev.finish) resolve();
           },
           onError: (m) => reject(new Error(m)),
-        });
-      }),
+        }),
+      )
+    : Promise.resolve();
+  const ttfts: number[] = [];
+  for (const p of shorts) {
+    if (longPrompt && longRead) break;
+    const t0 = performance.now();
+    await new Promise<void>((resolve, reject) =>
+      engine.submit(p, greedy(1), { onEvent: () => resolve(), onError: (m) => reject(new Error(m)) }),
     );
-    await new Promise((r) => setTimeout(r, 50));
+    ttfts.push(performance.now() - t0);
   }
-  await Promise.all(done);
+  await long;
   return ttfts;
 }
 
@@ -165,7 +169,7 @@ async function main(): Promise<void> {
     const quant = key === 'smol-q4' ? 'q4_0' : 'f32';
     const gguf = await smolGguf(quant, log);
     const pkg = await modelPackage(gguf, key, log);
-    const engine = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: THREADS, prefillChunk: 256 });
+    const engine = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: THREADS, prefillChunk: PREFILL });
     const vocab = engine.info.vocabSize;
     try {
       // Warm-up: first runs allocate.
@@ -209,13 +213,13 @@ async function main(): Promise<void> {
       ]), '');
 
       // TTFT under a long prefill.
-      const shorts = prompts(20, SHORT, vocab, 5);
-      const idle = await oursTtft(engine, shorts, null);
-      const busy = await oursTtft(engine, shorts, prompts(1, LONG, vocab, 6)[0]);
-      lines.push(`### ${key}: TTFT of ${SHORT}-token prompts arriving every 50 ms (20 of them)`, '');
-      lines.push(table(['engine state', 'p50 ms', 'p99 ms'], [
-        ['idle', percentile(idle, 50).toFixed(1), percentile(idle, 99).toFixed(1)],
-        [`prefilling a ${LONG}-token prompt (chunks of 256)`, percentile(busy, 50).toFixed(1), percentile(busy, 99).toFixed(1)],
+      const shorts = prompts(60, SHORT, vocab, 5);
+      const idle = await probeTtfts(engine, shorts.slice(0, 20), null);
+      const busy = await probeTtfts(engine, shorts, prompts(1, LONG, vocab, 6)[0]);
+      lines.push(`### ${key}: TTFT of ${SHORT}-token prompts, sent one after another (prefill budget ${PREFILL} tokens per step)`, '');
+      lines.push(table(['engine state', 'probes', 'p50 ms', 'p99 ms'], [
+        ['idle', String(idle.length), percentile(idle, 50).toFixed(1), percentile(idle, 99).toFixed(1)],
+        [`while a ${LONG}-token prompt is prefilled`, String(busy.length), percentile(busy, 50).toFixed(1), percentile(busy, 99).toFixed(1)],
       ]), '');
     } finally {
       await engine.close();

@@ -120,6 +120,7 @@ try {
           stop: [],
           carryOn: null,
           harvest: mode === 'off' ? null : { policy: { sampleRate: 1, layers: ['final'], keep: 'both' }, requestId: `bench-${requestNo++}`, tenantId: 'bench' },
+          tenant: 'bench',
           signal: new AbortController().signal,
         };
         return gen.start(req);

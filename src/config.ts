@@ -32,6 +32,12 @@ export const ConfigSchema = z.object({
   CARRYON_DOWNLOAD_BASE_URL: z.string().url().default('https://huggingface.co'),
   /** q4_0: checkpoints (CARRYON_MODEL files, the default model) are imported with 4-bit weights (MatMulNBits). */
   CARRYON_QUANTIZE: z.enum(['none', 'q4_0']).default('none'),
+  /** Admin training jobs (POST /admin/training-jobs): one runs at a time; this many may wait. */
+  CARRYON_TRAINING_MAX_QUEUED: int(0, 1000).default(4),
+  /** A training job running longer than this is stopped and fails. */
+  CARRYON_TRAINING_TIMEOUT_MS: int(1000, 7 * 24 * 3600 * 1000).default(6 * 3600 * 1000),
+  /** Torch CPU threads of a training job (the base keeps CARRYON_THREADS for serving). */
+  CARRYON_TRAINING_THREADS: int(1, 256).default(1),
   CARRYON_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda', 'webgpu']).default('cpu'),
   /** Intra-op threads for the base model's sessions. */
   CARRYON_THREADS: int(1, 1024).default(Math.max(1, Math.min(os.availableParallelism(), 8))),

@@ -25,6 +25,8 @@ export interface GenerationRequest {
   carryOn: { record: CarryOnVersionRecord; alpha: number } | null;
   /** Set when this request was sampled for harvesting: what to keep, and how to label it. */
   harvest: { policy: HarvestPolicy; requestId: string; tenantId: string | null } | null;
+  /** The caller's tenant: admission is fair between tenants. */
+  tenant: string | null;
   /** Aborts when the client goes away. */
   signal: AbortSignal;
   /** Called once with the final usage (rate-limit token charging). */
@@ -95,7 +97,7 @@ export class Generator {
   async start(req: GenerationRequest): Promise<GenerationRun> {
     const maxTokens = this.resolveMaxTokens(req);
     const queuedAt = performance.now();
-    const release = await this.deps.scheduler.acquire(req.n, req.signal);
+    const release = await this.deps.scheduler.acquire(req.n, req.signal, req.tenant);
     this.deps.metrics?.queueTime.observe((performance.now() - queuedAt) / 1000);
     let lease: CarryOnLease | null = null;
     try {

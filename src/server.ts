@@ -69,6 +69,7 @@ async function startWithStore(
   const auth = new Authenticator(store.apiKeys, store.tenants);
   // Known once the model package is resolved: uploaded carry-ons are checked against it.
   let base: BaseModelInfo | null = null;
+  let baseDir: string | null = null;
   const baseModel = (): BaseModelInfo => {
     if (base) return base;
     throw new ApiError('model_loading', gateway.failure ? `The base model failed to load: ${gateway.failure}` : 'The base model is still loading; retry shortly.', {
@@ -91,6 +92,13 @@ async function startWithStore(
     maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES,
     checkTimeoutMs: config.CARRYON_CARRYON_CHECK_TIMEOUT_MS,
     harvest,
+    training: {
+      base: () => (base && baseDir ? { dir: baseDir, fingerprint: base.fingerprint } : null),
+      maxQueued: config.CARRYON_TRAINING_MAX_QUEUED,
+      timeoutMs: config.CARRYON_TRAINING_TIMEOUT_MS,
+      threads: config.CARRYON_TRAINING_THREADS,
+      maxLogBytes: 4 * 1024 * 1024,
+    },
   });
   gateway.rateLimiter = new RateLimiter({ requestsPerMinute: config.CARRYON_RATE_LIMIT_RPM, tokensPerMinute: config.CARRYON_RATE_LIMIT_TPM });
   const metrics = new Metrics();
@@ -127,6 +135,7 @@ async function startWithStore(
       log: (m) => app.log.info(m),
     });
     base = readBaseModelInfo(dir);
+    baseDir = dir;
     const harvestSink = await harvest.start(base.fingerprint);
     engine = await Engine.start({
       modelDir: dir,
@@ -179,6 +188,7 @@ async function startWithStore(
         await gen.drain(5_000);
       }
       await app.close();
+      await admin.training.close();
       await new Promise<void>((r) => (metricsServer ? metricsServer.close(() => r()) : r()));
       await (engine as Engine | null)?.close();
       await harvest.close(); // after the engine, whose last captures reach the writer before it stops

@@ -5,6 +5,7 @@ import carryOnRoutes from './carry-ons.js';
 import harvestRoutes from './harvest.js';
 import keyRoutes from './keys.js';
 import tenantRoutes from './tenants.js';
+import trainingRoutes from './training.js';
 
 export interface AdminPluginOptions {
   admin: AdminServices;
@@ -23,6 +24,7 @@ const adminRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, opts) =>
   await app.register(keyRoutes, deps);
   await app.register(carryOnRoutes, deps);
   await app.register(harvestRoutes, deps);
+  await app.register(trainingRoutes, deps);
 };
 
 export default adminRoutes;

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
 import type { Multipart } from '@fastify/multipart';
 import { ApiError } from '../errors.js';
 import { LATEST } from '../store/carry-ons.js';
@@ -8,7 +10,7 @@ import type { BaseModelSource } from './base-model.js';
 import type { CarryOnFiles } from './carry-on-files.js';
 import { checkCarryOnGraph } from './graph-check.js';
 import { checkAgainstBase, checkDigest, parseUploadedManifest, storedManifest } from './manifest-checks.js';
-import { AliasName, UploadTenantField, type CarryOnObject, type CarryOnVersionObject, type DeletedObject, type List } from './protocol.js';
+import { AliasName, UploadTenantField, type CarryOnObject, type CarryOnVersionObject, type DeletedObject, type List, type UploadManifest } from './protocol.js';
 import { GRAPH_PART, MAX_MANIFEST_BYTES, receiveCarryOnUpload } from './upload-receive.js';
 import { view } from './views.js';
 
@@ -84,8 +86,6 @@ export class CarryOnAdmin {
       throw new ApiError('request_too_large', `A carry-on graph may be at most ${this.opts.maxGraphBytes} bytes.`, { param: GRAPH_PART });
     }
     const staging = this.files.createStagingDir();
-    let blob: string | null = null;
-    let recorded = false;
     try {
       const received = await receiveCarryOnUpload(
         req.parts(),
@@ -96,25 +96,79 @@ export class CarryOnAdmin {
       );
       const manifest = parseUploadedManifest(received.manifestText);
       const tenant = this.uploadTenant(ctx, pathTenant, received.tenant, manifest.tenant);
-      checkAgainstBase(manifest, base);
-      checkDigest(manifest, received.sha256);
-      const check = await checkCarryOnGraph(
-        { graphPath: received.graphPath, manifest: storedManifest(manifest, 1), vocabSize: base.vocabSize },
-        this.opts.checkTimeoutMs,
-      );
-      if (!check.ok) throw new ApiError('invalid_value', `The carry-on graph was refused: ${check.problem}.`, { param: GRAPH_PART });
+      return await this.install(ctx, tenant, manifest, received, 'carry_on.upload');
+    } finally {
+      this.files.discardStaging(staging);
+    }
+  }
+
+  /**
+   * Registers a carry-on package already on local disk (a finished training job's output) as
+   * the tenant's next version, through the same checks as an upload. The files are copied in.
+   */
+  async installPackage(ctx: AdminContext, tenant: string, graphPath: string, manifestPath: string): Promise<CarryOnVersionObject> {
+    managedTenant(ctx.principal, this.store.tenants, tenant);
+    const manifest = parseUploadedManifest(fs.readFileSync(manifestPath, 'utf8'));
+    if (manifest.tenant !== undefined && manifest.tenant !== tenant) {
+      throw new ApiError('invalid_value', `The manifest names tenant '${manifest.tenant}', but the package is for tenant '${tenant}'.`, { param: 'manifest.tenant' });
+    }
+    const bytes = fs.statSync(graphPath).size;
+    if (bytes > this.opts.maxGraphBytes) {
+      throw new ApiError('request_too_large', `A carry-on graph may be at most ${this.opts.maxGraphBytes} bytes.`, { param: GRAPH_PART });
+    }
+    // Staged like an upload (copied and fsynced): installing renames the staged file into place.
+    const staging = this.files.createStagingDir();
+    try {
+      const staged = this.files.stagedGraphPath(staging);
+      const data = fs.readFileSync(graphPath);
+      const fd = fs.openSync(staged, 'w');
+      try {
+        fs.writeSync(fd, data);
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      const sha256 = createHash('sha256').update(data).digest('hex');
+      return await this.install(ctx, tenant, manifest, { graphPath: staged, sha256, bytes }, 'carry_on.train');
+    } finally {
+      this.files.discardStaging(staging);
+    }
+  }
+
+  /**
+   * The manifest against the served base and the bytes, the graph checked and test-run off the
+   * main thread, then its blob installed and recorded under the next version number. Any failure
+   * leaves nothing behind.
+   */
+  private async install(
+    ctx: AdminContext,
+    tenant: string,
+    manifest: UploadManifest,
+    graph: { graphPath: string; sha256: string; bytes: number },
+    action: 'carry_on.upload' | 'carry_on.train',
+  ): Promise<CarryOnVersionObject> {
+    const base = this.opts.baseModel();
+    checkAgainstBase(manifest, base);
+    checkDigest(manifest, graph.sha256);
+    const check = await checkCarryOnGraph(
+      { graphPath: graph.graphPath, manifest: storedManifest(manifest, 1), vocabSize: base.vocabSize },
+      this.opts.checkTimeoutMs,
+    );
+    if (!check.ok) throw new ApiError('invalid_value', `The carry-on graph was refused: ${check.problem}.`, { param: GRAPH_PART });
+    let blob: string | null = null;
+    let recorded = false;
+    try {
       // The blob is made durable inside the write transaction, before the row that points at it.
       const record = this.store.carryOns.addVersion(tenant, manifest.id, (version) => {
         const stored = storedManifest(manifest, version);
-        blob = this.files.installGraph(received.graphPath, received.sha256, received.bytes);
-        return { graphPath: blob, manifest: stored, sha256: received.sha256, bytes: received.bytes };
+        blob = this.files.installGraph(graph.graphPath, graph.sha256, graph.bytes);
+        return { graphPath: blob, manifest: stored, sha256: graph.sha256, bytes: graph.bytes };
       });
-      if (!record) throw new ApiError('not_found', `The tenant '${tenant}' was deleted during the upload.`, { param: 'tenant' });
+      if (!record) throw new ApiError('not_found', `The tenant '${tenant}' was deleted meanwhile.`, { param: 'tenant' });
       recorded = true;
-      audit(ctx, { action: 'carry_on.upload', tenant, target: `${record.carryOnId}@${record.version}` });
+      audit(ctx, { action, tenant, target: `${record.carryOnId}@${record.version}` });
       return view.carryOnVersion(tenant, record.carryOnId, record);
     } finally {
-      this.files.discardStaging(staging);
       // The row did not commit: a blob installed for it goes too, unless another version shares it.
       if (blob !== null && !recorded) this.removeFiles(ctx, [blob]);
     }

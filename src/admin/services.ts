@@ -6,12 +6,14 @@ import { CarryOnFiles } from './carry-on-files.js';
 import { HarvestAdmin } from './harvest-admin.js';
 import { KeyAdmin } from './key-admin.js';
 import { TenantAdmin } from './tenant-admin.js';
+import { TrainingJobs, type TrainingJobsOptions } from '../training/jobs.js';
 
 export interface AdminServices {
   tenants: TenantAdmin;
   keys: KeyAdmin;
   carryOns: CarryOnAdmin;
   harvest: HarvestAdmin;
+  training: TrainingJobs;
 }
 
 export interface AdminOptions {
@@ -23,6 +25,7 @@ export interface AdminOptions {
   checkTimeoutMs: number;
   /** Harvested shards; deleting a tenant forgets its harvest data through it. */
   harvest: HarvestService;
+  training: Omit<TrainingJobsOptions, 'dataDir'>;
 }
 
 /** The admin API's logic, wired to the store; the plugins under plugins/admin only route to it. */
@@ -30,10 +33,12 @@ export function createAdminServices(store: Store, opts: AdminOptions): AdminServ
   const files = new CarryOnFiles(opts.dataDir, store.carryOns);
   // What a crash mid-upload can leave: staging folders, and a blob whose row never committed.
   files.sweepAtStart();
+  const carryOns = new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxGraphBytes: opts.maxCarryOnBytes, checkTimeoutMs: opts.checkTimeoutMs });
   return {
     tenants: new TenantAdmin(store, files, opts.harvest),
     keys: new KeyAdmin(store),
-    carryOns: new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxGraphBytes: opts.maxCarryOnBytes, checkTimeoutMs: opts.checkTimeoutMs }),
+    carryOns,
     harvest: new HarvestAdmin(store, opts.harvest),
+    training: new TrainingJobs(store, opts.harvest, carryOns, { dataDir: opts.dataDir, ...opts.training }),
   };
 }

@@ -15,8 +15,10 @@ export interface KvGeometry {
  * batch is a contiguous sub-array, fed as past and bound as present), so whoever owns the slot
  * order keeps the rows it batches at the front and moves slots instead of gathering them.
  *
- * Nothing here is copied per step: ONNX Runtime writes each step's keys into these buffers. Copies
- * happen only when a slot moves (a sequence ends or finishes its prefill) or the pool grows.
+ * No JavaScript copy happens per step: ONNX Runtime writes each step's keys into these buffers.
+ * JavaScript copies only when a slot moves (a sequence ends or finishes its prefill) or the pool
+ * grows. (onnxruntime-node 1.30 cannot alias a CPU output to an input, so ORT itself still writes
+ * the bound rows' whole buffers once per step: keep the capacity tight.)
  */
 export class KvPool {
   private keys: Float32Array[] = [];

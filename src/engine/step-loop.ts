@@ -46,8 +46,8 @@ interface HeadRow {
  * The engine's heart: continuous batching over the live sequences. Each step runs
  *   1. one batched body pass over every decoding sequence (one new token each, each at its own
  *      length, KV appended in place in the shared pool),
- *   2. one prefill chunk for each sequence still reading its prompt, so a long prompt never stalls
- *      the others for more than a chunk,
+ *   2. prompt chunks within a per-step token budget, shortest prompt first (see planPrefill), so a
+ *      long prompt never stalls the others for more than a chunk,
  *   3. the carry-ons, grouped by carry-on, over just their sequences' new tokens,
  *   4. one batched LM-head call over every row that samples, then sampling.
  * Sequences join, leave, get cancelled or hit their limits only between steps. This class is the
@@ -189,11 +189,13 @@ export class StepLoop {
     return Math.max(1, Math.floor(this.options.kvBudgetBytes / (capacity * this.pool.bytesPerPosition)));
   }
 
-  /** Capacity grows in doublings (from 64), never past the context length. */
+  /**
+   * Capacity follows the longest row in steps of 64 positions (never past the context): ORT writes
+   * the whole pool once per step (see kv-pool.ts), so spare capacity costs on every step, while a
+   * regrowth (one copy of the pool) comes only every 64 tokens.
+   */
   private roundCapacity(positions: number): number {
-    let c = Math.max(64, this.pool.capacity);
-    while (c < positions) c *= 2;
-    return Math.min(c, this.contextLength);
+    return Math.min(Math.max(this.pool.capacity, Math.ceil(positions / 64) * 64), this.contextLength);
   }
 
   private async step(): Promise<void> {
@@ -203,10 +205,11 @@ export class StepLoop {
 
     const decoders = this.rows.slice(0, this.decoding);
     const prefillers = this.rows.slice(this.decoding);
+    const plan = this.planPrefill(prefillers);
     const longest = Math.max(
       0,
       ...decoders.map((s) => this.pool.length(s.slot) + 1),
-      ...prefillers.map((s) => this.pool.length(s.slot) + Math.min(s.pending.length, this.options.prefillChunk)),
+      ...[...plan].map(([s, n]) => this.pool.length(s.slot) + n),
     );
     if (longest > this.pool.capacity) this.pool.ensure(this.pool.slots, this.roundCapacity(longest));
 
@@ -227,9 +230,9 @@ export class StepLoop {
       }
     }
 
-    for (const seq of prefillers) {
+    for (const [seq, take] of plan) {
       try {
-        const feed = seq.pending.splice(0, this.options.prefillChunk);
+        const feed = seq.pending.splice(0, take);
         const body = await this.runner.forwardRows(this.pool, seq.slot, 1, feed);
         const x = await this.compose(seq, feed, body, feed.length - 1);
         if (seq.pending.length === 0) heads.push({ seq, x });
@@ -266,7 +269,29 @@ export class StepLoop {
     for (const seq of prefillers) {
       if (seq.slot >= this.decoding && seq.pending.length === 0 && this.rows[seq.slot] === seq) this.promote(seq);
     }
-    if (events.length > 0) this.emit(events, { decodeRows: decoders.length, prefillRows: prefillers.length, kvBytes: this.pool.bytes });
+    if (events.length > 0) this.emit(events, { decodeRows: decoders.length, prefillRows: plan.size, kvBytes: this.pool.bytes });
+  }
+
+  /**
+   * This step's prompt tokens: a budget of `prefillChunk` tokens, shortest prompt first, so a short
+   * prompt arriving behind a long one is read in one step instead of waiting for every chunk of
+   * the long one. The oldest prefilling sequence always gets a quarter of the budget, so a stream
+   * of short prompts cannot starve a long one.
+   */
+  private planPrefill(prefillers: LiveSequence[]): Map<LiveSequence, number> {
+    const plan = new Map<LiveSequence, number>();
+    if (prefillers.length === 0) return plan;
+    let budget = this.options.prefillChunk;
+    const oldest = prefillers[0];
+    const reserved = Math.min(oldest.pending.length, Math.max(1, Math.floor(budget / 4)));
+    budget -= reserved;
+    for (const seq of [...prefillers].sort((a, b) => a.pending.length - b.pending.length)) {
+      const extra = seq === oldest ? reserved : 0;
+      const take = Math.min(seq.pending.length - extra, budget);
+      if (take + extra > 0) plan.set(seq, take + extra);
+      budget -= Math.max(0, take);
+    }
+    return plan;
   }
 
   private sample(seq: LiveSequence, logits: Float32Array): TokenEvent {

@@ -25,6 +25,7 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
     ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN),
     carryOn,
     harvest: harvestFor(caller, optOut || body.carry_on_harvest === false, id),
+    tenant: caller.tenantId,
     signal,
     onFinish: (usage) => gw.rateLimiter?.charge(caller.keyId, usage.total_tokens),
   });

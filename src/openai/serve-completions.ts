@@ -25,6 +25,7 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
     ...samplingFrom(body, wantLogprobs ? (body.logprobs ?? 0) : -1, gw.limits.maxN),
     carryOn,
     harvest: harvestFor(caller, optOut || body.carry_on_harvest === false, id),
+    tenant: caller.tenantId,
     signal,
     onFinish: (usage) => gw.rateLimiter?.charge(caller.keyId, usage.total_tokens),
   });

@@ -28,7 +28,7 @@ export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, calle
     }
     if (ids.some((t) => t >= m.tokenizer.vocabSize)) throw new ApiError('invalid_value', `Input ${i} has a token id outside the vocabulary.`, { param: 'input' });
   });
-  const release = await gw.scheduler.acquire(1, signal);
+  const release = await gw.scheduler.acquire(1, signal, caller.tenantId);
   let vectors: Float32Array[];
   try {
     vectors = await m.engine.embed(inputs);
