@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreatedApiKeyObject } from '../src/admin/protocol.js';
 import { api } from './helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from './helpers/gateway.js';
-import { REPO_ROOT, SHARED } from './helpers/paths.js';
+import { gsm8kTrainProblems } from './helpers/gsm8k.js';
+import { REPO_ROOT } from './helpers/paths.js';
 
 /**
  * The whole loop with the real gateway and the real trainer: live traffic is harvested (a key with
@@ -63,13 +64,7 @@ describe.skipIf(!python)('trainer end to end: harvest → train → upload → s
     const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: tenantKey, maxRetries: 0 });
 
     // 1. Live traffic: GSM8K problems (text the TinyStories base has never seen) as prompts.
-    const problems = fs
-      .readFileSync(path.join(SHARED, 'data/gsm8k/train.jsonl'), 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as { question: string; answer: string })
-      .filter((p) => p.question.length + p.answer.length < 900) // within stories260K's 512-token context
-      .slice(0, 48);
+    const problems = gsm8kTrainProblems(48);
     for (const p of problems) {
       await client.completions.create({ model: 'stories260K', prompt: `${p.question}\n${p.answer}`, max_tokens: 4, temperature: 0 });
     }

@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreatedApiKeyObject, TrainingJobObject } from '../src/admin/protocol.js';
 import { api } from './helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from './helpers/gateway.js';
-import { REPO_ROOT, SHARED } from './helpers/paths.js';
+import { gsm8kTrainProblems } from './helpers/gsm8k.js';
+import { REPO_ROOT } from './helpers/paths.js';
 
 /**
  * The single-machine loop through the admin API: harvested traffic → POST /admin/training-jobs →
@@ -45,13 +46,7 @@ describe.skipIf(!hasTorch)('admin training jobs', () => {
     const key = await api<CreatedApiKeyObject>(gw, 'POST', '/admin/keys', ADMIN_KEY, { tenant: 't1', harvest: { sample_rate: 1 } });
     tenantKey = key.json.key;
     const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: tenantKey, maxRetries: 0 });
-    const problems = fs
-      .readFileSync(path.join(SHARED, 'data/gsm8k/train.jsonl'), 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as { question: string; answer: string })
-      .filter((p) => p.question.length + p.answer.length < 900)
-      .slice(0, 40);
+    const problems = gsm8kTrainProblems(40);
     for (const p of problems) await client.completions.create({ model: 'stories260K', prompt: `${p.question}\n${p.answer}`, max_tokens: 2, temperature: 0 });
     await gw.harvest.flush();
   });
