@@ -136,8 +136,8 @@ describe('continuous batching', () => {
 
   it('queues sequences in the engine when the KV budget is small, and still serves them all exactly', async () => {
     const jobs = makeJobs(8);
-    // Room for two 64-position slots of stories260K (5 layers × K,V × 4 heads × 16 dims × 4 B).
-    const { engine, registry } = await startEngine(2 * 64 * 5 * 2 * 4 * 16 * 4);
+    // Room for two 64-position slots of stories260K (5 layers × K,V × 4 KV heads × 8 dims × 4 B).
+    const { engine, registry } = await startEngine(2 * 64 * 5 * 2 * 4 * 8 * 4);
     try {
       const out = await Promise.all(jobs.map((job) => run(engine, registry, job)));
       expect(engine.maxDecodeRows).toBeGreaterThan(0);

@@ -9,16 +9,16 @@ export interface KvGeometry {
 }
 
 /**
- * The base's attention cache for many sequences, in the layout the fused body reads and writes in
- * place: per layer, one key and one value buffer [slots, kv_heads, capacity, head_dim]. A sequence
- * owns a slot; its positions 0..length-1 are valid. Rows run together must be adjacent slots (a
- * batch is a contiguous sub-array, fed as past and bound as present), so whoever owns the slot
- * order keeps the rows it batches at the front and moves slots instead of gathering them.
+ * The base's attention cache for many sequences, in the layout the pooled body reads in place: per
+ * layer, one key and one value buffer [slots, kv_heads, capacity, head_dim]. A sequence owns a
+ * slot; its positions 0..length-1 are valid. Rows run together must be adjacent slots (a batch is a
+ * contiguous sub-array fed as the past), so whoever owns the slot order keeps the rows it batches at
+ * the front and moves slots instead of gathering them.
  *
- * No JavaScript copy happens per step: ONNX Runtime writes each step's keys into these buffers.
- * JavaScript copies only when a slot moves (a sequence ends or finishes its prefill) or the pool
- * grows. (onnxruntime-node 1.30 cannot alias a CPU output to an input, so ORT itself still writes
- * the bound rows' whole buffers once per step: keep the capacity tight.)
+ * ONNX Runtime only reads these buffers (graph inputs are not copied); each step's new keys and
+ * values come back as small outputs and are appended here, a few hundred bytes per row and layer.
+ * Whole-slot copies happen only when a slot moves (a sequence ends or finishes its prefill) or the
+ * pool grows.
  */
 export class KvPool {
   private keys: Float32Array[] = [];
@@ -131,25 +131,39 @@ export class KvPool {
     this.lengths[b] = la;
   }
 
-  /**
-   * Past inputs and present outputs for rows first..first+count-1: the same memory, so the body
-   * appends in place. Returned as feeds and fetches for `session.run`.
-   */
-  bind(first: number, count: number): { feeds: Record<string, ort.Tensor>; fetches: Record<string, ort.Tensor> } {
+  /** Past inputs for rows first..first+count-1: views of the pool, which the body reads in place. */
+  bind(first: number, count: number): Record<string, ort.Tensor> {
     if (first + count > this.slotCount) throw new Error(`KV rows ${first}..${first + count - 1} beyond ${this.slotCount} slots`);
     const { kvHeads, headDim } = this.geometry;
     const per = kvHeads * this.cap * headDim;
     const dims = [count, kvHeads, this.cap, headDim];
     const view = (buf: Float32Array) => new ort.Tensor('float32', buf.subarray(first * per, (first + count) * per), dims);
     const feeds: Record<string, ort.Tensor> = {};
-    const fetches: Record<string, ort.Tensor> = {};
     for (let i = 0; i < this.geometry.layers; i++) {
       feeds[TensorNames.pastKey(i)] = view(this.keys[i]);
       feeds[TensorNames.pastValue(i)] = view(this.values[i]);
-      fetches[TensorNames.presentKey(i)] = view(this.keys[i]);
-      fetches[TensorNames.presentValue(i)] = view(this.values[i]);
     }
-    return { feeds, fetches };
+    return feeds;
+  }
+
+  /**
+   * Appends one call's keys and values for `layer`: `newKeys`/`newValues` are [count, kv_heads, n,
+   * head_dim] for rows first..first+count-1, written at each row's current length. Lengths are
+   * advanced separately (`setLength`), once every layer is written.
+   */
+  append(layer: number, first: number, count: number, n: number, newKeys: Float32Array, newValues: Float32Array): void {
+    const { kvHeads, headDim } = this.geometry;
+    const chunk = n * headDim;
+    for (let r = 0; r < count; r++) {
+      const at = this.lengths[first + r] * headDim;
+      if (this.lengths[first + r] + n > this.cap) throw new Error(`KV slot ${first + r} holds ${this.cap} positions; ${this.lengths[first + r] + n} needed`);
+      for (let h = 0; h < kvHeads; h++) {
+        const from = (r * kvHeads + h) * chunk;
+        const to = this.offset(first + r, h) + at;
+        this.keys[layer].set(newKeys.subarray(from, from + chunk), to);
+        this.values[layer].set(newValues.subarray(from, from + chunk), to);
+      }
+    }
   }
 
   private offset(slot: number, head: number): number {

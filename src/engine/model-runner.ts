@@ -5,7 +5,6 @@ import * as ort from 'onnxruntime-node';
 import { TensorNames } from '../model/tensor-names.js';
 import { PACKAGE_FILES, readManifest, readModelConfig } from '../model/package-files.js';
 import type { LlamaConfig } from '../model/types.js';
-import { fusedHeadDim } from '../model/onnx-graph.js';
 import { KvPool, type KvGeometry } from './kv-pool.js';
 import type { EngineInit } from './protocol.js';
 
@@ -41,7 +40,7 @@ export class ModelRunner {
     /** Extra residual-stream layers the body outputs (from the package manifest). */
     readonly extraLayers: number[],
   ) {
-    this.kvGeometry = { layers: config.num_hidden_layers, kvHeads: config.num_key_value_heads, headDim: fusedHeadDim(config.head_dim) };
+    this.kvGeometry = { layers: config.num_hidden_layers, kvHeads: config.num_key_value_heads, headDim: config.head_dim };
   }
 
   static async create(init: Pick<EngineInit, 'modelDir' | 'provider' | 'threads'> & Partial<EngineInit>): Promise<ModelRunner> {
@@ -80,22 +79,23 @@ export class ModelRunner {
   async forwardRows(pool: KvPool, first: number, rows: number, ids: number[]): Promise<BodyResult> {
     const n = ids.length / rows;
     if (!Number.isInteger(n) || n < 1) throw new Error(`cannot split ${ids.length} tokens into ${rows} rows`);
-    const seqlens = new Int32Array(rows);
-    let total = 0;
+    const past = new BigInt64Array(rows);
+    const positions = new BigInt64Array(ids.length);
     for (let r = 0; r < rows; r++) {
-      const after = pool.length(first + r) + n;
-      if (after > pool.capacity) throw new Error(`KV slot ${first + r} holds ${pool.capacity} positions; ${after} needed`);
-      seqlens[r] = after - 1;
-      total = Math.max(total, after);
+      const len = pool.length(first + r);
+      if (len + n > pool.capacity) throw new Error(`KV slot ${first + r} holds ${pool.capacity} positions; ${len + n} needed`);
+      past[r] = BigInt(len);
+      for (let i = 0; i < n; i++) positions[r * n + i] = BigInt(len + i);
     }
-    const { feeds, fetches } = pool.bind(first, rows);
+    const feeds = pool.bind(first, rows);
     feeds[TensorNames.inputIds] = new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [rows, n]);
-    feeds[TensorNames.seqlensK] = new ort.Tensor('int32', seqlens, [rows]);
-    feeds[TensorNames.totalSequenceLength] = new ort.Tensor('int32', Int32Array.from([total]), []);
-    const outputs: Record<string, ort.Tensor | null> = { ...fetches, [TensorNames.hiddenStates]: null };
-    for (const k of this.extraLayers) outputs[TensorNames.layerHidden(k)] = null;
-    const out = await this.body.run(feeds, outputs);
-    for (let r = 0; r < rows; r++) pool.setLength(first + r, seqlens[r] + 1);
+    feeds[TensorNames.positionIds] = new ort.Tensor('int64', positions, [rows, n]);
+    feeds[TensorNames.pastLengths] = new ort.Tensor('int64', past, [rows]);
+    const out = await this.body.run(feeds);
+    for (let i = 0; i < this.config.num_hidden_layers; i++) {
+      pool.append(i, first, rows, n, out[TensorNames.newKey(i)].data as Float32Array, out[TensorNames.newValue(i)].data as Float32Array);
+    }
+    for (let r = 0; r < rows; r++) pool.setLength(first + r, Number(past[r]) + n);
     const layers = new Map<number, Float32Array>();
     for (const k of this.extraLayers) layers.set(k, out[TensorNames.layerHidden(k)].data as Float32Array);
     return { hidden: out[TensorNames.hiddenStates].data as Float32Array, layers };

@@ -45,7 +45,7 @@ interface HeadRow {
 /**
  * The engine's heart: continuous batching over the live sequences. Each step runs
  *   1. one batched body pass over every decoding sequence (one new token each, each at its own
- *      length, KV appended in place in the shared pool),
+ *      length, reading the shared KV pool in place; the new keys and values are appended to it),
  *   2. prompt chunks within a per-step token budget, shortest prompt first (see planPrefill), so a
  *      long prompt never stalls the others for more than a chunk,
  *   3. the carry-ons, grouped by carry-on, over just their sequences' new tokens,
@@ -190,9 +190,9 @@ export class StepLoop {
   }
 
   /**
-   * Capacity follows the longest row in steps of 64 positions (never past the context): ORT writes
-   * the whole pool once per step (see kv-pool.ts), so spare capacity costs on every step, while a
-   * regrowth (one copy of the pool) comes only every 64 tokens.
+   * Capacity follows the longest row in steps of 64 positions (never past the context): the body
+   * reads every row up to the capacity (masked), so spare capacity costs reads on every step, while
+   * a regrowth (one copy of the pool) comes only every 64 tokens.
    */
   private roundCapacity(positions: number): number {
     return Math.min(Math.max(this.pool.capacity, Math.ceil(positions / 64) * 64), this.contextLength);

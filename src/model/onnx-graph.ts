@@ -70,10 +70,11 @@ export const DIM_BATCH = 'batch';
 export const DIM_SEQUENCE = 'sequence';
 export const DIM_PAST_SEQUENCE = 'past_sequence';
 export const DIM_TOTAL_SEQUENCE = 'total_sequence';
-/** The fused body's KV buffers: rows are slots of this many positions, past and present alike. */
+/** The pooled body's KV buffers: every row is a slot of this many positions. */
 export const DIM_KV_CAPACITY = 'kv_capacity';
-export const SEQLENS_K = TensorNames.seqlensK;
-export const TOTAL_SEQUENCE_LENGTH = TensorNames.totalSequenceLength;
+export const PAST_LENGTHS = TensorNames.pastLengths;
+export const newKeyName = TensorNames.newKey;
+export const newValueName = TensorNames.newValue;
 
 /**
  * ai.onnx 17: ReduceMean still takes `axes` as an attribute here (it became an input in 18), so
@@ -92,11 +93,13 @@ export const MODEL_OPTIONS: ModelOptions = {
 
 export interface BodyModelOptions {
   /**
-   * 'fused' (the package default): GroupQueryAttention over preallocated KV slots, inputs
-   * `seqlens_k`/`total_sequence_length`. 'reference': standard ops only, `position_ids` and
-   * `attention_mask` inputs, growing KV tensors; kept as the readable specification and parity check.
+   * 'pooled' (the package default): attention reads each row's keys and values from a KV pool
+   * `[batch, kv_heads, kv_capacity, head_dim]` up to the row's `past_lengths`, and outputs only
+   * this call's keys and values (`new.{i}.*`) for the caller to write into the pool. 'reference':
+   * `attention_mask` and growing KV tensors (past concatenated into present); kept as the readable
+   * specification and for parity checks.
    */
-  attention?: 'fused' | 'reference';
+  attention?: 'pooled' | 'reference';
   /** MatMulNBits accuracy_level for Q4_0 matrices (4 = int8 activations, 1 = fp32). Default 4. */
   accuracyLevel?: number;
   /** Layers whose residual-stream output is also exposed as `hidden_states.layer.{k}`. */
@@ -131,17 +134,17 @@ export function buildBodyModel(weights: LlamaWeights, opts: BodyModelOptions = {
   const accuracyLevel = opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL;
   const extra = validateExtraLayers(opts.extraLayerOutputs ?? [], cfg.num_hidden_layers);
 
-  const fused = (opts.attention ?? 'fused') === 'fused';
+  const pooled = (opts.attention ?? 'pooled') === 'pooled';
   const g = new GraphBuilder('llama_body');
-  declareBodyInputs(g, cfg, fused);
-  const shared = fused ? buildFusedSharedTensors(g, cfg) : buildSharedTensors(g, cfg, { sequence: INPUT_IDS, pastKey: pastKeyName(0) });
+  declareBodyInputs(g, cfg, pooled);
+  const shared = pooled ? buildPooledSharedTensors(g, cfg) : buildSharedTensors(g, cfg, { sequence: INPUT_IDS, pastKey: pastKeyName(0) });
 
   const embed = g.initializer('model.embed_tokens.weight', weights.tokEmbeddings, [cfg.vocab_size, cfg.hidden_size]);
   let x = g.op('Gather', [embed, INPUT_IDS], { axis: attr.int(0) });
 
   weights.layers.forEach((layer, i) => {
     g.scope = `model.layers.${i}`;
-    x = decoderBlock(g, x, layer, cfg, shared, bodyBlockNames(i), accuracyLevel);
+    x = decoderBlock(g, x, layer, cfg, shared, bodyBlockNames(i, pooled), accuracyLevel);
     if (extra.has(i)) {
       g.op('Identity', [x], undefined, layerHiddenStatesName(i));
       g.output(layerHiddenStatesName(i), DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, cfg.hidden_size]);
@@ -153,7 +156,7 @@ export function buildBodyModel(weights: LlamaWeights, opts: BodyModelOptions = {
   rmsNorm(g, x, normW, cfg.rms_norm_eps, HIDDEN_STATES);
   g.output(HIDDEN_STATES, DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, cfg.hidden_size]);
 
-  declarePresentOutputs(g, cfg, fused);
+  declarePresentOutputs(g, cfg, pooled);
   return g.serialize({ ...MODEL_OPTIONS, docString: 'Llama body: embeddings .. final RMSNorm' });
 }
 
@@ -192,31 +195,23 @@ function gemmHead(g: GraphBuilder, hidden: string, m: Matrix & { kind: 'f32' }, 
 // ---------------------------------------------------------------------------------------------
 // Graph I/O
 
-function declareBodyInputs(g: GraphBuilder, cfg: LlamaConfig, fused: boolean): void {
+function declareBodyInputs(g: GraphBuilder, cfg: LlamaConfig, pooled: boolean): void {
   g.input(INPUT_IDS, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
-  if (fused) {
-    g.input(SEQLENS_K, DataType.INT32, [DIM_BATCH]);
-    g.input(TOTAL_SEQUENCE_LENGTH, DataType.INT32, []);
-  } else {
-    g.input(POSITION_IDS, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
-    g.input(ATTENTION_MASK, DataType.INT64, [DIM_BATCH, DIM_TOTAL_SEQUENCE]);
-  }
-  const kvShape: Dim[] = fused
-    ? [DIM_BATCH, cfg.num_key_value_heads, DIM_KV_CAPACITY, fusedHeadDim(cfg.head_dim)]
-    : [DIM_BATCH, cfg.num_key_value_heads, DIM_PAST_SEQUENCE, cfg.head_dim];
+  g.input(POSITION_IDS, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
+  if (pooled) g.input(PAST_LENGTHS, DataType.INT64, [DIM_BATCH]);
+  else g.input(ATTENTION_MASK, DataType.INT64, [DIM_BATCH, DIM_TOTAL_SEQUENCE]);
+  const kvShape: Dim[] = [DIM_BATCH, cfg.num_key_value_heads, pooled ? DIM_KV_CAPACITY : DIM_PAST_SEQUENCE, cfg.head_dim];
   for (let i = 0; i < cfg.num_hidden_layers; i++) {
     g.input(pastKeyName(i), DataType.FLOAT, kvShape);
     g.input(pastValueName(i), DataType.FLOAT, kvShape);
   }
 }
 
-function declarePresentOutputs(g: GraphBuilder, cfg: LlamaConfig, fused: boolean): void {
-  const kvShape: Dim[] = fused
-    ? [DIM_BATCH, cfg.num_key_value_heads, DIM_KV_CAPACITY, fusedHeadDim(cfg.head_dim)]
-    : [DIM_BATCH, cfg.num_key_value_heads, DIM_TOTAL_SEQUENCE, cfg.head_dim];
+function declarePresentOutputs(g: GraphBuilder, cfg: LlamaConfig, pooled: boolean): void {
+  const kvShape: Dim[] = [DIM_BATCH, cfg.num_key_value_heads, pooled ? DIM_SEQUENCE : DIM_TOTAL_SEQUENCE, cfg.head_dim];
   for (let i = 0; i < cfg.num_hidden_layers; i++) {
-    g.output(presentKeyName(i), DataType.FLOAT, kvShape);
-    g.output(presentValueName(i), DataType.FLOAT, kvShape);
+    g.output(pooled ? newKeyName(i) : presentKeyName(i), DataType.FLOAT, kvShape);
+    g.output(pooled ? newValueName(i) : presentValueName(i), DataType.FLOAT, kvShape);
   }
 }
 
@@ -248,30 +243,31 @@ export interface BlockNames {
   presentValue: string;
 }
 
-function bodyBlockNames(i: number): BlockNames {
+function bodyBlockNames(i: number, pooled: boolean): BlockNames {
   return {
     prefix: `model.layers.${i}`,
     pastKey: pastKeyName(i),
     pastValue: pastValueName(i),
-    presentKey: presentKeyName(i),
-    presentValue: presentValueName(i),
+    presentKey: pooled ? newKeyName(i) : presentKeyName(i),
+    presentValue: pooled ? newValueName(i) : presentValueName(i),
   };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Tensors computed once and shared by every layer
 
-export type SharedTensors = ReferenceSharedTensors | FusedSharedTensors;
+export type SharedTensors = ReferenceSharedTensors | PooledSharedTensors;
 
-/**
- * For ORT's fused GroupQueryAttention: per-layer RoPE, masking and the KV-cache write happen
- * inside the op, which needs only the rotation tables and each row's lengths.
- */
-export interface FusedSharedTensors {
-  kind: 'fused';
-  /** [max_position_embeddings, head_dim/2] */
-  cosCache: string;
-  sinCache: string;
+/** The pooled body's: RoPE per token as in the reference, and the two masks its attention needs. */
+export interface PooledSharedTensors {
+  kind: 'pooled';
+  cos: string;
+  sin: string;
+  /** bool [batch, 1, 1, kv_capacity]: key t of the pool is row b's past (t < past_lengths[b]). */
+  pastAllowed: string;
+  /** bool [group * sequence, sequence]: causal among this call's tokens, per query-head group. */
+  newAllowed: string;
+  scoreScale: string;
 }
 
 export interface ReferenceSharedTensors {
@@ -290,6 +286,15 @@ export interface ReferenceSharedTensors {
  * causal+padding mask. Leaves `g.scope` at ''.
  */
 export function buildSharedTensors(g: GraphBuilder, cfg: BlockGeometry, sources: MaskSources): SharedTensors {
+  const { cos, sin } = ropeForPositions(g, cfg);
+  g.scope = 'mask';
+  const allowed = attentionMask(g, sources);
+  g.scope = '';
+  return { kind: 'reference', cos, sin, allowed, scoreScale: g.constF32([Math.sqrt(cfg.head_dim)], []) };
+}
+
+/** cos/sin tables gathered at `position_ids`, [batch, sequence, 1, head_dim/2, 1]. */
+function ropeForPositions(g: GraphBuilder, cfg: BlockGeometry): { cos: string; sin: string } {
   g.scope = 'rope';
   const { cos, sin } = ropeTables(cfg);
   const half = cfg.head_dim / 2;
@@ -298,29 +303,30 @@ export function buildSharedTensors(g: GraphBuilder, cfg: BlockGeometry, sources:
     const gathered = g.op('Gather', [table, POSITION_IDS], { axis: attr.int(0) });
     return g.op('Reshape', [gathered, g.constI64([0, 0, 1, half, 1])]);
   };
-  const cosT = perToken(g.initializer('rope.cos_cached', cos, tableDims));
-  const sinT = perToken(g.initializer('rope.sin_cached', sin, tableDims));
-
-  g.scope = 'mask';
-  const allowed = attentionMask(g, sources);
+  const out = { cos: perToken(g.initializer('rope.cos_cached', cos, tableDims)), sin: perToken(g.initializer('rope.sin_cached', sin, tableDims)) };
   g.scope = '';
-  return { kind: 'reference', cos: cosT, sin: sinT, allowed, scoreScale: g.constF32([Math.sqrt(cfg.head_dim)], []) };
+  return out;
 }
 
-/** The rotation tables GroupQueryAttention reads, shared by every layer. */
-function buildFusedSharedTensors(g: GraphBuilder, cfg: BlockGeometry): FusedSharedTensors {
-  const real = ropeTables(cfg);
-  const half = cfg.head_dim / 2;
-  const paddedHalf = fusedHeadDim(cfg.head_dim) / 2;
-  // Padded pairs are zeros; cos 1, sin 0 keeps them so.
-  const cos = new Float32Array(cfg.max_position_embeddings * paddedHalf).fill(1);
-  const sin = new Float32Array(cfg.max_position_embeddings * paddedHalf);
-  for (let p = 0; p < cfg.max_position_embeddings; p++) {
-    cos.set(real.cos.subarray(p * half, (p + 1) * half), p * paddedHalf);
-    sin.set(real.sin.subarray(p * half, (p + 1) * half), p * paddedHalf);
-  }
-  const dims = [cfg.max_position_embeddings, paddedHalf];
-  return { kind: 'fused', cosCache: g.initializer('rope.cos_cache', cos, dims), sinCache: g.initializer('rope.sin_cache', sin, dims) };
+/** RoPE as the reference, and masks over the pool (by `past_lengths`) and over this call's tokens. */
+function buildPooledSharedTensors(g: GraphBuilder, cfg: BlockGeometry): PooledSharedTensors {
+  const { cos, sin } = ropeForPositions(g, cfg);
+  g.scope = 'mask';
+  const scalar = (t: string): string => g.op('Squeeze', [t, g.constI64([0])]);
+  const zero = g.constI64([0], []);
+  const one = g.constI64([1], []);
+  const capacity = scalar(g.op('Shape', [pastKeyName(0)], { start: attr.int(2), end: attr.int(3) }));
+  const keyIdx = g.op('Range', [zero, capacity, one]); // [C]
+  const lengths = g.op('Unsqueeze', [PAST_LENGTHS, g.constI64([1])]); // [B, 1]
+  const past = g.op('Less', [keyIdx, lengths]); // [B, C]
+  const pastAllowed = g.op('Unsqueeze', [past, g.constI64([1, 2])]); // [B, 1, 1, C]
+  const seqLen = g.op('Shape', [INPUT_IDS], { start: attr.int(1), end: attr.int(2) });
+  const idx = g.op('Range', [zero, scalar(seqLen), one]);
+  const causal = g.op('LessOrEqual', [idx, g.op('Unsqueeze', [idx, g.constI64([1])])]); // [S(query), S(key)]
+  const group = cfg.num_attention_heads / cfg.num_key_value_heads;
+  const newAllowed = g.op('Tile', [causal, g.constI64([group, 1])]); // [G*S, S], rows g-major
+  g.scope = '';
+  return { kind: 'pooled', cos, sin, pastAllowed, newAllowed, scoreScale: g.constF32([Math.sqrt(cfg.head_dim)], []) };
 }
 
 /**
@@ -387,8 +393,8 @@ export function decoderBlock(
   const attnNorm = g.initializer(`${p}.input_layernorm.weight`, layer.attnNorm);
   const h = rmsNorm(g, x, attnNorm, cfg.rms_norm_eps);
   const attn =
-    shared.kind === 'fused'
-      ? fusedAttention(g, h, layer, cfg, shared, names, linear)
+    shared.kind === 'pooled'
+      ? pooledAttention(g, h, layer, cfg, shared, names, linear)
       : selfAttention(g, h, layer, cfg, shared, names, linear);
   x = g.op('Add', [x, linear(attn, layer.wo, 'self_attn.o_proj')]);
 
@@ -440,77 +446,61 @@ function selfAttention(
 }
 
 /**
- * The same attention through ORT's com.microsoft GroupQueryAttention: RoPE (adjacent pairs, our
- * float32 tables), causal softmax and the KV write in one kernel. Past and present are the same
- * preallocated buffer [batch, kv_heads, capacity, head_dim] when the caller binds them so: the
- * op appends the new keys in place at each row's own length (`seqlens_k`), so rows of different
- * lengths decode in one batch and nothing is copied back through JavaScript.
+ * The reference attention, reading the past from the KV pool in place: scores against the pool
+ * (masked beyond each row's `past_lengths`) and against this call's keys are softmaxed together,
+ * and the context is the two weighted sums added. Nothing is concatenated, so the pool is only
+ * read (a graph input is never copied); this call's keys (after RoPE) and values are outputs the
+ * caller appends to the pool. The query heads of one KV head are stacked (rows g·S + s) so each
+ * MatMul's batch dimensions [batch, kv_heads] match the pool's exactly.
  */
-function fusedAttention(
+function pooledAttention(
   g: GraphBuilder,
   h: string,
   layer: LlamaLayer,
   cfg: BlockGeometry,
-  shared: FusedSharedTensors,
+  shared: PooledSharedTensors,
   names: BlockNames,
   linear: (input: string, m: Matrix, name: string) => string,
 ): string {
-  const hd = cfg.head_dim;
-  const kvd = fusedHeadDim(hd);
-  const q = linear(h, padHeads(layer.wq, hd, kvd), 'self_attn.q_proj');
-  const k = linear(h, padHeads(layer.wk, hd, kvd), 'self_attn.k_proj');
-  const v = linear(h, padHeads(layer.wv, hd, kvd), 'self_attn.v_proj');
-  const [out] = g.node(
-    'GroupQueryAttention',
-    [q, k, v, names.pastKey, names.pastValue, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, shared.cosCache, shared.sinCache],
-    {
-      domain: 'com.microsoft',
-      attrs: {
-        num_heads: attr.int(cfg.num_attention_heads),
-        kv_num_heads: attr.int(cfg.num_key_value_heads),
-        do_rotary: attr.int(1),
-        rotary_interleaved: attr.int(1),
-        scale: attr.float(Math.fround(1 / Math.sqrt(cfg.head_dim))),
-      },
-      outputs: [`${names.prefix}.self_attn.gqa_out`, names.presentKey, names.presentValue],
-    },
-  );
-  if (kvd === hd) return out;
-  // Padded heads: the extra dims of q, k and v are zero, so scores are unchanged and the output's
-  // extra dims are zero; drop them before Wo.
-  const perHead = g.op('Reshape', [out, g.constI64([0, 0, cfg.num_attention_heads, kvd])]);
-  const real = g.op('Slice', [perHead, g.constI64([0]), g.constI64([hd]), g.constI64([3])]);
-  return g.op('Reshape', [real, g.constI64([0, 0, cfg.num_attention_heads * hd])]);
-}
+  const { num_attention_heads: nHeads, num_key_value_heads: nKv, head_dim: hd } = cfg;
+  const group = nHeads / nKv;
+  const rope = { cos: shared.cos, sin: shared.sin };
+  const q = applyRope(g, linear(h, layer.wq, 'self_attn.q_proj'), nHeads, hd, rope); // [B,S,H,hd]
+  const k = applyRope(g, linear(h, layer.wk, 'self_attn.k_proj'), nKv, hd, rope); // [B,S,KV,hd]
+  const v = g.op('Reshape', [linear(h, layer.wv, 'self_attn.v_proj'), g.constI64([0, 0, nKv, hd])]);
+  const headMajor = { perm: attr.ints([0, 2, 1, 3]) };
+  const kNew = g.op('Transpose', [k], headMajor, names.presentKey); // [B,KV,S,hd]
+  const vNew = g.op('Transpose', [v], headMajor, names.presentValue);
 
-/**
- * GroupQueryAttention's CPU kernel needs head_dim % 16 == 0 (stories260K's is 8): such heads are
- * zero-padded to the next multiple of 16, in the weights, so the graph gains no ops before the op.
- */
-export function fusedHeadDim(headDim: number): number {
-  return Math.ceil(headDim / 16) * 16;
-}
+  const qStacked = g.op('Reshape', [
+    g.op('Transpose', [g.op('Reshape', [q, g.constI64([0, 0, nKv, group, hd])])], { perm: attr.ints([0, 2, 3, 1, 4]) }),
+    g.constI64([0, 0, -1, hd]),
+  ]); // [B, KV, G*S, hd]
+  const scores = (keys: string, allowed: string): string => {
+    const [raw] = g.node('FusedMatMul', [qStacked, keys], { domain: 'com.microsoft', attrs: { transB: attr.int(1) } });
+    return g.op('Where', [allowed, g.op('Div', [raw, shared.scoreScale]), g.constF32([MASKED_SCORE], [])]);
+  };
+  const sPast = scores(names.pastKey, shared.pastAllowed); // [B, KV, G*S, C]
+  const sNew = scores(kNew, shared.newAllowed); // [B, KV, G*S, S]
+  const probs = g.op('Softmax', [g.op('Concat', [sPast, sNew], { axis: attr.int(-1) })], { axis: attr.int(-1) });
+  const widths = g.op('Concat', [
+    g.op('Shape', [sPast], { start: attr.int(3), end: attr.int(4) }),
+    g.op('Shape', [sNew], { start: attr.int(3), end: attr.int(4) }),
+  ], { axis: attr.int(0) });
+  const [pPast, pNew] = g.node('Split', [probs, widths], { attrs: { axis: attr.int(-1) }, numOutputs: 2 });
+  const context = g.op('Add', [g.op('MatMul', [pPast, names.pastValue]), g.op('MatMul', [pNew, vNew])]); // [B,KV,G*S,hd]
 
-/** Inserts zero output rows after each head's `hd` rows so every head spans `padded` rows. */
-function padHeads(m: Matrix, hd: number, padded: number): Matrix {
-  if (padded === hd) return m;
-  const heads = m.rows / hd;
-  const rowBytes = m.kind === 'f32' ? m.cols : (m.cols / Q4_BLOCK) * Q4_GGML_BLOCK_BYTES;
-  const src = m.data;
-  const dst = m.kind === 'f32' ? new Float32Array(heads * padded * m.cols) : new Uint8Array(heads * padded * rowBytes);
-  // A Q4_0 block of zero bytes has scale 0: it decodes to zeros.
-  for (let hIdx = 0; hIdx < heads; hIdx++) {
-    const from = hIdx * hd * rowBytes;
-    (dst as Float32Array).set((src as Float32Array).subarray(from, from + hd * rowBytes), hIdx * padded * rowBytes);
-  }
-  return { ...m, rows: heads * padded, data: dst } as Matrix;
+  const bySeq = g.op('Transpose', [g.op('Reshape', [context, g.constI64([0, 0, group, -1, hd])])], {
+    perm: attr.ints([0, 3, 1, 2, 4]),
+  }); // [B,S,KV,G,hd]
+  return g.op('Reshape', [bySeq, g.constI64([0, 0, nHeads * hd])]);
 }
 
 /**
  * Adjacent-pair RoPE on a projection [B, S, heads*hd] -> [B, S, heads, hd]: view as
  * [..., hd/2, 2], split each pair (a, b) and write (a cos - b sin, a sin + b cos).
  */
-function applyRope(g: GraphBuilder, proj: string, heads: number, hd: number, shared: ReferenceSharedTensors): string {
+function applyRope(g: GraphBuilder, proj: string, heads: number, hd: number, shared: { cos: string; sin: string }): string {
   const pairs = g.op('Reshape', [proj, g.constI64([0, 0, heads, hd / 2, 2])]);
   const [a, b] = g.node('Split', [pairs, g.constI64([1, 1])], { attrs: { axis: attr.int(-1) }, numOutputs: 2 });
   const mul = (x: string, y: string): string => g.op('Mul', [x, y]);

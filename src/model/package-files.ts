@@ -14,8 +14,8 @@ export const PACKAGE_FILES = {
   manifest: 'carryon-package.json',
 } as const;
 
-/** 2: the body uses fused GroupQueryAttention over preallocated KV slots (1 had growing KV tensors). */
-export const PACKAGE_FORMAT_VERSION = 2;
+/** 3: the body reads a KV pool in place and outputs only new keys/values (1 had growing KV tensors; 2 was a GroupQueryAttention body). */
+export const PACKAGE_FORMAT_VERSION = 3;
 
 /** config.json: Hugging Face LlamaConfig keys, plus the few our graphs need to be explicit about. */
 export const ModelConfigFile = z.object({
@@ -78,5 +78,12 @@ export function readModelConfig(dir: string): LlamaConfig {
 }
 
 export function readManifest(dir: string): PackageManifest {
-  return PackageManifest.parse(JSON.parse(fs.readFileSync(path.join(dir, PACKAGE_FILES.manifest), 'utf8')));
+  const raw = JSON.parse(fs.readFileSync(path.join(dir, PACKAGE_FILES.manifest), 'utf8')) as { format_version?: unknown };
+  if (raw.format_version !== PACKAGE_FORMAT_VERSION) {
+    throw new Error(
+      `${dir} is a model package of format ${String(raw.format_version)}; this gateway reads format ${PACKAGE_FORMAT_VERSION}: ` +
+        're-import its checkpoint (`carryon import SRC OUT`; a CARRYON_MODEL checkpoint file is re-imported on start)',
+    );
+  }
+  return PackageManifest.parse(raw);
 }
