@@ -24,6 +24,9 @@ export class Metrics {
   readonly carryOnLoadSeconds: client.Histogram;
   readonly carryOnEvictions: client.Counter;
   readonly carryOnResidentBytes: client.Gauge;
+  readonly engineDecodeBatch: client.Histogram;
+  readonly enginePrefillRows: client.Histogram;
+  readonly kvCacheBytes: client.Gauge;
   readonly harvestBytesWritten: client.Gauge;
   readonly harvestSequencesDropped: client.Gauge;
   readonly harvestSequencesAccepted: client.Gauge;
@@ -54,6 +57,10 @@ export class Metrics {
     this.carryOnLoadSeconds = new client.Histogram({ name: 'carryon:carry_on_load_seconds', help: 'Carry-on load time.', buckets: latency, registers: r });
     this.carryOnEvictions = new client.Counter({ name: 'carryon:carry_on_evictions_total', help: 'Carry-on sessions evicted for space.', registers: r });
     this.carryOnResidentBytes = new client.Gauge({ name: 'carryon:carry_on_resident_bytes', help: 'Bytes of resident carry-on graphs.', registers: r });
+    const rows = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+    this.engineDecodeBatch = new client.Histogram({ name: 'carryon:engine_decode_batch_rows', help: 'Sequences decoded together per engine step.', buckets: rows, registers: r });
+    this.enginePrefillRows = new client.Histogram({ name: 'carryon:engine_prefill_rows', help: 'Sequences reading a prompt chunk per engine step.', buckets: rows, registers: r });
+    this.kvCacheBytes = new client.Gauge({ name: 'carryon:kv_cache_bytes', help: 'Bytes held by the base model KV pool.', registers: r });
     this.harvestBytesWritten = new client.Gauge({ name: 'carryon:harvest_bytes_written_total', help: 'Harvest shard bytes written.', registers: r });
     this.harvestSequencesDropped = new client.Gauge({ name: 'carryon:harvest_sequences_dropped_total', help: 'Harvested sequences dropped (queue full).', registers: r });
     this.harvestSequencesAccepted = new client.Gauge({ name: 'carryon:harvest_sequences_accepted_total', help: 'Harvested sequences accepted.', registers: r });

@@ -144,6 +144,11 @@ async function startWithStore(
       prefillChunk: config.CARRYON_PREFILL_CHUNK,
       kvBudgetBytes: config.CARRYON_KV_CACHE_BYTES,
     });
+    engine.onStep((step) => {
+      metrics.engineDecodeBatch.observe(step.decodeRows);
+      metrics.enginePrefillRows.observe(step.prefillRows);
+      metrics.kvCacheBytes.set(step.kvBytes);
+    });
     const tokenizer = ModelTokenizer.load(dir, engine.info.vocabSize);
     const chatTemplate = new ChatTemplate(tokenizer.chatTemplate, { bos_token: tokenizer.bosToken, eos_token: tokenizer.eosToken });
     const contextLength = engine.info.contextLength;

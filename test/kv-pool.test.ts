@@ -89,7 +89,7 @@ describe('KV pool and the pooled body', () => {
     for (let b = 0; b < 3; b++) {
       const want = await referenceHidden([...prompts[b], ...decode]);
       expect(pool.length(b)).toBe(want.length);
-      expect(maxDiff(got[b], want), `row ${b}`).toBeLessThan(1e-5);
+      expect(maxDiff(got[b], want), `row ${b}`).toBeLessThan(5e-5);
     }
   });
 

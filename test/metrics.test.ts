@@ -55,5 +55,9 @@ describe('Prometheus metrics', () => {
     expect(delta('carryon:inter_token_latency_seconds_count')).toBe(12 - 2);
     expect(delta('carryon:e2e_request_latency_seconds_count')).toBe(2);
     expect(delta('carryon:request_queue_time_seconds_count')).toBe(2);
+    // Engine steps that produced tokens: each of the 12 tokens came from one (one sequence at a time here).
+    expect(delta('carryon:engine_decode_batch_rows_count')).toBe(12);
+    expect(delta('carryon:engine_decode_batch_rows_sum')).toBe(12 - 2); // the first token of each comes from a prefill step
+    expect(value(after, 'carryon:kv_cache_bytes')).toBeGreaterThanOrEqual(0);
   });
 });

@@ -4,6 +4,11 @@
  *
  * ## Body model (`buildBodyModel`)
  *
+ * The package's body is the *pooled* variant (models/README.md has its I/O table): it reads a KV
+ * pool `[batch, kv_heads, kv_capacity, head_dim]` in place up to each row's `past_lengths` and
+ * outputs only this call's keys and values (`new.{i}.*`). What follows specifies the *reference*
+ * variant (`attention: 'reference'`), which carry-on graphs share and tests compare against.
+ *
  * Inputs
  * - `input_ids`      int64   [batch, sequence]
  * - `position_ids`   int64   [batch, sequence]  RoPE position of each token; must be in
@@ -45,8 +50,11 @@
  *
  * ## Operators
  *
- * Standard ai.onnx opset 17 operators only (so CUDA/WebGPU providers can run the graphs), plus
- * com.microsoft MatMulNBits (4-bit, block 32) for matrices kept in ggml Q4_0 form.
+ * ai.onnx opset 17, plus ORT's contrib ops where one op replaces many (per-op overhead dominates
+ * small graphs such as carry-ons): SimplifiedLayerNormalization (RMSNorm), com.microsoft
+ * RotaryEmbedding (interleaved), FusedMatMul (q·kᵀ without transposing the pool), and MatMulNBits
+ * (4-bit, block 32) for matrices kept in ggml Q4_0 form. CUDA implements all of them; an execution
+ * provider that lacks one runs that node on the CPU.
  */
 import { TensorNames } from './tensor-names.js';
 import { attr, DataType, GraphBuilder, type Dim, type ModelOptions } from './onnx-builder.js';
@@ -76,10 +84,7 @@ export const PAST_LENGTHS = TensorNames.pastLengths;
 export const newKeyName = TensorNames.newKey;
 export const newValueName = TensorNames.newValue;
 
-/**
- * ai.onnx 17: ReduceMean still takes `axes` as an attribute here (it became an input in 18), so
- * bumping the opset means touching rmsNorm().
- */
+/** ai.onnx 17; com.microsoft 1 for the contrib ops. */
 export const ONNX_OPSET = 17;
 export const MS_OPSET = 1;
 
@@ -293,19 +298,16 @@ export function buildSharedTensors(g: GraphBuilder, cfg: BlockGeometry, sources:
   return { kind: 'reference', cos, sin, allowed, scoreScale: g.constF32([Math.sqrt(cfg.head_dim)], []) };
 }
 
-/** cos/sin tables gathered at `position_ids`, [batch, sequence, 1, head_dim/2, 1]. */
+/** The RoPE tables every layer's RotaryEmbedding reads: [max_position_embeddings, head_dim/2]. */
 function ropeForPositions(g: GraphBuilder, cfg: BlockGeometry): { cos: string; sin: string } {
   g.scope = 'rope';
   const { cos, sin } = ropeTables(cfg);
   const half = cfg.head_dim / 2;
   const tableDims = [cfg.max_position_embeddings, half];
-  const perToken = (table: string): string => {
-    const gathered = g.op('Gather', [table, POSITION_IDS], { axis: attr.int(0) });
-    return g.op('Reshape', [gathered, g.constI64([0, 0, 1, half, 1])]);
-  };
-  const out = { cos: perToken(g.initializer('rope.cos_cached', cos, tableDims)), sin: perToken(g.initializer('rope.sin_cached', sin, tableDims)) };
+  const cosTable = g.initializer('rope.cos_cached', cos, tableDims);
+  const sinTable = g.initializer('rope.sin_cached', sin, tableDims);
   g.scope = '';
-  return out;
+  return { cos: cosTable, sin: sinTable };
 }
 
 /** RoPE as the reference, and masks over the pool (by `past_lengths`) and over this call's tokens. */
@@ -497,24 +499,25 @@ function pooledAttention(
 }
 
 /**
- * Adjacent-pair RoPE on a projection [B, S, heads*hd] -> [B, S, heads, hd]: view as
- * [..., hd/2, 2], split each pair (a, b) and write (a cos - b sin, a sin + b cos).
+ * Adjacent-pair RoPE on a projection [B, S, heads*hd] -> [B, S, heads, hd]: each pair (a, b) =
+ * (x[2j], x[2j+1]) becomes (a cos - b sin, a sin + b cos), with cos/sin looked up at
+ * `position_ids`. ORT's RotaryEmbedding (interleaved) in one op rather than ten per projection:
+ * a carry-on step is mostly per-op overhead, and greedy parity with llama.cpp holds.
  */
 function applyRope(g: GraphBuilder, proj: string, heads: number, hd: number, shared: { cos: string; sin: string }): string {
-  const pairs = g.op('Reshape', [proj, g.constI64([0, 0, heads, hd / 2, 2])]);
-  const [a, b] = g.node('Split', [pairs, g.constI64([1, 1])], { attrs: { axis: attr.int(-1) }, numOutputs: 2 });
-  const mul = (x: string, y: string): string => g.op('Mul', [x, y]);
-  const ra = g.op('Sub', [mul(a, shared.cos), mul(b, shared.sin)]);
-  const rb = g.op('Add', [mul(a, shared.sin), mul(b, shared.cos)]);
-  const rotated = g.op('Concat', [ra, rb], { axis: attr.int(-1) });
+  const [rotated] = g.node('RotaryEmbedding', [proj, POSITION_IDS, shared.cos, shared.sin], {
+    domain: 'com.microsoft',
+    attrs: { interleaved: attr.int(1) },
+  });
   return g.op('Reshape', [rotated, g.constI64([0, 0, heads, hd])]);
 }
 
-/** llama2.c's RMSNorm: w * (x * 1/sqrt(mean(x^2) + eps)), all in float32. */
+/** llama2.c's RMSNorm, w * (x * 1/sqrt(mean(x^2) + eps)) in float32, as ORT's one fused op. */
 export function rmsNorm(g: GraphBuilder, x: string, weight: string, eps: number, output?: string): string {
-  const meanSq = g.op('ReduceMean', [g.op('Mul', [x, x])], { axes: attr.ints([-1]), keepdims: attr.int(1) });
-  const inv = g.op('Reciprocal', [g.op('Sqrt', [g.op('Add', [meanSq, g.constF32([eps], [])])])]);
-  return g.op('Mul', [g.op('Mul', [x, inv]), weight], undefined, output);
+  return g.node('SimplifiedLayerNormalization', [x, weight], {
+    attrs: { axis: attr.int(-1), epsilon: attr.float(eps) },
+    outputs: output === undefined ? undefined : [output],
+  })[0];
 }
 
 // ---------------------------------------------------------------------------------------------

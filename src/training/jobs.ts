@@ -10,7 +10,7 @@ import { ApiError } from '../errors.js';
 import { writeFileAtomic } from '../fs-atomic.js';
 import type { HarvestService } from '../harvest/service.js';
 import type { Store } from '../store/store.js';
-import { startTrainer, stopTrainer } from './trainer-process.js';
+import { startTrainer, stopTrainer, TRAINER_PYTHON } from './trainer-process.js';
 
 export interface TrainingJobsOptions {
   dataDir: string;
@@ -182,6 +182,9 @@ export class TrainingJobs {
     this.contexts.delete(job.id);
     const base = this.opts.base();
     if (!base) return this.finishAndNext(job, 'failed', 'the base model is not loaded');
+    if (!fs.existsSync(TRAINER_PYTHON)) {
+      return this.finishAndNext(job, 'failed', `the trainer is not installed on this gateway (no ${TRAINER_PYTHON}); train on a training node instead (trainer/carryon-train --push-to)`);
+    }
     job.status = 'running';
     job.startedAt = new Date().toISOString();
     this.persist(job);
