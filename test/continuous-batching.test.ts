@@ -134,6 +134,23 @@ describe('continuous batching', () => {
     }
   });
 
+  it('gives KV memory back when the long sequences that grew the pool have ended', async () => {
+    const { engine, registry } = await startEngine();
+    const bytes: number[] = [];
+    engine.onStep((st) => bytes.push(st.kvBytes));
+    try {
+      const short: Job = { prompt: [1, 5, 6], maxTokens: 120, carryOn: -1, alpha: 1 };
+      const longs: Job[] = Array.from({ length: 6 }, (_, i) => ({ prompt: [1, ...Array.from({ length: 300 }, (_, t) => 3 + ((t * 7 + i) % 400))], maxTokens: 2, carryOn: -1, alpha: 1 }));
+      const out = await Promise.all([run(engine, registry, short), ...longs.map((j) => run(engine, registry, j))]);
+      expect(tokens(out[0])).toEqual(await aloneTokens(short));
+      const peak = Math.max(...bytes);
+      // 7 slots of ≥ 320 positions at the peak; one slot of ≤ 128 at the end.
+      expect(bytes.at(-1)!).toBeLessThan(peak / 4);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it('queues sequences in the engine when the KV budget is small, and still serves them all exactly', async () => {
     const jobs = makeJobs(8);
     // Room for two 64-position slots of stories260K (5 layers × K,V × 4 KV heads × 8 dims × 4 B).

@@ -62,14 +62,23 @@ export class KvPool {
    */
   ensure(slots: number, capacity: number): void {
     if (slots <= this.slotCount && capacity <= this.cap) return;
-    const newSlots = Math.max(slots, this.slotCount);
-    const newCap = Math.max(capacity, this.cap);
+    this.reshape(Math.max(slots, this.slotCount), Math.max(capacity, this.cap));
+  }
+
+  /**
+   * Reallocates to exactly `slots` × `capacity`, keeping the valid positions of the first `slots`
+   * slots; shrinking below a kept slot's length is refused.
+   */
+  reshape(newSlots: number, newCap: number): void {
+    for (let s = 0; s < Math.min(newSlots, this.slotCount); s++) {
+      if (this.lengths[s] > newCap) throw new Error(`cannot shrink the KV pool to ${newCap} positions: slot ${s} holds ${this.lengths[s]}`);
+    }
     const { layers, kvHeads, headDim } = this.geometry;
     const size = newSlots * kvHeads * newCap * headDim;
     const grow = (old: Float32Array | undefined): Float32Array => {
       const next = new Float32Array(size);
       if (old) {
-        for (let s = 0; s < this.slotCount; s++) {
+        for (let s = 0; s < Math.min(newSlots, this.slotCount); s++) {
           const n = this.lengths[s] * headDim;
           for (let h = 0; h < kvHeads; h++) {
             const from = (s * kvHeads + h) * this.cap * headDim;
@@ -82,7 +91,7 @@ export class KvPool {
     this.keys = Array.from({ length: layers }, (_, i) => grow(this.keys[i]));
     this.values = Array.from({ length: layers }, (_, i) => grow(this.values[i]));
     const lengths = new Int32Array(newSlots);
-    lengths.set(this.lengths);
+    lengths.set(this.lengths.subarray(0, Math.min(newSlots, this.slotCount)));
     this.lengths = lengths;
     this.slotCount = newSlots;
     this.cap = newCap;

@@ -143,6 +143,7 @@ export class StepLoop {
     try {
       while (this.size > 0) {
         this.dropCancelled();
+        this.shrinkPool();
         this.admit();
         this.onStepBoundary();
         if (this.rows.length === 0) break;
@@ -182,6 +183,25 @@ export class StepLoop {
       seq.slot = this.rows.length;
       this.pool.setLength(seq.slot, 0);
       this.rows.push(seq);
+    }
+  }
+
+  /**
+   * Gives memory back once the rows that made the pool big are gone: capacity when the longest
+   * live row needs under half of it, slots when under a quarter are used. Either costs one copy
+   * of the live rows, so it is done only at those thresholds.
+   */
+  private shrinkPool(): void {
+    if (this.rows.length === 0) return;
+    const longest = Math.max(...this.rows.map((s) => this.pool.length(s.slot) + Math.min(Math.max(1, s.pending.length), this.options.prefillChunk)));
+    const capacity = Math.min(Math.ceil(longest / 64) * 64, this.contextLength);
+    const slots = this.rows.length * 4 <= this.pool.slots ? Math.max(this.rows.length * 2, 1) : this.pool.slots;
+    if (capacity * 2 <= this.pool.capacity || slots < this.pool.slots) {
+      try {
+        this.pool.reshape(slots, capacity * 2 <= this.pool.capacity ? capacity : this.pool.capacity);
+      } catch {
+        // Memory is only given back here; keeping the bigger pool is always correct.
+      }
     }
   }
 
@@ -338,6 +358,7 @@ export class StepLoop {
       this.moveSlot(this.rows.length - 1, i);
     }
     this.rows.pop();
+    this.pool.setLength(this.rows.length, 0); // the vacated slot (the moves above leave it stale)
     this.finish(seq);
   }
 
