@@ -1,5 +1,6 @@
 import { SequenceCapture, type CaptureResult } from './capture.js';
 import { mergeRow, type CarryOnCache, type CarryOnSession } from './carry-on-session.js';
+import { BatchSlots } from './batch-slots.js';
 import type { KvPool } from './kv-pool.js';
 import type { BodyResult, ModelRunner } from './model-runner.js';
 import type { SamplingParams, StepStats, TokenEvent } from './protocol.js';
@@ -50,18 +51,15 @@ interface HeadRow {
  *      long prompt never stalls the others for more than a chunk,
  *   3. the carry-ons, grouped by carry-on, over just their sequences' new tokens,
  *   4. one batched LM-head call over every row that samples, then sampling.
- * Sequences join, leave, get cancelled or hit their limits only between steps. This class is the
- * one owner of the pool's slot order: decoding rows at the front (a batch is a contiguous run of
- * slots), prefilling rows behind them.
+ * Sequences join, leave, get cancelled or hit their limits only between steps. The slot order of
+ * the shared KV pool belongs to BatchSlots; admission into it (the KV budget) happens here.
  */
 export class StepLoop {
-  /** Slot order: [0, decoding) decode, [decoding, rows.length) prefill. */
-  private readonly rows: LiveSequence[] = [];
-  private decoding = 0;
+  /** Sequences holding a KV slot, in slot order. */
+  private readonly slots: BatchSlots<LiveSequence>;
   /** Admitted by the main thread, waiting for KV room (FIFO). */
   private readonly waiting: LiveSequence[] = [];
   private readonly cancelled = new Set<number>();
-  private readonly pool: KvPool;
   private running = false;
 
   constructor(
@@ -74,7 +72,11 @@ export class StepLoop {
     /** Receives a harvested sequence's capture when it ends, however it ends. */
     private readonly onCapture: (capture: CaptureResult) => void = () => {},
   ) {
-    this.pool = runner.newPool();
+    this.slots = new BatchSlots(runner.newPool(), runner.config.max_position_embeddings);
+  }
+
+  private get pool(): KvPool {
+    return this.slots.pool;
   }
 
   /** `carryOn` null: the base alone. With α = 0 the carry-on is not run at all: the base, exactly. */
@@ -106,11 +108,11 @@ export class StepLoop {
 
   /** Takes effect at the next step boundary; the KV slot is freed with the sequence. */
   cancel(seqId: number): void {
-    if (this.rows.some((s) => s.seqId === seqId) || this.waiting.some((s) => s.seqId === seqId)) this.cancelled.add(seqId);
+    if (this.slots.all.some((s) => s.seqId === seqId) || this.waiting.some((s) => s.seqId === seqId)) this.cancelled.add(seqId);
   }
 
   get size(): number {
-    return this.rows.length + this.waiting.length;
+    return this.slots.size + this.waiting.length;
   }
 
   /** Whether a step is in progress (forward passes may be running). */
@@ -126,7 +128,7 @@ export class StepLoop {
   /** Whether a live sequence still uses this carry-on session (it must not be released yet). */
   uses(key: string): boolean {
     const uses = (s: LiveSequence) => s.carryOn?.session.spec.key === key;
-    return this.rows.some(uses) || this.waiting.some(uses);
+    return this.slots.all.some(uses) || this.waiting.some(uses);
   }
 
   private get contextLength(): number {
@@ -143,17 +145,17 @@ export class StepLoop {
     try {
       while (this.size > 0) {
         this.dropCancelled();
-        this.shrinkPool();
+        this.slots.shrink((s) => this.pool.length(s.slot) + Math.min(Math.max(1, s.pending.length), this.options.prefillChunk));
         this.admit();
         this.onStepBoundary();
-        if (this.rows.length === 0) break;
+        if (this.slots.size === 0) break;
         await this.step();
         // Let queued messages (adds, cancels, embeddings) in between steps.
         await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
       this.running = false;
-      if (this.rows.length === 0) this.pool.release();
+      if (this.slots.size === 0) this.pool.release();
       this.onStepBoundary();
       if (this.size > 0) this.kick();
     }
@@ -163,7 +165,7 @@ export class StepLoop {
     for (const id of this.cancelled) {
       const w = this.waiting.findIndex((s) => s.seqId === id);
       if (w >= 0) this.finish(this.waiting.splice(w, 1)[0]);
-      const seq = this.rows.find((s) => s.seqId === id);
+      const seq = this.slots.all.find((s) => s.seqId === id);
       if (seq) this.remove(seq);
     }
     this.cancelled.clear();
@@ -173,49 +175,15 @@ export class StepLoop {
   private admit(): void {
     while (this.waiting.length > 0) {
       const seq = this.waiting[0];
-      const n = this.rows.length + 1;
-      const capacity = Math.max(this.pool.capacity, this.roundCapacity(Math.min(seq.pending.length, this.options.prefillChunk)));
-      const slots = Math.max(this.pool.slots, n);
-      if (this.rows.length > 0 && slots * capacity * this.pool.bytesPerPosition > this.options.kvBudgetBytes) return;
+      const capacity = this.slots.roundCapacity(Math.min(seq.pending.length, this.options.prefillChunk));
+      const slots = Math.max(this.pool.slots, this.slots.size + 1);
+      if (this.slots.size > 0 && slots * capacity * this.pool.bytesPerPosition > this.options.kvBudgetBytes) return;
       // Double the slot count as rows arrive, so a burst of N arrivals regrows the pool log N times.
-      this.pool.ensure(Math.max(slots, Math.min(2 * this.pool.slots, this.maxSlotsWithin(capacity))), capacity);
+      const within = Math.max(1, Math.floor(this.options.kvBudgetBytes / (capacity * this.pool.bytesPerPosition)));
+      this.pool.ensure(Math.max(slots, Math.min(2 * this.pool.slots, within)), capacity);
       this.waiting.shift();
-      seq.slot = this.rows.length;
-      this.pool.setLength(seq.slot, 0);
-      this.rows.push(seq);
+      this.slots.push(seq);
     }
-  }
-
-  /**
-   * Gives memory back once the rows that made the pool big are gone: capacity when the longest
-   * live row needs under half of it, slots when under a quarter are used. Either costs one copy
-   * of the live rows, so it is done only at those thresholds.
-   */
-  private shrinkPool(): void {
-    if (this.rows.length === 0) return;
-    const longest = Math.max(...this.rows.map((s) => this.pool.length(s.slot) + Math.min(Math.max(1, s.pending.length), this.options.prefillChunk)));
-    const capacity = Math.min(Math.ceil(longest / 64) * 64, this.contextLength);
-    const slots = this.rows.length * 4 <= this.pool.slots ? Math.max(this.rows.length * 2, 1) : this.pool.slots;
-    if (capacity * 2 <= this.pool.capacity || slots < this.pool.slots) {
-      try {
-        this.pool.reshape(slots, capacity * 2 <= this.pool.capacity ? capacity : this.pool.capacity);
-      } catch {
-        // Memory is only given back here; keeping the bigger pool is always correct.
-      }
-    }
-  }
-
-  private maxSlotsWithin(capacity: number): number {
-    return Math.max(1, Math.floor(this.options.kvBudgetBytes / (capacity * this.pool.bytesPerPosition)));
-  }
-
-  /**
-   * Capacity follows the longest row in steps of 64 positions (never past the context): the body
-   * reads every row up to the capacity (masked), so spare capacity costs reads on every step, while
-   * a regrowth (one copy of the pool) comes only every 64 tokens.
-   */
-  private roundCapacity(positions: number): number {
-    return Math.min(Math.max(this.pool.capacity, Math.ceil(positions / 64) * 64), this.contextLength);
   }
 
   private async step(): Promise<void> {
@@ -223,15 +191,12 @@ export class StepLoop {
     const failed = new Map<LiveSequence, string>();
     const fail = (seq: LiveSequence, err: unknown) => failed.set(seq, err instanceof Error ? err.message : String(err));
 
-    const decoders = this.rows.slice(0, this.decoding);
-    const prefillers = this.rows.slice(this.decoding);
+    const decoders = this.slots.decoders;
+    const prefillers = this.slots.prefillers;
     const plan = this.planPrefill(prefillers);
-    const longest = Math.max(
-      0,
-      ...decoders.map((s) => this.pool.length(s.slot) + 1),
-      ...[...plan].map(([s, n]) => this.pool.length(s.slot) + n),
+    this.slots.reserve(
+      Math.max(0, ...decoders.map((s) => this.pool.length(s.slot) + 1), ...[...plan].map(([s, n]) => this.pool.length(s.slot) + n)),
     );
-    if (longest > this.pool.capacity) this.pool.ensure(this.pool.slots, this.roundCapacity(longest));
 
     if (decoders.length > 0) {
       try {
@@ -287,7 +252,7 @@ export class StepLoop {
     for (const seq of ended) if (!failed.has(seq)) this.remove(seq);
     // Prompts read in full this step decode from the next one on: move them into the decode range.
     for (const seq of prefillers) {
-      if (seq.slot >= this.decoding && seq.pending.length === 0 && this.rows[seq.slot] === seq) this.promote(seq);
+      if (seq.pending.length === 0 && this.slots.holds(seq) && !this.slots.isDecoding(seq)) this.slots.promote(seq);
     }
     if (events.length > 0) this.emit(events, { decodeRows: decoders.length, prefillRows: plan.size, kvBytes: this.pool.bytes });
   }
@@ -340,42 +305,9 @@ export class StepLoop {
     return mergeRow(x, delta.subarray(at * d, (at + 1) * d), gate.subarray(at * d, (at + 1) * d), seq.carryOn.alpha);
   }
 
-  /** Swaps a sequence that finished its prompt into the first prefill slot, then widens the decode range. */
-  private promote(seq: LiveSequence): void {
-    this.swapSlots(seq.slot, this.decoding);
-    this.decoding++;
-  }
-
-  /** Frees a sequence's slot, keeping decode rows and prefill rows each contiguous. */
+  /** Frees a sequence's slot (its pool rows go with it) and hands over its capture. */
   private remove(seq: LiveSequence): void {
-    const i = seq.slot;
-    if (i < 0 || this.rows[i] !== seq) return;
-    if (i < this.decoding) {
-      this.moveSlot(this.decoding - 1, i);
-      this.decoding--;
-      this.moveSlot(this.rows.length - 1, this.decoding);
-    } else {
-      this.moveSlot(this.rows.length - 1, i);
-    }
-    this.rows.pop();
-    this.pool.setLength(this.rows.length, 0); // the vacated slot (the moves above leave it stale)
-    this.finish(seq);
-  }
-
-  /** Moves the sequence in slot `from` into slot `to` (whose sequence is leaving). */
-  private moveSlot(from: number, to: number): void {
-    if (from === to) return;
-    this.pool.move(from, to);
-    this.rows[to] = this.rows[from];
-    this.rows[to].slot = to;
-  }
-
-  private swapSlots(a: number, b: number): void {
-    if (a === b) return;
-    this.pool.swap(a, b);
-    [this.rows[a], this.rows[b]] = [this.rows[b], this.rows[a]];
-    this.rows[a].slot = a;
-    this.rows[b].slot = b;
+    if (this.slots.remove(seq)) this.finish(seq);
   }
 
   /** Hands over the capture, if any, of a sequence that has left. */
