@@ -180,7 +180,16 @@ export class StepLoop {
       if (this.slots.size > 0 && slots * capacity * this.pool.bytesPerPosition > this.options.kvBudgetBytes) return;
       // Double the slot count as rows arrive, so a burst of N arrivals regrows the pool log N times.
       const within = Math.max(1, Math.floor(this.options.kvBudgetBytes / (capacity * this.pool.bytesPerPosition)));
-      this.pool.ensure(Math.max(slots, Math.min(2 * this.pool.slots, within)), capacity);
+      try {
+        this.pool.ensure(Math.max(slots, Math.min(2 * this.pool.slots, within)), capacity);
+      } catch (err) {
+        // Out of memory for a bigger pool: wait for running rows to end; with none, this one cannot run.
+        if (this.slots.size > 0) return;
+        this.waiting.shift();
+        this.finish(seq);
+        this.onSeqError(seq.seqId, `KV cache allocation failed: ${err instanceof Error ? err.message : String(err)}`);
+        continue;
+      }
       this.waiting.shift();
       this.slots.push(seq);
     }
@@ -191,12 +200,10 @@ export class StepLoop {
     const failed = new Map<LiveSequence, string>();
     const fail = (seq: LiveSequence, err: unknown) => failed.set(seq, err instanceof Error ? err.message : String(err));
 
+    if (!this.reserveForStep()) return;
     const decoders = this.slots.decoders;
     const prefillers = this.slots.prefillers;
     const plan = this.planPrefill(prefillers);
-    this.slots.reserve(
-      Math.max(0, ...decoders.map((s) => this.pool.length(s.slot) + 1), ...[...plan].map(([s, n]) => this.pool.length(s.slot) + n)),
-    );
 
     if (decoders.length > 0) {
       try {
@@ -255,6 +262,27 @@ export class StepLoop {
       if (seq.pending.length === 0 && this.slots.holds(seq) && !this.slots.isDecoding(seq)) this.slots.promote(seq);
     }
     if (events.length > 0) this.emit(events, { decodeRows: decoders.length, prefillRows: plan.size, kvBytes: this.pool.bytes });
+  }
+
+  /**
+   * Grows the pool so every row fits this step's tokens. If it cannot (out of memory), the rows that
+   * needed the growth end with an error, rather than the worker crashing with every other request;
+   * returns false when no row is left.
+   */
+  private reserveForStep(): boolean {
+    const need = (plan: Map<LiveSequence, number>) => (seq: LiveSequence) =>
+      this.pool.length(seq.slot) + (this.slots.isDecoding(seq) ? 1 : (plan.get(seq) ?? 0));
+    const plan = this.planPrefill(this.slots.prefillers);
+    const needs = need(plan);
+    try {
+      this.slots.reserve(Math.max(0, ...this.slots.all.map(needs)));
+    } catch (err) {
+      for (const seq of this.slots.all.filter((s) => needs(s) > this.pool.capacity)) {
+        this.remove(seq);
+        this.onSeqError(seq.seqId, `KV cache allocation failed: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    return this.slots.size > 0;
   }
 
   /**
