@@ -48,6 +48,24 @@ describe('sampler', () => {
     expect(counts[1]).toBeGreaterThan(0);
   });
 
+  it('top_p over a wide, flat vocabulary keeps exactly the smallest best-first prefix', () => {
+    // 1,000 equal logits (ties: lower ids first) → top_p 0.5 keeps ids 0..499; a bump on id 900
+    // puts it first.
+    const wide = () => {
+      const l = new Float32Array(1000);
+      l[900] = 3;
+      return l;
+    };
+    const s = new Sampler(params({ topP: 0.5, seed: 7 }));
+    const seen = new Set<number>();
+    for (let i = 0; i < 3000; i++) seen.add(s.sample(wide()).token);
+    const pBump = Math.exp(3) / (Math.exp(3) + 999);
+    const keptFlat = Math.ceil((0.5 - pBump) * (Math.exp(3) + 999)); // flat tokens needed after the bump
+    expect(seen.has(900)).toBe(true);
+    expect(Math.max(...[...seen].filter((t) => t !== 900))).toBeLessThan(keptFlat + 1);
+    expect(Math.max(...[...seen].filter((t) => t !== 900))).toBeGreaterThan(keptFlat - 40);
+  });
+
   it('presence and frequency penalties lower repeated tokens', () => {
     const s = new Sampler(params({ temperature: 0, frequencyPenalty: 2 }));
     const first = s.sample(logits()).token;

@@ -34,11 +34,15 @@ export class Sampler {
     for (const [id, c] of this.counts) logits[id] -= c * frequencyPenalty + presencePenalty;
   }
 
+  /**
+   * Temperature sampling with optional top-k then top-p. Linear in the vocabulary: the full
+   * distribution is drawn from in one pass without sorting; truncation sorts only the candidates it
+   * keeps (a sort of a 49,152-entry vocabulary per token per sequence used to dominate batched steps).
+   */
   private draw(logits: Float32Array): number {
     const { temperature, topK: k, topP } = this.params;
-    const limit = k > 0 ? Math.min(k, logits.length) : logits.length;
-    // Candidates sorted by logit; top-k truncates, then top-p keeps the smallest prefix reaching topP mass.
-    const cands = limit < logits.length ? topK(logits, limit) : sortedAll(logits);
+    if (k <= 0 && topP >= 1) return this.drawFull(logits, temperature);
+    const cands = k > 0 ? topK(logits, Math.min(k, logits.length)) : nucleus(logits, temperature, topP);
     const max = cands[0][1];
     const weights = new Float64Array(cands.length);
     let total = 0;
@@ -46,12 +50,15 @@ export class Sampler {
       weights[i] = Math.exp((cands[i][1] - max) / temperature);
       total += weights[i];
     }
+    // With top-k the mass is renormalised over the k first; without, `nucleus` kept a prefix of the
+    // sorted vocabulary that reaches topP of the whole mass, whose own total is what counts here.
+    const mass = k > 0 ? total : fullMass(logits, max, temperature);
     let keep = cands.length;
     if (topP < 1) {
-      let mass = 0;
+      let acc = 0;
       for (let i = 0; i < cands.length; i++) {
-        mass += weights[i] / total;
-        if (mass >= topP) {
+        acc += weights[i] / mass;
+        if (acc >= topP) {
           keep = i + 1;
           break;
         }
@@ -66,6 +73,48 @@ export class Sampler {
     }
     return cands[keep - 1][0];
   }
+
+  private drawFull(logits: Float32Array, temperature: number): number {
+    let max = -Infinity;
+    for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+    const total = fullMass(logits, max, temperature);
+    let r = this.rng() * total;
+    let last = 0;
+    for (let i = 0; i < logits.length; i++) {
+      const w = Math.exp((logits[i] - max) / temperature);
+      if (w > 0) last = i;
+      r -= w;
+      if (r < 0) return i;
+    }
+    return last; // rounding left a sliver of mass: the last token with any weight
+  }
+}
+
+/** Σ exp((l − max) / T) over the whole vocabulary. */
+function fullMass(logits: Float32Array, max: number, temperature: number): number {
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) total += Math.exp((logits[i] - max) / temperature);
+  return total;
+}
+
+/**
+ * The smallest best-first prefix of the vocabulary whose probability reaches `topP`: the top 64
+ * first (a partial selection), widened by sorting everything only when those do not reach it.
+ */
+function nucleus(logits: Float32Array, temperature: number, topP: number): Array<[number, number]> {
+  const head = topK(logits, Math.min(64, logits.length));
+  const max = head[0][1];
+  const total = fullMass(logits, max, temperature);
+  let acc = 0;
+  for (const [, v] of head) {
+    acc += Math.exp((v - max) / temperature) / total;
+    if (acc >= topP) return head;
+  }
+  if (head.length === logits.length) return head;
+  const order = new Uint32Array(logits.length);
+  for (let i = 0; i < order.length; i++) order[i] = i;
+  order.sort((a, b) => logits[b] - logits[a] || a - b);
+  return Array.from(order, (i) => [i, logits[i]] as [number, number]);
 }
 
 export function argmax(xs: Float32Array): number {
@@ -97,11 +146,6 @@ export function topK(xs: Float32Array, k: number): Array<[number, number]> {
     out[j] = [i, v];
   }
   return out;
-}
-
-function sortedAll(xs: Float32Array): Array<[number, number]> {
-  const idx = Array.from(xs, (v, i) => [i, v] as [number, number]);
-  return idx.sort((a, b) => b[1] - a[1] || a[0] - b[0]);
 }
 
 /** Small, fast, well-distributed 32-bit PRNG; plenty for sampling and reproducible across platforms. */
