@@ -277,7 +277,7 @@ export interface PooledSharedTensors {
 
 export interface ReferenceSharedTensors {
   kind: 'reference';
-  /** RoPE cos/sin for each token, [batch, sequence, 1, head_dim/2, 1] to broadcast over heads. */
+  /** RoPE tables [max_position_embeddings, head_dim/2], looked up at `position_ids` by RotaryEmbedding. */
   cos: string;
   sin: string;
   /** bool [batch, 1, 1, sequence, total_sequence]: may this query attend this key. */
@@ -408,6 +408,23 @@ export function decoderBlock(
   return g.op('Add', [x, linear(g.op('Mul', [silu, up]), layer.down, 'mlp.down_proj')]);
 }
 
+/** q and k (after RoPE) [B, S, heads, hd] and v [B, S, kv_heads, hd]: what both attentions start from. */
+function projectQkv(
+  g: GraphBuilder,
+  h: string,
+  layer: LlamaLayer,
+  cfg: BlockGeometry,
+  rope: { cos: string; sin: string },
+  linear: (input: string, m: Matrix, name: string) => string,
+): { q: string; k: string; v: string } {
+  const { num_attention_heads: nHeads, num_key_value_heads: nKv, head_dim: hd } = cfg;
+  return {
+    q: applyRope(g, linear(h, layer.wq, 'self_attn.q_proj'), nHeads, hd, rope),
+    k: applyRope(g, linear(h, layer.wk, 'self_attn.k_proj'), nKv, hd, rope),
+    v: g.op('Reshape', [linear(h, layer.wv, 'self_attn.v_proj'), g.constI64([0, 0, nKv, hd])]),
+  };
+}
+
 /** Returns the attention output before Wo: [batch, sequence, heads * head_dim]. */
 function selfAttention(
   g: GraphBuilder,
@@ -420,10 +437,7 @@ function selfAttention(
 ): string {
   const { num_attention_heads: nHeads, num_key_value_heads: nKv, head_dim: hd } = cfg;
   const group = nHeads / nKv;
-
-  const q = applyRope(g, linear(h, layer.wq, 'self_attn.q_proj'), nHeads, hd, shared); // [B,S,H,hd]
-  const k = applyRope(g, linear(h, layer.wk, 'self_attn.k_proj'), nKv, hd, shared); // [B,S,KV,hd]
-  const v = g.op('Reshape', [linear(h, layer.wv, 'self_attn.v_proj'), g.constI64([0, 0, nKv, hd])]);
+  const { q, k, v } = projectQkv(g, h, layer, cfg, shared, linear);
 
   const toHeadMajor = (t: string): string => g.op('Transpose', [t], { perm: attr.ints([0, 2, 1, 3]) });
   const axis2 = { axis: attr.int(2) };
@@ -466,10 +480,7 @@ function pooledAttention(
 ): string {
   const { num_attention_heads: nHeads, num_key_value_heads: nKv, head_dim: hd } = cfg;
   const group = nHeads / nKv;
-  const rope = { cos: shared.cos, sin: shared.sin };
-  const q = applyRope(g, linear(h, layer.wq, 'self_attn.q_proj'), nHeads, hd, rope); // [B,S,H,hd]
-  const k = applyRope(g, linear(h, layer.wk, 'self_attn.k_proj'), nKv, hd, rope); // [B,S,KV,hd]
-  const v = g.op('Reshape', [linear(h, layer.wv, 'self_attn.v_proj'), g.constI64([0, 0, nKv, hd])]);
+  const { q, k, v } = projectQkv(g, h, layer, cfg, shared, linear);
   const headMajor = { perm: attr.ints([0, 2, 1, 3]) };
   const kNew = g.op('Transpose', [k], headMajor, names.presentKey); // [B,KV,S,hd]
   const vNew = g.op('Transpose', [v], headMajor, names.presentValue);
