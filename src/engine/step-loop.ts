@@ -200,10 +200,10 @@ export class StepLoop {
     const failed = new Map<LiveSequence, string>();
     const fail = (seq: LiveSequence, err: unknown) => failed.set(seq, err instanceof Error ? err.message : String(err));
 
-    if (!this.reserveForStep()) return;
     const decoders = this.slots.decoders;
     const prefillers = this.slots.prefillers;
     const plan = this.planPrefill(prefillers);
+    if (!this.reserveForStep(plan)) return;
 
     if (decoders.length > 0) {
       try {
@@ -265,24 +265,23 @@ export class StepLoop {
   }
 
   /**
-   * Grows the pool so every row fits this step's tokens. If it cannot (out of memory), the rows that
-   * needed the growth end with an error, rather than the worker crashing with every other request;
-   * returns false when no row is left.
+   * Grows the pool so every row fits this step's tokens (`plan` for prompt rows, one for decode
+   * rows). If it cannot (out of memory), the rows that needed the growth end with an error, rather
+   * than the worker crashing with every other request, and the step is skipped: the next one
+   * plans again for the rows left. Returns whether the step can run.
    */
-  private reserveForStep(): boolean {
-    const need = (plan: Map<LiveSequence, number>) => (seq: LiveSequence) =>
-      this.pool.length(seq.slot) + (this.slots.isDecoding(seq) ? 1 : (plan.get(seq) ?? 0));
-    const plan = this.planPrefill(this.slots.prefillers);
-    const needs = need(plan);
+  private reserveForStep(plan: Map<LiveSequence, number>): boolean {
+    const need = (seq: LiveSequence) => this.pool.length(seq.slot) + (this.slots.isDecoding(seq) ? 1 : (plan.get(seq) ?? 0));
     try {
-      this.slots.reserve(Math.max(0, ...this.slots.all.map(needs)));
+      this.slots.reserve(Math.max(0, ...this.slots.all.map(need)));
+      return true;
     } catch (err) {
-      for (const seq of this.slots.all.filter((s) => needs(s) > this.pool.capacity)) {
+      for (const seq of this.slots.all.filter((s) => need(s) > this.pool.capacity)) {
         this.remove(seq);
         this.onSeqError(seq.seqId, `KV cache allocation failed: ${err instanceof Error ? err.message : String(err)}`);
       }
+      return false;
     }
-    return this.slots.size > 0;
   }
 
   /**
