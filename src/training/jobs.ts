@@ -38,6 +38,8 @@ interface JobRecord {
   finishedAt: string | null;
   error: string | null;
   carryOnVersion: CarryOnVersionObject | null;
+  /** Progress and evaluation as the job ended, read from its run folder once (null while it runs). */
+  outcome: Pick<TrainingJobObject, 'progress' | 'eval'> | null;
 }
 
 const ACTIVE: TrainingJobStatus[] = ['queued', 'running', 'registering'];
@@ -88,7 +90,7 @@ export class TrainingJobs {
     const id = `trainjob-${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
     const job: JobRecord = {
       id, tenant, body, shardPaths, status: 'queued', createdAt: new Date().toISOString(),
-      startedAt: null, finishedAt: null, error: null, carryOnVersion: null,
+      startedAt: null, finishedAt: null, error: null, carryOnVersion: null, outcome: null,
     };
     fs.mkdirSync(this.dir(id), { recursive: true });
     this.jobs.set(id, job);
@@ -239,6 +241,7 @@ export class TrainingJobs {
     job.status = status;
     job.error = error;
     job.finishedAt = new Date().toISOString();
+    job.outcome = this.observe(job);
     this.persist(job);
   }
 
@@ -266,12 +269,7 @@ export class TrainingJobs {
       const file = path.join(this.root, name, 'job.json');
       try {
         const job = JSON.parse(fs.readFileSync(file, 'utf8')) as JobRecord;
-        if (ACTIVE.includes(job.status)) {
-          job.status = 'failed';
-          job.error = 'interrupted: the gateway stopped while the job was queued or running';
-          job.finishedAt = new Date().toISOString();
-          this.persist(job);
-        }
+        if (ACTIVE.includes(job.status)) this.finish(job, 'failed', 'interrupted: the gateway stopped while the job was queued or running');
         this.jobs.set(job.id, job);
       } catch {
         // Not a job folder (or a crash before its first write): nothing to list.
@@ -308,19 +306,11 @@ export class TrainingJobs {
     return { step, steps, loss };
   }
 
-  private view(job: JobRecord): TrainingJobObject {
+  /** What the run folder says so far: the trainer's last logged step, and its report once written. */
+  private observe(job: JobRecord): Pick<TrainingJobObject, 'progress' | 'eval'> {
     const report = job.status === 'queued' ? null : this.report(job);
     const ev = report?.eval;
     return {
-      object: 'training_job',
-      id: job.id,
-      tenant: job.tenant,
-      carry_on: job.body.carry_on,
-      status: job.status,
-      created_at: job.createdAt,
-      started_at: job.startedAt,
-      finished_at: job.finishedAt,
-      shards: job.shardPaths.length,
       progress: this.progress(job),
       eval: ev?.base && ev?.carry_on
         ? {
@@ -331,6 +321,24 @@ export class TrainingJobs {
             parity_max_abs_diff: report.export?.verify ? maxNumber(report.export.verify.maxAbsDiff) : null,
           }
         : null,
+    };
+  }
+
+  /** A finished job's outcome was read once when it ended; only a running job's files are read per view. */
+  private view(job: JobRecord): TrainingJobObject {
+    const { progress, eval: ev } = job.outcome ?? this.observe(job);
+    return {
+      object: 'training_job',
+      id: job.id,
+      tenant: job.tenant,
+      carry_on: job.body.carry_on,
+      status: job.status,
+      created_at: job.createdAt,
+      started_at: job.startedAt,
+      finished_at: job.finishedAt,
+      shards: job.shardPaths.length,
+      progress,
+      eval: ev,
       carry_on_version: job.carryOnVersion,
       error: job.error,
     };
