@@ -22,10 +22,11 @@ import type { Token } from 'node-llama-cpp';
 
 import { CarryOnRegistry } from '../src/carryon/registry.js';
 import { Engine } from '../src/engine/engine.js';
-import type { SamplingParams } from '../src/engine/protocol.js';
 import { BENCH_OUT, modelPackage, smolGguf } from './lib/artifacts.js';
 import { makeBenchCarryOns } from './lib/carry-ons.js';
+import { intOption, modelsOption } from './lib/options.js';
 import { mulberry32 } from './lib/rng.js';
+import { greedy } from './lib/runners.js';
 import { percentile, table } from './lib/stats.js';
 
 const { values } = parseArgs({
@@ -41,18 +42,16 @@ const { values } = parseArgs({
     'skip-llama': { type: 'boolean', default: false },
   },
 });
-const CONCURRENCY = values.concurrency.split(',').map(Number);
-const DECODE = Number(values.decode);
-const PROMPT = Number(values.prompt);
-const THREADS = Number(values.threads);
-const LONG = Number(values.long);
-const SHORT = Number(values.short);
-const PREFILL = Number(values['prefill-chunk']);
+const QUANT = { 'smol-f32': 'f32', 'smol-q4': 'q4_0' } as const;
+const MODELS = modelsOption(values.models, QUANT) as Array<keyof typeof QUANT>;
+const CONCURRENCY = values.concurrency.split(',').map((c) => intOption('concurrency', c, 1));
+const DECODE = intOption('decode', values.decode, 2);
+const PROMPT = intOption('prompt', values.prompt, 2);
+const THREADS = intOption('threads', values.threads, 1);
+const LONG = intOption('long', values.long, 2);
+const SHORT = intOption('short', values.short, 2);
+const PREFILL = intOption('prefill-chunk', values['prefill-chunk'], 1);
 const log = (m: string) => process.stderr.write(`[batching ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
-
-const greedy = (maxTokens: number): SamplingParams => ({
-  temperature: 0, topP: 1, topK: 0, seed: null, presencePenalty: 0, frequencyPenalty: 0, maxTokens, stopTokenIds: [], topLogprobs: -1,
-});
 
 function prompts(count: number, length: number, vocab: number, seed: number): number[][] {
   const rnd = mulberry32(seed);
@@ -165,8 +164,8 @@ async function llamaDecode(modelPath: string, ps: number[][]): Promise<number> {
 
 async function main(): Promise<void> {
   const lines: string[] = [];
-  for (const key of values.models.split(',')) {
-    const quant = key === 'smol-q4' ? 'q4_0' : 'f32';
+  for (const key of MODELS) {
+    const quant = QUANT[key];
     const gguf = await smolGguf(quant, log);
     const pkg = await modelPackage(gguf, key, log);
     const engine = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: THREADS, prefillChunk: PREFILL });

@@ -42,6 +42,7 @@ import { BENCH_OUT, STORIES_GGUF, modelPackage, releaseSmolCheckpoint, smolGguf 
 import { openRunner } from './lib/breakdown.js';
 import { makeBenchCarryOns, type BenchCarryOn, type CarryOnShape } from './lib/carry-ons.js';
 import { randomIds } from './lib/rng.js';
+import { intOption, modelsOption } from './lib/options.js';
 
 // ---------------------------------------------------------------------------------------------
 // Setup
@@ -95,25 +96,19 @@ function parseOptions(): Options {
       streams: { type: 'string', default: '4' },
     },
   });
-  const int = (name: string, v: string, min: number) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`--${name}: expected an integer >= ${min}, got ${v}`);
-    return n;
-  };
-  const models = values.models.split(',').map((m) => m.trim()).filter(Boolean);
-  for (const m of models) if (!MODELS[m]) throw new Error(`--models: unknown ${m} (known: ${Object.keys(MODELS).join(', ')})`);
+  const models = modelsOption(values.models, MODELS);
   return {
     models,
     memoryChild: values['memory-child'] ?? null,
-    threads: int('threads', values.threads, 1),
-    loads: int('loads', values.loads, 1),
-    memory: int('memory', values.memory, 1),
-    ttftPairs: int('ttft-pairs', values['ttft-pairs'], 1),
-    ttftPrompt: int('ttft-prompt', values['ttft-prompt'], 1),
-    ctx: int('ctx', values.ctx, 2),
-    decode: int('decode', values.decode, 2),
-    runs: int('runs', values.runs, 1),
-    streams: int('streams', values.streams, 2),
+    threads: intOption('threads', values.threads, 1),
+    loads: intOption('loads', values.loads, 1),
+    memory: intOption('memory', values.memory, 1),
+    ttftPairs: intOption('ttft-pairs', values['ttft-pairs'], 1),
+    ttftPrompt: intOption('ttft-prompt', values['ttft-prompt'], 1),
+    ctx: intOption('ctx', values.ctx, 2),
+    decode: intOption('decode', values.decode, 2),
+    runs: intOption('runs', values.runs, 1),
+    streams: intOption('streams', values.streams, 2),
   };
 }
 

@@ -20,6 +20,7 @@ import { BENCH_OUT, STORIES_GGUF, modelPackage, releaseSmolCheckpoint, smolGguf 
 import { decodeBreakdown, openRunner } from './lib/breakdown.js';
 import { randomIds } from './lib/rng.js';
 import { startLlamaCpp, startOurs, type DecodeRunner, type RunResult } from './lib/runners.js';
+import { intOption, modelsOption } from './lib/options.js';
 
 interface ModelSpec {
   label: string;
@@ -69,20 +70,14 @@ function parseOptions(): Options {
       breakdown: { type: 'boolean', default: false },
     },
   });
-  const int = (name: string, v: string, min: number) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`--${name}: expected an integer >= ${min}, got ${v}`);
-    return n;
-  };
-  const models = values.models.split(',').map((m) => m.trim()).filter(Boolean);
-  for (const m of models) if (!MODELS[m]) throw new Error(`--models: unknown ${m} (known: ${Object.keys(MODELS).join(', ')})`);
+  const models = modelsOption(values.models, MODELS);
   return {
     models,
-    contexts: values.contexts.split(',').map((c) => int('contexts', c, 2)),
-    decode: int('decode', values.decode, 2),
-    runs: int('runs', values.runs, 1),
-    threads: int('threads', values.threads, 1),
-    batch: int('batch', values.batch, 1),
+    contexts: values.contexts.split(',').map((c) => intOption('contexts', c, 2)),
+    decode: intOption('decode', values.decode, 2),
+    runs: intOption('runs', values.runs, 1),
+    threads: intOption('threads', values.threads, 1),
+    batch: intOption('batch', values.batch, 1),
     breakdown: values.breakdown,
   };
 }

@@ -28,6 +28,7 @@ import OpenAI from 'openai';
 import { BENCH_OUT, STORIES_GGUF, modelPackage, smolGguf, releaseSmolCheckpoint } from './lib/artifacts.js';
 import { metricValue, procCpuSeconds, procMemory, scrapeMetrics, startGateway, type GatewayProcess } from './lib/gateway-process.js';
 import { linearFit, percentile, table } from './lib/stats.js';
+import { modelsOption, numOption } from './lib/options.js';
 
 interface ModelSpec {
   label: string;
@@ -86,24 +87,18 @@ function parseOptions(): Options {
       'skip-matrix': { type: 'boolean', default: false },
     },
   });
-  const num = (name: string, v: string, min: number) => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) throw new Error(`--${name}: expected a number >= ${min}, got ${v}`);
-    return n;
-  };
-  const models = values.models.split(',').map((m) => m.trim()).filter(Boolean);
-  for (const m of models) if (!MODELS[m]) throw new Error(`--models: unknown ${m} (known: ${Object.keys(MODELS).join(', ')})`);
+  const models = modelsOption(values.models, MODELS);
   return {
     models,
-    concurrency: values.concurrency.split(',').filter(Boolean).map((c) => Math.round(num('concurrency', c, 1))),
-    durationS: num('duration-s', values['duration-s'], 1),
-    warmupS: num('warmup-s', values['warmup-s'], 0),
-    maxWarmupS: num('max-warmup-s', values['max-warmup-s'], 0),
-    soakS: num('soak-s', values['soak-s'], 0),
-    soakWarmupS: num('soak-warmup-s', values['soak-warmup-s'], 0),
-    soakConcurrency: Math.round(num('soak-concurrency', values['soak-concurrency'], 1)),
-    sampleS: num('sample-s', values['sample-s'], 1),
-    threads: Math.round(num('threads', values.threads, 1)),
+    concurrency: values.concurrency.split(',').filter(Boolean).map((c) => Math.round(numOption('concurrency', c, 1))),
+    durationS: numOption('duration-s', values['duration-s'], 1),
+    warmupS: numOption('warmup-s', values['warmup-s'], 0),
+    maxWarmupS: numOption('max-warmup-s', values['max-warmup-s'], 0),
+    soakS: numOption('soak-s', values['soak-s'], 0),
+    soakWarmupS: numOption('soak-warmup-s', values['soak-warmup-s'], 0),
+    soakConcurrency: Math.round(numOption('soak-concurrency', values['soak-concurrency'], 1)),
+    sampleS: numOption('sample-s', values['sample-s'], 1),
+    threads: Math.round(numOption('threads', values.threads, 1)),
     skipMatrix: values['skip-matrix'],
   };
 }

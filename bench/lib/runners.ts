@@ -50,7 +50,7 @@ class TokenClock {
 // Ours: the real engine worker, exactly as the gateway drives it.
 
 /** Greedy and never stopping early, so both engines decode exactly `maxTokens` tokens. */
-function greedy(maxTokens: number): SamplingParams {
+export function greedy(maxTokens: number): SamplingParams {
   return {
     temperature: 0,
     topP: 1,
