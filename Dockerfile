@@ -78,4 +78,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 # do. image-start.sh checks the data folder is writable, then execs CMD, so node itself receives
 # SIGTERM, drains in-flight requests and exits 0.
 ENTRYPOINT ["/usr/bin/tini", "--", "bash", "scripts/image-start.sh"]
-CMD ["node", "--import", "tsx", "src/main.ts"]
+CMD ["node", "--import", "tsx", "src/app/main.ts"]

@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Token } from 'node-llama-cpp';
 
-import { CarryOnRegistry } from '../src/carryon/registry.js';
+import { CarryOnRegistry } from '../src/serving/carry-on-registry.js';
 import { Engine } from '../src/engine/engine.js';
 import { BENCH_OUT, modelPackage, smolGguf } from './lib/artifacts.js';
 import { makeBenchCarryOns } from './lib/carry-ons.js';

@@ -33,10 +33,10 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import * as ort from 'onnxruntime-node';
 
-import { CarryOnRegistry, specOf, type CarryOnLease } from '../src/carryon/registry.js';
+import { CarryOnRegistry, specOf, type CarryOnLease } from '../src/serving/carry-on-registry.js';
 import { CarryOnSession, mergeRow } from '../src/engine/carry-on-session.js';
 import { Engine } from '../src/engine/engine.js';
-import type { SamplingParams } from '../src/engine/protocol.js';
+import type { SamplingParams } from '../src/engine/worker-messages.js';
 import { readModelConfig } from '../src/model/package-files.js';
 import { BENCH_OUT, STORIES_GGUF, modelPackage, releaseSmolCheckpoint, smolGguf } from './lib/artifacts.js';
 import { openRunner } from './lib/breakdown.js';

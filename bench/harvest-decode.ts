@@ -7,7 +7,7 @@
  *
  *   node --import tsx bench/harvest-decode.ts [--streams 8] [--tokens 96] [--rounds 31] [--threads N]
  *
- * The requests go through the real Generator (scheduler, engine worker, capture, harvest sink) and
+ * The requests go through the real inference service (scheduler, engine worker, capture, harvest sink) and
  * the real HarvestService (writer worker, σ, journal, shard files, SQLite index); only HTTP is left
  * out, since it is the same in both modes. Sampling is seeded, so every mode decodes the same tokens.
  */
@@ -15,17 +15,18 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { CarryOnRegistry } from '../src/carryon/registry.js';
+import { CarryOnRegistry } from '../src/serving/carry-on-registry.js';
 import { Engine } from '../src/engine/engine.js';
-import { Generator, type GenerationRequest } from '../src/generation.js';
+import { Inference, type GenerateRequest } from '../src/serving/inference.js';
+import { ModelRouter, type Caller } from '../src/serving/model-routing.js';
 import type { HarvestConfig } from '../src/harvest/config.js';
 import { HarvestService } from '../src/harvest/service.js';
 import type { HarvestedSequence } from '../src/harvest/types.js';
 import { resolveModelPackage } from '../src/model/model-source.js';
 import { readManifest } from '../src/model/package-files.js';
-import { Scheduler } from '../src/scheduler.js';
+import { Scheduler } from '../src/serving/scheduler.js';
 import { Store } from '../src/store/store.js';
-import { ModelTokenizer } from '../src/tokenizer.js';
+import { ModelTokenizer } from '../src/model/tokenizer.js';
 
 const { values } = parseArgs({
   options: {
@@ -71,10 +72,11 @@ try {
   const fingerprint = readManifest(modelDir).fingerprint;
   const scheduler = new Scheduler({ maxLive: 64, maxWaiting: 1024 });
   const registry = new CarryOnRegistry({ loader: engine, budgetBytes: 1 << 30, pinned: new Set(), log: () => {} });
-  const deps = { engine, scheduler, tokenizer, contextLength: engine.info.contextLength, timeoutMs: 600_000, registry, hiddenSize: engine.info.hiddenSize, metrics: null };
+  const router = new ModelRouter('stories260K', null);
+  const deps = { engine, scheduler, router, tokenizer, contextLength: engine.info.contextLength, timeoutMs: 600_000, registry, hiddenSize: engine.info.hiddenSize, metrics: null, rateLimiter: null };
 
-  // One generator per mode over the same engine: the sink is the only difference.
-  const generators = new Map<Mode, Generator>([['off', new Generator({ ...deps, harvestSink: null })]]);
+  // One inference service per mode over the same engine: the sink is the only difference.
+  const generators = new Map<Mode, Inference>([['off', new Inference({ ...deps, harvestSink: null })]]);
   const services = new Map<Mode, { service: HarvestService; store: Store }>();
   for (const sigma of SIGMAS) {
     const dataDir = fs.mkdtempSync(path.join(work, `${sigma}-`));
@@ -93,7 +95,7 @@ try {
         return ok;
       },
     };
-    generators.set(sigma, new Generator({ ...deps, harvestSink: timed }));
+    generators.set(sigma, new Inference({ ...deps, harvestSink: timed }));
     services.set(sigma, { service, store });
   }
 
@@ -110,7 +112,14 @@ try {
     const cpu0 = process.cpuUsage();
     const runs = await Promise.all(
       prompts.map((promptIds, i) => {
-        const req: GenerationRequest = {
+        const caller: Caller = {
+          tenantId: 'bench',
+          defaultCarryOn: null,
+          harvest: mode === 'off' ? null : { sampleRate: 1, layers: ['final'], keep: 'both' },
+          keyId: 'bench',
+          scope: 'inference',
+        };
+        const req: GenerateRequest = {
           promptIds,
           promptParam: 'prompt',
           n: 1,
@@ -118,12 +127,14 @@ try {
           maxTokensParam: 'max_tokens',
           sampling: { temperature: 0.8, topP: 1, topK: 0, seed: 1000 + i, presencePenalty: 0, frequencyPenalty: 0, topLogprobs: -1 },
           stop: [],
-          carryOn: null,
-          harvest: mode === 'off' ? null : { policy: { sampleRate: 1, layers: ['final'], keep: 'both' }, requestId: `bench-${requestNo++}`, tenantId: 'bench' },
-          tenant: 'bench',
+          model: 'stories260K',
+          alpha: null,
+          caller,
+          harvestOptOut: false,
+          responseId: `bench-${requestNo++}`,
           signal: new AbortController().signal,
         };
-        return gen.start(req);
+        return gen.generate(req);
       }),
     );
     await Promise.all(runs.map(async (run) => {

@@ -1,5 +1,5 @@
 /**
- * Load benchmark of the whole gateway: the real process (`node --import tsx src/main.ts`) driven
+ * Load benchmark of the whole gateway: the real process (`node --import tsx src/app/main.ts`) driven
  * over HTTP by the official `openai` SDK with streaming chat requests, closed loop.
  *
  *   node --import tsx bench/load.ts [--models stories,smol-q4] [--concurrency 1,4,16,64]

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
-import type { Gateway } from '../src/gateway.js';
+import type { Gateway } from '../src/serving/gateway.js';
 
 /** Probes: `live` is cheap and always 200 while the process serves; `ready` is 200 only with the model loaded. */
 const healthRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gateway }) => {

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { ApiError } from '../src/errors.js';
-import type { Metrics } from '../src/metrics.js';
+import { ApiError } from '../src/core/errors.js';
+import type { Metrics } from '../src/core/metrics.js';
 
 /** GET /metrics in Prometheus text format; admin keys only unless the operator made it public. */
 const metricsRoutes: FastifyPluginAsync<{ metrics: Metrics; requireAdmin: boolean }> = async (app, { metrics, requireAdmin }) => {

@@ -5,7 +5,7 @@
 #
 #   CARRYON_DATA_DIR  the state folder (the image sets /data, its VOLUME); must be writable
 set -euo pipefail
-# CMD's relative paths (src/main.ts, bin/carryon.js) are relative to the app root.
+# CMD's relative paths (src/app/main.ts, bin/carryon.js) are relative to the app root.
 cd "$(dirname "$0")/.."
 
 if [ "$#" -eq 0 ]; then

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CreatedApiKeyObject } from '../src/admin/protocol.js';
+import type { CreatedApiKeyObject } from '../src/admin/schemas.js';
 import { CARRYON_FILES } from '../src/carryon/manifest.js';
 import { llama2cToCheckpoint } from '../src/model/llama2c.js';
 import { api, uploadCarryOn, type FormPart } from './helpers/admin.js';

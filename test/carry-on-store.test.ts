@@ -5,7 +5,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CarryOnVersionObject, CreatedApiKeyObject } from '../src/admin/protocol.js';
+import type { CarryOnVersionObject, CreatedApiKeyObject } from '../src/admin/schemas.js';
 import { CARRYON_FILES, sha256Hex, verifyCarryOnFiles, type CarryOnManifest } from '../src/carryon/manifest.js';
 import { importModel } from '../src/model/import.js';
 import { readManifest } from '../src/model/package-files.js';

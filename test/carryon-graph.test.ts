@@ -18,7 +18,7 @@ import { writeCarryOnPackage } from '../src/carryon/package.js';
 import { CarryOnTensorNames as N, type InputLayer } from '../src/carryon/tensor-names.js';
 import { ModelRunner } from '../src/engine/model-runner.js';
 import { importModel } from '../src/model/import.js';
-import { DataType, parseModel } from '../src/model/onnx-builder.js';
+import { DataType, parseModel } from '../src/formats/onnx-builder.js';
 import { PACKAGE_FILES, readModelConfig, type PackageManifest } from '../src/model/package-files.js';
 import { TensorNames } from '../src/model/tensor-names.js';
 import type { LlamaConfig } from '../src/model/types.js';

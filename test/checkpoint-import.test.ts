@@ -24,7 +24,7 @@ import {
   writeLlamaGguf,
   type GgufTypedValue,
 } from '../src/model/gguf.js';
-import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/model/half.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/formats/half.js';
 import { llama2cToCheckpoint } from '../src/model/llama2c.js';
 import type { ImportedCheckpoint, LlamaWeights, Matrix } from '../src/model/types.js';
 

@@ -8,7 +8,7 @@ import { validateShardFile } from '../src/harvest/index.js';
 import { freshDataDir } from './helpers/gateway.js';
 import { REPO_ROOT } from './helpers/paths.js';
 
-/** The real process, real signals: `node --import tsx src/main.ts`, as `npm start` runs it. */
+/** The real process, real signals: `node --import tsx src/app/main.ts`, as `npm start` runs it. */
 const KEY = 'sk-shutdown-test-admin';
 
 async function freePort(): Promise<number> {
@@ -23,7 +23,7 @@ async function freePort(): Promise<number> {
 async function startGateway(env: Record<string, string>): Promise<{ child: ChildProcess; url: string; exited: Promise<number | null>; dataDir: string }> {
   const port = await freePort();
   const dataDir = freshDataDir();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/app/main.ts'], {
     cwd: REPO_ROOT,
     env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), CARRYON_DATA_DIR: dataDir, CARRYON_ADMIN_KEY: KEY, CARRYON_THREADS: '1', CARRYON_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'ignore', 'inherit'],

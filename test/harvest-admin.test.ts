@@ -12,7 +12,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CreatedApiKeyObject, HarvestShardObject } from '../src/admin/protocol.js';
+import type { CreatedApiKeyObject, HarvestShardObject } from '../src/admin/schemas.js';
 import { Store } from '../src/store/store.js';
 import { api, LogCapture } from './helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from './helpers/gateway.js';

@@ -284,7 +284,7 @@ describe('live traffic → shards', () => {
   it('kill -9 while harvesting: after a restart no corrupt shard is listed, every listed one downloads and validates', async () => {
     const dataDir = freshDataDir('carryon-harvest-kill-');
     dirs.push(dataDir);
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/app/main.ts'], {
       cwd: REPO_ROOT,
       env: {
         ...process.env,

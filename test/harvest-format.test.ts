@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { f32ToF16 } from '../src/model/half.js';
+import { f32ToF16 } from '../src/formats/half.js';
 import { readJournal } from '../src/harvest/journal.js';
 import {
   SafetensorsError,
@@ -14,7 +14,7 @@ import {
   parseSafetensorsHeader,
   readSafetensorsHeader,
   serializeSafetensors,
-} from '../src/harvest/safetensors.js';
+} from '../src/formats/safetensors.js';
 import { decodeShardLayer, readShard, validateShardFile, type ShardInfo } from '../src/harvest/shard-format.js';
 import { ShardWriter, tenantDirName } from '../src/harvest/shard-writer.js';
 import { Sigma, decodeRows, encodeF16, f32BitsToF16, reconstructionError } from '../src/harvest/sigma.js';

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Ajv } from 'ajv';
 import { describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
-import { ConfigSchema, loadConfig } from '../src/config.js';
+import { ConfigSchema, loadConfig } from '../src/app/config.js';
 
 /**
  * The Helm chart without helm: its files parse, its values validate against its schema, its
@@ -155,7 +155,7 @@ describe('values', () => {
     expect(validate({ ...defaults, global: { imageRegistry: 'x' } })).toBe(true);
   });
 
-  it('the schema bounds each option exactly as src/config.ts does', () => {
+  it('the schema bounds each option exactly as src/app/config.ts does', () => {
     const props = schema.properties.config.properties;
     for (const [env, field] of Object.entries(ConfigSchema.shape)) {
       if (FROM_SECRET.includes(env) || FIXED_BY_CHART.includes(env)) continue;
@@ -171,7 +171,7 @@ describe('values', () => {
   });
 });
 
-describe('ConfigMap ⇄ src/config.ts', () => {
+describe('ConfigMap ⇄ src/app/config.ts', () => {
   const lines = configMapLines();
   const envs = lines.map((l) => l.env);
   const options = Object.keys(ConfigSchema.shape);

@@ -5,10 +5,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/config.js';
+import { loadConfig } from '../src/app/config.js';
 import { DEFAULT_MODEL, downloadDefaultModel, resolveModelPackage } from '../src/model/model-source.js';
 import { readManifest } from '../src/model/package-files.js';
-import { startServer } from '../src/server.js';
+import { startServer } from '../src/app/server.js';
 import { STORIES_BIN, STORIES_TOK } from './helpers/paths.js';
 
 /**

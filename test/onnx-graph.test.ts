@@ -1,6 +1,6 @@
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { summarizeModel } from '../src/model/onnx-builder.js';
+import { summarizeModel } from '../src/formats/onnx-builder.js';
 import {
   ATTENTION_MASK,
   buildBodyModel,

@@ -5,9 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelRunner } from '../src/engine/model-runner.js';
 import { heldOutLoss } from '../src/eval/held-out-loss.js';
 import { importModel } from '../src/model/import.js';
-import { summarizeModel } from '../src/model/onnx-builder.js';
+import { summarizeModel } from '../src/formats/onnx-builder.js';
 import { PACKAGE_FILES } from '../src/model/package-files.js';
-import { ModelTokenizer } from '../src/tokenizer.js';
+import { ModelTokenizer } from '../src/model/tokenizer.js';
 import { STORIES_BIN, STORIES_TOK } from './helpers/paths.js';
 
 /**

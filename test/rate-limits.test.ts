@@ -1,6 +1,6 @@
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { CreatedApiKeyObject } from '../src/admin/protocol.js';
+import type { CreatedApiKeyObject } from '../src/admin/schemas.js';
 import { api } from './helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, USER_KEY, type TestGateway } from './helpers/gateway.js';
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { SamplingParams } from '../src/engine/protocol.js';
+import type { SamplingParams } from '../src/engine/worker-messages.js';
 import { Sampler, topK } from '../src/engine/sampler.js';
 
 const params = (p: Partial<SamplingParams>): SamplingParams => ({

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Scheduler } from '../src/scheduler.js';
+import { Scheduler } from '../src/serving/scheduler.js';
 
 /** Admission order when slots free up: fair between tenants, FIFO within one. */
 describe('scheduler fairness', () => {

@@ -2,8 +2,8 @@ import path from 'node:path';
 import os from 'node:os';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { importModel } from '../src/model/import.js';
-import { TextAssembler } from '../src/text-assembler.js';
-import { ModelTokenizer } from '../src/tokenizer.js';
+import { TextAssembler } from '../src/serving/text-assembler.js';
+import { ModelTokenizer } from '../src/model/tokenizer.js';
 import { STORIES_BIN, STORIES_TOK } from './helpers/paths.js';
 
 let tok: ModelTokenizer;

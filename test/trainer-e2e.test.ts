@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CreatedApiKeyObject } from '../src/admin/protocol.js';
+import type { CreatedApiKeyObject } from '../src/admin/schemas.js';
 import { api } from './helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { gsm8kTrainProblems } from './helpers/gsm8k.js';

@@ -10,7 +10,7 @@ import type { CarryOnVersionRecord } from '../../src/carryon/catalog.js';
 import { countCarryOnParameters, initCarryOnWeights, type CarryOnWeights } from '../../src/carryon/graph.js';
 import { CARRYON_FILES } from '../../src/carryon/manifest.js';
 import { writeCarryOnPackage } from '../../src/carryon/package.js';
-import { specOf } from '../../src/carryon/registry.js';
+import { specOf } from '../../src/serving/carry-on-registry.js';
 import { readManifest, readModelConfig } from '../../src/model/package-files.js';
 
 export interface CarryOnShape {

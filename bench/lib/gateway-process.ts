@@ -1,5 +1,5 @@
 /**
- * The real gateway as a child process (`node --import tsx src/main.ts`, as `npm start` runs it),
+ * The real gateway as a child process (`node --import tsx src/app/main.ts`, as `npm start` runs it),
  * plus what a load test reads from the outside: /proc for its memory and CPU, /metrics (admin key)
  * for the server's own counters.
  */
@@ -39,7 +39,7 @@ export async function startGateway(env: Record<string, string>, opts: { readyTim
   const port = await freePort();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'carryon-load-'));
   const adminKey = 'sk-load-bench-admin-0123456789';
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/app/main.ts'], {
     cwd: repoRoot,
     env: {
       ...process.env,

@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import type { Llama, LlamaContext, LlamaModel, Token } from 'node-llama-cpp';
 
 import { Engine } from '../../src/engine/engine.js';
-import type { SamplingParams } from '../../src/engine/protocol.js';
+import type { SamplingParams } from '../../src/engine/worker-messages.js';
 
 export interface RunResult {
   /** Submit → first generated token: prefill of the whole prompt plus one sampling. */

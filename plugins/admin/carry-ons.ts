@@ -9,11 +9,11 @@ import {
   SetAliasBody,
   TenantParams,
   VersionParams,
-} from '../../src/admin/protocol.js';
+} from '../../src/admin/schemas.js';
 import type { AdminServices } from '../../src/admin/services.js';
 import { MAX_MANIFEST_BYTES } from '../../src/admin/upload-receive.js';
 import { parseAdmin } from '../../src/admin/validate.js';
-import { ApiError } from '../../src/errors.js';
+import { ApiError } from '../../src/core/errors.js';
 import type { AdminPluginOptions } from './index.js';
 
 const carryOnRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { admin, maxCarryOnBytes }) => {

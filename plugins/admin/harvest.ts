@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { adminContext } from '../../src/admin/context.js';
-import { HarvestShardParams, ListHarvestShardsQuery } from '../../src/admin/protocol.js';
+import { HarvestShardParams, ListHarvestShardsQuery } from '../../src/admin/schemas.js';
 import { parseAdmin } from '../../src/admin/validate.js';
 import type { AdminPluginOptions } from './index.js';
 

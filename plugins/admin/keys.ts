@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { adminContext } from '../../src/admin/context.js';
-import { CreateKeyBody, KeyParams, ListKeysQuery, PatchKeyBody } from '../../src/admin/protocol.js';
+import { CreateKeyBody, KeyParams, ListKeysQuery, PatchKeyBody } from '../../src/admin/schemas.js';
 import { parseAdmin } from '../../src/admin/validate.js';
 import type { AdminPluginOptions } from './index.js';
 

@@ -1,11 +1,11 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { callerOf } from '../../src/carryon/routing.js';
-import type { Gateway } from '../../src/gateway.js';
+import { callerOf } from '../../src/serving/model-routing.js';
+import type { Gateway } from '../../src/serving/gateway.js';
 import { rateLimitHook } from '../../src/http/rate-limit-hook.js';
 import { clientGone, harvestOptOut, respond } from '../../src/http/respond.js';
-import { ChatCompletionRequest } from '../../src/openai/protocol.js';
+import { ChatCompletionRequest } from '../../src/openai/schemas.js';
 import { serveChat } from '../../src/openai/serve-chat.js';
-import { parseRequest } from '../../src/openai/validate.js';
+import { parseRequest } from '../../src/core/parse-request.js';
 
 const chatRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gateway }) => {
   app.post('/v1/chat/completions', { preHandler: rateLimitHook(gateway) }, async (request, reply) => {

@@ -1,11 +1,11 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { callerOf } from '../../src/carryon/routing.js';
-import type { Gateway } from '../../src/gateway.js';
+import { callerOf } from '../../src/serving/model-routing.js';
+import type { Gateway } from '../../src/serving/gateway.js';
 import { rateLimitHook } from '../../src/http/rate-limit-hook.js';
 import { clientGone } from '../../src/http/respond.js';
-import { EmbeddingRequest } from '../../src/openai/protocol.js';
+import { EmbeddingRequest } from '../../src/openai/schemas.js';
 import { serveEmbeddings } from '../../src/openai/serve-embeddings.js';
-import { parseRequest } from '../../src/openai/validate.js';
+import { parseRequest } from '../../src/core/parse-request.js';
 
 const embeddingRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gateway }) => {
   app.post('/v1/embeddings', { preHandler: rateLimitHook(gateway) }, async (request, reply) => {

@@ -1,9 +1,9 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { callerOf } from '../../src/carryon/routing.js';
-import type { Gateway } from '../../src/gateway.js';
-import { ModelParams } from '../../src/openai/protocol.js';
+import { callerOf } from '../../src/serving/model-routing.js';
+import type { Gateway } from '../../src/serving/gateway.js';
+import { ModelParams } from '../../src/openai/schemas.js';
 import { listModels, retrieveModel } from '../../src/openai/serve-models.js';
-import { parseRequest } from '../../src/openai/validate.js';
+import { parseRequest } from '../../src/core/parse-request.js';
 
 const modelRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gateway }) => {
   app.get('/v1/models', async (request) => listModels(gateway, callerOf(request.principal)));

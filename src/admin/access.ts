@@ -1,5 +1,5 @@
-import type { Principal } from '../auth.js';
-import { ApiError } from '../errors.js';
+import type { Principal } from '../auth/authenticator.js';
+import { ApiError } from '../core/errors.js';
 import type { TenantRecord, TenantRepository } from '../store/tenants.js';
 
 /**

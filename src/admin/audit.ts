@@ -1,4 +1,4 @@
-import type { Principal } from '../auth.js';
+import type { Principal } from '../auth/authenticator.js';
 
 /** The slice of a pino logger the admin services use; the request's logger, so lines carry its reqId. */
 export interface AuditLog {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import type { Multipart } from '@fastify/multipart';
-import { ApiError } from '../errors.js';
+import { ApiError } from '../core/errors.js';
 import { LATEST } from '../store/carry-ons.js';
 import type { Store } from '../store/store.js';
 import { managedTenant } from './access.js';
@@ -10,7 +10,7 @@ import type { BaseModelSource } from './base-model.js';
 import type { CarryOnFiles } from './carry-on-files.js';
 import { checkCarryOnGraph } from './graph-check.js';
 import { checkAgainstBase, checkDigest, parseUploadedManifest, storedManifest } from './manifest-checks.js';
-import { AliasName, UploadTenantField, type CarryOnObject, type CarryOnVersionObject, type DeletedObject, type List, type UploadManifest } from './protocol.js';
+import { AliasName, UploadTenantField, type CarryOnObject, type CarryOnVersionObject, type DeletedObject, type List, type UploadManifest } from './schemas.js';
 import { GRAPH_PART, MAX_MANIFEST_BYTES, receiveCarryOnUpload } from './upload-receive.js';
 import { view } from './views.js';
 

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CARRYON_FILES } from '../carryon/manifest.js';
-import { fsyncDir } from '../fs-atomic.js';
+import { fsyncDir } from '../core/fs-atomic.js';
 import type { CarryOnRepository } from '../store/carry-ons.js';
 
 /** Staging folders older than this are leftovers of a crash wherever they came from (an upload cannot take this long). */

@@ -2,9 +2,9 @@ import fs from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { CarryOnTensorNames as N } from '../carryon/tensor-names.js';
-import { parseModel } from '../model/onnx-builder.js';
-import { expectedInterface, externalDataReferences, interfaceProblems, type TensorSpec } from './graph-contract.js';
-import type { GraphCheckInput, GraphCheckResult } from './graph-check-protocol.js';
+import { parseModel } from '../formats/onnx-builder.js';
+import { expectedInterface, externalDataReferences, interfaceProblems, type TensorSpec } from '../carryon/graph-contract.js';
+import type { GraphCheckInput, GraphCheckResult } from './graph-check-messages.js';
 
 /**
  * One-shot worker: parses an uploaded carry-on graph, checks it against the contract, then loads

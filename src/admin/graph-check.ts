@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
-import type { GraphCheckInput, GraphCheckResult } from './graph-check-protocol.js';
+import type { GraphCheckInput, GraphCheckResult } from './graph-check-messages.js';
 
-export type { GraphCheckInput, GraphCheckResult } from './graph-check-protocol.js';
+export type { GraphCheckInput, GraphCheckResult } from './graph-check-messages.js';
 
 /**
  * Checks an uploaded carry-on graph in a short-lived worker thread (parse, contract, ONNX Runtime

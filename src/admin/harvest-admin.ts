@@ -1,13 +1,13 @@
 import fs from 'node:fs';
 import type { Readable } from 'node:stream';
-import { ApiError } from '../errors.js';
+import { ApiError } from '../core/errors.js';
 import type { HarvestService } from '../harvest/service.js';
 import type { HarvestShardRecord } from '../store/harvest-shards.js';
 import type { Store } from '../store/store.js';
 import { canManageTenant, managedTenant, requireGlobalAdmin } from './access.js';
 import { audit, type AdminContext } from './audit.js';
 import { ifRangeMatches, noneMatch, parseRange } from './byte-range.js';
-import type { DeletedObject, HarvestShardObject, HarvestStatsObject, List } from './protocol.js';
+import type { DeletedObject, HarvestShardObject, HarvestStatsObject, List } from './schemas.js';
 import { view } from './views.js';
 
 /** The conditional and range headers of a download request. */

@@ -1,11 +1,11 @@
-import { generateApiKey, hashKey, keyPrefix, newKeyId } from '../auth.js';
-import { ApiError } from '../errors.js';
+import { generateApiKey, hashKey, keyPrefix, newKeyId } from '../auth/authenticator.js';
+import { ApiError } from '../core/errors.js';
 import type { ApiKeyRecord } from '../store/api-keys.js';
 import { parseCarryOnRef } from '../store/carry-ons.js';
 import type { Store } from '../store/store.js';
 import { canManageTenant, managedTenant, requireGlobalAdmin } from './access.js';
 import { audit, type AdminContext } from './audit.js';
-import type { ApiKeyObject, CreatedApiKeyObject, CreateKeyBody, List, PatchKeyBody } from './protocol.js';
+import type { ApiKeyObject, CreatedApiKeyObject, CreateKeyBody, List, PatchKeyBody } from './schemas.js';
 import { view } from './views.js';
 
 export class KeyAdmin {

@@ -1,7 +1,7 @@
 import { CarryOnManifest } from '../carryon/manifest.js';
-import { ApiError } from '../errors.js';
+import { ApiError } from '../core/errors.js';
 import type { BaseModelInfo } from './base-model.js';
-import { UploadManifest } from './protocol.js';
+import { UploadManifest } from './schemas.js';
 
 /** The uploaded manifest text → a manifest without its version (the server assigns it). */
 export function parseUploadedManifest(text: string): UploadManifest {

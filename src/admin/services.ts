@@ -6,7 +6,7 @@ import { CarryOnFiles } from './carry-on-files.js';
 import { HarvestAdmin } from './harvest-admin.js';
 import { KeyAdmin } from './key-admin.js';
 import { TenantAdmin } from './tenant-admin.js';
-import { TrainingJobs, type TrainingJobsOptions } from '../training/jobs.js';
+import { TrainingJobs, type TrainingJobsOptions } from './training-jobs.js';
 
 export interface AdminServices {
   tenants: TenantAdmin;

@@ -1,10 +1,10 @@
-import { ApiError } from '../errors.js';
+import { ApiError } from '../core/errors.js';
 import type { ForgetSummary } from '../harvest/service.js';
 import type { Store } from '../store/store.js';
 import { managedTenant, requireGlobalAdmin } from './access.js';
 import { audit, type AdminContext } from './audit.js';
 import type { CarryOnFiles } from './carry-on-files.js';
-import type { DeletedObject, List, TenantObject } from './protocol.js';
+import type { DeletedObject, List, TenantObject } from './schemas.js';
 import { view } from './views.js';
 
 export class TenantAdmin {

@@ -6,7 +6,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Multipart } from '@fastify/multipart';
 import { CARRYON_FILES } from '../carryon/manifest.js';
-import { ApiError } from '../errors.js';
+import { ApiError } from '../core/errors.js';
 
 /** The manifest is small JSON; anything near this is not a manifest. */
 export const MAX_MANIFEST_BYTES = 1 << 20;

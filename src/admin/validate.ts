@@ -1,6 +1,6 @@
 import type { z } from 'zod';
-import { ApiError } from '../errors.js';
-import { parseRequest } from '../openai/validate.js';
+import { ApiError } from '../core/errors.js';
+import { parseRequest } from '../core/parse-request.js';
 
 /**
  * Validates an admin request part with the same 400s as the OpenAI surface, plus a named

@@ -13,7 +13,7 @@ import type {
   HarvestStatsObject,
   List,
   TenantObject,
-} from './protocol.js';
+} from './schemas.js';
 
 /** Store records → the admin API's response objects (./protocol.ts). */
 export const view = {

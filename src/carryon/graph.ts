@@ -43,7 +43,7 @@
  *
  * Tensor names and shapes of the graph's inputs/outputs are in ./tensor-names.ts.
  */
-import { attr, DataType, GraphBuilder, type Dim } from '../model/onnx-builder.js';
+import { attr, DataType, GraphBuilder, type Dim } from '../formats/onnx-builder.js';
 import {
   buildSharedTensors,
   decoderBlock,

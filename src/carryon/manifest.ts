@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { TENANT_ID_PATTERN } from '../tenant-id.js';
+import { TENANT_ID_PATTERN } from '../core/tenant-id.js';
 
 export const CARRYON_FILES = { graph: 'model.onnx', manifest: 'manifest.json' } as const;
 

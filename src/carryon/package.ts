@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { writeDirAtomic } from '../fs-atomic.js';
+import { writeDirAtomic } from '../core/fs-atomic.js';
 import { buildCarryOnGraph, countCarryOnParameters, type CarryOnConfig, type CarryOnWeights } from './graph.js';
 import {
   CARRYON_FILES,

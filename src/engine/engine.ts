@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import type { CaptureResult } from './capture.js';
 import type { CarryOnSpec } from './carry-on-session.js';
-import type { CarryOnUse, EngineInit, FromWorker, ModelInfo, SamplingParams, StepStats, TokenEvent, ToWorker } from './protocol.js';
+import type { CarryOnUse, EngineInit, FromWorker, ModelInfo, SamplingParams, StepStats, TokenEvent, ToWorker } from './worker-messages.js';
 
 export interface SequenceHandlers {
   onEvent(ev: TokenEvent): void;
@@ -21,7 +21,6 @@ export class Engine {
   /** Outlives `sequences`: a cancelled sequence's capture still arrives after it is gone from there. */
   private readonly captureSinks = new Map<number, (c: CaptureResult) => void>();
   private readonly carryOnLoads = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
-  private readonly embedJobs = new Map<number, { resolve: (v: Float32Array[]) => void; reject: (e: Error) => void }>();
   private dead: Error | null = null;
   /** Observers of each step that produced tokens (metrics). */
   private readonly stepListeners: Array<(s: StepStats) => void> = [];
@@ -109,13 +108,19 @@ export class Engine {
     if (!this.dead) this.post({ type: 'unloadCarryOn', key });
   }
 
-  embed(inputs: number[][]): Promise<Float32Array[]> {
-    if (this.dead) return Promise.reject(this.dead);
-    const jobId = this.nextJobId++;
-    return new Promise((resolve, reject) => {
-      this.embedJobs.set(jobId, { resolve, reject });
-      this.post({ type: 'embed', jobId, inputs });
-    });
+  /**
+   * Starts an embedding sequence: admitted into the step loop like a prompt (KV budget, prefill
+   * chunks), it ends with one event carrying the pooled vector. Returns its id for cancel().
+   */
+  submitEmbedding(promptIds: number[], handlers: SequenceHandlers): number {
+    const seqId = this.nextSeqId++;
+    if (this.dead) {
+      queueMicrotask(() => handlers.onError(this.dead!.message));
+      return seqId;
+    }
+    this.sequences.set(seqId, handlers);
+    this.post({ type: 'addEmbedding', seqId, promptIds });
+    return seqId;
   }
 
   async close(): Promise<void> {
@@ -147,13 +152,6 @@ export class Engine {
         this.sequences.delete(msg.seqId);
         this.captureSinks.delete(msg.seqId); // its capture, if any, was posted before the error
         h?.onError(msg.message);
-        return;
-      }
-      case 'embedded': {
-        const job = this.embedJobs.get(msg.jobId);
-        this.embedJobs.delete(msg.jobId);
-        if (msg.error) job?.reject(new Error(msg.error));
-        else job?.resolve(msg.vectors);
         return;
       }
       case 'captured': {
@@ -188,8 +186,6 @@ export class Engine {
     for (const [, h] of this.sequences) h.onError(`engine failure: ${err.message}`);
     this.sequences.clear();
     this.captureSinks.clear();
-    for (const [, job] of this.embedJobs) job.reject(err);
-    this.embedJobs.clear();
     for (const [, load] of this.carryOnLoads) load.reject(err);
     this.carryOnLoads.clear();
   }

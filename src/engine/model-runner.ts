@@ -6,7 +6,7 @@ import { TensorNames } from '../model/tensor-names.js';
 import { PACKAGE_FILES, readManifest, readModelConfig } from '../model/package-files.js';
 import type { LlamaConfig } from '../model/types.js';
 import { KvPool, type KvGeometry } from './kv-pool.js';
-import type { EngineInit } from './protocol.js';
+import type { EngineInit } from './worker-messages.js';
 
 /** What the body produced for the tokens just fed: the final hidden state and any extra layer outputs. */
 export interface BodyResult {

@@ -1,4 +1,4 @@
-import type { SamplingParams } from './protocol.js';
+import type { SamplingParams } from './worker-messages.js';
 
 /**
  * Token selection for one sequence. Deterministic for a given seed: the RNG is per sequence, so the

@@ -3,8 +3,9 @@ import { mergeRow, type CarryOnCache, type CarryOnSession } from './carry-on-ses
 import { BatchSlots } from './batch-slots.js';
 import type { KvPool } from './kv-pool.js';
 import type { BodyResult, ModelRunner } from './model-runner.js';
-import type { SamplingParams, StepStats, TokenEvent } from './protocol.js';
+import type { SamplingParams, StepStats, TokenEvent } from './worker-messages.js';
 import { Sampler } from './sampler.js';
+import { normalizeMean } from './pooling.js';
 
 interface SequenceCarryOn {
   session: CarryOnSession;
@@ -26,6 +27,12 @@ interface LiveSequence {
   carryOn: SequenceCarryOn | null;
   /** Hidden-state capture for harvesting; null when this sequence is not sampled. */
   capture: SequenceCapture | null;
+  /**
+   * Set for an embedding: the running sum of the prompt's final hidden rows. Such a sequence reads
+   * its prompt like any other (same admission, KV budget and prefill chunks) and then ends with
+   * the mean, without sampling.
+   */
+  pooled: Float64Array | null;
 }
 
 export interface StepLoopOptions {
@@ -36,6 +43,11 @@ export interface StepLoopOptions {
    */
   kvBudgetBytes: number;
 }
+
+/** An embedding never samples; its sampler exists only so every live sequence has one. */
+const EMBEDDING_PARAMS: SamplingParams = {
+  temperature: 0, topP: 1, topK: 0, seed: 0, presencePenalty: 0, frequencyPenalty: 0, maxTokens: 0, stopTokenIds: [], topLogprobs: -1,
+};
 
 /** What the LM head needs for one sampled row. */
 interface HeadRow {
@@ -87,22 +99,30 @@ export class StepLoop {
     carryOn: { session: CarryOnSession; alpha: number } | null,
     harvestLayers: Array<'final' | number> | null = null,
   ): void {
-    if (promptIds.length === 0) throw new Error('empty prompt');
-    if (promptIds.length > this.contextLength) throw new Error(`prompt of ${promptIds.length} tokens exceeds the context of ${this.contextLength}`);
+    this.checkLength(promptIds, 'prompt');
     // A key's harvest policy may name blocks this base does not output (keys outlive model changes):
     // capture the layers that exist; harvesting must never fail the request itself.
     const layers = harvestLayers?.filter((l) => l === 'final' || this.runner.extraLayers.includes(l)) ?? [];
-    this.waiting.push({
-      seqId,
-      params,
-      sampler: new Sampler(params),
-      slot: -1,
-      pending: promptIds.slice(),
-      last: -1,
-      generated: 0,
+    this.enqueue(seqId, promptIds, params, {
       carryOn: carryOn && carryOn.alpha !== 0 ? { ...carryOn, cache: carryOn.session.newCache() } : null,
       capture: layers.length > 0 ? new SequenceCapture(layers, promptIds.length, this.runner.config.hidden_size) : null,
+      pooled: null,
     });
+  }
+
+  /** An embedding: the base alone reads `promptIds`; the sequence ends with their pooled hidden state. */
+  addEmbedding(seqId: number, promptIds: number[]): void {
+    this.checkLength(promptIds, 'input');
+    this.enqueue(seqId, promptIds, EMBEDDING_PARAMS, { carryOn: null, capture: null, pooled: new Float64Array(this.runner.config.hidden_size) });
+  }
+
+  private checkLength(ids: number[], what: string): void {
+    if (ids.length === 0) throw new Error(`empty ${what}`);
+    if (ids.length > this.contextLength) throw new Error(`${what} of ${ids.length} tokens exceeds the context of ${this.contextLength}`);
+  }
+
+  private enqueue(seqId: number, promptIds: number[], params: SamplingParams, extra: Pick<LiveSequence, 'carryOn' | 'capture' | 'pooled'>): void {
+    this.waiting.push({ seqId, params, sampler: new Sampler(params), slot: -1, pending: promptIds.slice(), last: -1, generated: 0, ...extra });
     this.kick();
   }
 
@@ -222,10 +242,21 @@ export class StepLoop {
       }
     }
 
+    const events: TokenEvent[] = [];
+    const ended: LiveSequence[] = [];
     for (const [seq, take] of plan) {
       try {
         const feed = seq.pending.splice(0, take);
         const body = await this.runner.forwardRows(this.pool, seq.slot, 1, feed);
+        if (seq.pooled) {
+          const done = this.pool.length(seq.slot);
+          accumulateRows(seq.pooled, body.hidden, feed.length);
+          if (seq.pending.length === 0) {
+            events.push({ seqId: seq.seqId, token: -1, finish: 'stop', embedding: normalizeMean(seq.pooled, done) });
+            ended.push(seq);
+          }
+          continue;
+        }
         const x = await this.compose(seq, feed, body, feed.length - 1);
         if (seq.pending.length === 0) heads.push({ seq, x });
       } catch (err) {
@@ -233,8 +264,6 @@ export class StepLoop {
       }
     }
 
-    const events: TokenEvent[] = [];
-    const ended: LiveSequence[] = [];
     if (heads.length > 0) {
       const d = this.runner.config.hidden_size;
       const v = this.runner.config.vocab_size;
@@ -261,7 +290,8 @@ export class StepLoop {
     for (const seq of prefillers) {
       if (seq.pending.length === 0 && this.slots.holds(seq) && !this.slots.isDecoding(seq)) this.slots.promote(seq);
     }
-    if (events.length > 0) this.emit(events, { decodeRows: decoders.length, prefillRows: plan.size, kvBytes: this.pool.bytes });
+    // Every step that ran is reported, a prompt chunk that sampled nothing too (step metrics count it).
+    if (events.length > 0 || plan.size > 0) this.emit(events, { decodeRows: decoders.length, prefillRows: plan.size, kvBytes: this.pool.bytes });
   }
 
   /**
@@ -343,6 +373,12 @@ export class StepLoop {
     const result = seq.capture?.finish(seq.seqId);
     if (result) this.onCapture(result);
   }
+}
+
+/** Adds each of `rows` hidden rows into `sum` (float64, so a long input loses no precision). */
+function accumulateRows(sum: Float64Array, hidden: Float32Array, rows: number): void {
+  const d = sum.length;
+  for (let r = 0; r < rows; r++) for (let j = 0; j < d; j++) sum[j] += hidden[r * d + j];
 }
 
 function carryOnKey(seq: LiveSequence): string {

@@ -1,9 +1,8 @@
 import { parentPort } from 'node:worker_threads';
 import { CarryOnSession } from './carry-on-session.js';
 import { ModelRunner } from './model-runner.js';
-import type { FromWorker, ToWorker } from './protocol.js';
+import type { FromWorker, ToWorker } from './worker-messages.js';
 import { StepLoop } from './step-loop.js';
-import { meanPoolNormalized } from './pooling.js';
 
 /**
  * Engine worker: owns the ONNX Runtime sessions, whose `run` would otherwise block the gateway's
@@ -84,8 +83,13 @@ async function handle(msg: ToWorker): Promise<void> {
     case 'cancel':
       loop?.cancel(msg.seqId);
       return;
-    case 'embed':
-      return embed(msg.jobId, msg.inputs);
+    case 'addEmbedding':
+      try {
+        requireLoop().addEmbedding(msg.seqId, msg.promptIds);
+      } catch (err) {
+        post({ type: 'seqError', seqId: msg.seqId, message: errorMessage(err) });
+      }
+      return;
     case 'close':
       await runner?.release();
       post({ type: 'closed' });
@@ -101,25 +105,6 @@ async function releaseIdleCarryOns(): Promise<void> {
     carryOns.delete(key);
     await session?.release();
   }
-}
-
-async function embed(jobId: number, inputs: number[][]): Promise<void> {
-  try {
-    const r = requireRunner();
-    const vectors: Float32Array[] = [];
-    for (const ids of inputs) {
-      const { hidden } = await r.forwardBody(ids, r.newCache());
-      vectors.push(meanPoolNormalized(hidden, ids.length, r.config.hidden_size));
-    }
-    post({ type: 'embedded', jobId, vectors }, vectors.map((v) => v.buffer as ArrayBuffer));
-  } catch (err) {
-    post({ type: 'embedded', jobId, vectors: [], error: errorMessage(err) });
-  }
-}
-
-function requireRunner(): ModelRunner {
-  if (!runner) throw new Error('engine not initialised');
-  return runner;
 }
 
 function requireLoop(): StepLoop {

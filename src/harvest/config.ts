@@ -2,7 +2,7 @@ import { z } from 'zod';
 import type { SigmaCodec } from './sigma.js';
 
 /**
- * The harvest options of the gateway's environment. They are spread into src/config.ts's
+ * The harvest options of the gateway's environment. They are spread into src/app/config.ts's
  * ConfigSchema (so they are validated, defaulted and listed with every other option); they live here
  * to keep the harvest subsystem's settings and their meaning in one place.
  */

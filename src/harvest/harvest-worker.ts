@@ -4,7 +4,7 @@
  * requested after some sequences sees those sequences, in the order the producer posted them.
  */
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
-import type { CallResults, FromHarvestWorker, HarvestWorkerInit, ToHarvestWorker, WorkerCall } from './protocol.js';
+import type { CallResults, FromHarvestWorker, HarvestWorkerInit, ToHarvestWorker, WorkerCall } from './worker-messages.js';
 import type { ShardInfo } from './shard-format.js';
 import { ShardWriter } from './shard-writer.js';
 import { Sigma } from './sigma.js';

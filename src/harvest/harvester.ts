@@ -5,7 +5,7 @@
  * deletes a shard's journal only after that callback resolves.
  */
 import { MessageChannel, Worker } from 'node:worker_threads';
-import type { CallResults, FromHarvestWorker, HarvestWorkerInit, ToHarvestWorker, WorkerCall } from './protocol.js';
+import type { CallResults, FromHarvestWorker, HarvestWorkerInit, ToHarvestWorker, WorkerCall } from './worker-messages.js';
 import { HarvestProducer, type HarvestProducerHandle } from './producer.js';
 import type { ShardInfo } from './shard-format.js';
 import type { ForgetReport, RecoveryReport, RescanReport } from './shard-writer.js';

@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
-import { fsyncDir } from '../fs-atomic.js';
+import { fsyncDir } from '../core/fs-atomic.js';
 import { writeAllV, type EncodedSequence, type ShardSchema } from './shard-format.js';
 import type { EncodedRows } from './sigma.js';
 

@@ -10,11 +10,11 @@
  * responses learns from.
  */
 import path from 'node:path';
-import { ChatTemplate, type ChatMessage } from '../chat-template.js';
+import { ChatTemplate, type ChatMessage } from '../model/chat-template.js';
 import { ModelRunner } from '../engine/model-runner.js';
 import { readManifest } from '../model/package-files.js';
 import type { PackageManifest } from '../model/package-files.js';
-import { ModelTokenizer } from '../tokenizer.js';
+import { ModelTokenizer } from '../model/tokenizer.js';
 import { defaultFormat, readRecords, type InputFormat, type InputRecord } from './records.js';
 import type { LayerId, ShardInfo } from './shard-format.js';
 import { ShardWriter } from './shard-writer.js';

@@ -5,7 +5,7 @@
  * engine worker can build one from `Harvester.createProducerPort()` to post without a main-thread hop.
  */
 import type { MessagePort, TransferListItem } from 'node:worker_threads';
-import type { SequenceMessage } from './protocol.js';
+import type { SequenceMessage } from './worker-messages.js';
 import { HarvestCounters } from './stats.js';
 import type { HarvestedSequence, HarvestSink } from './types.js';
 

@@ -12,7 +12,7 @@
  * render them as a user turn and an assistant turn.
  */
 import fs from 'node:fs';
-import type { ChatMessage } from '../chat-template.js';
+import type { ChatMessage } from '../model/chat-template.js';
 
 export type InputFormat = 'text' | 'jsonl' | 'chat';
 

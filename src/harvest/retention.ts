@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { fsyncDir } from '../fs-atomic.js';
+import { fsyncDir } from '../core/fs-atomic.js';
 import type { ForgetReport } from './shard-writer.js';
 import { tenantDirName } from './shard-writer.js';
 

@@ -1,7 +1,7 @@
 /**
  * Harvesting in the running gateway: owns the Harvester (writer worker), keeps the SQLite shard
  * index in step with the files, enforces retention, forgets deleted tenants and pushes finished
- * shards. The engine hands sampled sequences to `offer` (this service is the Generator's
+ * shards. The engine hands sampled sequences to `offer` (this service is the inference service's
  * `harvestSink`); everything else is for the admin API and shutdown.
  *
  * Index ⇄ files: a row is inserted when the writer reports a shard (after its atomic rename), and
@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Gauge } from 'prom-client';
-import { fsyncDir } from '../fs-atomic.js';
+import { fsyncDir } from '../core/fs-atomic.js';
 import type { HarvestShardRecord, HarvestShardRepository } from '../store/harvest-shards.js';
 import type { HarvestConfig } from './config.js';
 import { Harvester } from './harvester.js';
@@ -94,7 +94,7 @@ export class HarvestService implements HarvestSink {
   /**
    * Once the base is known (its fingerprint goes into every shard): forgets tenants deleted while
    * the gateway was down, then starts the writer, rebuilds shards from a crash's journals and indexes
-   * shards written but never indexed. Returns the sink for the Generator (null: harvesting is off).
+   * shards written but never indexed. Returns the sink for the inference service (null: harvesting is off).
    * Retention and pushing run either way, for shards written before.
    */
   start(baseFingerprint: string): Promise<HarvestSink | null> {

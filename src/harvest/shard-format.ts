@@ -6,14 +6,14 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fsyncDir } from '../fs-atomic.js';
+import { fsyncDir } from '../core/fs-atomic.js';
 import {
   encodeSafetensors,
   readSafetensors,
   readSafetensorsHeader,
   type SafetensorsHeader,
   type TensorInput,
-} from './safetensors.js';
+} from '../formats/safetensors.js';
 import { decodeRows, type EncodedDtype, type EncodedRows, type SigmaDescriptor } from './sigma.js';
 
 export const SHARD_FORMAT = 'carryon-harvest';

@@ -12,7 +12,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fsyncDir } from '../fs-atomic.js';
+import { fsyncDir } from '../core/fs-atomic.js';
 import type { HarvestedSequence } from './types.js';
 import { JOURNAL_SUFFIX, JournalWriter, readJournal } from './journal.js';
 import {

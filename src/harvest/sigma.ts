@@ -12,8 +12,8 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { f16LookupTable } from '../model/half.js';
-import { readSafetensors, type DecodedTensor } from './safetensors.js';
+import { f16LookupTable } from '../formats/half.js';
+import { readSafetensors, type DecodedTensor } from '../formats/safetensors.js';
 
 export type SigmaCodec = 'f16' | 'int8' | 'none';
 export const SIGMA_CODECS: readonly SigmaCodec[] = ['f16', 'int8', 'none'];

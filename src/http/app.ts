@@ -1,17 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
-import chatRoutes from '../../plugins/openai/chat.js';
-import completionRoutes from '../../plugins/openai/completions.js';
-import embeddingRoutes from '../../plugins/openai/embeddings.js';
-import modelRoutes from '../../plugins/openai/models.js';
-import healthRoutes from '../../plugins/health.js';
-import adminRoutes from '../../plugins/admin/index.js';
-import type { AdminServices } from '../admin/services.js';
-import { bearerToken, TENANT_HEADER, type Authenticator, type Principal } from '../auth.js';
-import metricsRoutes from '../../plugins/metrics.js';
-import { ApiError } from '../errors.js';
-import type { Metrics } from '../metrics.js';
-import type { Gateway } from '../gateway.js';
+import { bearerToken, TENANT_HEADER, type Authenticator, type Principal } from '../auth/authenticator.js';
+import { ApiError } from '../core/errors.js';
+import type { Gateway } from '../serving/gateway.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -23,24 +14,23 @@ declare module 'fastify' {
   }
 }
 
-export interface AppOptions {
+export interface HttpServerOptions {
   gateway: Gateway;
   auth: Authenticator;
-  /** The admin API under /admin. */
-  admin: { services: AdminServices; maxCarryOnBytes: number };
   allowAnonymous: boolean;
   bodyLimit: number;
   logLevel: string;
   /** Time allowed to receive a whole request (headers and body). */
   requestReceiveTimeoutMs?: number;
-  /** Prometheus metrics, served at /metrics. */
-  metrics: { registry: Metrics; requireAdmin: boolean };
   /** Where log lines (JSON) go; default stdout. Tests capture them here. */
   logStream?: { write(line: string): void };
 }
 
-/** Builds the HTTP server: request ids, auth, one error mapping, then each surface as a plugin. */
-export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
+/**
+ * The HTTP server every surface shares: limits, request ids, authentication and the one mapping
+ * from errors to OpenAI's envelope. The routes are registered on it by `plugins/index.ts`.
+ */
+export function createHttpServer(opts: HttpServerOptions): FastifyInstance {
   const app = Fastify({
     bodyLimit: opts.bodyLimit,
     requestTimeout: opts.requestReceiveTimeoutMs ?? 30_000,
@@ -93,13 +83,6 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     void reply.code(e.status).send(e.toBody());
   });
 
-  await app.register(healthRoutes, { gateway: opts.gateway });
-  await app.register(metricsRoutes, { metrics: opts.metrics.registry, requireAdmin: opts.metrics.requireAdmin });
-  await app.register(modelRoutes, { gateway: opts.gateway });
-  await app.register(chatRoutes, { gateway: opts.gateway });
-  await app.register(completionRoutes, { gateway: opts.gateway });
-  await app.register(embeddingRoutes, { gateway: opts.gateway });
-  await app.register(adminRoutes, { prefix: '/admin', admin: opts.admin.services, maxCarryOnBytes: opts.admin.maxCarryOnBytes });
   return app;
 }
 

@@ -1,5 +1,5 @@
 import http from 'node:http';
-import type { Metrics } from '../metrics.js';
+import type { Metrics } from '../core/metrics.js';
 
 /**
  * A second, key-less listener that serves only GET /metrics, for scrapers on a private network (the

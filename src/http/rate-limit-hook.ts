@@ -1,7 +1,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { callerOf } from '../carryon/routing.js';
-import { ApiError } from '../errors.js';
-import type { Gateway } from '../gateway.js';
+import { callerOf } from '../serving/model-routing.js';
+import { ApiError } from '../core/errors.js';
+import type { Gateway } from '../serving/gateway.js';
 
 /**
  * preHandler for inference routes: the caller key's request/token budget, before any expensive work.

@@ -1,5 +1,5 @@
 import type { FastifyReply } from 'fastify';
-import { ApiError } from '../errors.js';
+import { ApiError } from '../core/errors.js';
 
 /**
  * Streams chunks as Server-Sent Events, OpenAI style: `data: <json>\n\n` per chunk, then

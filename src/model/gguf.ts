@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import { open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 
-import { bf16ToF32, f16LookupTable, f32ToBf16, f32ToF16 } from './half.js';
+import { bf16ToF32, f16LookupTable, f32ToBf16, f32ToF16 } from '../formats/half.js';
 import type {
   ImportedCheckpoint,
   LlamaConfig,

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { writeDirAtomic } from '../fs-atomic.js';
+import { writeDirAtomic } from '../core/fs-atomic.js';
 import { ggufToCheckpoint, quantizeQ4_0 } from './gguf.js';
 import { llama2cToCheckpoint } from './llama2c.js';
 import { buildBodyModel, buildHeadModel } from './onnx-graph.js';

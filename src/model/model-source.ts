@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fetch } from 'undici';
-import { fsyncDir } from '../fs-atomic.js';
+import { fsyncDir } from '../core/fs-atomic.js';
 import { importModel } from './import.js';
 import { PACKAGE_FILES, readManifest } from './package-files.js';
 

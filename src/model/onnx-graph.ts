@@ -57,7 +57,7 @@
  * provider that lacks one runs that node on the CPU.
  */
 import { TensorNames } from './tensor-names.js';
-import { attr, DataType, GraphBuilder, type Dim, type ModelOptions } from './onnx-builder.js';
+import { attr, DataType, GraphBuilder, type Dim, type ModelOptions } from '../formats/onnx-builder.js';
 import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix } from './types.js';
 
 // ---- Tensor names: the engine must use these rather than string literals. ----

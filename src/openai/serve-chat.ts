@@ -1,33 +1,33 @@
-import type { ChatMessage } from '../chat-template.js';
-import type { Caller } from '../carryon/routing.js';
-import { ApiError } from '../errors.js';
-import type { Gateway } from '../gateway.js';
-import type { ChoiceDelta, TokenDetail } from '../generation.js';
-import type { ModelTokenizer } from '../tokenizer.js';
-import type { ChatCompletionRequest } from './protocol.js';
-import { carryOnFor, harvestFor, requestId, samplingFrom } from './sampling.js';
+import type { ChatMessage } from '../model/chat-template.js';
+import type { Caller } from '../serving/model-routing.js';
+import { ApiError } from '../core/errors.js';
+import type { Gateway } from '../serving/gateway.js';
+import type { ChoiceDelta, TokenDetail } from '../serving/generation.js';
+import type { ModelTokenizer } from '../model/tokenizer.js';
+import type { ChatCompletionRequest } from './schemas.js';
+import { requestId, samplingFrom } from './request-params.js';
 import { collect, type ServeResult } from './serve-result.js';
 
 /** /v1/chat/completions serving logic: messages → template → generation → OpenAI objects. */
 export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
-  const carryOn = carryOnFor(gw, body, caller);
   const id = requestId('chatcmpl');
   const m = gw.model();
   refuseUnsupported(body);
   const prompt = renderPrompt(m.chatTemplate, body.messages);
   const promptIds = m.tokenizer.encode(prompt, false);
   const wantLogprobs = body.logprobs === true;
-  const run = await m.generator.start({
+  const run = await m.inference.generate({
     promptIds,
     promptParam: 'messages',
     maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
     maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
     ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN),
-    carryOn,
-    harvest: harvestFor(caller, optOut || body.carry_on_harvest === false, id),
-    tenant: caller.tenantId,
+    model: body.model,
+    alpha: body.carry_on_alpha ?? null,
+    caller,
+    harvestOptOut: optOut || body.carry_on_harvest === false,
+    responseId: id,
     signal,
-    onFinish: (usage) => gw.rateLimiter?.charge(caller.keyId, usage.total_tokens),
   });
   const created = Math.floor(Date.now() / 1000);
   const base = { id, created, model: body.model, system_fingerprint: null };

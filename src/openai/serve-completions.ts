@@ -1,14 +1,13 @@
-import type { Caller } from '../carryon/routing.js';
-import { ApiError } from '../errors.js';
-import type { Gateway, ModelServices } from '../gateway.js';
-import type { TokenDetail } from '../generation.js';
-import type { CompletionRequest } from './protocol.js';
-import { carryOnFor, harvestFor, requestId, samplingFrom } from './sampling.js';
+import type { Caller } from '../serving/model-routing.js';
+import { ApiError } from '../core/errors.js';
+import type { Gateway, ModelServices } from '../serving/gateway.js';
+import type { TokenDetail } from '../serving/generation.js';
+import type { CompletionRequest } from './schemas.js';
+import { requestId, samplingFrom } from './request-params.js';
 import { collect, type ServeResult } from './serve-result.js';
 
 /** /v1/completions serving logic: one prompt (text or token ids) → generation → text_completion objects. */
 export async function serveCompletion(gw: Gateway, body: CompletionRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
-  const carryOn = carryOnFor(gw, body, caller);
   const id = requestId('cmpl');
   const m = gw.model();
   if (body.suffix) throw new ApiError('unsupported_parameter', "'suffix' is not supported by this model.", { param: 'suffix' });
@@ -17,17 +16,18 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
   }
   const promptIds = promptToIds(m, body.prompt);
   const wantLogprobs = body.logprobs != null;
-  const run = await m.generator.start({
+  const run = await m.inference.generate({
     promptIds,
     promptParam: 'prompt',
     maxTokens: body.max_tokens ?? 16, // OpenAI's default for legacy completions
     maxTokensParam: 'max_tokens',
     ...samplingFrom(body, wantLogprobs ? (body.logprobs ?? 0) : -1, gw.limits.maxN),
-    carryOn,
-    harvest: harvestFor(caller, optOut || body.carry_on_harvest === false, id),
-    tenant: caller.tenantId,
+    model: body.model,
+    alpha: body.carry_on_alpha ?? null,
+    caller,
+    harvestOptOut: optOut || body.carry_on_harvest === false,
+    responseId: id,
     signal,
-    onFinish: (usage) => gw.rateLimiter?.charge(caller.keyId, usage.total_tokens),
   });
   const echoText = body.echo ? m.tokenizer.decode(promptIds) : '';
   const created = Math.floor(Date.now() / 1000);

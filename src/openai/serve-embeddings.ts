@@ -1,15 +1,14 @@
-import type { Caller } from '../carryon/routing.js';
-import { ApiError } from '../errors.js';
-import type { Gateway } from '../gateway.js';
-import type { EmbeddingRequest } from './protocol.js';
+import type { Caller } from '../serving/model-routing.js';
+import { ApiError } from '../core/errors.js';
+import type { Gateway } from '../serving/gateway.js';
+import type { EmbeddingRequest } from './schemas.js';
 
 /**
  * /v1/embeddings: the base's final-layer hidden state (after the final norm), mean-pooled over the
- * input's tokens (BOS included) and L2-normalised. See src/engine/pooling.ts. Served by the base
- * alone: a carry-on corrects next-token predictions, not the representation.
+ * input's tokens (BOS included) and L2-normalised (see src/engine/pooling.ts). Translates the
+ * request to token ids and the vectors to OpenAI's objects; the inference service runs them.
  */
 export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, caller: Caller, signal: AbortSignal): Promise<object> {
-  gw.requireBase(body.model);
   const m = gw.model();
   if (body.dimensions != null && body.dimensions !== m.hiddenSize) {
     throw new ApiError('unsupported_parameter', `This model's embeddings have ${m.hiddenSize} dimensions; 'dimensions' must be ${m.hiddenSize} or omitted.`, {
@@ -20,24 +19,8 @@ export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, calle
   if (inputs.length > gw.limits.maxEmbeddingInputs) {
     throw new ApiError('invalid_value', `At most ${gw.limits.maxEmbeddingInputs} inputs per request.`, { param: 'input' });
   }
-  inputs.forEach((ids, i) => {
-    if (ids.length > m.contextLength) {
-      throw new ApiError('context_length_exceeded', `Input ${i} has ${ids.length} tokens; this model's maximum context length is ${m.contextLength} tokens.`, {
-        param: 'input',
-      });
-    }
-    if (ids.some((t) => t >= m.tokenizer.vocabSize)) throw new ApiError('invalid_value', `Input ${i} has a token id outside the vocabulary.`, { param: 'input' });
-  });
-  const release = await gw.scheduler.acquire(1, signal, caller.tenantId);
-  let vectors: Float32Array[];
-  try {
-    vectors = await m.engine.embed(inputs);
-  } finally {
-    release();
-  }
+  const { vectors, promptTokens } = await m.inference.embed({ inputs, model: body.model, caller, signal });
   const base64 = body.encoding_format === 'base64';
-  const promptTokens = inputs.reduce((s, ids) => s + ids.length, 0);
-  gw.rateLimiter?.charge(caller.keyId, promptTokens);
   return {
     object: 'list',
     data: vectors.map((v, index) => ({

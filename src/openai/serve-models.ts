@@ -1,5 +1,5 @@
-import type { Caller } from '../carryon/routing.js';
-import type { Gateway } from '../gateway.js';
+import type { Caller } from '../serving/model-routing.js';
+import type { Gateway } from '../serving/gateway.js';
 
 interface ModelCard {
   id: string;
@@ -21,7 +21,7 @@ export function listModels(gw: Gateway, caller: Caller): { object: 'list'; data:
 }
 
 export function retrieveModel(gw: Gateway, model: string, caller: Caller): ModelCard {
-  const record = gw.route(model, { ...caller, defaultCarryOn: null });
+  const record = gw.router.route(model, { ...caller, defaultCarryOn: null });
   return record ? carryOnCard(gw, model, record.tenantId, Date.parse(record.manifest.created_at)) : { ...baseCard(gw), id: model };
 }
 

@@ -1,5 +1,5 @@
-import type { ChoiceDelta, TokenDetail } from '../generation.js';
-import type { FinishReason } from '../engine/protocol.js';
+import type { ChoiceDelta, TokenDetail } from '../serving/generation.js';
+import type { FinishReason } from '../engine/worker-messages.js';
 
 /** What a serving module hands its route: one JSON body, or chunks for Server-Sent Events. */
 export type ServeResult =

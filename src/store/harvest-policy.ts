@@ -1,5 +1,4 @@
 import { z } from 'zod';
-import type { HarvestPolicy as RuntimeHarvestPolicy } from '../harvest/types.js';
 
 /**
  * Per-key harvest policy: which requests' activations a later harvest job may sample. Stored as
@@ -27,12 +26,4 @@ export function parseStoredHarvestPolicy(text: string | null): HarvestPolicy | n
   } catch {
     return null;
   }
-}
-
-/** Defaults for what a stored policy leaves out: the final hidden state, of prompt and completion. */
-export const HARVEST_DEFAULTS = { layers: ['final'], keep: 'both' } as const satisfies Pick<RuntimeHarvestPolicy, 'layers' | 'keep'>;
-
-/** The policy as the serving path uses it (camelCase, defaults filled in). */
-export function runtimeHarvestPolicy(p: HarvestPolicy): RuntimeHarvestPolicy {
-  return { sampleRate: p.sample_rate, layers: p.layers ?? [...HARVEST_DEFAULTS.layers], keep: p.keep ?? HARVEST_DEFAULTS.keep };
 }

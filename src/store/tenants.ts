@@ -1,6 +1,6 @@
 import { nowIso, statementCache, type Db, type Prepare } from './db.js';
 
-export { TENANT_ID_PATTERN } from '../tenant-id.js';
+export { TENANT_ID_PATTERN } from '../core/tenant-id.js';
 
 export interface TenantRecord {
   id: string;

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { CreateTrainingJobBody } from '../admin/protocol.js';
+import type { CreateTrainingJobBody } from './job-request.js';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 /** The trainer's launcher: picks a Python that has torch (see trainer/python). */

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { request } from 'undici';
-import type { OpenAIErrorBody } from '../../src/errors.js';
+import type { OpenAIErrorBody } from '../../src/core/errors.js';
 import type { TestGateway } from './gateway.js';
 
 export interface ApiResponse<T> {

@@ -1,8 +1,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfig } from '../../src/config.js';
-import { startServer, type RunningServer } from '../../src/server.js';
+import { loadConfig } from '../../src/app/config.js';
+import { startServer, type RunningServer } from '../../src/app/server.js';
 
 export const ADMIN_KEY = 'sk-test-admin-0123456789';
 export const USER_KEY = 'sk-test-user-0123456789';

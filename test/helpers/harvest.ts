@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { request } from 'undici';
 import { expect } from 'vitest';
-import type { CreatedApiKeyObject, HarvestShardObject, HarvestStatsObject, List } from '../../src/admin/protocol.js';
+import type { CreatedApiKeyObject, HarvestShardObject, HarvestStatsObject, List } from '../../src/admin/schemas.js';
 import { readShard, type HarvestShard } from '../../src/harvest/shard-format.js';
 import { api } from './admin.js';
 import { ADMIN_KEY, type TestGateway } from './gateway.js';

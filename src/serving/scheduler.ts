@@ -1,4 +1,4 @@
-import { ApiError } from './errors.js';
+import { ApiError } from '../core/errors.js';
 
 export interface SchedulerLimits {
   /** Sequences the engine may run at once. */
@@ -32,6 +32,11 @@ export class Scheduler {
   private draining = false;
 
   constructor(private readonly limits: SchedulerLimits) {}
+
+  /** Sequences that may run at once: the most slots one request can be granted. */
+  get maxLive(): number {
+    return this.limits.maxLive;
+  }
 
   get runningSequences(): number {
     return this.running;

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { HARVEST_CONFIG } from './harvest/config.js';
+import { HARVEST_CONFIG } from '../harvest/config.js';
 
 /**
  * Every option is an environment variable; this schema is the single place that names, defaults and

@@ -1,23 +1,22 @@
-import { AsyncQueue } from './async-queue.js';
-import type { CarryOnVersionRecord } from './carryon/catalog.js';
-import type { CarryOnLease, CarryOnRegistry } from './carryon/registry.js';
-import { toHarvestedSequence } from './harvest/capture-to-sequence.js';
-import type { HarvestPolicy, HarvestSink } from './harvest/types.js';
-import type { Metrics } from './metrics.js';
-import type { Engine } from './engine/engine.js';
-import type { CarryOnUse, FinishReason, SamplingParams } from './engine/protocol.js';
-import { ApiError } from './errors.js';
-import type { Scheduler } from './scheduler.js';
+import { AsyncQueue } from '../core/async-queue.js';
+import type { CarryOnVersionRecord } from '../carryon/catalog.js';
+import { toHarvestedSequence } from '../harvest/capture-to-sequence.js';
+import type { HarvestPolicy, HarvestSink } from '../harvest/types.js';
+import type { Metrics } from '../core/metrics.js';
+import type { Engine } from '../engine/engine.js';
+import type { CarryOnUse, FinishReason, SamplingParams, TokenEvent } from '../engine/worker-messages.js';
+import { ApiError } from '../core/errors.js';
 import { TextAssembler } from './text-assembler.js';
-import type { ModelTokenizer } from './tokenizer.js';
+import type { ModelTokenizer } from '../model/tokenizer.js';
 
-export interface GenerationRequest {
+/** An admitted generation, resolved by the inference service: what to run and for whom. */
+export interface GenerationPlan {
   promptIds: number[];
   /** Which request field the prompt came from, for error messages ('messages' or 'prompt'). */
   promptParam: string;
   n: number;
-  /** null: as many as the context allows. */
-  maxTokens: number | null;
+  /** Tokens per choice at most (already checked against the context). */
+  maxTokens: number;
   maxTokensParam: string;
   sampling: Omit<SamplingParams, 'maxTokens' | 'stopTokenIds'>;
   stop: string[];
@@ -29,8 +28,6 @@ export interface GenerationRequest {
   tenant: string | null;
   /** Aborts when the client goes away. */
   signal: AbortSignal;
-  /** Called once with the final usage (rate-limit token charging). */
-  onFinish?: (usage: Usage) => void;
 }
 
 export interface TokenDetail {
@@ -53,13 +50,11 @@ export interface Usage {
   total_tokens: number;
 }
 
-export interface GenerationDeps {
+/** What a run needs of the engine side; admission and leases are the inference service's. */
+export interface RunDeps {
   engine: Engine;
-  scheduler: Scheduler;
   tokenizer: ModelTokenizer;
-  contextLength: number;
   timeoutMs: number;
-  registry: CarryOnRegistry;
   /** Null when harvesting is off for this gateway. */
   harvestSink: HarvestSink | null;
   hiddenSize: number;
@@ -67,75 +62,14 @@ export interface GenerationDeps {
   metrics: Metrics | null;
 }
 
-/**
- * Serving logic shared by /v1/completions and /v1/chat/completions: admission, context-length
- * checks, one engine sequence per choice, text assembly with stop strings, usage and cancellation.
- */
-export class Generator {
-  /** Runs still producing tokens, so shutdown can wait for them or end them cleanly. */
-  private readonly active = new Set<GenerationRun>();
-
-  constructor(private readonly deps: GenerationDeps) {}
-
-  get activeRuns(): number {
-    return this.active.size;
-  }
-
-  /** Resolves when no run is active, or after `deadlineMs`, whichever is first; true when all finished. */
-  async drain(deadlineMs: number): Promise<boolean> {
-    const end = Date.now() + deadlineMs;
-    while (this.active.size > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
-    return this.active.size === 0;
-  }
-
-  /** Past the drain deadline: every open choice ends now with finish_reason "length", a proper last chunk. */
-  endAll(): void {
-    for (const run of [...this.active]) run.expire();
-  }
-
-  /** Validates and admits; throws ApiError before anything is sent to the client. */
-  async start(req: GenerationRequest): Promise<GenerationRun> {
-    const maxTokens = this.resolveMaxTokens(req);
-    const queuedAt = performance.now();
-    const release = await this.deps.scheduler.acquire(req.n, req.signal, req.tenant);
-    this.deps.metrics?.queueTime.observe((performance.now() - queuedAt) / 1000);
-    let lease: CarryOnLease | null = null;
-    try {
-      // Lazy load: the first request for a carry-on version waits for it; later ones find it resident.
-      if (req.carryOn) lease = await this.deps.registry.acquire(req.carryOn.record);
-    } catch (err) {
-      release();
-      throw err;
-    }
-    const run: GenerationRun = new GenerationRun(this.deps, req, maxTokens, () => {
-      this.active.delete(run);
-      lease?.release();
-      release();
-    }, lease ? { key: lease.key, alpha: req.carryOn!.alpha } : null, queuedAt);
-    this.active.add(run);
-    return run;
-  }
-
-  private resolveMaxTokens(req: GenerationRequest): number {
-    const ctx = this.deps.contextLength;
-    const prompt = req.promptIds.length;
-    if (prompt >= ctx) {
-      throw new ApiError(
-        'context_length_exceeded',
-        `This model's maximum context length is ${ctx} tokens. However, your ${req.promptParam} resulted in ${prompt} tokens, leaving no room for a completion.`,
-        { param: req.promptParam },
-      );
-    }
-    if (req.maxTokens === null) return ctx - prompt;
-    if (prompt + req.maxTokens > ctx) {
-      throw new ApiError(
-        'context_length_exceeded',
-        `This model's maximum context length is ${ctx} tokens. However, you requested ${prompt + req.maxTokens} tokens (${prompt} in the ${req.promptParam}, ${req.maxTokens} in the completion). Please reduce the length of the ${req.promptParam} or completion.`,
-        { param: req.maxTokensParam },
-      );
-    }
-    return req.maxTokens;
-  }
+/** How the inference service hands a run its resources, and takes them back. */
+export interface RunBinding {
+  /** The leased carry-on session and its α; null: the base alone. */
+  carryOn: CarryOnUse | null;
+  /** When the request arrived (before queueing): TTFT and e2e latency count from here, as vLLM's do. */
+  startedAt: number;
+  /** Called once when the run ends, however it ends, with the final usage: release and charge here. */
+  onEnd: (usage: Usage) => void;
 }
 
 /** One admitted request: its choices stream out of `deltas()`; `usage` is final once that ends. */
@@ -147,15 +81,16 @@ export class GenerationRun {
   private readonly finished = new Set<number>();
   private readonly timer: NodeJS.Timeout;
 
+  private readonly startedAt: number;
+
   constructor(
-    private readonly deps: GenerationDeps,
-    private readonly req: GenerationRequest,
-    maxTokens: number,
-    private readonly release: () => void,
-    carryOn: CarryOnUse | null,
-    /** When the request arrived (before queueing): TTFT and e2e latency count from here, as vLLM's do. */
-    private readonly startedAt: number,
+    private readonly deps: RunDeps,
+    private readonly req: GenerationPlan,
+    private readonly binding: RunBinding,
   ) {
+    this.startedAt = binding.startedAt;
+    const { carryOn } = binding;
+    const maxTokens = req.maxTokens;
     this.usage = { prompt_tokens: req.promptIds.length, completion_tokens: 0, total_tokens: req.promptIds.length };
     this.open = req.n;
     const context = req.promptIds.slice(-6);
@@ -166,30 +101,7 @@ export class GenerationRun {
       const seed = req.sampling.seed === null ? null : (req.sampling.seed + index * 0x9e3779b1) >>> 0;
       const params: SamplingParams = { ...req.sampling, seed, maxTokens, stopTokenIds };
       const seqId = deps.engine.submit(req.promptIds, params, {
-        onEvent: (ev) => {
-          this.observeToken(index, ev.token >= 0, ev.finish);
-          const delta: ChoiceDelta = { index, text: '', tokens: [] };
-          if (ev.token >= 0) {
-            this.usage.completion_tokens++;
-            this.usage.total_tokens++;
-            const isStopToken = ev.finish === 'stop' && stopTokenIds.includes(ev.token);
-            if (!isStopToken) {
-              const { delta: text, stop } = assembler.push(ev.token);
-              delta.text = text;
-              if (req.sampling.topLogprobs >= 0) delta.tokens.push({ id: ev.token, logprob: ev.logprob ?? 0, top: ev.top ?? [] });
-              if (stop) {
-                deps.engine.cancel(seqId);
-                delta.finishReason = 'stop';
-              }
-            }
-          }
-          if (!delta.finishReason && ev.finish) {
-            delta.text += assembler.flush();
-            delta.finishReason = ev.finish;
-          }
-          this.queue.push(delta);
-          if (delta.finishReason) this.choiceDone(index);
-        },
+        onEvent: (ev) => this.onToken(index, ev, assembler, stopTokenIds),
         onError: (message) => this.fail(new ApiError('internal_error', message)),
         onCapture: (capture) => this.harvest(capture, index),
       }, carryOn, deps.harvestSink && req.harvest ? req.harvest.policy.layers : null);
@@ -200,6 +112,29 @@ export class GenerationRun {
   }
 
   private readonly lastTokenAt = new Map<number, number>();
+
+  /** One engine event of choice `index` → one delta (text through stop strings, logprobs, finish). */
+  private onToken(index: number, ev: TokenEvent, assembler: TextAssembler, stopTokenIds: number[]): void {
+    this.observeToken(index, ev.token >= 0, ev.finish);
+    const delta: ChoiceDelta = { index, text: '', tokens: [] };
+    if (ev.token >= 0) {
+      this.usage.completion_tokens++;
+      this.usage.total_tokens++;
+      const isStopToken = ev.finish === 'stop' && stopTokenIds.includes(ev.token);
+      if (!isStopToken) {
+        const { delta: text, stop } = assembler.push(ev.token);
+        delta.text = text;
+        if (this.req.sampling.topLogprobs >= 0) delta.tokens.push({ id: ev.token, logprob: ev.logprob ?? 0, top: ev.top ?? [] });
+        if (stop) delta.finishReason = 'stop';
+      }
+    }
+    if (!delta.finishReason && ev.finish) {
+      delta.text += assembler.flush();
+      delta.finishReason = ev.finish;
+    }
+    this.queue.push(delta);
+    if (delta.finishReason) this.choiceDone(index);
+  }
 
   /** TTFT for a choice's first token, inter-token latency after, and the finish reason. */
   private observeToken(index: number, isToken: boolean, finish: FinishReason | undefined): void {
@@ -249,9 +184,11 @@ export class GenerationRun {
     this.cancel();
   }
 
+  /** A choice has its last delta: its engine sequence stops (a stop string ends it before the engine would). */
   private choiceDone(index: number): void {
     if (this.open === 0 || this.finished.has(index)) return;
     this.finished.add(index);
+    this.deps.engine.cancel(this.seqIds[index]);
     if (--this.open === 0) {
       this.finish();
       this.queue.end();
@@ -267,13 +204,12 @@ export class GenerationRun {
 
   private finish(): void {
     clearTimeout(this.timer);
-    this.req.onFinish?.(this.usage);
     const m = this.deps.metrics;
     if (m) {
       m.e2eLatency.observe((performance.now() - this.startedAt) / 1000);
       m.promptTokens.inc({ carry_on: m.carryOnLabel(this.req.carryOn?.record.carryOnId ?? null) }, this.usage.prompt_tokens);
     }
     for (const id of this.seqIds) this.deps.engine.cancel(id);
-    this.release();
+    this.binding.onEnd(this.usage);
   }
 }

@@ -1,19 +1,20 @@
-import type { CarryOnCatalog, CarryOnVersionRecord } from './carryon/catalog.js';
-import type { CarryOnRegistry } from './carryon/registry.js';
-import { notFound, routeModel, type Caller } from './carryon/routing.js';
-import type { ChatTemplate } from './chat-template.js';
-import type { Engine } from './engine/engine.js';
-import { ApiError } from './errors.js';
+import type { CarryOnCatalog } from '../carryon/catalog.js';
+import type { CarryOnRegistry } from './carry-on-registry.js';
+import { ModelRouter } from './model-routing.js';
+import type { ChatTemplate } from '../model/chat-template.js';
+import type { Engine } from '../engine/engine.js';
+import { ApiError } from '../core/errors.js';
 import type { RateLimiter } from './rate-limit.js';
-import type { Generator } from './generation.js';
+import type { Inference } from './inference.js';
 import type { Scheduler } from './scheduler.js';
-import type { ModelTokenizer } from './tokenizer.js';
+import type { ModelTokenizer } from '../model/tokenizer.js';
 
 export interface ModelServices {
   engine: Engine;
   tokenizer: ModelTokenizer;
   chatTemplate: ChatTemplate;
-  generator: Generator;
+  /** Every request to the model goes through here. */
+  inference: Inference;
   contextLength: number;
   hiddenSize: number;
   registry: CarryOnRegistry;
@@ -32,6 +33,8 @@ export class Gateway {
   failure: string | null = null;
   private services: ModelServices | null = null;
   readonly created = Math.floor(Date.now() / 1000);
+  /** `model` names → the base or a tenant's carry-on version; needs no loaded model. */
+  readonly router: ModelRouter;
 
   constructor(
     readonly modelName: string,
@@ -39,7 +42,9 @@ export class Gateway {
     readonly limits: { maxN: number; maxEmbeddingInputs: number },
     /** Tenants' carry-ons; null when the gateway runs without a metadata store. */
     readonly catalog: CarryOnCatalog | null = null,
-  ) {}
+  ) {
+    this.router = new ModelRouter(modelName, catalog);
+  }
 
   setReady(services: ModelServices): void {
     this.services = services;
@@ -60,15 +65,5 @@ export class Gateway {
       });
     }
     return this.services;
-  }
-
-  /** Resolves a request's `model` field to the base (null) or one of the caller's carry-on versions. */
-  route(model: string, caller: Caller): CarryOnVersionRecord | null {
-    return routeModel(model, this.modelName, caller, this.catalog);
-  }
-
-  /** For surfaces served by the base alone (embeddings): its name, or `<base>:base`. */
-  requireBase(model: string): void {
-    if (model !== this.modelName && model !== `${this.modelName}:base`) throw notFound(model);
   }
 }

@@ -34,6 +34,8 @@ export interface TokenEvent {
   /** [tokenId, logprob] pairs, best first. */
   top?: Array<[number, number]>;
   finish?: FinishReason;
+  /** An embedding sequence's result (it ends with this event and produces no tokens). */
+  embedding?: Float32Array;
 }
 
 /** What one engine step did: for batching metrics and tests that must see batching happen. */
@@ -82,7 +84,8 @@ export type ToWorker =
   | { type: 'loadCarryOn'; requestId: number; spec: CarryOnSpec }
   | { type: 'unloadCarryOn'; key: string }
   | { type: 'cancel'; seqId: number }
-  | { type: 'embed'; jobId: number; inputs: number[][] }
+  /** One embedding input: read through the step loop like a prompt, then pooled (see pooling.ts). */
+  | { type: 'addEmbedding'; seqId: number; promptIds: number[] }
   | { type: 'close' };
 
 export type FromWorker =
@@ -90,7 +93,6 @@ export type FromWorker =
   | { type: 'fatal'; message: string }
   | { type: 'tokens'; events: TokenEvent[]; step: StepStats }
   | { type: 'seqError'; seqId: number; message: string }
-  | { type: 'embedded'; jobId: number; vectors: Float32Array[]; error?: string }
   | { type: 'carryOnLoaded'; requestId: number; error?: string }
   | { type: 'captured'; capture: CaptureResult }
   | { type: 'closed' };

@@ -2,15 +2,16 @@ import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { managedTenant } from '../admin/access.js';
-import { audit, type AdminContext } from '../admin/audit.js';
-import type { CarryOnAdmin } from '../admin/carry-on-admin.js';
-import type { CarryOnVersionObject, CreateTrainingJobBody, List, TrainingJobObject, TrainingJobStatus } from '../admin/protocol.js';
-import { ApiError } from '../errors.js';
-import { writeFileAtomic } from '../fs-atomic.js';
+import { managedTenant } from './access.js';
+import { audit, type AdminContext } from './audit.js';
+import type { CarryOnAdmin } from './carry-on-admin.js';
+import type { CarryOnVersionObject, CreateTrainingJobBody, List, TrainingJobObject, TrainingJobStatus } from './schemas.js';
+import { ApiError } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fs-atomic.js';
 import type { HarvestService } from '../harvest/service.js';
 import type { Store } from '../store/store.js';
-import { startTrainer, stopTrainer, TRAINER_PYTHON } from './trainer-process.js';
+import { startTrainer, stopTrainer, TRAINER_PYTHON } from '../training/trainer-process.js';
+import { maxNumber, readTrainerReport, type TrainerReport } from '../training/trainer-report.js';
 
 export interface TrainingJobsOptions {
   dataDir: string;
@@ -221,7 +222,7 @@ export class TrainingJobs {
       const report = this.report(job);
       const verify = report?.export?.verify;
       if (!report?.export?.package || verify?.ok !== true) throw new Error('the trainer did not export a carry-on that passed its parity check');
-      const pkg = report.export.package as string;
+      const pkg = report.export.package;
       const version = await this.carryOns.installPackage(ctx, job.tenant, path.join(pkg, 'model.onnx'), path.join(pkg, 'manifest.json'));
       if (job.body.alias) this.carryOns.setAlias(ctx, job.tenant, version.carry_on, job.body.alias, version.version);
       job.carryOnVersion = version;
@@ -277,13 +278,8 @@ export class TrainingJobs {
     }
   }
 
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  private report(job: JobRecord): any {
-    try {
-      return JSON.parse(fs.readFileSync(path.join(this.dir(job.id), 'run', 'report.json'), 'utf8'));
-    } catch {
-      return null;
-    }
+  private report(job: JobRecord): TrainerReport | null {
+    return readTrainerReport(path.join(this.dir(job.id), 'run', 'report.json'));
   }
 
   /** Progress from the trainer's loss log, read on demand (the trainer appends one line per log step). */
@@ -312,13 +308,13 @@ export class TrainingJobs {
     const ev = report?.eval;
     return {
       progress: this.progress(job),
-      eval: ev?.base && ev?.carry_on
+      eval: ev?.base && ev.carry_on
         ? {
             base_loss: ev.base.loss,
             carry_on_loss: ev.carry_on.loss,
             best_alpha: ev.best_alpha,
             best_alpha_loss: ev.best.loss,
-            parity_max_abs_diff: report.export?.verify ? maxNumber(report.export.verify.maxAbsDiff) : null,
+            parity_max_abs_diff: report?.export ? maxNumber(report.export.verify.maxAbsDiff) : null,
           }
         : null,
     };
@@ -347,14 +343,4 @@ export class TrainingJobs {
 
 function lastLines(text: string, n: number): string {
   return text.trim().split('\n').slice(-n).join(' | ');
-}
-
-/** The largest number anywhere in a nested report value (the parity check reports several). */
-function maxNumber(v: unknown): number | null {
-  if (typeof v === 'number') return v;
-  if (v && typeof v === 'object') {
-    const xs = Object.values(v).map(maxNumber).filter((x): x is number => x !== null);
-    return xs.length > 0 ? Math.max(...xs) : null;
-  }
-  return null;
 }

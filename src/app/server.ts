@@ -2,27 +2,28 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { readBaseModelInfo, type BaseModelInfo } from './admin/base-model.js';
-import { createAdminServices } from './admin/services.js';
-import { Authenticator, syncConfigKeys } from './auth.js';
-import { CarryOnRegistry } from './carryon/registry.js';
-import { ChatTemplate } from './chat-template.js';
+import { readBaseModelInfo, type BaseModelInfo } from '../admin/base-model.js';
+import { createAdminServices } from '../admin/services.js';
+import { Authenticator, syncConfigKeys } from '../auth/authenticator.js';
+import { CarryOnRegistry } from '../serving/carry-on-registry.js';
+import { ChatTemplate } from '../model/chat-template.js';
 import type { Config } from './config.js';
-import { Engine } from './engine/engine.js';
-import { ApiError } from './errors.js';
-import { writeFileAtomic } from './fs-atomic.js';
-import { Gateway } from './gateway.js';
-import { Generator } from './generation.js';
-import { createHarvestService, type HarvestService } from './harvest/service.js';
-import { buildApp } from './http/app.js';
-import { resolveModelPackage } from './model/model-source.js';
-import { readManifest } from './model/package-files.js';
-import { Metrics } from './metrics.js';
-import { startMetricsListener } from './http/metrics-listener.js';
-import { RateLimiter } from './rate-limit.js';
-import { Scheduler } from './scheduler.js';
-import { Store } from './store/store.js';
-import { ModelTokenizer } from './tokenizer.js';
+import { Engine } from '../engine/engine.js';
+import { ApiError } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fs-atomic.js';
+import { Gateway } from '../serving/gateway.js';
+import { Inference } from '../serving/inference.js';
+import { createHarvestService, type HarvestService } from '../harvest/service.js';
+import { createHttpServer } from '../http/app.js';
+import routes from '../../plugins/index.js';
+import { resolveModelPackage } from '../model/model-source.js';
+import { readManifest } from '../model/package-files.js';
+import { Metrics } from '../core/metrics.js';
+import { startMetricsListener } from '../http/metrics-listener.js';
+import { RateLimiter } from '../serving/rate-limit.js';
+import { Scheduler } from '../serving/scheduler.js';
+import { Store } from '../store/store.js';
+import { ModelTokenizer } from '../model/tokenizer.js';
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -107,15 +108,18 @@ async function startWithStore(
     metrics.requestsWaiting.set(scheduler.waitingRequests);
   });
   metrics.onScrape(() => harvest.exportMetrics(metrics));
-  const app = await buildApp({
+  const app = createHttpServer({
     gateway,
     auth,
-    metrics: { registry: metrics, requireAdmin: config.CARRYON_METRICS_AUTH === 'admin' },
-    admin: { services: admin, maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES },
     logStream: config.logStream,
     allowAnonymous: config.CARRYON_ALLOW_ANONYMOUS,
     bodyLimit: config.CARRYON_MAX_BODY_BYTES,
     logLevel: config.CARRYON_LOG_LEVEL,
+  });
+  await app.register(routes, {
+    gateway,
+    metrics: { registry: metrics, requireAdmin: config.CARRYON_METRICS_AUTH === 'admin' },
+    admin: { services: admin, maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES },
   });
   const url = await app.listen({ host: config.HOST, port: config.PORT });
   const metricsServer = config.CARRYON_METRICS_PORT > 0 ? await startMetricsListener(metrics, config.HOST, config.CARRYON_METRICS_PORT) : null;
@@ -123,7 +127,7 @@ async function startWithStore(
   if (!config.CARRYON_ADMIN_KEY) app.log.warn(`no CARRYON_ADMIN_KEY set: using the generated key in ${adminKeyPath(config.dataDir)}`);
 
   let engine: Engine | null = null;
-  let generator: Generator | null = null;
+  let inference: Inference | null = null;
   const ready = (async () => {
     const dir = await resolveModelPackage({
       model: config.CARRYON_MODEL,
@@ -160,8 +164,20 @@ async function startWithStore(
       metrics,
     });
     gateway.catalog?.onChange((change) => registry.onCatalogChange(change));
-    generator = new Generator({ engine, scheduler, tokenizer, contextLength, timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS, registry, harvestSink, hiddenSize: engine.info.hiddenSize, metrics });
-    gateway.setReady({ engine, tokenizer, chatTemplate, generator, contextLength, hiddenSize: engine.info.hiddenSize, registry });
+    inference = new Inference({
+      engine,
+      scheduler,
+      router: gateway.router,
+      registry,
+      tokenizer,
+      contextLength,
+      hiddenSize: engine.info.hiddenSize,
+      timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS,
+      harvestSink,
+      rateLimiter: gateway.rateLimiter,
+      metrics,
+    });
+    gateway.setReady({ engine, tokenizer, chatTemplate, inference, contextLength, hiddenSize: engine.info.hiddenSize, registry });
     app.log.info({ model: modelName, package: dir, fingerprint: readManifest(dir).fingerprint }, 'model ready');
   })().catch((err: Error) => {
     gateway.setFailed(err.message);
@@ -186,7 +202,7 @@ async function startWithStore(
     async close() {
       gateway.status = 'stopping';
       scheduler.drain();
-      const gen = generator as Generator | null;
+      const gen = inference as Inference | null;
       if (gen && !(await gen.drain(config.CARRYON_DRAIN_TIMEOUT_MS))) {
         app.log.warn({ running: gen.activeRuns }, 'drain deadline reached: ending running generations');
         gen.endAll();

@@ -1,5 +1,5 @@
 import type { z } from 'zod';
-import { ApiError, type ErrorCode } from '../errors.js';
+import { ApiError, type ErrorCode } from './errors.js';
 
 /** Parses a request body; the first problem becomes a 400 naming the offending parameter. */
 export function parseRequest<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {

@@ -1,7 +1,7 @@
 import type { CarryOnSpec } from '../engine/carry-on-session.js';
-import { ApiError } from '../errors.js';
-import { carryOnKey, type CarryOnChange, type CarryOnVersionRecord } from './catalog.js';
-import type { Metrics } from '../metrics.js';
+import { ApiError } from '../core/errors.js';
+import { carryOnKey, type CarryOnChange, type CarryOnVersionRecord } from '../carryon/catalog.js';
+import type { Metrics } from '../core/metrics.js';
 
 export interface CarryOnLoader {
   loadCarryOn(spec: CarryOnSpec): Promise<void>;

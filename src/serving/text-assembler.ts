@@ -1,4 +1,4 @@
-import type { ModelTokenizer } from './tokenizer.js';
+import type { ModelTokenizer } from '../model/tokenizer.js';
 
 /**
  * Turns one choice's token ids into text deltas. Decoding happens against a few prompt tokens of

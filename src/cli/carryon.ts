@@ -2,13 +2,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { initCarryOnWeights } from './carryon/graph.js';
-import { CARRYON_FILES } from './carryon/manifest.js';
-import { writeCarryOnPackage } from './carryon/package.js';
-import type { InputLayer } from './carryon/tensor-names.js';
-import { importModel } from './model/import.js';
-import { resolveModelPackage } from './model/model-source.js';
-import { readManifest, readModelConfig } from './model/package-files.js';
+import { initCarryOnWeights } from '../carryon/graph.js';
+import { CARRYON_FILES } from '../carryon/manifest.js';
+import { writeCarryOnPackage } from '../carryon/package.js';
+import type { InputLayer } from '../carryon/tensor-names.js';
+import { importModel } from '../model/import.js';
+import { resolveModelPackage } from '../model/model-source.js';
+import { readManifest, readModelConfig } from '../model/package-files.js';
 
 /** Where `carry-on init` imports a checkpoint file it is given as --base, unless --data-dir says. */
 const DEFAULT_BASE_CACHE = path.join(os.tmpdir(), 'carryon-base-cache');
@@ -64,9 +64,9 @@ async function main(argv: string[]): Promise<number> {
     case 'carry-on':
       return carryOnCommand(rest);
     case 'harvest':
-      return (await import('./harvest/offline-cli.js')).harvestCommand(rest);
+      return (await import('./harvest-offline.js')).harvestCommand(rest);
     case 'serve':
-      await import('./main.js');
+      await import('../app/main.js');
       return -1;
     default:
       console.error(USAGE);
@@ -77,7 +77,7 @@ async function main(argv: string[]): Promise<number> {
 async function carryOnCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === 'build' || sub === 'verify') {
-    const m = await import('./carryon/build-from-weights.js');
+    const m = await import('../carryon/build-from-weights.js');
     return sub === 'build' ? m.carryOnBuildCommand(rest) : m.carryOnVerifyCommand(rest);
   }
   if (sub !== 'init') {

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { PACKAGE_FILES } from './model/package-files.js';
+import { PACKAGE_FILES } from './package-files.js';
 
 export interface TokenPiece {
   /** The token's text as OpenAI reports it in logprobs; `bytes:\xNN` for a lone non-UTF-8 byte. */

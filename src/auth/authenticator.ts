@@ -1,11 +1,11 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { ApiError } from './errors.js';
-import type { HarvestPolicy } from './harvest/types.js';
-import type { ApiKeyRepository, ConfigKey, Scope } from './store/api-keys.js';
-import { runtimeHarvestPolicy } from './store/harvest-policy.js';
-import type { TenantRepository } from './store/tenants.js';
+import { ApiError } from '../core/errors.js';
+import type { HarvestPolicy } from '../harvest/types.js';
+import type { ApiKeyRepository, ConfigKey, Scope } from '../store/api-keys.js';
+import { runtimeHarvestPolicy } from '../harvest/policy.js';
+import type { TenantRepository } from '../store/tenants.js';
 
-export type { Scope } from './store/api-keys.js';
+export type { Scope } from '../store/api-keys.js';
 
 export interface Principal {
   scope: Scope;

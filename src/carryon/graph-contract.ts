@@ -4,9 +4,9 @@
  * the check worker, the tests call them directly.
  */
 import type { onnx as proto } from 'onnx-proto';
-import type { CarryOnManifest } from '../carryon/manifest.js';
-import { CarryOnTensorNames as N } from '../carryon/tensor-names.js';
-import { DataType } from '../model/onnx-builder.js';
+import type { CarryOnManifest } from './manifest.js';
+import { CarryOnTensorNames as N } from './tensor-names.js';
+import { DataType } from '../formats/onnx-builder.js';
 
 export type ElemType = 'float32' | 'int64';
 

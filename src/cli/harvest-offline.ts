@@ -1,9 +1,9 @@
 /** `carryon harvest`: argument parsing and the summary line for the offline harvest. */
 import { parseArgs } from 'node:util';
-import { harvestOffline } from './offline.js';
-import type { InputFormat } from './records.js';
-import type { LayerId } from './shard-format.js';
-import { SIGMA_CODECS, type SigmaCodec } from './sigma.js';
+import { harvestOffline } from '../harvest/offline.js';
+import type { InputFormat } from '../harvest/records.js';
+import type { LayerId } from '../harvest/shard-format.js';
+import { SIGMA_CODECS, type SigmaCodec } from '../harvest/sigma.js';
 
 export const HARVEST_USAGE = `  carryon harvest --model MODEL_DIR --input FILE --out DIR [--sigma f16|int8|none] [--projection FILE]
       [--layers final,3] [--max-tokens 512] [--format text|jsonl|chat] [--tenant ID] [--limit N]

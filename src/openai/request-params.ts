@@ -1,7 +1,5 @@
-import type { Caller } from '../carryon/routing.js';
-import { ApiError } from '../errors.js';
-import type { Gateway } from '../gateway.js';
-import type { GenerationRequest } from '../generation.js';
+import { ApiError } from '../core/errors.js';
+import type { GenerationPlan } from '../serving/generation.js';
 
 interface CommonSamplingFields {
   temperature?: number | null;
@@ -21,7 +19,7 @@ export function samplingFrom(
   body: CommonSamplingFields,
   topLogprobs: number,
   maxN: number,
-): Pick<GenerationRequest, 'n' | 'sampling' | 'stop'> {
+): Pick<GenerationPlan, 'n' | 'sampling' | 'stop'> {
   if (body.logit_bias && Object.keys(body.logit_bias).length > 0) {
     throw new ApiError('unsupported_parameter', "'logit_bias' is not supported by this server.", { param: 'logit_bias' });
   }
@@ -42,30 +40,6 @@ export function samplingFrom(
       topLogprobs,
     },
   };
-}
-
-/** The request's carry-on (from its `model`) and the α to apply; null for the base. */
-export function carryOnFor(
-  gw: Gateway,
-  body: { model: string; carry_on_alpha?: number | null },
-  caller: Caller,
-): GenerationRequest['carryOn'] {
-  const record = gw.route(body.model, caller);
-  return record ? { record, alpha: body.carry_on_alpha ?? record.manifest.default_alpha } : null;
-}
-
-/**
- * Whether this request is harvested: only when the caller's key opted in, the sample draw says so,
- * and the request did not opt out (`carry_on_harvest: false` or header `x-carryon-harvest: off`).
- */
-export function harvestFor(
-  caller: Caller,
-  optOut: boolean,
-  responseId: string,
-): GenerationRequest['harvest'] {
-  const policy = caller.harvest;
-  if (!policy || optOut || !(Math.random() < policy.sampleRate)) return null;
-  return { policy, requestId: responseId, tenantId: caller.tenantId };
 }
 
 export function requestId(prefix: string): string {
