@@ -2,9 +2,11 @@
 # The container image's dependency install: the Dockerfile's deps stage runs exactly this, and
 # test/image-steps.test.ts runs it on a copy of the build context, so the two cannot drift.
 #
-#   ACCELERATOR=cpu   onnxruntime-node's bundled CPU build (.npmrc sets onnxruntime-node-install=skip,
-#                     so nothing is downloaded beyond the npm packages)
-#   ACCELERATOR=cuda  also fetches ORT's CUDA 12 provider libraries (needs CUDA 12 + cuDNN 9 at run time)
+#   ACCELERATOR=cpu   onnxruntime-node's bundled CPU build (package.json's allowScripts denies ORT's
+#                     install script, whose only job is downloading CUDA files, so nothing is fetched
+#                     beyond the npm packages)
+#   ACCELERATOR=cuda  then runs that script on purpose, for ORT's CUDA 12 provider libraries (needs
+#                     CUDA 12 + cuDNN 9 at run time)
 #
 # Run from the app root (the folder holding package.json and package-lock.json).
 set -euo pipefail
@@ -13,9 +15,7 @@ cd "$(dirname "$0")/.."
 accelerator="${ACCELERATOR:-cpu}"
 args=(ci --omit=dev --no-audit --no-fund)
 case "$accelerator" in
-  cpu) ;;
-  # The command-line flag outranks .npmrc's `skip` in the environment npm gives install scripts.
-  cuda) args+=(--onnxruntime-node-install=cuda12) ;;
+  cpu | cuda) ;;
   *)
     echo "image-install: ACCELERATOR must be cpu or cuda, not '$accelerator'" >&2
     exit 2
@@ -26,6 +26,9 @@ esac
 # node-gyp), compile its sources in parallel.
 export JOBS="${JOBS:-max}"
 npm "${args[@]}"
+if [ "$accelerator" = cuda ]; then
+  (cd node_modules/onnxruntime-node && ONNXRUNTIME_NODE_INSTALL=cuda12 node script/install.js)
+fi
 
 # Fail the image build, not the first boot: load every native addon once, and for cuda check that
 # ORT's CUDA provider landed where src/engine/model-runner.ts looks for it.
