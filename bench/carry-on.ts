@@ -181,7 +181,7 @@ interface DecodeRun {
 /** Streams submitted together (their prompts are all prefilled in the first step). */
 async function decodeRun(engine: Engine, prompts: number[][], decode: number, keys: Array<string | null>): Promise<DecodeRun> {
   const start = performance.now();
-  const runs = await Promise.all(prompts.map((p, i) => request(engine, p, decode, keys[i] ? { key: keys[i]!, alpha: 1 } : null, start)));
+  const runs = await Promise.all(prompts.map((p, i) => request(engine, p, decode, keys[i] ? { key: keys[i], alpha: 1 } : null, start)));
   const first = Math.min(...runs.map((r) => r.firstAt));
   const last = Math.max(...runs.map((r) => r.lastAt));
   const tokens = runs.reduce((n, r) => n + r.tokens - 1, 0);

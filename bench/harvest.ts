@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { Harvester } from '../src/harvest/harvester.js';
 import { hiddenStates, openBase } from '../src/harvest/offline.js';
 import { ShardWriter } from '../src/harvest/shard-writer.js';
-import { Sigma, decodeRows, reconstructionError, SIGMA_CODECS, type SigmaCodec } from '../src/harvest/sigma.js';
+import { Sigma, decodeRows, reconstructionError, SIGMA_CODECS } from '../src/harvest/sigma.js';
 import type { HarvestedSequence } from '../src/harvest/types.js';
 import { importModel } from '../src/model/import.js';
 import { readManifest } from '../src/model/package-files.js';
@@ -160,7 +160,7 @@ async function throughput(sets: Rows[]): Promise<void> {
       let rows = 0;
       const writer = new ShardWriter({
         dir: dir1,
-        sigma: new Sigma(codec as SigmaCodec),
+        sigma: new Sigma(codec),
         baseFingerprint: 'bench',
         maxShardBytes: 64 << 20,
         maxShardAgeMs: 3_600_000,
@@ -178,7 +178,7 @@ async function throughput(sets: Rows[]): Promise<void> {
       const dir2 = fs.mkdtempSync(path.join(work, 'h-'));
       const h = new Harvester({
         dir: dir2,
-        sigma: codec as SigmaCodec,
+        sigma: codec,
         maxQueueBytes: 4 * 2 ** 30,
         maxShardBytes: 64 << 20,
         maxShardAgeMs: 3_600_000,

@@ -449,7 +449,7 @@ async function soak(pkg: string, opts: Options): Promise<void> {
       } else if (!tr.aborted) completed++;
     }
   };
-  let idle: Sample | null = null;
+  let idle: Sample;
   try {
     const workers = Array.from({ length: opts.soakConcurrency }, (_, k) => worker(k));
     samples.push(await sample());

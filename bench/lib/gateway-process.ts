@@ -57,8 +57,8 @@ export async function startGateway(env: Record<string, string>, opts: { readyTim
     for (const line of buf.toString('utf8').split('\n')) if (line) tail.push(line);
     if (tail.length > 200) tail.splice(0, tail.length - 200);
   };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
   let exitCode: number | null | undefined;
   const exited = new Promise<number | null>((r) =>
     child.on('exit', (code) => {

@@ -48,6 +48,9 @@ export function expectedInterface(m: CarryOnManifest): GraphInterface {
   };
 }
 
+/** onnx.TensorProto.DataLocation.EXTERNAL; the onnx-proto import is type-only, so the value is restated. */
+const EXTERNAL_DATA: proto.TensorProto.DataLocation = 1;
+
 /**
  * Every tensor that points at external data, by name. A carry-on must be one self-contained
  * file: ONNX Runtime resolves external-data paths relative to the model, so an uploaded graph
@@ -57,7 +60,7 @@ export function externalDataReferences(model: proto.IModelProto): string[] {
   const found: string[] = [];
   const tensor = (t: proto.ITensorProto | null | undefined, where: string) => {
     if (!t) return;
-    const external = t.dataLocation === 1 /* EXTERNAL */ || (t.externalData?.length ?? 0) > 0;
+    const external = t.dataLocation === EXTERNAL_DATA || (t.externalData?.length ?? 0) > 0;
     if (external) found.push(`${where}${t.name ? ` '${t.name}'` : ''}`);
   };
   const sparse = (s: proto.ISparseTensorProto | null | undefined, where: string) => {

@@ -57,7 +57,7 @@ async function main(argv: string[]): Promise<number> {
       }
       const [src, out] = positionals;
       const extraLayerOutputs = values.layers ? values.layers.split(',').map((s) => Number.parseInt(s, 10)) : undefined;
-      const manifest = await importModel(src, out, { tokenizerPath: values.tokenizer, name: values.name, extraLayerOutputs, quantize: values.quantize as 'q4_0' | undefined });
+      const manifest = await importModel(src, out, { tokenizerPath: values.tokenizer, name: values.name, extraLayerOutputs, quantize: values.quantize });
       console.log(`imported ${src} -> ${out} (fingerprint ${manifest.fingerprint}, ${manifest.quantization})`);
       return 0;
     }

@@ -6,8 +6,11 @@ import type { CarryOnUse, EngineInit, FromWorker, ModelInfo, SamplingParams, Ste
 export interface SequenceHandlers {
   onEvent(ev: TokenEvent): void;
   onError(message: string): void;
-  /** Called once, after the sequence ends however it ends, when `harvestLayers` was given to submit. */
-  onCapture?(capture: CaptureResult): void;
+  /**
+   * Called once, after the sequence ends however it ends, when `harvestLayers` was given to submit.
+   * A function property, not a method: the engine keeps it apart from the handlers object.
+   */
+  onCapture?: (capture: CaptureResult) => void;
 }
 
 /**

@@ -215,23 +215,16 @@ function parseEntry(name: string, value: unknown): HeaderEntry {
   if (!isRecord(value)) throw new SafetensorsError(`${name}: entry is not an object`);
   const { dtype, shape, data_offsets: offsets } = value;
   if (typeof dtype !== 'string' || !(dtype in DTYPE_BYTES)) throw new SafetensorsError(`${name}: unsupported dtype ${String(dtype)}`);
-  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-    throw new SafetensorsError(`${name}: bad shape`);
-  }
-  if (
-    !Array.isArray(offsets) ||
-    offsets.length !== 2 ||
-    !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
-    offsets[1] < offsets[0]
-  ) {
+  if (!isCountArray(shape)) throw new SafetensorsError(`${name}: bad shape`);
+  if (!isCountArray(offsets) || offsets.length !== 2 || offsets[1] < offsets[0]) {
     throw new SafetensorsError(`${name}: bad data_offsets`);
   }
   const dt = dtype as SafetensorsDtype;
-  const want = (shape as number[]).reduce((a, b) => a * b, 1) * DTYPE_BYTES[dt];
+  const want = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dt];
   if (offsets[1] - offsets[0] !== want) {
     throw new SafetensorsError(`${name}: ${offsets[1] - offsets[0]} bytes for ${dt}[${shape}] (want ${want})`);
   }
-  return { dtype: dt, shape: shape as number[], data_offsets: [offsets[0], offsets[1]] };
+  return { dtype: dt, shape, data_offsets: [offsets[0], offsets[1]] };
 }
 
 function parseMetadata(value: unknown): Record<string, string> {
@@ -252,6 +245,11 @@ function readFully(fd: number, buf: Buffer, offset: number, position: number): v
     offset += n;
     position += n;
   }
+}
+
+/** An array of non-negative safe integers (a shape or a pair of byte offsets). */
+function isCountArray(v: unknown): v is number[] {
+  return Array.isArray(v) && v.every((d) => Number.isSafeInteger(d) && d >= 0);
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {

@@ -184,7 +184,8 @@ export function readJournal(file: string): JournalContents {
   return { header, sequences, fileBytes: buf.length, validBytes, lostBytes: buf.length - validBytes, lostSequences };
 }
 
-function recordAt(buf: Buffer, pos: number): { type: number; length: number } | null {
+/** A record whose type is no RecordType member is returned as is; the reader's type checks skip it. */
+function recordAt(buf: Buffer, pos: number): { type: RecordType; length: number } | null {
   if (buf.length - pos < RECORD_HEADER) return null;
   if (buf.compare(MAGIC, 0, 4, pos, pos + 4) !== 0) return null;
   const type = buf.readUInt32LE(pos + 4);

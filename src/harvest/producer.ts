@@ -79,7 +79,7 @@ function ownedCopy(seq: HarvestedSequence): { seq: HarvestedSequence; transfer: 
   const transfer = new Set<ArrayBuffer>();
   const own = <T extends Float32Array | Int32Array | Uint8Array>(a: T): T => {
     const whole = a.buffer instanceof ArrayBuffer && a.byteOffset === 0 && a.byteLength === a.buffer.byteLength;
-    const out = whole && !transfer.has(a.buffer as ArrayBuffer) ? a : (a.slice() as T);
+    const out = whole && !transfer.has(a.buffer) ? a : (a.slice() as T);
     transfer.add(out.buffer as ArrayBuffer);
     return out;
   };

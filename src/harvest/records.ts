@@ -60,7 +60,7 @@ function parseJsonValues(raw: string, file: string): unknown[] {
     try {
       out.push(JSON.parse(line));
     } catch (err) {
-      throw new Error(`${file}:${i + 1}: not JSON (${(err as Error).message})`);
+      throw new Error(`${file}:${i + 1}: not JSON (${(err as Error).message})`, { cause: err });
     }
   });
   return out;
@@ -70,7 +70,7 @@ const ROLE_OF: Record<string, string> = { human: 'user', user: 'user', gpt: 'ass
 
 function toRecord(v: unknown, index: number): InputRecord | null {
   if (!isObject(v)) return null;
-  const str = (k: string): string | null => (typeof v[k] === 'string' ? (v[k] as string) : null);
+  const str = (k: string): string | null => (typeof v[k] === 'string' ? v[k] : null);
   const pair = (prompt: string, answer: string): InputRecord => ({
     index,
     text: `${prompt}\n${answer}`,
@@ -110,7 +110,7 @@ function toRecord(v: unknown, index: number): InputRecord | null {
     return output ? pair(asked, output) : { index, text: asked, messages: [{ role: 'user', content: asked }], isChat: false };
   }
   if (Array.isArray(v.turns) && v.turns.every((t) => typeof t === 'string') && v.turns.length > 0) {
-    return chat(index, (v.turns as string[]).map((content) => ({ role: 'user', content })));
+    return chat(index, v.turns.map((content) => ({ role: 'user', content })));
   }
   return null;
 }

@@ -153,8 +153,8 @@ export const gguf = {
 
 export function plainValue(typed: GgufTypedValue): GgufValue {
   if (typed.type !== GgufValueType.ARRAY) return plainScalar(typed.value);
-  if (typed.elementType === GgufValueType.ARRAY) return (typed.value as GgufTypedValue[]).map(plainValue);
-  return (typed.value as GgufScalar[]).map(plainScalar);
+  if (typed.elementType === GgufValueType.ARRAY) return typed.value.map(plainValue);
+  return typed.value.map(plainScalar);
 }
 
 function plainScalar(value: GgufScalar): GgufScalar {
@@ -356,7 +356,7 @@ class ByteReader {
       for (let i = 0; i < count; i++) value.push(this.typedValue(GgufValueType.ARRAY));
       return { type, elementType, value };
     }
-    const value: GgufScalar[] = new Array(count);
+    const value = new Array<GgufScalar>(count);
     for (let i = 0; i < count; i++) value[i] = this.scalar(elementType);
     return { type, elementType, value };
   }
@@ -739,13 +739,13 @@ class ByteWriter {
     this.u32(v.elementType);
     this.u64(BigInt(v.value.length));
     if (v.elementType === GgufValueType.ARRAY) {
-      for (const element of v.value as GgufTypedValue[]) {
+      for (const element of v.value) {
         if (element.type !== GgufValueType.ARRAY) throw new Error(`writeGguf: metadata ${key}: nested element is not an array`);
         this.typedValue(element, key);
       }
       return;
     }
-    for (const element of v.value as GgufScalar[]) this.scalar(v.elementType, element, key);
+    for (const element of v.value) this.scalar(v.elementType, element, key);
   }
 
   private scalar(type: GgufScalarTypeId, value: GgufScalar, key: string): void {

@@ -72,7 +72,7 @@ export function toConfigFile(c: LlamaConfig): z.infer<typeof ModelConfigFile> {
 }
 
 export function readModelConfig(dir: string): LlamaConfig {
-  const raw = JSON.parse(fs.readFileSync(path.join(dir, PACKAGE_FILES.config), 'utf8'));
+  const raw: unknown = JSON.parse(fs.readFileSync(path.join(dir, PACKAGE_FILES.config), 'utf8'));
   const c = ModelConfigFile.parse(raw);
   return { architecture: 'llama', ...c };
 }

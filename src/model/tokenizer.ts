@@ -1,7 +1,24 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
+import { z } from 'zod';
 import { PACKAGE_FILES } from './package-files.js';
+
+/**
+ * The part of @huggingface/tokenizers' Tokenizer the gateway uses. The package's own declarations
+ * (0.2.0) re-export the class from './core/Tokenizer' without a file extension, which NodeNext
+ * resolution does not follow, so TypeScript sees the class as `any`; these are its signatures from
+ * types/core/Tokenizer.d.ts.
+ */
+export interface HfTokenizer {
+  encode(text: string, options?: { add_special_tokens?: boolean }): { ids: number[] };
+  decode(ids: number[], options?: { skip_special_tokens?: boolean }): string;
+  token_to_id(token: string): number | undefined;
+  id_to_token(id: number): string | undefined;
+}
+export const HfTokenizer = Tokenizer as new (tokenizerJson: object, tokenizerConfig: object) => HfTokenizer;
+
+const JsonObject = z.record(z.string(), z.unknown());
 
 export interface TokenPiece {
   /** The token's text as OpenAI reports it in logprobs; `bytes:\xNN` for a lone non-UTF-8 byte. */
@@ -22,7 +39,7 @@ export class ModelTokenizer {
   private readonly pieces: TokenPiece[];
 
   constructor(
-    private readonly tok: Tokenizer,
+    private readonly tok: HfTokenizer,
     config: Record<string, unknown>,
     vocabSize: number,
   ) {
@@ -35,9 +52,9 @@ export class ModelTokenizer {
   }
 
   static load(modelDir: string, vocabSize: number): ModelTokenizer {
-    const json = JSON.parse(fs.readFileSync(path.join(modelDir, PACKAGE_FILES.tokenizer), 'utf8'));
-    const config = JSON.parse(fs.readFileSync(path.join(modelDir, PACKAGE_FILES.tokenizerConfig), 'utf8'));
-    return new ModelTokenizer(new Tokenizer(json, config), config, vocabSize);
+    const read = (file: string) => JsonObject.parse(JSON.parse(fs.readFileSync(path.join(modelDir, file), 'utf8')));
+    const config = read(PACKAGE_FILES.tokenizerConfig);
+    return new ModelTokenizer(new HfTokenizer(read(PACKAGE_FILES.tokenizer), config), config, vocabSize);
   }
 
   /** `addSpecial`: add BOS as the model expects for raw text; chat templates write it themselves. */

@@ -2,7 +2,7 @@ import type { ChatMessage } from '../model/chat-template.js';
 import type { Caller } from '../serving/model-routing.js';
 import { ApiError } from '../core/errors.js';
 import type { Gateway } from '../serving/gateway.js';
-import type { ChoiceDelta, TokenDetail } from '../serving/generation.js';
+import type { TokenDetail } from '../serving/generation.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import type { ChatCompletionRequest } from './schemas.js';
 import { requestId, samplingFrom } from './request-params.js';
@@ -55,7 +55,7 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
   const chunk = (choices: unknown[]) => ({ ...base, object: 'chat.completion.chunk', choices, ...(includeUsage ? { usage: null } : {}) });
   async function* chunks(): AsyncGenerator<object> {
     const started = new Set<number>();
-    for await (const d of run.deltas() as AsyncIterable<ChoiceDelta>) {
+    for await (const d of run.deltas()) {
       const delta: Record<string, string> = {};
       if (!started.has(d.index)) {
         started.add(d.index);

@@ -78,13 +78,13 @@ export function startTrainer(r: TrainerRun): { child: ChildProcess; exited: Prom
     }
     dropped += chunk.length - Math.min(chunk.length, room);
   };
-  child.stdout!.on('data', (chunk: Buffer) => {
+  child.stdout.on('data', (chunk: Buffer) => {
     append(chunk);
     const lines = (stdoutRest + chunk.toString('utf8')).split('\n');
     stdoutRest = lines.pop() ?? '';
     for (const l of lines) if (l.trim()) lastLine = l.trim();
   });
-  child.stderr!.on('data', append);
+  child.stderr.on('data', append);
   const exited = new Promise<TrainerExit>((resolve) => {
     const finish = (code: number | null, signal: NodeJS.Signals | null) => {
       if (stdoutRest.trim()) lastLine = stdoutRest.trim();
