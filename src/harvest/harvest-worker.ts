@@ -99,6 +99,8 @@ async function run(call: WorkerCall): Promise<CallResults[keyof CallResults]> {
     case 'close':
       await writer.close();
       return null;
+    case 'sync':
+      return null;
   }
 }
 

@@ -97,6 +97,15 @@ export class Harvester implements HarvestSink {
     await this.call({ op: 'flush' });
   }
 
+  /**
+   * Resolves once every sequence offered here before the call is in its shard's journal (or was
+   * refused): the writer handles messages in the order they were posted, so a call answered after
+   * the offers is answered after their appends. Offers through producer ports are not ordered with it.
+   */
+  async journaled(): Promise<void> {
+    await this.call({ op: 'sync' });
+  }
+
   /** Rebuilds shards from journals left by a crash; call once at start, then `rescan`. */
   recover(): Promise<RecoveryReport> {
     return this.call({ op: 'recover' });

@@ -38,6 +38,8 @@ export interface HarvestServiceOptions {
   /** Whether a tenant is live; its sequences still in flight when it is deleted are dropped. */
   tenantExists(tenantId: string): boolean;
   log: HarvestLog;
+  /** The clock shard ages are measured on for retention; default Date.now. */
+  now?: () => number;
 }
 
 export interface HarvestServiceStats {
@@ -111,6 +113,12 @@ export class HarvestService implements HarvestSink {
       return false;
     }
     return this.harvester.offer(seq);
+  }
+
+  /** Resolves once every sequence offered so far is in its shard's journal (tests); at once while harvesting is off. */
+  async journaled(): Promise<void> {
+    await this.starting?.catch(() => null);
+    await this.harvester?.journaled();
   }
 
   /** Writes every open shard and waits until each is indexed (SIGTERM, tests). Once closing, waits for `close`, which flushes. */
@@ -285,7 +293,8 @@ export class HarvestService implements HarvestSink {
     // A shard whose journal is still there is not yet released by the writer (it deletes the journal
     // right after indexing): deleting its file now would let a crash rebuild it from the journal.
     // The next pass takes it.
-    const doomed = planRetention(this.opts.shards.entries(), policy).filter((s) => !fs.existsSync(journalOf(s)));
+    const now = this.opts.now?.() ?? Date.now();
+    const doomed = planRetention(this.opts.shards.entries(), policy, now).filter((s) => !fs.existsSync(journalOf(s)));
     if (doomed.length === 0) return;
     removeFiles(doomed);
     for (const s of doomed) this.opts.shards.delete(s.id);
@@ -376,11 +385,12 @@ export function tenantOfDirName(name: string): string | null {
 }
 
 /**
- * The gateway's service from its configuration. `log` is read lazily: the server builds its logger
- * after the admin services that need this service, and nothing is logged before `start`.
+ * The gateway's service from its configuration (`harvestNow`: retention's clock, for tests). `log` is
+ * read lazily: the server builds its logger after the admin services that need this service, and
+ * nothing is logged before `start`.
  */
 export function createHarvestService(
-  config: HarvestConfig & { dataDir: string },
+  config: HarvestConfig & { dataDir: string; harvestNow?: () => number },
   store: { harvestShards: HarvestShardRepository; tenants: { get(id: string): object | null } },
   log: () => HarvestLog,
 ): HarvestService {
@@ -389,6 +399,7 @@ export function createHarvestService(
     dataDir: config.dataDir,
     shards: store.harvestShards,
     tenantExists: (id) => store.tenants.get(id) !== null,
+    now: config.harvestNow,
     log: {
       info: (obj, msg) => log().info(obj, msg),
       warn: (obj, msg) => log().warn(obj, msg),

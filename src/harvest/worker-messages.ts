@@ -32,7 +32,9 @@ export type WorkerCall =
   | { op: 'recover' }
   | { op: 'rescan'; knownIds: string[] }
   | { op: 'forget'; tenantId: string | null }
-  | { op: 'close' };
+  | { op: 'close' }
+  /** Nothing: answered once every message posted before it has been handled. */
+  | { op: 'sync' };
 
 /** What each call resolves to. */
 export interface CallResults {
@@ -41,6 +43,7 @@ export interface CallResults {
   rescan: RescanReport;
   forget: ForgetReport;
   close: null;
+  sync: null;
 }
 
 export type ToHarvestWorker =

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { loadConfig } from '../../src/app/config.js';
 import { startServer, type RunningServer } from '../../src/app/server.js';
+import type { createHarvestService } from '../../src/harvest/service.js';
 
 export const ADMIN_KEY = 'sk-test-admin-0123456789';
 export const USER_KEY = 'sk-test-user-0123456789';
@@ -17,6 +18,8 @@ export interface TestGateway extends RunningServer {
 export interface TestGatewayOptions {
   /** Receives every log line (JSON); pair with CARRYON_LOG_LEVEL to capture logs. */
   logStream?: { write(line: string): void };
+  /** The clock harvest retention measures shard ages on (default Date.now): a test moves it instead of waiting. */
+  harvestNow?: () => number;
 }
 
 /** A new empty data folder: its own gateway.sqlite and carry-on files (the model is imported into it). */
@@ -38,7 +41,10 @@ export async function startTestGateway(env: Record<string, string> = {}, opts: T
     CARRYON_LOG_LEVEL: 'silent',
     ...env,
   });
-  const server = await startServer({ ...config, logStream: opts.logStream });
+  // startServer hands its whole config to createHarvestService, which is what reads harvestNow.
+  type ServerConfig = Parameters<typeof startServer>[0] & Parameters<typeof createHarvestService>[0];
+  const serverConfig: ServerConfig = { ...config, logStream: opts.logStream, harvestNow: opts.harvestNow };
+  const server = await startServer(serverConfig);
   await server.ready;
   return { ...server, dataDir };
 }

@@ -71,5 +71,3 @@ export function harvestFiles(dataDir: string): string[] {
   if (!fs.existsSync(root)) return [];
   return (fs.readdirSync(root, { recursive: true }) as string[]).filter((f) => fs.statSync(path.join(root, f)).isFile()).sort();
 }
-
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

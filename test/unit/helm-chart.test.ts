@@ -1,0 +1,346 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Ajv } from 'ajv';
+import { describe, expect, it } from 'vitest';
+import { parse, parseAllDocuments } from 'yaml';
+import { ConfigSchema, loadConfig } from '../../src/app/config.js';
+import { REPO_ROOT as ROOT } from '../helpers/paths.js';
+
+/**
+ * The Helm chart without helm: its files parse, its values validate against its schema, its
+ * ConfigMap names exactly the gateway's options with defaults the gateway accepts, and its
+ * Deployment agrees with the image and the server (ports, probe routes, /data, uid, grace period).
+ * `helm lint`, `helm template` and kubeconform are not run here (README, "Kubernetes (Helm)").
+ */
+
+const CHART = path.join(ROOT, 'charts/carry-on-gateway');
+const read = (p: string) => fs.readFileSync(path.join(CHART, p), 'utf8');
+const template = (name: string) => read(`templates/${name}`);
+
+type Values = Record<string, any>;
+const defaults: Values = parse(read('values.yaml'));
+const schema = JSON.parse(read('values.schema.json'));
+const exampleFiles = fs.readdirSync(path.join(CHART, 'ci')).filter((f) => f.endsWith('-values.yaml'));
+
+/** Helm's merge of a values file onto the defaults: maps merge key by key, anything else replaces. */
+function merge(base: Values, over: Values): Values {
+  const out: Values = { ...base };
+  for (const [k, v] of Object.entries(over ?? {})) {
+    const b = base[k];
+    out[k] = v && b && typeof v === 'object' && typeof b === 'object' && !Array.isArray(v) && !Array.isArray(b) ? merge(b, v) : v;
+  }
+  return out;
+}
+const valueSets: [string, Values][] = [
+  ['values.yaml', defaults],
+  ...exampleFiles.map((f): [string, Values] => [`ci/${f}`, merge(defaults, parse(read(`ci/${f}`)))]),
+];
+
+/** Secrets the Deployment maps from the Secret (never the ConfigMap), and what the chart fixes. */
+const FROM_SECRET = ['CARRYON_ADMIN_KEY', 'CARRYON_API_KEYS'];
+const FIXED_BY_CHART = ['HOST', 'PORT', 'CARRYON_DATA_DIR'];
+
+const camel = (env: string) => env.replace(/^CARRYON_/, '').toLowerCase().replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+
+interface ConfigLine {
+  env: string;
+  literal?: string;
+  valuesPath?: string[];
+}
+
+/** The ConfigMap's data lines; each must be a literal or the one envValue include (see the template). */
+function configMapLines(): ConfigLine[] {
+  const data = template('configmap.yaml').split('\ndata:\n')[1];
+  return data
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((line) => {
+      const literal = /^ {2}([A-Z_]+): "([^"{}]*)"$/.exec(line);
+      if (literal) return { env: literal[1], literal: literal[2] };
+      const ref = /^ {2}([A-Z_]+): \{\{ include "carryon-gateway\.envValue" \.Values\.([\w.]+) \}\}$/.exec(line);
+      if (!ref) throw new Error(`configmap.yaml line not in the checked form: ${line}`);
+      return { env: ref[1], valuesPath: ref[2].split('.') };
+    });
+}
+
+/** What the chart puts in the environment for a value set, as envValue renders it. */
+function envFor(values: Values): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of configMapLines()) {
+    const v = line.valuesPath ? line.valuesPath.reduce<any>((o, k) => o?.[k], values) : line.literal;
+    env[line.env] = v === null || v === undefined ? '' : String(v);
+  }
+  env.CARRYON_ADMIN_KEY = 'sk-admin-from-the-secret';
+  return env;
+}
+
+/**
+ * A template's YAML skeleton: lines holding only template actions dropped, inline actions replaced
+ * by a placeholder. Both branches of an if/else survive, hence uniqueKeys off.
+ */
+function skeleton(name: string): any[] {
+  const text = template(name)
+    .replace(/\{\{-?\s*\/\*[\s\S]*?\*\/\s*-?\}\}/g, '')
+    .split('\n')
+    .filter((l) => !/^\s*(\{\{.*?\}\}\s*)+$/.test(l))
+    .map((l) => l.replace(/\{\{-?.*?-?\}\}/g, 'TPL'))
+    .join('\n');
+  const docs = parseAllDocuments(text, { uniqueKeys: false });
+  const list = Array.isArray(docs) ? docs : [docs];
+  for (const d of list) expect(d.errors, `${name}: ${d.errors.join('; ')}`).toEqual([]);
+  return list.map((d) => d.toJS());
+}
+
+function dockerfile(): { expose: string[]; volumes: string[]; user: string; env: Record<string, string> } {
+  const text = fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8').replace(/\\\n\s*/g, ' ');
+  const runtime = text.slice(text.lastIndexOf('\nFROM '));
+  const env: Record<string, string> = {};
+  for (const m of runtime.matchAll(/^ENV (.+)$/gm)) for (const kv of m[1].matchAll(/(\w+)=(\S+)/g)) env[kv[1]] = kv[2];
+  return {
+    expose: [...runtime.matchAll(/^EXPOSE (\d+)$/gm)].map((m) => m[1]),
+    volumes: [...runtime.matchAll(/^VOLUME \[(.+)\]$/gm)].flatMap((m) => JSON.parse(`[${m[1]}]`)),
+    user: /^USER (\S+)$/m.exec(runtime)?.[1] ?? '',
+    env,
+  };
+}
+
+describe('Helm chart files', () => {
+  it('Chart.yaml is a v2 application chart whose appVersion is the package version (the default image tag)', () => {
+    const chart = parse(read('Chart.yaml'));
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+    expect(chart).toMatchObject({ apiVersion: 'v2', name: 'carry-on-gateway', type: 'application', appVersion: pkg.version });
+    expect(chart.version).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  it('every template is YAML once its template actions are set aside, of a current API version', () => {
+    const kinds: Record<string, string> = {
+      'deployment.yaml': 'apps/v1 Deployment',
+      'service.yaml': 'v1 Service',
+      'configmap.yaml': 'v1 ConfigMap',
+      'secret.yaml': 'v1 Secret',
+      'pvc.yaml': 'v1 PersistentVolumeClaim',
+      'serviceaccount.yaml': 'v1 ServiceAccount',
+      'pdb.yaml': 'policy/v1 PodDisruptionBudget',
+      'hpa.yaml': 'autoscaling/v2 HorizontalPodAutoscaler',
+      'servicemonitor.yaml': 'monitoring.coreos.com/v1 ServiceMonitor',
+    };
+    const files = fs.readdirSync(path.join(CHART, 'templates')).filter((f) => f.endsWith('.yaml'));
+    expect(files.sort()).toEqual(Object.keys(kinds).sort());
+    for (const f of files) {
+      const docs = skeleton(f);
+      expect(docs, f).toHaveLength(1);
+      expect(`${docs[0].apiVersion} ${docs[0].kind}`, f).toBe(kinds[f]);
+    }
+    expect(template('_helpers.tpl')).toContain('define "carryon-gateway.fullname"');
+    expect(fs.existsSync(path.join(CHART, 'templates/NOTES.txt'))).toBe(true);
+  });
+});
+
+describe('values', () => {
+  const ajv = new Ajv({ strict: true, allowUnionTypes: true, allErrors: true });
+  const validate = ajv.compile(schema);
+
+  it.each(valueSets)('%s validates against values.schema.json', (_name, values) => {
+    expect(validate(values), ajv.errorsText(validate.errors)).toBe(true);
+  });
+
+  it('the schema is strict: unknown keys, wrong types and unknown enum values are errors', () => {
+    expect(schema.additionalProperties).toBe(false);
+    expect(validate({ ...defaults, replicas: 2 })).toBe(false);
+    expect(validate(merge(defaults, { config: { requestTimeout: 5 } }))).toBe(false);
+    expect(validate(merge(defaults, { config: { maxN: '8' } }))).toBe(false);
+    expect(validate(merge(defaults, { config: { logLevel: 'verbose' } }))).toBe(false);
+    expect(validate(merge(defaults, { config: { threads: 0 } }))).toBe(false);
+    // Helm adds `global` to a subchart's values.
+    expect(validate({ ...defaults, global: { imageRegistry: 'x' } })).toBe(true);
+  });
+
+  it('the schema bounds each option exactly as src/app/config.ts does', () => {
+    const props = schema.properties.config.properties;
+    for (const [env, field] of Object.entries(ConfigSchema.shape)) {
+      if (FROM_SECRET.includes(env) || FIXED_BY_CHART.includes(env)) continue;
+      const inner: any = (field as any).unwrap();
+      const prop = props[camel(env)];
+      expect(prop, env).toBeDefined();
+      if (inner.options) expect(prop.enum, env).toEqual(inner.options);
+      if (inner.def.type === 'number') {
+        const int = prop.oneOf ? prop.oneOf.find((p: any) => p.type === 'integer') : prop;
+        expect([int.minimum, int.maximum], env).toEqual([inner.minValue, inner.maxValue]);
+      }
+    }
+  });
+});
+
+describe('ConfigMap ⇄ src/app/config.ts', () => {
+  const lines = configMapLines();
+  const envs = lines.map((l) => l.env);
+  const options = Object.keys(ConfigSchema.shape);
+
+  it('every ConfigMap key is a gateway option, and every option is in the ConfigMap or the Secret', () => {
+    expect(new Set(envs).size).toBe(envs.length);
+    for (const env of envs) expect(options, `${env} is not in ConfigSchema`).toContain(env);
+    const missing = options.filter((o) => !envs.includes(o) && !FROM_SECRET.includes(o));
+    expect(missing, 'options missing from charts/carry-on-gateway (configmap.yaml, values.yaml, values.schema.json)').toEqual([]);
+    const deployment = template('deployment.yaml');
+    for (const env of FROM_SECRET) expect(deployment).toMatch(new RegExp(`- name: ${env}\\n\\s+valueFrom:\\n\\s+secretKeyRef:`));
+  });
+
+  it('options come from values.config under their camelCase names; the chart fixes HOST, PORT and the data dir', () => {
+    const configKeys = Object.keys(defaults.config);
+    for (const l of lines) {
+      if (FIXED_BY_CHART.includes(l.env)) continue;
+      expect(l.valuesPath, l.env).toEqual(['config', camel(l.env)]);
+    }
+    expect(configKeys.sort()).toEqual(lines.filter((l) => l.valuesPath?.[0] === 'config').map((l) => l.valuesPath![1]).sort());
+    expect(configKeys.sort()).toEqual(Object.keys(schema.properties.config.properties).sort());
+    expect(lines.find((l) => l.env === 'HOST')?.literal).toBe('0.0.0.0');
+    expect(lines.find((l) => l.env === 'PORT')?.valuesPath).toEqual(['containerPort']);
+  });
+
+  it.each(valueSets)('the environment %s renders is accepted by the gateway, value for value', (_name, values) => {
+    const env = envFor(values);
+    const config = loadConfig(env, '/');
+    for (const l of lines) {
+      if (!l.valuesPath || env[l.env] === '') continue;
+      const got = (config as any)[l.env];
+      expect(String(got), l.env).toBe(typeof got === 'boolean' ? String(env[l.env] === 'true') : env[l.env]);
+    }
+    expect(config.dataDir).toBe('/data');
+    expect(config.PORT).toBe(values.containerPort);
+  });
+
+  it("the chart's defaults are the gateway's defaults (empty strings leave them to the gateway)", () => {
+    const env = envFor(defaults);
+    const gatewayDefaults = loadConfig({}, '/');
+    for (const l of lines) {
+      if (!l.valuesPath || FIXED_BY_CHART.includes(l.env) || env[l.env] === '') continue;
+      expect(env[l.env], l.env).toBe(String((gatewayDefaults as any)[l.env]));
+    }
+  });
+
+  it('numbers reach the ConfigMap as integers: envValue converts Helm float64 values through int64', () => {
+    const helper = template('_helpers.tpl');
+    expect(helper).toMatch(/define "carryon-gateway\.envValue"[\s\S]*kindIs "float64" \.[\s\S]*int64 \. \| toString \| quote/);
+  });
+});
+
+describe('Deployment', () => {
+  const [deployment] = skeleton('deployment.yaml');
+  const pod = deployment.spec.template.spec;
+  const [container] = pod.containers;
+  const image = dockerfile();
+
+  it('probes the server on its health routes through the named port, which the Service targets', () => {
+    expect(container.startupProbe.httpGet).toEqual({ path: '/health/live', port: 'http' });
+    expect(container.livenessProbe.httpGet).toEqual({ path: '/health/live', port: 'http' });
+    expect(container.readinessProbe.httpGet).toEqual({ path: '/health/ready', port: 'http' });
+    expect(container.ports.map((p: any) => p.name)).toEqual(['http', 'metrics']);
+    const [service] = skeleton('service.yaml');
+    expect(service.spec.ports).toEqual([
+      expect.objectContaining({ name: 'http', targetPort: 'http' }),
+      expect.objectContaining({ name: 'metrics', targetPort: 'metrics' }),
+    ]);
+    // The metrics port exists only when config.metricsPort > 0.
+    expect(template('deployment.yaml')).toMatch(/\{\{- if gt \(int \.Values\.config\.metricsPort\) 0 \}\}\n\s+- name: metrics/);
+    // The routes exist and are public (probes send no key).
+    const health = fs.readFileSync(path.join(ROOT, 'plugins/health.ts'), 'utf8');
+    for (const route of ['/health/live', '/health/ready']) expect(health).toMatch(new RegExp(`app\\.get\\('${route}', \\{ config: \\{ public: true \\} \\}`));
+  });
+
+  it('ports, data dir and uid agree with the image', () => {
+    expect(template('deployment.yaml')).toContain('containerPort: {{ .Values.containerPort }}');
+    expect(image.expose).toEqual([String(defaults.containerPort)]);
+    expect(image.env.PORT).toBe(String(defaults.containerPort));
+    expect(image.volumes).toEqual(['/data']);
+    expect(image.env.CARRYON_DATA_DIR).toBe('/data');
+    expect(configMapLines().find((l) => l.env === 'CARRYON_DATA_DIR')?.literal).toBe('/data');
+    expect(container.volumeMounts).toEqual(expect.arrayContaining([{ name: 'data', mountPath: '/data' }]));
+    const [uid, gid] = image.user.split(':').map(Number);
+    expect(uid).toBeGreaterThan(0);
+    expect(defaults.podSecurityContext).toMatchObject({ runAsNonRoot: true, runAsUser: uid, runAsGroup: gid, fsGroup: gid });
+  });
+
+  it('runs locked down: read-only root with a writable /tmp, no privilege escalation, no capabilities, no API token', () => {
+    expect(defaults.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
+    expect(container.volumeMounts).toEqual(expect.arrayContaining([{ name: 'tmp', mountPath: '/tmp' }]));
+    expect(pod.automountServiceAccountToken).toBe(false);
+    expect(pod.volumes.map((v: any) => v.name)).toEqual(expect.arrayContaining(['data', 'tmp']));
+  });
+
+  it('takes the admin key from the Secret (the chart keys match), the rest of the environment from the ConfigMap', () => {
+    expect(container.envFrom).toEqual([{ configMapRef: { name: 'TPL' } }]);
+    const refs = container.env.map((e: any) => [e.name, e.valueFrom.secretKeyRef.key, e.valueFrom.secretKeyRef.optional ?? false]);
+    expect(refs).toEqual([
+      ['CARRYON_ADMIN_KEY', 'admin-key', false],
+      ['CARRYON_API_KEYS', 'api-keys', true],
+    ]);
+    const [secret] = skeleton('secret.yaml');
+    expect(Object.keys(secret.data)).toEqual(['admin-key', 'api-keys']);
+  });
+
+  it('generates the admin key only without an existing secret or a given key, and keeps the live one on upgrade', () => {
+    const text = template('secret.yaml');
+    expect(text.startsWith('{{- if not .Values.auth.existingSecret }}')).toBe(true);
+    const lookup = text.indexOf('lookup "v1" "Secret"');
+    const generate = text.indexOf('randAlphaNum');
+    expect(text.indexOf('{{- if not $adminKey }}')).toBeGreaterThan(0);
+    expect(lookup).toBeGreaterThan(text.indexOf('{{- if not $adminKey }}'));
+    expect(generate).toBeGreaterThan(lookup);
+  });
+
+  it('asks for a GPU only when gpu.enabled, and then the cuda provider and image', () => {
+    const text = template('deployment.yaml');
+    expect(text).toMatch(/\{\{- if \.Values\.gpu\.enabled \}\}\n\{\{- \$limits := get \$resources "limits"/);
+    expect(defaults.gpu).toMatchObject({ enabled: false, resourceName: 'nvidia.com/gpu' });
+    expect(template('_helpers.tpl')).toContain('ternary "-cuda" "" .Values.gpu.enabled');
+    expect(template('_helpers.tpl')).toContain('fail "gpu.enabled requests a GPU, but config.executionProvider is cpu');
+    for (const [name, values] of valueSets) if (values.gpu.enabled) expect(values.config.executionProvider, name).toBe('cuda');
+  });
+
+  it('grace period: preStop pause + drain deadline (config.drainTimeoutMs) + margin, enforced by a fail', () => {
+    const helper = template('_helpers.tpl');
+    expect(helper).toMatch(/\$drain := divf \.Values\.config\.drainTimeoutMs 1000 \| ceil \| int/);
+    expect(helper).toMatch(/\$min := add \.Values\.shutdown\.preStopSleepSeconds \$drain \.Values\.shutdown\.marginSeconds/);
+    expect(helper).toMatch(/if lt \$grace \$min \}\}\n\{\{- fail/);
+    expect(template('deployment.yaml')).toContain('terminationGracePeriodSeconds: {{ $grace }}');
+    expect(container.lifecycle.preStop.exec.command).toEqual(['/bin/sleep', 'TPL']);
+    expect(template('deployment.yaml')).toContain('command: ["/bin/sleep", "{{ .Values.shutdown.preStopSleepSeconds }}"]');
+    for (const [name, values] of valueSets) {
+      const { preStopSleepSeconds, marginSeconds, terminationGracePeriodSeconds } = values.shutdown;
+      const min = preStopSleepSeconds + Math.ceil(values.config.drainTimeoutMs / 1000) + marginSeconds;
+      expect(preStopSleepSeconds, name).toBeGreaterThan(0);
+      expect(marginSeconds, name).toBeGreaterThan(0);
+      if (terminationGracePeriodSeconds !== null) expect(terminationGracePeriodSeconds, name).toBeGreaterThanOrEqual(min);
+    }
+  });
+
+  it('one replica on a ReadWriteOnce volume, replaced with Recreate; scaling out needs ReadWriteMany', () => {
+    expect(defaults.replicaCount).toBe(1);
+    expect(defaults.persistence).toMatchObject({ enabled: true, accessMode: 'ReadWriteOnce' });
+    expect(defaults.autoscaling.enabled).toBe(false);
+    expect(template('deployment.yaml')).toMatch(/eq \.Values\.persistence\.accessMode "ReadWriteOnce" "ReadWriteOncePod"\) \}\}\n.*\n\s+type: Recreate/);
+    expect(template('_helpers.tpl')).toMatch(/if and \$rwo \(or \(gt \(int \.Values\.replicaCount\) 1\) \.Values\.autoscaling\.enabled\) \}\}\n\{\{- fail/);
+  });
+});
+
+describe('optional objects', () => {
+  it('the PDB, HPA and ServiceMonitor select the Deployment’s pods', () => {
+    for (const f of ['pdb.yaml', 'servicemonitor.yaml', 'service.yaml', 'deployment.yaml']) {
+      expect(template(f), f).toContain('include "carryon-gateway.selectorLabels" .');
+    }
+    const [hpa] = skeleton('hpa.yaml');
+    expect(hpa.spec.scaleTargetRef).toEqual({ apiVersion: 'apps/v1', kind: 'Deployment', name: 'TPL' });
+  });
+
+  it('the ServiceMonitor scrapes /metrics on the key-less metrics port, and refuses to render without one', () => {
+    const [monitor] = skeleton('servicemonitor.yaml');
+    expect(monitor.spec.endpoints[0].port).toBe('metrics');
+    expect(template('servicemonitor.yaml')).toMatch(/if eq \(int \.Values\.config\.metricsPort\) 0 \}\}\n\{\{- fail/);
+    expect(defaults.metrics.serviceMonitor.path).toBe('/metrics');
+    const sources = ['plugins', 'src/http'].flatMap((dir) =>
+      fs.readdirSync(path.join(ROOT, dir), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts')).map((f) => fs.readFileSync(path.join(ROOT, dir, f), 'utf8')),
+    );
+    const served = sources.some((s) => /['"`]\/metrics['"`]/.test(s));
+    if (!served) expect(defaults.metrics.serviceMonitor.enabled).toBe(false);
+  });
+});
