@@ -62,7 +62,7 @@ async function readStream(url: string, maxTokens: number, key = KEY): Promise<St
   const done = blocks.at(-1) === 'data: [DONE]';
   const events = (done ? blocks.slice(0, -1) : blocks).map((b) => {
     expect(b.startsWith('data: ')).toBe(true);
-    return JSON.parse(b.slice(6));
+    return JSON.parse(b.slice(6)) as StreamOutcome['events'][number];
   });
   return { events, done };
 }

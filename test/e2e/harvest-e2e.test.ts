@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeShardLayer } from '../../src/harvest/shard-format.js';
 import { reconstructionError } from '../../src/harvest/sigma.js';
 import { openBase, type HarvestBase } from '../../src/harvest/offline.js';
+import type { OpenAIErrorBody } from '../../src/core/errors.js';
 import { pythonWithNumpy, readShardsWithPython } from '../helpers/harvest-fixtures.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import {
@@ -145,7 +146,7 @@ describe('live traffic → shards', () => {
     const past = await downloadShard(gw, info.id, { range: `bytes=${info.bytes}-` });
     expect(past.status).toBe(416);
     expect(past.headers['content-range']).toBe(`bytes */${info.bytes}`);
-    expect(JSON.parse(past.body.toString()).error.code).toBe('range_not_satisfiable');
+    expect((JSON.parse(past.body.toString()) as OpenAIErrorBody).error.code).toBe('range_not_satisfiable');
     expect((await downloadShard(gw, info.id, { 'if-none-match': `"${info.metadata.data_sha256}"` })).status).toBe(304);
 
     const { shard, file } = readShardBytes(whole.body);

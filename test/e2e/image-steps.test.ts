@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { REPO_ROOT as ROOT, STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
 
 /**
@@ -56,7 +57,7 @@ const stage = (name: string) => {
 };
 const deps = stage('deps');
 const runtime = stage('runtime');
-const json = (s: Stage, op: string): string[] => JSON.parse(s.steps.find((i) => i.op === op)!.args);
+const json = (s: Stage, op: string): string[] => z.array(z.string()).parse(JSON.parse(s.steps.find((i) => i.op === op)!.args));
 
 /** COPY instructions that take from the build context (not --from another stage). */
 function contextCopies(s: Stage): { srcs: string[]; dest: string }[] {
@@ -99,7 +100,7 @@ function freePort(): Promise<number> {
 
 /** Every file of a tree with its size and mtime (symlinks not followed): to show nothing wrote there. */
 function snapshot(dir: string): string[] {
-  return (fs.readdirSync(dir, { recursive: true, encoding: 'utf8' }) as string[])
+  return fs.readdirSync(dir, { recursive: true, encoding: 'utf8' })
     .map((f) => {
       const st = fs.lstatSync(path.join(dir, f));
       return `${f} ${st.size} ${st.mtimeMs}`;

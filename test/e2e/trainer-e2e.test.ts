@@ -4,6 +4,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreatedApiKeyObject } from '../../src/admin/schemas.js';
+import { readTrainerReport } from '../../src/training/trainer-report.js';
 import { api } from '../helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { gsm8kTrainProblems } from '../helpers/gsm8k.js';
@@ -86,10 +87,10 @@ describe.skipIf(!python)('trainer end to end: harvest → train → upload → s
       { CARRYON_PYTHON: python! },
     );
     expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
-    const report = JSON.parse(fs.readFileSync(path.join(out, 'report.json'), 'utf8'));
-    expect(report.export.verify.ok).toBe(true);
-    expect(report.eval.carry_on.loss).toBeLessThan(report.eval.base.loss);
-    const uploaded = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    const report = readTrainerReport(path.join(out, 'report.json'));
+    expect(report?.export?.verify.ok).toBe(true);
+    expect(report?.eval?.carry_on?.loss).toBeLessThan(report!.eval!.base!.loss);
+    const uploaded: unknown = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
     expect(uploaded).toMatchObject({ object: 'carry_on.version', tenant: 't1', carry_on: ID, version: 1 });
 
     // 3. Served: the carry-on's greedy continuation is not the base's.

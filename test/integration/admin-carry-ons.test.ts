@@ -541,7 +541,7 @@ describe('carry-on upload refusals', () => {
     const slow = new CarryOnBuilder({ timeoutMs: 1 });
     expect(await slow.build({ weightsPath, graphPath: path.join(dir, 'a.onnx'), config })).toEqual({
       ok: false,
-      problem: expect.stringMatching(/took longer than 1 ms/) as unknown as string,
+      problem: expect.stringMatching(/took longer than 1 ms/) as unknown,
       param: 'weights',
     });
     const builder = new CarryOnBuilder({ timeoutMs: 60_000 });

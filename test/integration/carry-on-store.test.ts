@@ -115,7 +115,7 @@ describe('carry-ons survive a restart; a crash mid-upload leaves nothing registe
     gw = await startTestGateway({ CARRYON_DATA_DIR: dataDir });
     expect(listDir(stagingDir())).toEqual([live]);
     expect(listDir(blobsDir())).toEqual([`${manifest.sha256}.onnx`]);
-    expect((await api(gw, 'GET', '/admin/tenants', ADMIN_KEY)).json).toMatchObject({ data: expect.arrayContaining([expect.objectContaining({ id: 'acme' })]) });
+    expect((await api(gw, 'GET', '/admin/tenants', ADMIN_KEY)).json).toMatchObject({ data: expect.arrayContaining([expect.objectContaining({ id: 'acme' })]) as unknown });
     expect((await api(gw, 'GET', '/admin/carry-ons/story?tenant=acme', ADMIN_KEY)).json).toMatchObject({ id: 'story', tenant: 'acme', latest_version: 1 });
     // The same key, through the SDK, gets the same carry-on.
     expect(await greedy(gw, 'story')).toBe(before);

@@ -18,7 +18,7 @@ import { CarryOnTensorNames as N, type InputLayer } from '../../src/carryon/tens
 import { ModelRunner } from '../../src/engine/model-runner.js';
 import { importModel } from '../../src/model/import.js';
 import { DataType, parseModel } from '../../src/formats/onnx-builder.js';
-import { PACKAGE_FILES, readModelConfig, type PackageManifest } from '../../src/model/package-files.js';
+import { readModelConfig, type PackageManifest } from '../../src/model/package-files.js';
 import { TensorNames } from '../../src/model/tensor-names.js';
 import type { LlamaConfig } from '../../src/model/types.js';
 import { REPO_ROOT, STORIES_BIN } from '../helpers/paths.js';
@@ -375,7 +375,7 @@ describe('carry-on package', () => {
       default_alpha: 0.75,
       parameter_count: countCarryOnParameters(weights),
       architecture: { width: 64, layers: 2, heads: 4, kv_heads: 2, head_dim: 16, intermediate: 192 },
-      created_at: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+      created_at: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) as unknown,
     });
 
     // input_layers defaults to ['final'] for manifests that omit it.

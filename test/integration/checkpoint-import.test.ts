@@ -400,7 +400,7 @@ describe('Q4_0 quantization (ggml quantize_row_q4_0_ref)', () => {
 
     // All zeros: d = 0 / -8 is -0 in C too, stored as f16 0x8000; every level is 8.
     const zeros = quantizeQ4_0(new Float32Array(32));
-    expect(Array.from(zeros)).toEqual([0x00, 0x80, ...new Array(16).fill(0x88)]);
+    expect(Array.from(zeros)).toEqual([0x00, 0x80, ...new Array<number>(16).fill(0x88)]);
   });
 
   it('stays within the ggml error bound', () => {

@@ -116,9 +116,9 @@ describe('SSE framing and health', () => {
     expect(raw.endsWith('data: [DONE]\n\n')).toBe(true);
     const events = raw.split('\n\n').filter(Boolean);
     for (const e of events) expect(e.startsWith('data: ')).toBe(true);
-    const payloads = events.slice(0, -1).map((e) => JSON.parse(e.slice(6)));
+    const payloads = events.slice(0, -1).map((e) => JSON.parse(e.slice(6)) as { id: string; choices: { finish_reason: string | null }[] });
     expect(new Set(payloads.map((p) => p.id)).size).toBe(1);
-    expect(payloads.at(-1).choices[0].finish_reason).toBe('length');
+    expect(payloads.at(-1)?.choices[0].finish_reason).toBe('length');
   });
 
   it('health endpoints need no key', async () => {

@@ -43,7 +43,7 @@ async function llamaCppGreedy(promptIds: number[], steps: number): Promise<numbe
     const seq = ctx.getSequence();
     const out: number[] = [];
     for await (const t of seq.evaluate(promptIds as never, { temperature: 0 })) {
-      out.push(t as number);
+      out.push(t);
       if (out.length >= steps) break;
     }
     return out;
@@ -63,14 +63,14 @@ describe('greedy decoding equals llama.cpp on stories260K', () => {
   it.each(prompts().map((p, i) => [i, p]))('prompt %i', async (_i, prompt) => {
     const res = await client.completions.create({
       model: 'stories260K',
-      prompt: prompt as string,
+      prompt,
       max_tokens: STEPS,
       temperature: 0,
       logprobs: 0,
     });
     const ours = res.choices[0];
     // Token ids: same tokenizer on both sides (checked here too), then llama.cpp's greedy continuation.
-    const promptIds = [1, ...ref.tokenize(prompt as string, false).map(Number)];
+    const promptIds = [1, ...ref.tokenize(prompt, false).map(Number)];
     expect(res.usage!.prompt_tokens).toBe(promptIds.length);
     const theirs = await llamaCppGreedy(promptIds, STEPS);
     const eos = theirs.indexOf(2);

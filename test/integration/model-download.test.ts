@@ -26,7 +26,7 @@ beforeAll(async () => {
     [`/${DEFAULT_MODEL.repo}/resolve/${DEFAULT_MODEL.revision}/${DEFAULT_MODEL.files.checkpoint.path}`]: STORIES_BIN,
     [`/${DEFAULT_MODEL.repo}/resolve/${DEFAULT_MODEL.revision}/${DEFAULT_MODEL.files.tokenizer.path}`]: STORIES_TOK,
   };
-  mirror = http.createServer(async (req, res) => {
+  const serve = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     hits.push(req.url!);
     await gate;
     const file = files[req.url!];
@@ -34,7 +34,9 @@ beforeAll(async () => {
     const bytes = fs.readFileSync(file);
     if (corrupt) bytes[100] ^= 0xff;
     res.writeHead(200, { 'content-length': bytes.length }).end(bytes);
-  });
+  };
+  // void: http ignores what a listener returns; a throw in serve is an unhandled rejection, which fails the run.
+  mirror = http.createServer((req, res) => void serve(req, res));
   await new Promise<void>((r) => mirror.listen(0, '127.0.0.1', r));
   mirrorUrl = `http://127.0.0.1:${(mirror.address() as AddressInfo).port}`;
 });
@@ -96,7 +98,7 @@ describe('default model download', () => {
       await expect(server.ready).rejects.toThrow(/execution provider "cuda"/);
       const probe = await request(`${server.url}/health/ready`);
       expect(probe.statusCode).toBe(503);
-      expect(await probe.body.json()).toMatchObject({ status: 'failed', error: expect.stringMatching(/cuda/) });
+      expect(await probe.body.json()).toMatchObject({ status: 'failed', error: expect.stringMatching(/cuda/) as unknown });
     } finally {
       await server.close();
     }

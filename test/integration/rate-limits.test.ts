@@ -1,6 +1,7 @@
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { CreatedApiKeyObject } from '../../src/admin/schemas.js';
+import type { OpenAIErrorBody } from '../../src/core/errors.js';
 import { api } from '../helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, USER_KEY, type TestGateway } from '../helpers/gateway.js';
 
@@ -34,7 +35,7 @@ describe('per-key rate limits', () => {
     const refused = await complete(gw, USER_KEY);
     expect(refused.status).toBe(429);
     expect(Number(refused.headers['retry-after'])).toBeGreaterThanOrEqual(1);
-    expect(JSON.parse(refused.text).error).toMatchObject({ code: 'rate_limit_exceeded', type: 'rate_limit_error' });
+    expect((JSON.parse(refused.text) as OpenAIErrorBody).error).toMatchObject({ code: 'rate_limit_exceeded', type: 'rate_limit_error' });
     // A different key has its own budget.
     expect((await complete(gw, ADMIN_KEY)).status).toBe(200);
   });
@@ -53,6 +54,6 @@ describe('per-key rate limits', () => {
     const third = await complete(gw, key);
     expect(third.status).toBe(429);
     expect(third.headers['x-ratelimit-remaining-tokens']).toBe('0');
-    expect(JSON.parse(third.text).error.message).toMatch(/tokens per minute/);
+    expect((JSON.parse(third.text) as OpenAIErrorBody).error.message).toMatch(/tokens per minute/);
   });
 });

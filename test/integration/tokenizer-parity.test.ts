@@ -5,12 +5,12 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { Tokenizer } from '@huggingface/tokenizers';
 import { getLlama, LlamaLogLevel, type Llama, type LlamaModel, type Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ggufToCheckpoint } from '../../src/model/gguf.js';
 import { llama2cToCheckpoint } from '../../src/model/llama2c.js';
 import { buildTokenizerFiles, sentencePieceMerges, type TokenizerFiles } from '../../src/model/tokenizer-json.js';
+import { HfTokenizer } from '../../src/model/tokenizer.js';
 import type { SentencePieceVocab } from '../../src/model/types.js';
 import { SHARED, STORIES_BIN, STORIES_GGUF as GGUF, STORIES_TOK as TOK_BIN } from '../helpers/paths.js';
 
@@ -46,7 +46,7 @@ const EDGE_CASES = [
 
 let vocab: SentencePieceVocab;
 let files: TokenizerFiles;
-let tokenizer: Tokenizer;
+let tokenizer: HfTokenizer;
 let llama: Llama;
 let model: LlamaModel;
 let paragraphs: string[];
@@ -55,7 +55,7 @@ beforeAll(async () => {
   vocab = (await ggufToCheckpoint(GGUF)).vocab;
   files = buildTokenizerFiles(vocab, { modelMaxLength: 2048 });
   // Through JSON, as the package files are read back from disk.
-  tokenizer = new Tokenizer(JSON.parse(JSON.stringify(files.tokenizerJson)), JSON.parse(JSON.stringify(files.tokenizerConfig)));
+  tokenizer = new HfTokenizer(JSON.parse(JSON.stringify(files.tokenizerJson)) as object, JSON.parse(JSON.stringify(files.tokenizerConfig)) as object);
   llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
   model = await llama.loadModel({ modelPath: GGUF });
   paragraphs = readFileSync(VAL_TEXT, 'utf8')

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { Ajv } from 'ajv';
 import { describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
+import { z } from 'zod';
 import { ConfigSchema, loadConfig } from '../../src/app/config.js';
 import { REPO_ROOT as ROOT } from '../helpers/paths.js';
 
@@ -17,23 +18,57 @@ const CHART = path.join(ROOT, 'charts/carry-on-gateway');
 const read = (p: string) => fs.readFileSync(path.join(CHART, p), 'utf8');
 const template = (name: string) => read(`templates/${name}`);
 
-type Values = Record<string, any>;
-const defaults: Values = parse(read('values.yaml'));
-const schema = JSON.parse(read('values.schema.json'));
+type Json = Record<string, unknown>;
+const isMap = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** The parts of a values file these tests read (values.schema.json is the whole contract). */
+interface Values extends Json {
+  containerPort: number;
+  config: Json & { drainTimeoutMs: number; executionProvider: string };
+  gpu: { enabled: boolean; resourceName: string };
+  shutdown: { preStopSleepSeconds: number; marginSeconds: number; terminationGracePeriodSeconds: number | null };
+  replicaCount: number;
+  autoscaling: { enabled: boolean };
+  persistence: Json;
+  podSecurityContext: Json;
+  securityContext: Json;
+  metrics: { serviceMonitor: { enabled: boolean; path: string } };
+}
+
+/** The parts of values.schema.json these tests read. */
+interface SchemaProp {
+  type?: string;
+  enum?: unknown[];
+  oneOf?: SchemaProp[];
+  minimum?: number;
+  maximum?: number;
+}
+interface ValuesSchema extends Json {
+  additionalProperties: boolean;
+  properties: { config: { properties: Record<string, SchemaProp> } };
+}
+
+const parseMap = (text: string): Json => {
+  const v: unknown = parse(text);
+  if (!isMap(v)) throw new Error('expected a YAML map');
+  return v;
+};
+const defaults = parseMap(read('values.yaml')) as Values;
+const schema = JSON.parse(read('values.schema.json')) as ValuesSchema;
 const exampleFiles = fs.readdirSync(path.join(CHART, 'ci')).filter((f) => f.endsWith('-values.yaml'));
 
 /** Helm's merge of a values file onto the defaults: maps merge key by key, anything else replaces. */
-function merge(base: Values, over: Values): Values {
-  const out: Values = { ...base };
-  for (const [k, v] of Object.entries(over ?? {})) {
+function merge<T extends Json>(base: T, over: Json): T {
+  const out: Json = { ...base };
+  for (const [k, v] of Object.entries(over)) {
     const b = base[k];
-    out[k] = v && b && typeof v === 'object' && typeof b === 'object' && !Array.isArray(v) && !Array.isArray(b) ? merge(b, v) : v;
+    out[k] = isMap(v) && isMap(b) ? merge(b, v) : v;
   }
-  return out;
+  return out as T;
 }
 const valueSets: [string, Values][] = [
   ['values.yaml', defaults],
-  ...exampleFiles.map((f): [string, Values] => [`ci/${f}`, merge(defaults, parse(read(`ci/${f}`)))]),
+  ...exampleFiles.map((f): [string, Values] => [`ci/${f}`, merge(defaults, parseMap(read(`ci/${f}`)))]),
 ];
 
 /** Secrets the Deployment maps from the Secret (never the ConfigMap), and what the chart fixes. */
@@ -63,22 +98,55 @@ function configMapLines(): ConfigLine[] {
     });
 }
 
+/** A scalar as a string, null and undefined as ''; the ConfigMap has no place for anything else. */
+function scalar(v: unknown, what: string): string {
+  if (v === null || v === undefined) return '';
+  if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return String(v);
+  throw new Error(`${what}: not a scalar`);
+}
+
 /** What the chart puts in the environment for a value set, as envValue renders it. */
 function envFor(values: Values): Record<string, string> {
   const env: Record<string, string> = {};
   for (const line of configMapLines()) {
-    const v = line.valuesPath ? line.valuesPath.reduce<any>((o, k) => o?.[k], values) : line.literal;
-    env[line.env] = v === null || v === undefined ? '' : String(v);
+    const v = line.valuesPath ? line.valuesPath.reduce<unknown>((o, k) => (isMap(o) ? o[k] : undefined), values) : line.literal;
+    env[line.env] = scalar(v, line.env);
   }
   env.CARRYON_ADMIN_KEY = 'sk-admin-from-the-secret';
   return env;
+}
+
+interface Probe {
+  httpGet: { path: string; port: string };
+}
+interface Container {
+  ports: { name: string }[];
+  startupProbe: Probe;
+  livenessProbe: Probe;
+  readinessProbe: Probe;
+  volumeMounts: { name: string; mountPath: string }[];
+  envFrom: unknown[];
+  env: { name: string; valueFrom: { secretKeyRef: { key: string; optional?: boolean } } }[];
+  lifecycle: { preStop: { exec: { command: string[] } } };
+}
+/** The fields these tests read from the chart's objects, whichever kind has them. */
+interface K8sObject {
+  apiVersion: string;
+  kind: string;
+  data: Record<string, string>; // Secret
+  spec: {
+    template: { spec: { containers: Container[]; volumes: { name: string }[]; automountServiceAccountToken: boolean } }; // Deployment
+    ports: unknown[]; // Service
+    scaleTargetRef: unknown; // HorizontalPodAutoscaler
+    endpoints: { port: string }[]; // ServiceMonitor
+  };
 }
 
 /**
  * A template's YAML skeleton: lines holding only template actions dropped, inline actions replaced
  * by a placeholder. Both branches of an if/else survive, hence uniqueKeys off.
  */
-function skeleton(name: string): any[] {
+function skeleton(name: string): K8sObject[] {
   const text = template(name)
     .replace(/\{\{-?\s*\/\*[\s\S]*?\*\/\s*-?\}\}/g, '')
     .split('\n')
@@ -88,7 +156,7 @@ function skeleton(name: string): any[] {
   const docs = parseAllDocuments(text, { uniqueKeys: false });
   const list = Array.isArray(docs) ? docs : [docs];
   for (const d of list) expect(d.errors, `${name}: ${d.errors.join('; ')}`).toEqual([]);
-  return list.map((d) => d.toJS());
+  return list.map((d) => d.toJS() as K8sObject);
 }
 
 function dockerfile(): { expose: string[]; volumes: string[]; user: string; env: Record<string, string> } {
@@ -98,7 +166,7 @@ function dockerfile(): { expose: string[]; volumes: string[]; user: string; env:
   for (const m of runtime.matchAll(/^ENV (.+)$/gm)) for (const kv of m[1].matchAll(/(\w+)=(\S+)/g)) env[kv[1]] = kv[2];
   return {
     expose: [...runtime.matchAll(/^EXPOSE (\d+)$/gm)].map((m) => m[1]),
-    volumes: [...runtime.matchAll(/^VOLUME \[(.+)\]$/gm)].flatMap((m) => JSON.parse(`[${m[1]}]`)),
+    volumes: [...runtime.matchAll(/^VOLUME \[(.+)\]$/gm)].flatMap((m) => z.array(z.string()).parse(JSON.parse(`[${m[1]}]`))),
     user: /^USER (\S+)$/m.exec(runtime)?.[1] ?? '',
     env,
   };
@@ -106,8 +174,8 @@ function dockerfile(): { expose: string[]; volumes: string[]; user: string; env:
 
 describe('Helm chart files', () => {
   it('Chart.yaml is a v2 application chart whose appVersion is the package version (the default image tag)', () => {
-    const chart = parse(read('Chart.yaml'));
-    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+    const chart = parseMap(read('Chart.yaml'));
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
     expect(chart).toMatchObject({ apiVersion: 'v2', name: 'carry-on-gateway', type: 'application', appVersion: pkg.version });
     expect(chart.version).toMatch(/^\d+\.\d+\.\d+$/);
   });
@@ -159,13 +227,13 @@ describe('values', () => {
     const props = schema.properties.config.properties;
     for (const [env, field] of Object.entries(ConfigSchema.shape)) {
       if (FROM_SECRET.includes(env) || FIXED_BY_CHART.includes(env)) continue;
-      const inner: any = (field as any).unwrap();
+      const inner = field.unwrap();
       const prop = props[camel(env)];
       expect(prop, env).toBeDefined();
-      if (inner.options) expect(prop.enum, env).toEqual(inner.options);
-      if (inner.def.type === 'number') {
-        const int = prop.oneOf ? prop.oneOf.find((p: any) => p.type === 'integer') : prop;
-        expect([int.minimum, int.maximum], env).toEqual([inner.minValue, inner.maxValue]);
+      if (inner instanceof z.ZodEnum) expect(prop.enum, env).toEqual(inner.options);
+      if (inner instanceof z.ZodNumber) {
+        const int = prop.oneOf ? prop.oneOf.find((p) => p.type === 'integer') : prop;
+        expect([int?.minimum, int?.maximum], env).toEqual([inner.minValue, inner.maxValue]);
       }
     }
   });
@@ -202,7 +270,7 @@ describe('ConfigMap ⇄ src/app/config.ts', () => {
     const config = loadConfig(env, '/');
     for (const l of lines) {
       if (!l.valuesPath || env[l.env] === '') continue;
-      const got = (config as any)[l.env];
+      const got: unknown = config[l.env as keyof typeof config];
       expect(String(got), l.env).toBe(typeof got === 'boolean' ? String(env[l.env] === 'true') : env[l.env]);
     }
     expect(config.dataDir).toBe('/data');
@@ -214,7 +282,7 @@ describe('ConfigMap ⇄ src/app/config.ts', () => {
     const gatewayDefaults = loadConfig({}, '/');
     for (const l of lines) {
       if (!l.valuesPath || FIXED_BY_CHART.includes(l.env) || env[l.env] === '') continue;
-      expect(env[l.env], l.env).toBe(String((gatewayDefaults as any)[l.env]));
+      expect(env[l.env], l.env).toBe(scalar(gatewayDefaults[l.env as keyof typeof gatewayDefaults], l.env));
     }
   });
 
@@ -234,7 +302,7 @@ describe('Deployment', () => {
     expect(container.startupProbe.httpGet).toEqual({ path: '/health/live', port: 'http' });
     expect(container.livenessProbe.httpGet).toEqual({ path: '/health/live', port: 'http' });
     expect(container.readinessProbe.httpGet).toEqual({ path: '/health/ready', port: 'http' });
-    expect(container.ports.map((p: any) => p.name)).toEqual(['http', 'metrics']);
+    expect(container.ports.map((p) => p.name)).toEqual(['http', 'metrics']);
     const [service] = skeleton('service.yaml');
     expect(service.spec.ports).toEqual([
       expect.objectContaining({ name: 'http', targetPort: 'http' }),
@@ -264,12 +332,12 @@ describe('Deployment', () => {
     expect(defaults.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
     expect(container.volumeMounts).toEqual(expect.arrayContaining([{ name: 'tmp', mountPath: '/tmp' }]));
     expect(pod.automountServiceAccountToken).toBe(false);
-    expect(pod.volumes.map((v: any) => v.name)).toEqual(expect.arrayContaining(['data', 'tmp']));
+    expect(pod.volumes.map((v) => v.name)).toEqual(expect.arrayContaining(['data', 'tmp']));
   });
 
   it('takes the admin key from the Secret (the chart keys match), the rest of the environment from the ConfigMap', () => {
     expect(container.envFrom).toEqual([{ configMapRef: { name: 'TPL' } }]);
-    const refs = container.env.map((e: any) => [e.name, e.valueFrom.secretKeyRef.key, e.valueFrom.secretKeyRef.optional ?? false]);
+    const refs = container.env.map((e) => [e.name, e.valueFrom.secretKeyRef.key, e.valueFrom.secretKeyRef.optional ?? false]);
     expect(refs).toEqual([
       ['CARRYON_ADMIN_KEY', 'admin-key', false],
       ['CARRYON_API_KEYS', 'api-keys', true],

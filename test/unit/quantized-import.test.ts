@@ -6,7 +6,7 @@ import { ModelRunner } from '../../src/engine/model-runner.js';
 import { heldOutLoss } from '../../src/eval/held-out-loss.js';
 import { importModel } from '../../src/model/import.js';
 import { summarizeModel } from '../../src/formats/onnx-builder.js';
-import { PACKAGE_FILES } from '../../src/model/package-files.js';
+import { PACKAGE_FILES, readManifest } from '../../src/model/package-files.js';
 import { ModelTokenizer } from '../../src/model/tokenizer.js';
 import { STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
 
@@ -32,7 +32,7 @@ describe('quantized import', () => {
     expect(body['com.microsoft:MatMulNBits']).toBe(6 * 5);
     expect(body['ai.onnx:MatMul']).toBe(3 * 5); // down, and attention's two context products
     expect(summarizeModel(fs.readFileSync(path.join(q4Dir, PACKAGE_FILES.head))).opCounts).toEqual({ 'com.microsoft:MatMulNBits': 1 });
-    expect(JSON.parse(fs.readFileSync(path.join(q4Dir, PACKAGE_FILES.manifest), 'utf8')).quantization).toBe('mixed');
+    expect(readManifest(q4Dir).quantization).toBe('mixed');
   });
 
   it('costs little held-out loss on TinyStories validation text', async () => {

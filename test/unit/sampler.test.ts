@@ -8,7 +8,7 @@ const params = (p: Partial<SamplingParams>): SamplingParams => ({
 const logits = () => Float32Array.from([2, 1.5, 1, 0.5, 0, -1]);
 
 function histogram(p: Partial<SamplingParams>, draws = 4000): number[] {
-  const counts = new Array(6).fill(0);
+  const counts = new Array<number>(6).fill(0);
   const s = new Sampler(params(p));
   for (let i = 0; i < draws; i++) counts[s.sample(logits()).token]++;
   return counts;
