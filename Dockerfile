@@ -5,7 +5,7 @@
 #   docker build -t carry-on-gateway:0.1.0-cuda --build-arg ACCELERATOR=cuda .  # CUDA 12 + cuDNN 9
 #
 # glibc bases only: onnxruntime-node's prebuilt binaries do not run on Alpine (musl).
-# The install and start steps live in scripts/ (run here and by test/image-steps.test.ts).
+# The install and start steps live in scripts/ (run here and by test/e2e/image-steps.test.ts).
 ARG ACCELERATOR=cpu
 ARG NODE_IMAGE=node:22-bookworm-slim
 ARG CUDA_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The container image's dependency install: the Dockerfile's deps stage runs exactly this, and
-# test/image-steps.test.ts runs it on a copy of the build context, so the two cannot drift.
+# test/e2e/image-steps.test.ts runs it on a copy of the build context, so the two cannot drift.
 #
 #   ACCELERATOR=cpu   onnxruntime-node's bundled CPU build (package.json's allowScripts denies ORT's
 #                     install script, whose only job is downloading CUDA files, so nothing is fetched

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The container image's entrypoint, run under tini (PID 1): a preflight, then `exec "$@"` so the
 # command (the Dockerfile's CMD: the gateway) replaces this shell and receives SIGTERM directly.
-# test/image-steps.test.ts runs the Dockerfile's ENTRYPOINT + CMD through this same script.
+# test/e2e/image-steps.test.ts runs the Dockerfile's ENTRYPOINT + CMD through this same script.
 #
 #   CARRYON_DATA_DIR  the state folder (the image sets /data, its VOLUME); must be writable
 set -euo pipefail

@@ -14,6 +14,7 @@ import type { AdminServices } from '../../src/admin/services.js';
 import { MAX_MANIFEST_BYTES } from '../../src/admin/upload-receive.js';
 import { parseAdmin } from '../../src/admin/validate.js';
 import { ApiError } from '../../src/core/errors.js';
+import { receiveDone } from '../../src/http/receive-timeout.js';
 import type { AdminPluginOptions } from './index.js';
 
 const carryOnRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { admin, maxCarryOnBytes }) => {
@@ -77,6 +78,7 @@ async function upload(admin: AdminServices, request: FastifyRequest, reply: Fast
     const created = await admin.carryOns.upload(adminContext(request), tenant, {
       contentLength: Number.isFinite(length) ? length : undefined,
       parts: () => request.parts(),
+      onReceived: () => receiveDone(request.raw),
     });
     return await reply.code(201).send(created);
   } catch (err) {

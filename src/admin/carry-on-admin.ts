@@ -1,5 +1,8 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
+import { CARRYON_FILES } from '../carryon/manifest.js';
+import { configFromManifest, parameterCountOf } from '../carryon/weights.js';
 import type { Multipart } from '@fastify/multipart';
 import { ApiError } from '../core/errors.js';
 import { LATEST } from '../store/carry-ons.js';
@@ -8,18 +11,18 @@ import { managedTenant } from './access.js';
 import { audit, type AdminContext } from './audit.js';
 import type { BaseModelSource } from './base-model.js';
 import type { CarryOnFiles } from './carry-on-files.js';
-import { checkCarryOnGraph } from './graph-check.js';
-import { checkAgainstBase, checkDigest, parseUploadedManifest, storedManifest } from './manifest-checks.js';
+import type { CarryOnBuilder } from './carry-on-build.js';
+import { checkAgainstBase, checkWeightsDigest, parseUploadedManifest, storedManifest } from './manifest-checks.js';
 import { AliasName, UploadTenantField, type CarryOnObject, type CarryOnVersionObject, type DeletedObject, type List, type UploadManifest } from './schemas.js';
-import { GRAPH_PART, MAX_MANIFEST_BYTES, receiveCarryOnUpload } from './upload-receive.js';
+import { MAX_MANIFEST_BYTES, receiveCarryOnUpload, WEIGHTS_PART } from './upload-receive.js';
 import { view } from './views.js';
 
 export interface CarryOnAdminOptions {
   baseModel: BaseModelSource;
-  /** CARRYON_MAX_CARRYON_BYTES */
-  maxGraphBytes: number;
-  /** CARRYON_CARRYON_CHECK_TIMEOUT_MS */
-  checkTimeoutMs: number;
+  /** CARRYON_MAX_CARRYON_BYTES: the largest weights file. */
+  maxWeightsBytes: number;
+  /** Builds the graph from checked weights, in a separate process. */
+  builder: CarryOnBuilder;
 }
 
 /** Multipart boundaries and part headers on top of the parts themselves. */
@@ -29,6 +32,15 @@ export interface UploadRequest {
   /** The request's Content-Length, to refuse an oversized upload before reading it. */
   contentLength: number | undefined;
   parts: () => AsyncIterableIterator<Multipart>;
+  /** Called once the whole body is read (the build may take a while after; the client is not idle then). */
+  onReceived?: () => void;
+}
+
+/** Weights of a carry-on, received or found on disk, with their digest. */
+interface WeightsFile {
+  path: string;
+  sha256: string;
+  bytes: number;
 }
 
 export class CarryOnAdmin {
@@ -70,10 +82,10 @@ export class CarryOnAdmin {
   }
 
   /**
-   * Accepts a new version: receive (size-limited, hashed while streaming), check the manifest
-   * against the served base and the bytes, check and test-run the graph off the main thread,
-   * then install its blob and record it under the next version number. Any failure leaves
-   * nothing behind.
+   * Accepts a new version: receive the weights (size-limited, hashed while streaming), check the
+   * manifest against the served base and the architecture's limits, then check the weights and
+   * build the graph in a separate process, install the graph's blob and record it under the next
+   * version number. Any failure leaves nothing behind.
    *
    * `pathTenant` is the tenant of `/admin/tenants/{tenant}/carry-ons`; `POST /admin/carry-ons`
    * passes null and the form's `tenant` field, the manifest's `tenant` or the admin key's own
@@ -81,88 +93,92 @@ export class CarryOnAdmin {
    */
   async upload(ctx: AdminContext, pathTenant: string | null, req: UploadRequest): Promise<CarryOnVersionObject> {
     if (pathTenant !== null) managedTenant(ctx.principal, this.store.tenants, pathTenant);
-    const base = this.opts.baseModel();
-    if (req.contentLength !== undefined && req.contentLength > this.opts.maxGraphBytes + MAX_MANIFEST_BYTES + FORM_OVERHEAD_BYTES) {
-      throw new ApiError('request_too_large', `A carry-on graph may be at most ${this.opts.maxGraphBytes} bytes.`, { param: GRAPH_PART });
+    this.opts.baseModel();
+    if (req.contentLength !== undefined && req.contentLength > this.opts.maxWeightsBytes + MAX_MANIFEST_BYTES + FORM_OVERHEAD_BYTES) {
+      throw new ApiError('request_too_large', `A carry-on's weights may be at most ${this.opts.maxWeightsBytes} bytes.`, { param: WEIGHTS_PART });
     }
     const staging = this.files.createStagingDir();
     try {
       const received = await receiveCarryOnUpload(
         req.parts(),
         staging,
-        { maxGraphBytes: this.opts.maxGraphBytes, maxManifestBytes: MAX_MANIFEST_BYTES },
-        // A tenant the key may not upload for is refused before a graph sent after it is read.
+        { maxWeightsBytes: this.opts.maxWeightsBytes, maxManifestBytes: MAX_MANIFEST_BYTES },
+        // A tenant the key may not upload for is refused before weights sent after it are read.
         { onTenant: (field) => this.uploadTenant(ctx, pathTenant, field, undefined) },
       );
+      req.onReceived?.();
       const manifest = parseUploadedManifest(received.manifestText);
       const tenant = this.uploadTenant(ctx, pathTenant, received.tenant, manifest.tenant);
-      return await this.install(ctx, tenant, manifest, received, 'carry_on.upload');
+      const weights = { path: received.weightsPath, sha256: received.sha256, bytes: received.bytes };
+      return await this.install(ctx, tenant, manifest, weights, staging, 'carry_on.upload');
     } finally {
       this.files.discardStaging(staging);
     }
   }
 
   /**
-   * Registers a carry-on package already on local disk (a finished training job's output) as
-   * the tenant's next version, through the same checks as an upload. The files are copied in.
+   * Registers a carry-on package on local disk (a finished training job's output) as the tenant's
+   * next version, through the same checks and build as an upload: its weights and manifest only.
    */
-  async installPackage(ctx: AdminContext, tenant: string, graphPath: string, manifestPath: string): Promise<CarryOnVersionObject> {
+  async installPackage(ctx: AdminContext, tenant: string, packageDir: string): Promise<CarryOnVersionObject> {
     managedTenant(ctx.principal, this.store.tenants, tenant);
-    const manifest = parseUploadedManifest(fs.readFileSync(manifestPath, 'utf8'));
+    const manifest = parseUploadedManifest(fs.readFileSync(path.join(packageDir, CARRYON_FILES.manifest), 'utf8'));
     if (manifest.tenant !== undefined && manifest.tenant !== tenant) {
       throw new ApiError('invalid_value', `The manifest names tenant '${manifest.tenant}', but the package is for tenant '${tenant}'.`, { param: 'manifest.tenant' });
     }
-    const bytes = fs.statSync(graphPath).size;
-    if (bytes > this.opts.maxGraphBytes) {
-      throw new ApiError('request_too_large', `A carry-on graph may be at most ${this.opts.maxGraphBytes} bytes.`, { param: GRAPH_PART });
+    const weightsPath = path.join(packageDir, CARRYON_FILES.weights);
+    const bytes = fs.statSync(weightsPath).size;
+    if (bytes > this.opts.maxWeightsBytes) {
+      throw new ApiError('request_too_large', `A carry-on's weights may be at most ${this.opts.maxWeightsBytes} bytes.`, { param: WEIGHTS_PART });
     }
-    // Staged like an upload (copied and fsynced): installing renames the staged file into place.
+    const sha256 = createHash('sha256').update(fs.readFileSync(weightsPath)).digest('hex');
     const staging = this.files.createStagingDir();
     try {
-      const staged = this.files.stagedGraphPath(staging);
-      const data = fs.readFileSync(graphPath);
-      const fd = fs.openSync(staged, 'w');
-      try {
-        fs.writeSync(fd, data);
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-      const sha256 = createHash('sha256').update(data).digest('hex');
-      return await this.install(ctx, tenant, manifest, { graphPath: staged, sha256, bytes }, 'carry_on.train');
+      return await this.install(ctx, tenant, manifest, { path: weightsPath, sha256, bytes }, staging, 'carry_on.train');
     } finally {
       this.files.discardStaging(staging);
     }
   }
 
   /**
-   * The manifest against the served base and the bytes, the graph checked and test-run off the
-   * main thread, then its blob installed and recorded under the next version number. Any failure
-   * leaves nothing behind.
+   * The manifest against the served base and the architecture's limits, the weights checked and
+   * the graph built in a separate process, then its blob installed and recorded under the next
+   * version number. Any failure leaves nothing behind.
    */
   private async install(
     ctx: AdminContext,
     tenant: string,
     manifest: UploadManifest,
-    graph: { graphPath: string; sha256: string; bytes: number },
+    weights: WeightsFile,
+    staging: string,
     action: 'carry_on.upload' | 'carry_on.train',
   ): Promise<CarryOnVersionObject> {
     const base = this.opts.baseModel();
     checkAgainstBase(manifest, base);
-    checkDigest(manifest, graph.sha256);
-    const check = await checkCarryOnGraph(
-      { graphPath: graph.graphPath, manifest: storedManifest(manifest, 1), vocabSize: base.vocabSize },
-      this.opts.checkTimeoutMs,
-    );
-    if (!check.ok) throw new ApiError('invalid_value', `The carry-on graph was refused: ${check.problem}.`, { param: GRAPH_PART });
+    checkWeightsDigest(manifest, weights.sha256);
+    const config = configFromManifest(manifest, base.vocabSize);
+    const paramBytes = parameterCountOf(config) * 4;
+    if (paramBytes > this.opts.maxWeightsBytes) {
+      throw new ApiError(
+        'invalid_value',
+        `This architecture has ${paramBytes} bytes of weights; a carry-on may have at most ${this.opts.maxWeightsBytes} (CARRYON_MAX_CARRYON_BYTES).`,
+        { param: 'manifest.architecture' },
+      );
+    }
+    if (weights.bytes < paramBytes) {
+      throw new ApiError('invalid_value', `The weights file is smaller than this architecture's ${paramBytes} bytes of weights.`, { param: WEIGHTS_PART });
+    }
+    const graphPath = this.files.stagedGraphPath(staging);
+    const built = await this.opts.builder.build({ weightsPath: weights.path, graphPath, config });
+    if (!built.ok) throw new ApiError('invalid_value', `The carry-on's weights were refused: ${built.problem}.`, { param: built.param });
     let blob: string | null = null;
     let recorded = false;
     try {
       // The blob is made durable inside the write transaction, before the row that points at it.
       const record = this.store.carryOns.addVersion(tenant, manifest.id, (version) => {
-        const stored = storedManifest(manifest, version);
-        blob = this.files.installGraph(graph.graphPath, graph.sha256, graph.bytes);
-        return { graphPath: blob, manifest: stored, sha256: graph.sha256, bytes: graph.bytes };
+        const stored = storedManifest(manifest, version, { sha256: built.sha256, parameterCount: built.parameterCount, weightsSha256: weights.sha256 });
+        blob = this.files.installGraph(graphPath, built.sha256, built.bytes);
+        return { graphPath: blob, manifest: stored, sha256: built.sha256, bytes: built.bytes };
       });
       if (!record) throw new ApiError('not_found', `The tenant '${tenant}' was deleted meanwhile.`, { param: 'tenant' });
       recorded = true;

@@ -45,19 +45,35 @@ export function checkAgainstBase(m: UploadManifest, base: BaseModelInfo): void {
   }
 }
 
-export function checkDigest(m: UploadManifest, sha256: string): void {
-  if (m.sha256 !== sha256) {
-    throw new ApiError('invalid_value', `The uploaded graph has sha256 ${sha256}, but the manifest says ${m.sha256}.`, {
-      param: 'manifest.sha256',
+/** A manifest that names its weights' digest must name the uploaded ones (a torn or swapped file otherwise). */
+export function checkWeightsDigest(m: UploadManifest, sha256: string): void {
+  if (m.weights_sha256 !== undefined && m.weights_sha256 !== sha256) {
+    throw new ApiError('invalid_value', "The uploaded weights do not have the sha256 the manifest's 'weights_sha256' names (a torn or different file).", {
+      param: 'manifest.weights_sha256',
     });
   }
 }
 
+/** What the gateway derives from the weights it built: never taken from the upload. */
+export interface BuiltGraph {
+  sha256: string;
+  parameterCount: number;
+  weightsSha256: string;
+}
+
 /**
- * The manifest as stored: the upload's fields plus the version the server assigned, less `tenant`
- * (upload routing, not part of the carry-on: the version's tenant is the one it is stored under).
+ * The manifest as stored: the upload's fields, the version the server assigned and what the build
+ * derived, less `tenant` (upload routing, not part of the carry-on: the version's tenant is the one
+ * it is stored under).
  */
-export function storedManifest(m: UploadManifest, version: number): CarryOnManifest {
-  const { tenant: _routing, ...contract } = m;
-  return CarryOnManifest.parse({ ...contract, version });
+export function storedManifest(m: UploadManifest, version: number, built: BuiltGraph): CarryOnManifest {
+  const { tenant: _routing, sha256: _graph, parameter_count: _count, created_at: _at, weights_sha256: _weights, ...contract } = m;
+  return CarryOnManifest.parse({
+    ...contract,
+    version,
+    sha256: built.sha256,
+    parameter_count: built.parameterCount,
+    weights_sha256: built.weightsSha256,
+    created_at: new Date().toISOString(),
+  });
 }

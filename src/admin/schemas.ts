@@ -43,8 +43,16 @@ export const SetAliasBody = z.strictObject({ version: z.number().int().positive(
 
 export const AliasName = z.string().regex(ALIAS_PATTERN, 'expected a slug starting with a letter: [a-z][a-z0-9._-]{0,63}');
 
-/** The uploaded manifest: the server assigns `version`, so one sent along is ignored. */
-export const UploadManifest = CarryOnManifest.omit({ version: true });
+/**
+ * The uploaded manifest. The server assigns `version` and derives `sha256` (of the graph it
+ * builds), `parameter_count` and `created_at`; those may be sent along (a package's manifest.json
+ * as is) and are ignored. `weights_sha256`, when sent, must be the uploaded weights' digest.
+ */
+export const UploadManifest = CarryOnManifest.omit({ version: true, sha256: true, parameter_count: true, created_at: true }).extend({
+  sha256: z.string().optional(),
+  parameter_count: z.number().optional(),
+  created_at: z.string().optional(),
+});
 export type UploadManifest = z.infer<typeof UploadManifest>;
 
 /** Path parameters are plain strings: an id that cannot exist is simply not found. */
@@ -134,7 +142,7 @@ export interface List<T> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Harvest (shards of hidden states; see README "Harvesting hidden states")
+// Harvest (shards of hidden states; see docs/harvest-format.md)
 
 export const HarvestShardObject = z.object({
   object: z.literal('harvest.shard'),
@@ -181,7 +189,7 @@ export const HarvestStatsObject = z.object({
 export type HarvestStatsObject = z.infer<typeof HarvestStatsObject>;
 
 // ---------------------------------------------------------------------------------------------
-// Training jobs (see README "Training a carry-on on this machine")
+// Training jobs (see docs/training.md, "Training jobs")
 
 export { CreateTrainingJobBody } from '../training/job-request.js';
 

@@ -2,6 +2,7 @@ import type { HarvestService } from '../harvest/service.js';
 import type { Store } from '../store/store.js';
 import type { BaseModelSource } from './base-model.js';
 import { CarryOnAdmin } from './carry-on-admin.js';
+import { CarryOnBuilder } from './carry-on-build.js';
 import { CarryOnFiles } from './carry-on-files.js';
 import { HarvestAdmin } from './harvest-admin.js';
 import { KeyAdmin } from './key-admin.js';
@@ -14,6 +15,8 @@ export interface AdminServices {
   carryOns: CarryOnAdmin;
   harvest: HarvestAdmin;
   training: TrainingJobs;
+  /** Kills running carry-on builds (shutdown never waits for one). */
+  close(): Promise<void>;
 }
 
 export interface AdminOptions {
@@ -33,12 +36,18 @@ export function createAdminServices(store: Store, opts: AdminOptions): AdminServ
   const files = new CarryOnFiles(opts.dataDir, store.carryOns);
   // What a crash mid-upload can leave: staging folders, and a blob whose row never committed.
   files.sweepAtStart();
-  const carryOns = new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxGraphBytes: opts.maxCarryOnBytes, checkTimeoutMs: opts.checkTimeoutMs });
+  const builder = new CarryOnBuilder({ timeoutMs: opts.checkTimeoutMs });
+  const carryOns = new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxWeightsBytes: opts.maxCarryOnBytes, builder });
+  const training = new TrainingJobs(store, opts.harvest, carryOns, { dataDir: opts.dataDir, ...opts.training });
   return {
     tenants: new TenantAdmin(store, files, opts.harvest),
     keys: new KeyAdmin(store),
     carryOns,
     harvest: new HarvestAdmin(store, opts.harvest),
-    training: new TrainingJobs(store, opts.harvest, carryOns, { dataDir: opts.dataDir, ...opts.training }),
+    training,
+    async close() {
+      builder.close();
+      await training.close();
+    },
   };
 }

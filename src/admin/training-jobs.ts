@@ -223,7 +223,7 @@ export class TrainingJobs {
       const verify = report?.export?.verify;
       if (!report?.export?.package || verify?.ok !== true) throw new Error('the trainer did not export a carry-on that passed its parity check');
       const pkg = report.export.package;
-      const version = await this.carryOns.installPackage(ctx, job.tenant, path.join(pkg, 'model.onnx'), path.join(pkg, 'manifest.json'));
+      const version = await this.carryOns.installPackage(ctx, job.tenant, pkg);
       if (job.body.alias) this.carryOns.setAlias(ctx, job.tenant, version.carry_on, job.body.alias, version.version);
       job.carryOnVersion = version;
       this.finishAndNext(job, 'succeeded', null);

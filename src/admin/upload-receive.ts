@@ -6,19 +6,19 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Multipart } from '@fastify/multipart';
 import { CARRYON_FILES } from '../carryon/manifest.js';
-import { ApiError } from '../core/errors.js';
+import { ApiError, isDiskFull } from '../core/errors.js';
 
 /** The manifest is small JSON; anything near this is not a manifest. */
 export const MAX_MANIFEST_BYTES = 1 << 20;
 
 export interface UploadLimits {
-  /** Largest accepted model.onnx (CARRYON_MAX_CARRYON_BYTES). */
-  maxGraphBytes: number;
+  /** Largest accepted weights file (CARRYON_MAX_CARRYON_BYTES). */
+  maxWeightsBytes: number;
   maxManifestBytes: number;
 }
 
 export interface UploadHooks {
-  /** Called with the `tenant` field as soon as it arrives (before a graph sent after it is read); may throw to refuse. */
+  /** Called with the `tenant` field as soon as it arrives (before weights sent after it are read); may throw to refuse. */
   onTenant?: (tenant: string) => void;
 }
 
@@ -26,15 +26,16 @@ export interface ReceivedUpload {
   manifestText: string;
   /** The `tenant` form field, when sent. */
   tenant: string | null;
-  /** `<stagingDir>/model.onnx`, fsynced. */
-  graphPath: string;
+  /** `<stagingDir>/weights.safetensors`, fsynced. */
+  weightsPath: string;
   sha256: string;
   bytes: number;
 }
 
-/** The file part's name; `graph` is accepted too (the first gateways' name for it). */
-export const GRAPH_PART = 'model';
-const GRAPH_PART_ALIAS = 'graph';
+/** The file part: the carry-on's weights as safetensors. */
+export const WEIGHTS_PART = 'weights';
+/** Parts that used to carry an ONNX graph: refused with an explanation, since graphs are programs. */
+const GRAPH_PARTS = new Set(['model', 'graph']);
 const TENANT_FIELD = 'tenant';
 const MAX_TENANT_FIELD_BYTES = 256;
 
@@ -43,9 +44,8 @@ const tooLarge = (part: string, limit: number) =>
 
 /**
  * Reads the multipart upload: the `manifest` (a text field or a file), an optional `tenant` field,
- * and the `model` file (or `graph`), which is streamed to `stagingDir` while its sha256 is computed,
- * never held in memory, and cut off with a 413 as soon as it passes the limit. Parts may come in any
- * order. Errors about the file name the `model` parameter, whichever name the part had.
+ * and the `weights` file, which is streamed to `stagingDir` while its sha256 is computed, never
+ * held in memory, and cut off with a 413 as soon as it passes the limit. Parts may come in any order.
  */
 export async function receiveCarryOnUpload(
   parts: AsyncIterableIterator<Multipart>,
@@ -53,32 +53,58 @@ export async function receiveCarryOnUpload(
   limits: UploadLimits,
   hooks: UploadHooks = {},
 ): Promise<ReceivedUpload> {
+  try {
+    return await receiveParts(parts, stagingDir, limits, hooks);
+  } catch (err) {
+    if (err instanceof ApiError) throw err;
+    if (isDiskFull(err)) throw new ApiError('insufficient_storage', 'The server has no disk space left for this upload; retry once space is freed.');
+    // The multipart parser's own failures (no boundary, a torn or garbage body) are the client's.
+    if (err instanceof Error && !('syscall' in err)) {
+      throw new ApiError('malformed_request', `The multipart/form-data body could not be read: ${err.message}.`);
+    }
+    throw err;
+  }
+}
+
+async function receiveParts(
+  parts: AsyncIterableIterator<Multipart>,
+  stagingDir: string,
+  limits: UploadLimits,
+  hooks: UploadHooks,
+): Promise<ReceivedUpload> {
   let manifestText: string | null = null;
   let tenant: string | null = null;
-  let graph: { sha256: string; bytes: number } | null = null;
-  const graphPath = path.join(stagingDir, CARRYON_FILES.graph);
+  let weights: { sha256: string; bytes: number } | null = null;
+  const weightsPath = path.join(stagingDir, CARRYON_FILES.weights);
   for await (const part of parts) {
     if (part.fieldname === 'manifest' && manifestText === null) {
       manifestText = part.type === 'file' ? await readSmallFile(part.file, limits.maxManifestBytes) : fieldText(part.value, part.valueTruncated, 'manifest', limits.maxManifestBytes);
     } else if (part.fieldname === TENANT_FIELD && part.type === 'field' && tenant === null) {
       tenant = fieldText(part.value, part.valueTruncated || String(part.value).length > MAX_TENANT_FIELD_BYTES, TENANT_FIELD, MAX_TENANT_FIELD_BYTES);
       hooks.onTenant?.(tenant);
-    } else if ((part.fieldname === GRAPH_PART || part.fieldname === GRAPH_PART_ALIAS) && part.type === 'file' && graph === null) {
-      graph = await streamToFile(part.file, graphPath, limits.maxGraphBytes);
+    } else if (part.fieldname === WEIGHTS_PART && part.type === 'file' && weights === null) {
+      weights = await streamToFile(part.file, weightsPath, limits.maxWeightsBytes);
     } else {
       if (part.type === 'file') part.file.resume();
+      if (GRAPH_PARTS.has(part.fieldname)) {
+        throw new ApiError(
+          'invalid_value',
+          `Carry-ons are uploaded as weights, not ONNX graphs: send the package's ${CARRYON_FILES.weights} as the '${WEIGHTS_PART}' file, and the gateway builds the graph.`,
+          { param: part.fieldname },
+        );
+      }
       throw new ApiError(
         'invalid_value',
-        `Unexpected multipart part '${part.fieldname}': send one 'manifest' field, one '${GRAPH_PART}' file and optionally a '${TENANT_FIELD}' field.`,
+        `Unexpected multipart part '${part.fieldname}': send one 'manifest' field, one '${WEIGHTS_PART}' file and optionally a '${TENANT_FIELD}' field.`,
         { param: part.fieldname },
       );
     }
   }
   if (manifestText === null) throw new ApiError('missing_required_parameter', "Missing required part: 'manifest'.", { param: 'manifest' });
-  if (graph === null) {
-    throw new ApiError('missing_required_parameter', `Missing required file part: '${GRAPH_PART}' (the carry-on's ${CARRYON_FILES.graph}).`, { param: GRAPH_PART });
+  if (weights === null) {
+    throw new ApiError('missing_required_parameter', `Missing required file part: '${WEIGHTS_PART}' (the carry-on's ${CARRYON_FILES.weights}).`, { param: WEIGHTS_PART });
   }
-  return { manifestText, tenant, graphPath, ...graph };
+  return { manifestText, tenant, weightsPath, ...weights };
 }
 
 function fieldText(value: unknown, truncated: boolean, part: string, limit: number): string {
@@ -109,7 +135,7 @@ class DigestingLimit extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
     this.bytes += chunk.length;
-    if (this.bytes > this.limit) return done(tooLarge(GRAPH_PART, this.limit));
+    if (this.bytes > this.limit) return done(tooLarge(WEIGHTS_PART, this.limit));
     this.hash.update(chunk);
     done(null, chunk);
   }
@@ -118,7 +144,7 @@ class DigestingLimit extends Transform {
 async function streamToFile(stream: NodeJS.ReadableStream, file: string, limit: number): Promise<{ sha256: string; bytes: number }> {
   const digest = new DigestingLimit(limit);
   await pipeline(stream, digest, createWriteStream(file, { flags: 'wx', mode: 0o644 }));
-  // Durable before it is renamed into place and recorded: a crash must not leave a torn graph behind a row.
+  // Durable before anything is built from it and recorded: a crash must not leave a torn file behind a row.
   const handle = await fs.open(file, 'r');
   try {
     await handle.sync();

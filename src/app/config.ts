@@ -5,7 +5,8 @@ import { HARVEST_CONFIG } from '../harvest/config.js';
 
 /**
  * Every option is an environment variable; this schema is the single place that names, defaults and
- * validates them, once, at boot. The README's option table is written from it.
+ * validates them, once, at boot. docs/configuration.md's option table documents it (checked against it
+ * by test/unit/config-docs.test.ts).
  */
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -51,8 +52,14 @@ export const ConfigSchema = z.object({
   CARRYON_KV_CACHE_BYTES: int(1 << 20, Number.MAX_SAFE_INTEGER).default(2 * 1024 ** 3),
   CARRYON_MAX_WAITING: int(0, 1_000_000).default(256),
   CARRYON_MAX_BODY_BYTES: int(1024, 1 << 30).default(1 << 20),
+  /** The most a whole request (headers and body) may take to arrive; a large upload over a slow link needs it long. */
+  CARRYON_RECEIVE_TIMEOUT_MS: int(1000, 86_400_000).default(3_600_000),
+  /** The longest silence while a request arrives (408 and the connection cut beyond). */
+  CARRYON_RECEIVE_IDLE_TIMEOUT_MS: int(100, 3_600_000).default(30_000),
   /** Whole-request deadline for inference routes; a stream past it ends with finish_reason "length". */
   CARRYON_REQUEST_TIMEOUT_MS: int(100, 86_400_000).default(300_000),
+  /** An engine step (one batched forward pass) that takes longer means the engine is stuck: requests fail, readiness goes 503. */
+  CARRYON_ENGINE_STEP_TIMEOUT_MS: int(1, 3_600_000).default(60_000),
   /** Upper bound on `n` (choices per request). */
   CARRYON_MAX_N: int(1, 128).default(8),
   /** Upper bound on inputs per /v1/embeddings request. */
@@ -61,9 +68,13 @@ export const ConfigSchema = z.object({
   CARRYON_CARRY_ON_BUDGET_BYTES: int(1, Number.MAX_SAFE_INTEGER).default(1 << 30),
   /** Comma-separated `tenant/carry-on-id` never evicted for space. */
   CARRYON_PINNED_CARRY_ONS: z.string().default(''),
-  /** Largest carry-on graph (model.onnx) the admin API accepts; 413 beyond. Under protobuf's 2 GiB. */
+  /**
+   * Largest carry-on weights file (weights.safetensors) an upload may carry, 413 beyond; also the most
+   * parameter bytes (4 per parameter) a carry-on's architecture may have. Under protobuf's 2 GiB, which
+   * bounds the graph the gateway builds from those weights.
+   */
   CARRYON_MAX_CARRYON_BYTES: int(1024, 2 ** 31 - 1).default(200 * 1024 * 1024),
-  /** Time an uploaded carry-on gets to load in ONNX Runtime and run one token before it is refused. */
+  /** Time an upload's build (weights check and graph build, in a child process) may take before it is killed and the upload refused. */
   CARRYON_CARRYON_CHECK_TIMEOUT_MS: int(1000, 3_600_000).default(60_000),
   /** Per-key requests per minute on /v1 inference routes; 0 = unlimited. */
   CARRYON_RATE_LIMIT_RPM: int(0, 10_000_000).default(0),

@@ -24,6 +24,7 @@ import { RateLimiter } from '../serving/rate-limit.js';
 import { Scheduler } from '../serving/scheduler.js';
 import { Store } from '../store/store.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
+import { PromptEncoder } from '../model/prompt-encoder.js';
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -114,6 +115,8 @@ async function startWithStore(
     logStream: config.logStream,
     allowAnonymous: config.CARRYON_ALLOW_ANONYMOUS,
     bodyLimit: config.CARRYON_MAX_BODY_BYTES,
+    receiveTimeoutMs: config.CARRYON_RECEIVE_TIMEOUT_MS,
+    receiveIdleTimeoutMs: config.CARRYON_RECEIVE_IDLE_TIMEOUT_MS,
     logLevel: config.CARRYON_LOG_LEVEL,
   });
   await app.register(routes, {
@@ -128,6 +131,7 @@ async function startWithStore(
 
   let engine: Engine | null = null;
   let inference: Inference | null = null;
+  let encoder: PromptEncoder | null = null;
   const ready = (async () => {
     const dir = await resolveModelPackage({
       model: config.CARRYON_MODEL,
@@ -147,6 +151,10 @@ async function startWithStore(
       threads: config.CARRYON_THREADS,
       prefillChunk: config.CARRYON_PREFILL_CHUNK,
       kvBudgetBytes: config.CARRYON_KV_CACHE_BYTES,
+    });
+    engine.watchSteps(config.CARRYON_ENGINE_STEP_TIMEOUT_MS, (message) => {
+      gateway.setFailed(message);
+      app.log.error(message);
     });
     engine.onStep((step) => {
       metrics.engineDecodeBatch.observe(step.decodeRows);
@@ -177,7 +185,8 @@ async function startWithStore(
       rateLimiter: gateway.rateLimiter,
       metrics,
     });
-    gateway.setReady({ engine, tokenizer, chatTemplate, inference, contextLength, hiddenSize: engine.info.hiddenSize, registry });
+    encoder = new PromptEncoder(tokenizer, { modelDir: dir, contextLength });
+    gateway.setReady({ engine, tokenizer, encoder, chatTemplate, inference, contextLength, hiddenSize: engine.info.hiddenSize, registry });
     app.log.info({ model: modelName, package: dir, fingerprint: readManifest(dir).fingerprint }, 'model ready');
   })().catch((err: Error) => {
     gateway.setFailed(err.message);
@@ -202,16 +211,18 @@ async function startWithStore(
     async close() {
       gateway.status = 'stopping';
       scheduler.drain();
-      const gen = inference as Inference | null;
+      const gen = inference;
       if (gen && !(await gen.drain(config.CARRYON_DRAIN_TIMEOUT_MS))) {
         app.log.warn({ running: gen.activeRuns }, 'drain deadline reached: ending running generations');
         gen.endAll();
         await gen.drain(5_000);
       }
+      // Builds and training are killed, not awaited: an upload waiting on one then fails at once.
+      await admin.close();
       await app.close();
-      await admin.training.close();
       await new Promise<void>((r) => (metricsServer ? metricsServer.close(() => r()) : r()));
-      await (engine as Engine | null)?.close();
+      await encoder?.close();
+      await engine?.close();
       await harvest.close(); // after the engine, whose last captures reach the writer before it stops
       store.close();
     },

@@ -19,7 +19,7 @@ export interface Principal {
   harvest: HarvestPolicy | null;
 }
 
-/** Admin keys may act for a tenant by sending its id in this header (see README, "Tenants and keys"). */
+/** Admin keys may act for a tenant by sending its id in this header (see docs/admin.md, "Keys", and docs/api.md, "Extensions"). */
 export const TENANT_HEADER = 'x-carryon-tenant';
 /** The tenant that owns the CARRYON_API_KEYS keys. */
 export const DEFAULT_TENANT = 'default';

@@ -4,7 +4,7 @@
  *
  * A trainer (trainer/carryon_train, or anyone's) writes the carry-on's parameters as one
  * safetensors file in PyTorch's layout ([out, in] matrices), named as the graph's initializers
- * minus the `_t` suffix (see WEIGHT_NAMES below and the architecture in ./graph.ts), plus a small
+ * minus the `_t` suffix (see WEIGHT_NAMES in ./weights.ts and the architecture in ./graph.ts), plus a small
  * JSON config. `build` turns them into `CarryOnWeights` and writes the package with the same
  * builder `carry-on init` uses, so there is exactly one ONNX graph builder and no export path that
  * can drift from what the gateway serves.
@@ -22,10 +22,11 @@ import { expectedInterface, interfaceProblems } from './graph-contract.js';
 import { readSafetensors, type DecodedTensor } from '../formats/safetensors.js';
 import { parseModel } from '../formats/onnx-builder.js';
 import { readManifest, readModelConfig } from '../model/package-files.js';
-import type { CarryOnBlock, CarryOnConfig, CarryOnWeights, F32Matrix } from './graph.js';
+import type { CarryOnConfig } from './graph.js';
+import { configFromManifest, weightsFromTensors } from './weights.js';
 import { CARRYON_FILES, CarryOnArchitecture, MAX_ALPHA, verifyCarryOnFiles, type CarryOnManifest } from './manifest.js';
 import { writeCarryOnPackage } from './package.js';
-import { CarryOnTensorNames as N, type InputLayer } from './tensor-names.js';
+import { CarryOnTensorNames as N } from './tensor-names.js';
 
 export const BUILD_USAGE = `  carryon carry-on build --weights W.safetensors --config C.json --base MODEL_DIR --out DIR
       [--id ID] [--alpha 1] [--description TEXT] [--version 1]
@@ -50,97 +51,8 @@ export const WeightsConfigFile = z.object({
 });
 export type WeightsConfigFile = z.infer<typeof WeightsConfigFile>;
 
-/** Safetensors names of the weights, PyTorch layout: matrices [out, in]. */
-export const WEIGHT_NAMES = {
-  inProj: 'carry_on.in_proj.weight',
-  embedTokens: 'carry_on.embed_tokens.weight',
-  finalNorm: 'carry_on.norm.weight',
-  outProj: 'carry_on.out_proj.weight',
-  gateProj: 'carry_on.gate_proj.weight',
-  gateBias: 'carry_on.gate_proj.bias',
-  block: (i: number) => ({
-    attnNorm: `carry_on.layers.${i}.input_layernorm.weight`,
-    wq: `carry_on.layers.${i}.self_attn.q_proj.weight`,
-    wk: `carry_on.layers.${i}.self_attn.k_proj.weight`,
-    wv: `carry_on.layers.${i}.self_attn.v_proj.weight`,
-    wo: `carry_on.layers.${i}.self_attn.o_proj.weight`,
-    ffnNorm: `carry_on.layers.${i}.post_attention_layernorm.weight`,
-    gate: `carry_on.layers.${i}.mlp.gate_proj.weight`,
-    up: `carry_on.layers.${i}.mlp.up_proj.weight`,
-    down: `carry_on.layers.${i}.mlp.down_proj.weight`,
-  }),
-} as const;
-
 export function configFromFile(c: WeightsConfigFile): CarryOnConfig {
-  const a = c.architecture;
-  return {
-    hiddenSize: c.hidden_size,
-    vocabSize: c.vocab_size,
-    inputLayers: c.input_layers as InputLayer[],
-    readsTokenIds: c.reads_token_ids,
-    width: a.width,
-    layers: a.layers,
-    heads: a.heads,
-    kvHeads: a.kv_heads,
-    headDim: a.head_dim,
-    intermediate: a.intermediate,
-    ropeTheta: a.rope_theta,
-    rmsNormEps: a.rms_norm_eps,
-    maxPositions: a.max_positions,
-  };
-}
-
-/**
- * Fills CarryOnWeights from decoded safetensors. Every expected tensor must be there with its exact
- * shape and F32; a tensor nobody asked for is an error too (a misspelt name would otherwise be
- * silently replaced by nothing).
- */
-export function weightsFromTensors(tensors: Map<string, DecodedTensor>, config: CarryOnConfig): CarryOnWeights {
-  const used = new Set<string>();
-  const { hiddenSize: H, width: W, headDim: hd, intermediate: I } = config;
-  const take = (name: string, shape: number[]): Float32Array => {
-    const t = tensors.get(name);
-    if (!t) throw new Error(`weights: missing tensor ${name} [${shape.join(', ')}]`);
-    if (t.dtype !== 'F32') throw new Error(`weights: ${name} is ${t.dtype}; only F32 is accepted`);
-    if (t.shape.join(',') !== shape.join(',')) {
-      throw new Error(`weights: ${name} has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
-    }
-    used.add(name);
-    // A copy: the decoded view points into the file's buffer, possibly unaligned or shared.
-    return Float32Array.from(t.data as Float32Array);
-  };
-  const matrix = (name: string, rows: number, cols: number): F32Matrix => ({ kind: 'f32', rows, cols, data: take(name, [rows, cols]) });
-
-  const blocks = Array.from({ length: config.layers }, (_, i): CarryOnBlock => {
-    const n = WEIGHT_NAMES.block(i);
-    return {
-      attnNorm: take(n.attnNorm, [W]),
-      wq: matrix(n.wq, config.heads * hd, W),
-      wk: matrix(n.wk, config.kvHeads * hd, W),
-      wv: matrix(n.wv, config.kvHeads * hd, W),
-      wo: matrix(n.wo, W, config.heads * hd),
-      ffnNorm: take(n.ffnNorm, [W]),
-      gate: matrix(n.gate, I, W),
-      up: matrix(n.up, I, W),
-      down: matrix(n.down, W, I),
-    };
-  });
-  const weights: CarryOnWeights = {
-    config,
-    inProj: matrix(WEIGHT_NAMES.inProj, W, H * config.inputLayers.length),
-    tokEmbeddings: config.readsTokenIds ? take(WEIGHT_NAMES.embedTokens, [config.vocabSize, W]) : null,
-    blocks,
-    finalNorm: take(WEIGHT_NAMES.finalNorm, [W]),
-    outProj: matrix(WEIGHT_NAMES.outProj, H, W),
-    gateProj: matrix(WEIGHT_NAMES.gateProj, H, W),
-    gateBias: take(WEIGHT_NAMES.gateBias, [H]),
-  };
-  const extra = [...tensors.keys()].filter((k) => !used.has(k));
-  if (extra.length > 0) throw new Error(`weights: unexpected tensors ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', ...' : ''}`);
-  for (const [name, t] of tensors) {
-    if (!(t.data as Float32Array).every(Number.isFinite)) throw new Error(`weights: ${name} has non-finite values`);
-  }
-  return weights;
+  return configFromManifest(c, c.vocab_size);
 }
 
 export interface BuildFromWeightsOptions {

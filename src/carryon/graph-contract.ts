@@ -1,7 +1,8 @@
 /**
- * The carry-on graph contract (src/carryon/tensor-names.ts) as data, and the static checks of an
- * uploaded graph against it. Pure functions over the parsed ModelProto: the upload runs them in
- * the check worker, the tests call them directly.
+ * The carry-on graph contract (src/carryon/tensor-names.ts) as data, and the static checks of a
+ * graph against it. Pure functions over the parsed ModelProto: `carryon carry-on verify`
+ * (./build-from-weights.ts) checks a package's model.onnx with them. Uploads carry no graph (the
+ * gateway builds it from the uploaded weights, ./weights.ts), so no upload goes through them.
  */
 import type { onnx as proto } from 'onnx-proto';
 import type { CarryOnManifest } from './manifest.js';
@@ -53,8 +54,9 @@ const EXTERNAL_DATA: proto.TensorProto.DataLocation = 1;
 
 /**
  * Every tensor that points at external data, by name. A carry-on must be one self-contained
- * file: ONNX Runtime resolves external-data paths relative to the model, so an uploaded graph
- * could otherwise make the server read any file it can reach.
+ * file: ONNX Runtime resolves external-data paths relative to the model, so a graph from elsewhere
+ * could otherwise make its reader read any file it can reach. (The gateway's builder never writes
+ * external data, and uploads carry no graph.)
  */
 export function externalDataReferences(model: proto.IModelProto): string[] {
   const found: string[] = [];

@@ -1,8 +1,9 @@
 /**
- * A carry-on package is a folder with two files: the self-contained ONNX graph (`model.onnx`) and
- * a manifest (`manifest.json`) that binds it to one exact base model (by the base package's
- * fingerprint) and to its own bytes (by sha256), so a gateway never pairs a carry-on with the
- * wrong base or a torn/tampered file. models/README.md documents both for trainers.
+ * A carry-on package is a folder with three files: the weights (`weights.safetensors`), the ONNX
+ * graph built from them (`model.onnx`) and a manifest (`manifest.json`) that binds both to one
+ * exact base model (by the base package's fingerprint) and to their bytes (by sha256), so a gateway
+ * never pairs a carry-on with the wrong base or a torn/tampered file. Uploads send the manifest and
+ * the weights only: the gateway builds the graph. models/README.md documents the files for trainers.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
@@ -10,7 +11,8 @@ import path from 'node:path';
 import { z } from 'zod';
 import { TENANT_ID_PATTERN } from '../core/tenant-id.js';
 
-export const CARRYON_FILES = { graph: 'model.onnx', manifest: 'manifest.json' } as const;
+/** `model.onnx` is built from `weights.safetensors` (by the gateway for uploads); the manifest binds both. */
+export const CARRYON_FILES = { graph: 'model.onnx', manifest: 'manifest.json', weights: 'weights.safetensors' } as const;
 
 export const CARRYON_FORMAT_VERSION = 1;
 
@@ -25,17 +27,23 @@ const PositiveInt = z.number().int().positive();
 
 const InputLayerSchema = z.union([z.literal('final'), z.number().int().nonnegative()]);
 
+/**
+ * Bounds of the supported architecture: a carry-on is "a few transformer blocks". They bound a
+ * carry-on's per-token cost and memory by construction, before any weight is read.
+ */
+export const ARCHITECTURE_LIMITS = { width: 8192, layers: 32, heads: 128, head_dim: 512, intermediate: 65536, max_positions: 1 << 20 } as const;
+
 export const CarryOnArchitecture = z
   .object({
-    width: PositiveInt,
-    layers: PositiveInt,
-    heads: PositiveInt,
-    kv_heads: PositiveInt,
-    head_dim: PositiveInt,
-    intermediate: PositiveInt,
-    rope_theta: z.number().positive(),
-    rms_norm_eps: z.number().positive(),
-    max_positions: PositiveInt,
+    width: PositiveInt.max(ARCHITECTURE_LIMITS.width),
+    layers: PositiveInt.max(ARCHITECTURE_LIMITS.layers),
+    heads: PositiveInt.max(ARCHITECTURE_LIMITS.heads),
+    kv_heads: PositiveInt.max(ARCHITECTURE_LIMITS.heads),
+    head_dim: PositiveInt.max(ARCHITECTURE_LIMITS.head_dim),
+    intermediate: PositiveInt.max(ARCHITECTURE_LIMITS.intermediate),
+    rope_theta: z.number().positive().max(1e9),
+    rms_norm_eps: z.number().positive().max(1),
+    max_positions: PositiveInt.max(ARCHITECTURE_LIMITS.max_positions),
   })
   .refine((a) => a.heads % a.kv_heads === 0, { message: 'heads must be a multiple of kv_heads', path: ['kv_heads'] })
   .refine((a) => a.head_dim % 2 === 0, { message: 'head_dim must be even (RoPE rotates pairs)', path: ['head_dim'] });
@@ -61,6 +69,8 @@ export const CarryOnManifest = z.object({
   parameter_count: z.number().int().nonnegative(),
   /** sha256 of model.onnx. */
   sha256: Sha256Hex,
+  /** sha256 of weights.safetensors, which model.onnx was built from (absent in packages from before weights uploads). */
+  weights_sha256: Sha256Hex.optional(),
   description: z.string().max(2000),
   architecture: CarryOnArchitecture,
   created_at: z.iso.datetime(),
@@ -89,7 +99,7 @@ export async function readCarryOnManifest(dir: string): Promise<CarryOnManifest>
   try {
     raw = JSON.parse(await fs.readFile(file, 'utf8'));
   } catch (err) {
-    throw new Error(`cannot read carry-on manifest ${file}: ${(err as Error).message}`);
+    throw new Error(`cannot read carry-on manifest ${file}: ${(err as Error).message}`, { cause: err });
   }
   return parseCarryOnManifest(raw, file);
 }

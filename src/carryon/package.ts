@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { writeDirAtomic } from '../core/fs-atomic.js';
+import { serializeSafetensors } from '../formats/safetensors.js';
+import { weightsToTensors } from './weights.js';
 import { buildCarryOnGraph, countCarryOnParameters, type CarryOnConfig, type CarryOnWeights } from './graph.js';
 import {
   CARRYON_FILES,
@@ -46,6 +48,7 @@ export function buildCarryOnManifest(
   weights: CarryOnWeights,
   graph: Uint8Array,
   meta: CarryOnPackageMeta,
+  weightsSha256?: string,
 ): CarryOnManifest {
   const c = weights.config;
   return parseCarryOnManifest({
@@ -59,6 +62,7 @@ export function buildCarryOnManifest(
     default_alpha: meta.defaultAlpha ?? 1,
     parameter_count: countCarryOnParameters(weights),
     sha256: sha256Hex(graph),
+    ...(weightsSha256 === undefined ? {} : { weights_sha256: weightsSha256 }),
     description: meta.description ?? '',
     architecture: carryOnArchitecture(c),
     created_at: (meta.createdAt ?? new Date()).toISOString(),
@@ -67,8 +71,8 @@ export function buildCarryOnManifest(
 }
 
 /**
- * Writes a carry-on package folder (model.onnx + manifest.json), replacing `dir` atomically:
- * a reader sees the old package or the complete new one, never a graph without its manifest.
+ * Writes a carry-on package folder (weights.safetensors + model.onnx + manifest.json), replacing
+ * `dir` atomically: a reader sees the old package or the complete new one, never a part of one.
  */
 export async function writeCarryOnPackage(
   dir: string,
@@ -76,8 +80,10 @@ export async function writeCarryOnPackage(
   meta: CarryOnPackageMeta,
 ): Promise<CarryOnManifest> {
   const graph = buildCarryOnGraph(weights);
-  const manifest = buildCarryOnManifest(weights, graph, meta);
+  const weightsFile = serializeSafetensors(weightsToTensors(weights));
+  const manifest = buildCarryOnManifest(weights, graph, meta, sha256Hex(weightsFile));
   await writeDirAtomic(dir, async (tmp) => {
+    fs.writeFileSync(path.join(tmp, CARRYON_FILES.weights), weightsFile);
     fs.writeFileSync(path.join(tmp, CARRYON_FILES.graph), graph);
     // Written last: a folder with a manifest is a complete package.
     fs.writeFileSync(path.join(tmp, CARRYON_FILES.manifest), `${JSON.stringify(manifest, null, 2)}\n`);

@@ -21,7 +21,8 @@ const USAGE = `usage:
   carryon carry-on init --base MODEL --out DIR --id ID [--width 64] [--layers 2] [--heads 4]
       [--kv-heads N] [--intermediate N] [--alpha 1] [--layers-in final,3] [--token-ids] [--seed 0]
       [--description TEXT] [--tenant TENANT] [--tokenizer TOKENIZER_BIN] [--data-dir DIR]
-      Write a freshly initialised carry-on package (model.onnx + manifest.json) for the base MODEL:
+      Write a freshly initialised carry-on package (weights.safetensors + model.onnx + manifest.json;
+      an upload sends the weights and the manifest, the gateway builds its own graph) for the base MODEL:
       a model package folder, or a llama2.c .bin / .gguf file, imported first exactly as the
       gateway imports CARRYON_MODEL (into DIR/models/<file name>, reused while the file is
       unchanged; --data-dir defaults to ${DEFAULT_BASE_CACHE}), so base_fingerprint is the one the
@@ -36,7 +37,7 @@ const USAGE = `usage:
   carryon harvest --model MODEL_DIR --input FILE --out DIR [options]
       Write hidden-state training shards from a data file (carryon harvest --help for options).
   carryon serve
-      Start the gateway (same as npm start); configured by environment variables, see README.`;
+      Start the gateway (same as npm start); configured by environment variables, see docs/configuration.md.`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;

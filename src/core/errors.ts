@@ -18,6 +18,9 @@ const ERROR_TABLE = {
   unsupported_parameter: { status: 400, type: 'invalid_request_error' },
   context_length_exceeded: { status: 400, type: 'invalid_request_error' },
   request_too_large: { status: 413, type: 'invalid_request_error' },
+  uri_too_long: { status: 414, type: 'invalid_request_error' },
+  headers_too_large: { status: 431, type: 'invalid_request_error' },
+  malformed_request: { status: 400, type: 'invalid_request_error' },
   unsupported_media_type: { status: 415, type: 'invalid_request_error' },
   range_not_satisfiable: { status: 416, type: 'invalid_request_error' },
   server_overloaded: { status: 429, type: 'server_error' },
@@ -26,6 +29,7 @@ const ERROR_TABLE = {
   model_loading: { status: 503, type: 'server_error' },
   shutting_down: { status: 503, type: 'server_error' },
   internal_error: { status: 500, type: 'server_error' },
+  insufficient_storage: { status: 507, type: 'server_error' },
 } as const satisfies Record<string, { status: number; type: string }>;
 
 export type ErrorCode = keyof typeof ERROR_TABLE;
@@ -59,6 +63,12 @@ export class ApiError extends Error {
 
 export function statusOf(code: ErrorCode): number {
   return ERROR_TABLE[code].status;
+}
+
+/** The disk is full (or over quota): an operating state with its own answer, not a server bug. */
+export function isDiskFull(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL';
 }
 
 export function isApiError(err: unknown): err is ApiError {

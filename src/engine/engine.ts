@@ -30,12 +30,19 @@ export class Engine {
   /** Largest decode batch seen so far: lets callers check that batching happens at all. */
   maxDecodeRows = 0;
   private closing: (() => void) | null = null;
+  /** When the worker last reported progress, or work arrived at an idle engine. */
+  private lastProgressAt = performance.now();
+  private watchdog: NodeJS.Timeout | null = null;
+  private readonly stallListeners: Array<(message: string) => void> = [];
 
   private constructor(
     private readonly worker: Worker,
     readonly info: ModelInfo,
   ) {
-    worker.on('message', (msg: FromWorker) => this.onMessage(msg));
+    worker.on('message', (msg: FromWorker) => {
+      this.lastProgressAt = performance.now();
+      this.onMessage(msg);
+    });
     worker.on('error', (err) => this.fail(err));
     worker.on('exit', (code) => this.fail(new Error(`engine worker exited with code ${code}`)));
   }
@@ -80,10 +87,31 @@ export class Engine {
       queueMicrotask(() => handlers.onError(this.dead!.message));
       return seqId;
     }
+    this.noteWork();
     this.sequences.set(seqId, handlers);
     if (harvestLayers && handlers.onCapture) this.captureSinks.set(seqId, handlers.onCapture);
     this.post({ type: 'add', seqId, promptIds, params, carryOn, harvestLayers: handlers.onCapture ? harvestLayers : null });
     return seqId;
+  }
+
+  /**
+   * Watches for a stuck engine: with sequences live and no word from the worker for `timeoutMs`,
+   * every live request fails and `listener` hears why (readiness turns 503, so an orchestrator
+   * replaces the process). The worker is left alone: a forward pass cannot be interrupted, and
+   * terminating a worker inside a native call can abort the whole process.
+   */
+  watchSteps(timeoutMs: number, listener: (message: string) => void): void {
+    this.stallListeners.push(listener);
+    if (this.watchdog) return;
+    this.watchdog = setInterval(() => {
+      if (this.dead || this.sequences.size === 0) return;
+      const silent = performance.now() - this.lastProgressAt;
+      if (silent <= timeoutMs) return;
+      const message = `the engine stopped stepping: no step finished in ${Math.round(silent)} ms (CARRYON_ENGINE_STEP_TIMEOUT_MS=${timeoutMs})`;
+      this.fail(new Error(message));
+      for (const l of this.stallListeners) l(message);
+    }, Math.max(1, Math.min(1000, Math.floor(timeoutMs / 4))));
+    this.watchdog.unref();
   }
 
   onStep(listener: (s: StepStats) => void): void {
@@ -121,17 +149,24 @@ export class Engine {
       queueMicrotask(() => handlers.onError(this.dead!.message));
       return seqId;
     }
+    this.noteWork();
     this.sequences.set(seqId, handlers);
     this.post({ type: 'addEmbedding', seqId, promptIds });
     return seqId;
   }
 
   async close(): Promise<void> {
+    if (this.watchdog) clearInterval(this.watchdog);
     if (this.dead) return;
     const closed = new Promise<void>((r) => (this.closing = r));
     this.post({ type: 'close' });
     await Promise.race([closed, new Promise((r) => setTimeout(r, 5000))]);
     await this.worker.terminate();
+  }
+
+  /** Work arriving at an idle engine starts the watchdog's clock afresh. */
+  private noteWork(): void {
+    if (this.sequences.size === 0) this.lastProgressAt = performance.now();
   }
 
   private post(msg: ToWorker): void {

@@ -1,4 +1,4 @@
-/** The harvest subsystem's public surface (see README "Harvesting hidden states"). */
+/** The harvest subsystem's public surface (see docs/harvest-format.md). */
 export { Harvester, type HarvesterOptions } from './harvester.js';
 export { HarvestProducer, sequenceQueueBytes, type HarvestProducerHandle } from './producer.js';
 export {

@@ -1,7 +1,7 @@
 /**
  * The harvest shard: one safetensors file holding the σ-encoded hidden states of several sequences of
  * ONE tenant (so forgetting a tenant deletes whole files), concatenated row-wise. The layout is
- * documented in README.md ("Harvesting hidden states"); this module is its single definition.
+ * documented in docs/harvest-format.md ("Shard layout"); this module is its single definition.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -82,7 +82,7 @@ export function schemaKey(s: Pick<ShardSchema, 'layers' | 'hiddenSize'>): string
   return `${JSON.stringify(s.layers)}/${s.hiddenSize}`;
 }
 
-/** Lays out a shard: tensors and metadata (see README for the meaning of each key). */
+/** Lays out a shard: tensors and metadata (see docs/harvest-format.md for the meaning of each key). */
 export function buildShard(
   id: string,
   schema: ShardSchema,

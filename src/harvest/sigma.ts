@@ -7,7 +7,7 @@
  *          s stored as F32; decode x̂ = q · s / 127. 1 byte per value + 4 bytes per row.
  * - `none` f32 as computed; 4 bytes per value.
  *
- * Measured errors on real hidden states are in README.md ("Harvesting hidden states").
+ * Measured errors on real hidden states are in docs/harvest-format.md ("The bridge σ").
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';

@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import { STATUS_CODES } from 'node:http';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { bearerToken, TENANT_HEADER, type Authenticator, type Principal } from '../auth/authenticator.js';
 import { ApiError } from '../core/errors.js';
 import type { Gateway } from '../serving/gateway.js';
+import { receiveDone, watchReceive } from './receive-timeout.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -20,8 +22,10 @@ export interface HttpServerOptions {
   allowAnonymous: boolean;
   bodyLimit: number;
   logLevel: string;
-  /** Time allowed to receive a whole request (headers and body). */
-  requestReceiveTimeoutMs?: number;
+  /** CARRYON_RECEIVE_TIMEOUT_MS: the most a whole request (headers and body) may take to arrive. */
+  receiveTimeoutMs: number;
+  /** CARRYON_RECEIVE_IDLE_TIMEOUT_MS: the longest silence while a request arrives. */
+  receiveIdleTimeoutMs: number;
   /** Where log lines (JSON) go; default stdout. Tests capture them here. */
   logStream?: { write(line: string): void };
 }
@@ -32,8 +36,24 @@ export interface HttpServerOptions {
  */
 export function createHttpServer(opts: HttpServerOptions): FastifyInstance {
   const app = Fastify({
+    // Errors Node's HTTP parser finds before Fastify sees a request (oversized headers, a bad
+    // request line, a receive timeout) get the same envelope as every other error.
+    // Errors the router finds before any hook runs (a bad URL, an over-long path segment).
+    frameworkErrors: (err, _request, reply: FastifyReply) => {
+      const apiErr = toApiError(err);
+      void reply.code(apiErr.status).send(apiErr.toBody());
+    },
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+      const apiErr = clientError(err);
+      if (!socket.writable) return void socket.destroy(err);
+      const body = JSON.stringify(apiErr.toBody());
+      socket.end(
+        `HTTP/1.1 ${apiErr.status} ${STATUS_CODES[apiErr.status] ?? ''}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+          `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+    },
     bodyLimit: opts.bodyLimit,
-    requestTimeout: opts.requestReceiveTimeoutMs ?? 30_000,
+    requestTimeout: opts.receiveTimeoutMs,
     connectionTimeout: 0,
     keepAliveTimeout: 65_000,
     return503OnClosing: true,
@@ -51,6 +71,18 @@ export function createHttpServer(opts: HttpServerOptions): FastifyInstance {
 
   // JSON only: a text/plain body should be a 415, not a string handed to the JSON schemas.
   app.removeContentTypeParser('text/plain');
+  // Slow headers are cut early; a body may take up to receiveTimeoutMs, but never idles longer than receiveIdleTimeoutMs.
+  app.server.headersTimeout = Math.min(opts.receiveTimeoutMs, Math.max(opts.receiveIdleTimeoutMs, 1000));
+  app.addHook('onRequest', async (request, reply) => {
+    watchReceive(request.raw, reply.raw, opts.receiveIdleTimeoutMs);
+  });
+  // JSON bodies are read before handlers run; multipart uploads end the watch themselves once read.
+  app.addHook('preHandler', async (request) => {
+    if (!/^multipart\//i.test(request.headers['content-type'] ?? '')) receiveDone(request.raw);
+  });
+  app.addHook('onResponse', async (request) => {
+    receiveDone(request.raw);
+  });
   app.decorateRequest('principal', null);
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id);
@@ -86,6 +118,18 @@ export function createHttpServer(opts: HttpServerOptions): FastifyInstance {
   return app;
 }
 
+/** What Node's HTTP parser refused, as an ApiError. */
+function clientError(err: NodeJS.ErrnoException): ApiError {
+  switch (err.code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return new ApiError('headers_too_large', 'The request headers (or the URL) are larger than this server accepts.');
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return new ApiError('request_timeout', 'The request was not received in time.');
+    default:
+      return new ApiError('malformed_request', 'The request is not valid HTTP.');
+  }
+}
+
 /** Fastify's own errors (bad JSON, body too large, wrong content type) in OpenAI's envelope. */
 function toApiError(err: FastifyError | ApiError): ApiError {
   if (err instanceof ApiError) return err;
@@ -99,6 +143,10 @@ function toApiError(err: FastifyError | ApiError): ApiError {
       return new ApiError('unsupported_media_type', "Send the request body as JSON with 'Content-Type: application/json'.");
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return new ApiError('invalid_json', 'The Content-Length header does not match the body.');
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return new ApiError('uri_too_long', 'A part of the request URL is longer than this server accepts.');
+    case 'FST_ERR_BAD_URL':
+      return new ApiError('malformed_request', 'The request URL is not valid.');
     case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
       return new ApiError('unsupported_media_type', "Send the request body as 'multipart/form-data'.");
   }

@@ -36,6 +36,12 @@ export class ModelTokenizer {
   readonly bosToken: string;
   readonly eosToken: string;
   readonly chatTemplate: string | null;
+  /**
+   * The most input bytes one token can stand for (its vocabulary string's UTF-8 length bounds it):
+   * a text of B bytes is at least B / maxPieceBytes tokens, so a prompt too long for the context is
+   * known from its length alone, before tokenizing it.
+   */
+  readonly maxPieceBytes: number;
   private readonly pieces: TokenPiece[];
 
   constructor(
@@ -48,7 +54,9 @@ export class ModelTokenizer {
     this.bosId = tok.token_to_id(this.bosToken) ?? -1;
     this.eosId = tok.token_to_id(this.eosToken) ?? -1;
     this.chatTemplate = typeof config.chat_template === 'string' ? config.chat_template : null;
-    this.pieces = Array.from({ length: vocabSize }, (_, id) => pieceOf(tok.id_to_token(id) ?? ''));
+    const raw = Array.from({ length: vocabSize }, (_, id) => tok.id_to_token(id) ?? '');
+    this.pieces = raw.map(pieceOf);
+    this.maxPieceBytes = Math.max(1, ...raw.map((r) => Buffer.byteLength(r, 'utf8')));
   }
 
   static load(modelDir: string, vocabSize: number): ModelTokenizer {

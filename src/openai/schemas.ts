@@ -33,11 +33,17 @@ const sampling = {
 const textPart = z.object({ type: z.literal('text'), text: z.string() });
 const contentPart = z.union([textPart, z.object({ type: z.string() }).passthrough()]);
 
-export const ChatMessageSchema = z.object({
-  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
-  content: z.union([z.string(), z.array(contentPart)]).nullish(),
-  name: z.string().nullish(),
-});
+export const ChatMessageSchema = z
+  .object({
+    role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+    content: z.union([z.string(), z.array(contentPart)]).nullish(),
+    name: z.string().nullish(),
+  })
+  // As OpenAI: only an assistant turn (one that called tools) may leave its content out.
+  .refine((m) => m.role === 'assistant' || m.content != null, {
+    message: 'content is required for this role (a string or an array of content parts)',
+    path: ['content'],
+  });
 
 export const ChatCompletionRequest = z.object({
   ...sampling,

@@ -14,7 +14,7 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
   const m = gw.model();
   refuseUnsupported(body);
   const prompt = renderPrompt(m.chatTemplate, body.messages);
-  const promptIds = m.tokenizer.encode(prompt, false);
+  const promptIds = await m.encoder.encode(prompt, false, 'messages');
   const wantLogprobs = body.logprobs === true;
   const run = await m.inference.generate({
     promptIds,

@@ -14,7 +14,7 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
   if (body.best_of != null && body.best_of !== (body.n ?? 1)) {
     throw new ApiError('unsupported_parameter', "'best_of' other than n is not supported.", { param: 'best_of' });
   }
-  const promptIds = promptToIds(m, body.prompt);
+  const promptIds = await promptToIds(m, body.prompt);
   const wantLogprobs = body.logprobs != null;
   const run = await m.inference.generate({
     promptIds,
@@ -74,14 +74,14 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
   return { kind: 'stream', chunks: chunks(), cancel: () => run.cancel() };
 }
 
-function promptToIds(m: ModelServices, prompt: CompletionRequest['prompt']): number[] {
-  if (typeof prompt === 'string') return m.tokenizer.encode(prompt, true);
+async function promptToIds(m: ModelServices, prompt: CompletionRequest['prompt']): Promise<number[]> {
+  if (typeof prompt === 'string') return m.encoder.encode(prompt, true, 'prompt');
   const lists: Array<string | number[]> = typeof prompt[0] === 'number' ? [prompt as number[]] : (prompt as Array<string | number[]>);
   if (lists.length > 1) {
     throw new ApiError('invalid_value', 'Only one prompt per request is supported; send one request per prompt.', { param: 'prompt' });
   }
   const only = lists[0];
-  if (typeof only === 'string') return m.tokenizer.encode(only, true);
+  if (typeof only === 'string') return m.encoder.encode(only, true, 'prompt');
   const ids = only;
   const vocab = m.tokenizer.vocabSize;
   const bad = ids.findIndex((t) => t >= vocab);

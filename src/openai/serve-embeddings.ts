@@ -15,10 +15,11 @@ export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, calle
       param: 'dimensions',
     });
   }
-  const inputs = toIdLists(body.input, (t) => m.tokenizer.encode(t, true));
-  if (inputs.length > gw.limits.maxEmbeddingInputs) {
+  const count = typeof body.input === 'string' || typeof body.input[0] === 'number' ? 1 : body.input.length;
+  if (count > gw.limits.maxEmbeddingInputs) {
     throw new ApiError('invalid_value', `At most ${gw.limits.maxEmbeddingInputs} inputs per request.`, { param: 'input' });
   }
+  const inputs = await toIdLists(body.input, (t) => m.encoder.encode(t, true, 'input'));
   const { vectors, promptTokens } = await m.inference.embed({ inputs, model: body.model, caller, signal });
   const base64 = body.encoding_format === 'base64';
   return {
@@ -34,9 +35,13 @@ export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, calle
   };
 }
 
-function toIdLists(input: EmbeddingRequest['input'], encode: (t: string) => number[]): number[][] {
-  if (typeof input === 'string') return [encode(input)];
+async function toIdLists(input: EmbeddingRequest['input'], encode: (t: string) => Promise<number[]>): Promise<number[][]> {
+  if (typeof input === 'string') return [await encode(input)];
   if (typeof input[0] === 'number') return [input as number[]];
-  if (typeof input[0] === 'string') return (input as string[]).map(encode);
+  if (typeof input[0] === 'string') {
+    const ids: number[][] = [];
+    for (const text of input as string[]) ids.push(await encode(text));
+    return ids;
+  }
   return input as number[][];
 }

@@ -8,10 +8,13 @@ import type { RateLimiter } from './rate-limit.js';
 import type { Inference } from './inference.js';
 import type { Scheduler } from './scheduler.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
+import type { PromptEncoder } from '../model/prompt-encoder.js';
 
 export interface ModelServices {
   engine: Engine;
   tokenizer: ModelTokenizer;
+  /** Text → token ids off the event loop, refusing texts that cannot fit the context. */
+  encoder: PromptEncoder;
   chatTemplate: ChatTemplate;
   /** Every request to the model goes through here. */
   inference: Inference;
@@ -60,7 +63,7 @@ export class Gateway {
   model(): ModelServices {
     if (this.status === 'stopping') throw new ApiError('shutting_down', 'The server is shutting down.', { headers: { connection: 'close' } });
     if (!this.services || this.status !== 'ready') {
-      throw new ApiError('model_loading', this.status === 'failed' ? `The model failed to load: ${this.failure}` : 'The model is still loading; retry shortly.', {
+      throw new ApiError('model_loading', this.status === 'failed' ? `The model is not available: ${this.failure}` : 'The model is still loading; retry shortly.', {
         headers: { 'retry-after': '5' },
       });
     }

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { CARRYON_ID_PATTERN } from '../carryon/manifest.js';
 import { TenantIdField as TenantId } from '../core/tenant-id.js';
+import { ALIAS_PATTERN, LATEST } from '../store/carry-ons.js';
 const CarryOnIdField = z.string().regex(CARRYON_ID_PATTERN, 'expected a lowercase slug');
 const InputLayer = z.union([z.literal('final'), z.number().int().nonnegative()]);
 
@@ -16,7 +17,11 @@ export const CreateTrainingJobBody = z.strictObject({
   /** Harvest shards to train on (ids); default: every shard of the tenant harvested from the served base. */
   shards: z.array(z.string().min(1).max(200)).min(1).max(10_000).optional(),
   /** Point this alias at the new version when the job succeeds. */
-  alias: z.string().optional(),
+  alias: z
+    .string()
+    .regex(ALIAS_PATTERN, 'expected a slug starting with a letter: [a-z][a-z0-9._-]{0,63}')
+    .refine((a) => a !== LATEST, `'${LATEST}' always means the newest version; it cannot be set`)
+    .optional(),
   architecture: z
     .strictObject({
       width: z.number().int().min(8).max(4096).default(64),

@@ -40,7 +40,8 @@ export function trainerArgs(r: TrainerRun): string[] {
     '--base', r.baseDir,
     '--out', r.outDir,
     '--id', r.body.carry_on,
-    '--description', r.body.description ?? '',
+    // One argument with '=': a description that starts with '--' stays a value, never an option.
+    `--description=${r.body.description ?? ''}`,
     '--width', String(a.width), '--layers', String(a.layers), '--heads', String(a.heads),
     '--kv-heads', String(a.kv_heads), '--intermediate', String(a.intermediate),
     '--layers-in', a.layers_in.join(','),
@@ -61,6 +62,8 @@ export function trainerArgs(r: TrainerRun): string[] {
 export function startTrainer(r: TrainerRun): { child: ChildProcess; exited: Promise<TrainerExit> } {
   const env: NodeJS.ProcessEnv = { PYTHONUNBUFFERED: '1' };
   for (const [k, v] of Object.entries(process.env)) if (!SECRET_ENV.test(k)) env[k] = v;
+  // The trainer arms a parent-death signal with it, so it never outlives the gateway (kill -9 too).
+  env.CARRYON_PARENT_PID = String(process.pid);
   const child = spawn(TRAINER_PYTHON, trainerArgs(r), { cwd: REPO_ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   const log = fs.openSync(r.logFile, 'a');
   let written = 0;

@@ -14,6 +14,8 @@ from .onnx_weights import read_lm_head
 # A carry-on package's graph file (src/carryon/manifest.ts CARRYON_FILES); early gateways wrote
 # `carry-on.onnx`, which is still read.
 GRAPH_FILES = ("model.onnx", "carry-on.onnx")
+# What a carry-on upload sends besides the manifest: the gateway builds the graph from it.
+WEIGHTS_FILE = "weights.safetensors"
 
 
 def carry_on_graph(package_dir: str) -> str:

@@ -11,7 +11,7 @@ import urllib.request
 from typing import Dict, List, Optional, Tuple
 
 from . import safetensors_io as st
-from .base import carry_on_graph
+from .base import WEIGHTS_FILE
 
 
 class GatewayError(RuntimeError):
@@ -86,21 +86,23 @@ class AdminClient:
     # -- carry-ons ----------------------------------------------------------------------------
 
     def upload_carry_on(self, tenant: str, package_dir: str) -> Dict:
-        """Uploads model.onnx + manifest.json. Tries `POST /admin/carry-ons` (fields tenant,
-        manifest, file model) and falls back to `POST /admin/tenants/{tenant}/carry-ons` (manifest +
-        graph) where the first route does not exist."""
+        """Uploads the package's weights.safetensors + manifest.json: the gateway checks the weights
+        against the manifest's architecture and builds the ONNX graph itself (it accepts no graphs).
+        Tries `POST /admin/carry-ons` (fields tenant, manifest, file weights) and falls back to
+        `POST /admin/tenants/{tenant}/carry-ons` where the first route does not exist."""
         with open(os.path.join(package_dir, "manifest.json"), "rb") as f:
             manifest = f.read()
-        with open(carry_on_graph(package_dir), "rb") as f:
-            graph = f.read()
-        body, ctype = multipart([("tenant", None, tenant.encode()), ("manifest", None, manifest), ("model", "model.onnx", graph)])
+        with open(os.path.join(package_dir, WEIGHTS_FILE), "rb") as f:
+            weights = f.read()
+        part = ("weights", WEIGHTS_FILE, weights)
+        body, ctype = multipart([("tenant", None, tenant.encode()), ("manifest", None, manifest), part])
         try:
             _, _, raw = self._request("POST", "/admin/carry-ons", body, {"Content-Type": ctype})
             return json.loads(raw)
         except GatewayError as err:
             if err.status not in (404, 405):
                 raise
-        body, ctype = multipart([("manifest", None, manifest), ("graph", "model.onnx", graph)])
+        body, ctype = multipart([("manifest", None, manifest), part])
         _, _, raw = self._request("POST", f"/admin/tenants/{urllib.parse.quote(tenant, safe='')}/carry-ons", body, {"Content-Type": ctype})
         return json.loads(raw)
 

@@ -1,5 +1,5 @@
 """The admin API client against a stand-in server (stdlib http.server): shard pull with checksum,
-upload with the route fallback. The real gateway is exercised by test/trainer-e2e.test.ts."""
+upload with the route fallback. The real gateway is exercised by test/e2e/trainer-e2e.test.ts."""
 import json
 import os
 import shutil
@@ -76,8 +76,8 @@ class ClientTest(unittest.TestCase):
         os.makedirs(pkg)
         with open(os.path.join(pkg, "manifest.json"), "w") as f:
             json.dump({"id": "c"}, f)
-        with open(os.path.join(pkg, "model.onnx"), "wb") as f:
-            f.write(b"onnx-bytes")
+        with open(os.path.join(pkg, "weights.safetensors"), "wb") as f:
+            f.write(b"weights-bytes")
         cls.pkg = pkg
 
     @classmethod
@@ -116,13 +116,14 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(FakeGateway.uploads[0]["path"], "/admin/carry-ons")
         body = FakeGateway.uploads[0]["body"]
         self.assertIn(b'name="tenant"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nt1\r\n', body)
-        self.assertIn(b'name="model"; filename="model.onnx"', body)
+        self.assertIn(b'name="weights"; filename="weights.safetensors"', body)
+        self.assertIn(b"weights-bytes", body)
 
     def test_upload_falls_back_to_the_tenant_route(self) -> None:
         FakeGateway.has_flat_route = False
         AdminClient(self.url, KEY).upload_carry_on("t1", self.pkg)
         self.assertEqual([u["path"] for u in FakeGateway.uploads], ["/admin/tenants/t1/carry-ons"])
-        self.assertIn(b'name="graph"; filename="model.onnx"', FakeGateway.uploads[0]["body"])
+        self.assertIn(b'name="weights"; filename="weights.safetensors"', FakeGateway.uploads[0]["body"])
 
 
 if __name__ == "__main__":
