@@ -6,7 +6,13 @@ const healthRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gat
   app.get('/health/live', { config: { public: true } }, async () => ({ status: 'ok' }));
   app.get('/health/ready', { config: { public: true } }, async (_request, reply) => {
     const ready = gateway.status === 'ready';
-    return reply.code(ready ? 200 : 503).send({ status: gateway.status, ...(gateway.failure ? { error: gateway.failure } : {}) });
+    // A full disk keeps serving (inference needs no disk) but says so: uploads answer 507 meanwhile.
+    const diskFull = gateway.disk?.full ?? null;
+    return reply.code(ready ? 200 : 503).send({
+      status: gateway.status,
+      ...(gateway.failure ? { error: gateway.failure } : {}),
+      ...(diskFull ? { disk_full: diskFull } : {}),
+    });
   });
 };
 

@@ -23,6 +23,8 @@ export interface CarryOnAdminOptions {
   maxWeightsBytes: number;
   /** Builds the graph from checked weights, in a separate process. */
   builder: CarryOnBuilder;
+  /** Why the disk counts as full, or null: uploads are refused (507) while it is. */
+  diskFull?: () => string | null;
 }
 
 /** Multipart boundaries and part headers on top of the parts themselves. */
@@ -94,6 +96,9 @@ export class CarryOnAdmin {
   async upload(ctx: AdminContext, pathTenant: string | null, req: UploadRequest): Promise<CarryOnVersionObject> {
     if (pathTenant !== null) managedTenant(ctx.principal, this.store.tenants, pathTenant);
     this.opts.baseModel();
+    if (this.opts.diskFull?.()) {
+      throw new ApiError('insufficient_storage', "The server's disk is full; delete carry-ons, harvest shards or training jobs to free space, then retry.");
+    }
     if (req.contentLength !== undefined && req.contentLength > this.opts.maxWeightsBytes + MAX_MANIFEST_BYTES + FORM_OVERHEAD_BYTES) {
       throw new ApiError('request_too_large', `A carry-on's weights may be at most ${this.opts.maxWeightsBytes} bytes.`, { param: WEIGHTS_PART });
     }

@@ -29,6 +29,8 @@ export interface AdminOptions {
   /** Harvested shards; deleting a tenant forgets its harvest data through it. */
   harvest: HarvestService;
   training: Omit<TrainingJobsOptions, 'dataDir'>;
+  /** Why the data disk counts as full, or null. */
+  diskFull?: () => string | null;
 }
 
 /** The admin API's logic, wired to the store; the plugins under plugins/admin only route to it. */
@@ -37,7 +39,7 @@ export function createAdminServices(store: Store, opts: AdminOptions): AdminServ
   // What a crash mid-upload can leave: staging folders, and a blob whose row never committed.
   files.sweepAtStart();
   const builder = new CarryOnBuilder({ timeoutMs: opts.checkTimeoutMs });
-  const carryOns = new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxWeightsBytes: opts.maxCarryOnBytes, builder });
+  const carryOns = new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxWeightsBytes: opts.maxCarryOnBytes, builder, diskFull: opts.diskFull });
   const training = new TrainingJobs(store, opts.harvest, carryOns, { dataDir: opts.dataDir, ...opts.training });
   return {
     tenants: new TenantAdmin(store, files, opts.harvest),

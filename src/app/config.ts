@@ -56,6 +56,8 @@ export const ConfigSchema = z.object({
   CARRYON_RECEIVE_TIMEOUT_MS: int(1000, 86_400_000).default(3_600_000),
   /** The longest silence while a request arrives (408 and the connection cut beyond). */
   CARRYON_RECEIVE_IDLE_TIMEOUT_MS: int(100, 3_600_000).default(30_000),
+  /** Bytes kept free in the data folder and given back when the disk fills, so deletes still work (0: none). */
+  CARRYON_DISK_RESERVE_BYTES: int(0, 2 ** 40).default(32 << 20),
   /** Whole-request deadline for inference routes; a stream past it ends with finish_reason "length". */
   CARRYON_REQUEST_TIMEOUT_MS: int(100, 86_400_000).default(300_000),
   /** An engine step (one batched forward pass) that takes longer means the engine is stuck: requests fail, readiness goes 503. */

@@ -9,7 +9,8 @@ import { CarryOnRegistry } from '../serving/carry-on-registry.js';
 import { ChatTemplate } from '../model/chat-template.js';
 import type { Config } from './config.js';
 import { Engine } from '../engine/engine.js';
-import { ApiError } from '../core/errors.js';
+import { ApiError, isDiskFull } from '../core/errors.js';
+import { DiskSpace } from '../core/disk-space.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 import { Gateway } from '../serving/gateway.js';
 import { Inference } from '../serving/inference.js';
@@ -48,11 +49,15 @@ export async function startServer(
   config: Config & { sharedModelDir?: string; logStream?: { write(line: string): void } },
 ): Promise<RunningServer> {
   fs.mkdirSync(config.dataDir, { recursive: true });
+  // Before the store opens: on a disk that filled while the gateway was down, the reserve makes room for it.
+  const disk = new DiskSpace(config.dataDir, config.CARRYON_DISK_RESERVE_BYTES);
+  disk.start();
   const adminKey = config.CARRYON_ADMIN_KEY || ensureGeneratedAdminKey(config.dataDir);
   const store = Store.open(config.dataDir);
   try {
-    return await startWithStore(config, store, adminKey);
+    return await startWithStore(config, store, adminKey, disk);
   } catch (err) {
+    disk.stop();
     store.close();
     throw err;
   }
@@ -62,12 +67,29 @@ async function startWithStore(
   config: Config & { sharedModelDir?: string; logStream?: { write(line: string): void } },
   store: Store,
   adminKey: string,
+  disk: DiskSpace,
 ): Promise<RunningServer> {
-  const synced = syncConfigKeys(store.apiKeys, store.tenants, {
-    adminKey,
-    adminKeyName: config.CARRYON_ADMIN_KEY ? 'CARRYON_ADMIN_KEY' : 'generated admin key',
-    inferenceKeys: config.inferenceKeys,
-  });
+  const sync = () =>
+    syncConfigKeys(store.apiKeys, store.tenants, {
+      adminKey,
+      adminKeyName: config.CARRYON_ADMIN_KEY ? 'CARRYON_ADMIN_KEY' : 'generated admin key',
+      inferenceKeys: config.inferenceKeys,
+    });
+  // A full disk must not keep the gateway from starting: give the reserve back and retry once; if
+  // that fails too, start with the keys the store already has (readiness names the state).
+  let synced = { inserted: 0, revoked: 0 };
+  let syncProblem: string | null = null;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      synced = sync();
+      syncProblem = null;
+      break;
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+      disk.onDiskFull('syncing the configured API keys');
+      syncProblem = (err as Error).message;
+    }
+  }
   const auth = new Authenticator(store.apiKeys, store.tenants);
   // Known once the model package is resolved: uploaded carry-ons are checked against it.
   let base: BaseModelInfo | null = null;
@@ -80,12 +102,13 @@ async function startWithStore(
   };
   const scheduler = new Scheduler({ maxLive: config.CARRYON_MAX_LIVE_SEQUENCES, maxWaiting: config.CARRYON_MAX_WAITING });
   const modelName = config.CARRYON_MODEL_NAME || nameFromSetting(config.CARRYON_MODEL);
-  const gateway = new Gateway(
+  const gateway: Gateway = new Gateway(
     modelName,
     scheduler,
     { maxN: config.CARRYON_MAX_N, maxEmbeddingInputs: config.CARRYON_MAX_EMBEDDING_INPUTS },
     store.carryOns,
   );
+  gateway.disk = disk;
   // The shard index and admin routes work at once; the writer starts when the base's fingerprint is known.
   const harvest = createHarvestService(config, store, () => app.log);
   const admin = createAdminServices(store, {
@@ -93,6 +116,7 @@ async function startWithStore(
     baseModel,
     maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES,
     checkTimeoutMs: config.CARRYON_CARRYON_CHECK_TIMEOUT_MS,
+    diskFull: () => disk.full,
     harvest,
     training: {
       base: () => (base && baseDir ? { dir: baseDir, fingerprint: base.fingerprint } : null),
@@ -118,6 +142,7 @@ async function startWithStore(
     receiveTimeoutMs: config.CARRYON_RECEIVE_TIMEOUT_MS,
     receiveIdleTimeoutMs: config.CARRYON_RECEIVE_IDLE_TIMEOUT_MS,
     logLevel: config.CARRYON_LOG_LEVEL,
+    onDiskFull: (what) => disk.onDiskFull(what),
   });
   await app.register(routes, {
     gateway,
@@ -127,6 +152,7 @@ async function startWithStore(
   const url = await app.listen({ host: config.HOST, port: config.PORT });
   const metricsServer = config.CARRYON_METRICS_PORT > 0 ? await startMetricsListener(metrics, config.HOST, config.CARRYON_METRICS_PORT) : null;
   if (synced.inserted + synced.revoked > 0) app.log.info(synced, 'configured API keys synced to the store');
+  if (syncProblem) app.log.error({ err: syncProblem }, 'the disk is full: started without syncing the configured API keys');
   if (!config.CARRYON_ADMIN_KEY) app.log.warn(`no CARRYON_ADMIN_KEY set: using the generated key in ${adminKeyPath(config.dataDir)}`);
 
   let engine: Engine | null = null;
@@ -224,6 +250,7 @@ async function startWithStore(
       await encoder?.close();
       await engine?.close();
       await harvest.close(); // after the engine, whose last captures reach the writer before it stops
+      disk.stop();
       store.close();
     },
   };

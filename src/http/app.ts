@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { bearerToken, TENANT_HEADER, type Authenticator, type Principal } from '../auth/authenticator.js';
-import { ApiError } from '../core/errors.js';
+import { ApiError, isDiskFull } from '../core/errors.js';
 import type { Gateway } from '../serving/gateway.js';
 import { receiveDone, watchReceive } from './receive-timeout.js';
 
@@ -26,6 +26,8 @@ export interface HttpServerOptions {
   receiveTimeoutMs: number;
   /** CARRYON_RECEIVE_IDLE_TIMEOUT_MS: the longest silence while a request arrives. */
   receiveIdleTimeoutMs: number;
+  /** Told when a request failed for lack of disk space (the reserve is given back). */
+  onDiskFull?: (what: string) => void;
   /** Where log lines (JSON) go; default stdout. Tests capture them here. */
   logStream?: { write(line: string): void };
 }
@@ -106,6 +108,7 @@ export function createHttpServer(opts: HttpServerOptions): FastifyInstance {
 
   app.setErrorHandler((err: FastifyError | ApiError, request, reply) => {
     const apiErr = toApiError(err);
+    if (apiErr.code === 'insufficient_storage') opts.onDiskFull?.(`${request.method} ${request.routeOptions.url ?? request.url}`);
     if (apiErr.status >= 500) request.log.error({ err }, 'request failed');
     else request.log.info({ code: apiErr.code, param: apiErr.param }, 'request rejected');
     void reply.code(apiErr.status).headers(apiErr.headers).send(apiErr.toBody());
@@ -133,6 +136,9 @@ function clientError(err: NodeJS.ErrnoException): ApiError {
 /** Fastify's own errors (bad JSON, body too large, wrong content type) in OpenAI's envelope. */
 function toApiError(err: FastifyError | ApiError): ApiError {
   if (err instanceof ApiError) return err;
+  if (isDiskFull(err)) {
+    return new ApiError('insufficient_storage', "The server's disk is full; delete carry-ons, harvest shards or training jobs to free space, then retry.");
+  }
   switch (err.code) {
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':

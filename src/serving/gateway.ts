@@ -34,6 +34,8 @@ export class Gateway {
   /** Per-key request and token limits on inference routes; null: none configured. */
   rateLimiter: RateLimiter | null = null;
   failure: string | null = null;
+  /** The data folder's space: `full` says why it counts as full (readiness reports it), null while there is room. */
+  disk: { readonly full: string | null } | null = null;
   private services: ModelServices | null = null;
   readonly created = Math.floor(Date.now() / 1000);
   /** `model` names → the base or a tenant's carry-on version; needs no loaded model. */

@@ -39,6 +39,8 @@ export async function startTestGateway(env: Record<string, string> = {}, opts: T
     CARRYON_API_KEYS: USER_KEY,
     CARRYON_THREADS: '1',
     CARRYON_LOG_LEVEL: 'silent',
+    // No reserve file per test gateway (32 MiB each); test/integration/disk-full.test.ts sets one.
+    CARRYON_DISK_RESERVE_BYTES: '0',
     ...env,
   });
   // startServer hands its whole config to createHarvestService, which is what reads harvestNow.
