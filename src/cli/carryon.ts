@@ -15,15 +15,17 @@ const DEFAULT_BASE_CACHE = path.join(os.tmpdir(), 'carryon-base-cache');
 
 const USAGE = `usage:
   carryon import SRC OUT [--tokenizer TOKENIZER_BIN] [--name NAME] [--layers 2,4] [--quantize q4_0]
-      Build a model package folder OUT from a llama2.c checkpoint (.bin, with its tokenizer.bin)
-      or a llama-architecture GGUF file (F32, F16, Q8_0, Q4_0 tensors). --quantize q4_0 stores
+      Build a model package folder OUT from a llama2.c checkpoint (.bin, with its tokenizer.bin),
+      a llama-architecture GGUF file (F32, F16, Q8_0, Q4_0 tensors) or a Hugging Face model folder
+      as save_pretrained writes it (LlamaForCausalLM / MistralForCausalLM: config.json, safetensors
+      in F32/F16/BF16, one file or sharded, tokenizer.json + tokenizer_config.json). --quantize q4_0 stores
       the projection matrices and LM head 4-bit (MatMulNBits, accuracy_level 4).
   carryon carry-on init --base MODEL --out DIR --id ID [--width 64] [--layers 2] [--heads 4]
       [--kv-heads N] [--intermediate N] [--alpha 1] [--layers-in final,3] [--token-ids] [--seed 0]
       [--description TEXT] [--tenant TENANT] [--tokenizer TOKENIZER_BIN] [--data-dir DIR]
       Write a freshly initialised carry-on package (weights.safetensors + model.onnx + manifest.json;
       an upload sends the weights and the manifest, the gateway builds its own graph) for the base MODEL:
-      a model package folder, or a llama2.c .bin / .gguf file, imported first exactly as the
+      a model package folder, a Hugging Face model folder or a llama2.c .bin / .gguf file, imported first exactly as the
       gateway imports CARRYON_MODEL (into DIR/models/<file name>, reused while the file is
       unchanged; --data-dir defaults to ${DEFAULT_BASE_CACHE}), so base_fingerprint is the one the
       gateway serving that file computes. Its delta is exactly 0, so it serves the base unchanged

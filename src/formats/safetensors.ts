@@ -10,9 +10,9 @@
  */
 import fs from 'node:fs';
 
-export type SafetensorsDtype = 'F32' | 'F16' | 'I8' | 'I32' | 'I64' | 'U8';
+export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'I8' | 'I32' | 'I64' | 'U8';
 
-export const DTYPE_BYTES: Record<SafetensorsDtype, number> = { I64: 8, F32: 4, I32: 4, F16: 2, I8: 1, U8: 1 };
+export const DTYPE_BYTES: Record<SafetensorsDtype, number> = { I64: 8, F32: 4, I32: 4, F16: 2, BF16: 2, I8: 1, U8: 1 };
 
 /** The reference reader refuses headers above 100 MB; so do we, before allocating anything. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -42,7 +42,7 @@ export interface SafetensorsHeader {
   dataBytes: number;
 }
 
-/** Typed view of a decoded tensor. F16 stays raw bits (Node 20 has no Float16Array). */
+/** Typed view of a decoded tensor. F16 and BF16 stay raw bits (Node 20 has no Float16Array). */
 export type TensorArray = Float32Array | Uint16Array | Int8Array | Int32Array | BigInt64Array | Uint8Array;
 
 export interface DecodedTensor {
@@ -199,6 +199,7 @@ function typedView(dtype: SafetensorsDtype, buffer: ArrayBufferLike, byteOffset:
     case 'F32':
       return new Float32Array(buffer, byteOffset, n);
     case 'F16':
+    case 'BF16':
       return new Uint16Array(buffer, byteOffset, n);
     case 'I8':
       return new Int8Array(buffer, byteOffset, n);

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { writeDirAtomic } from '../core/fs-atomic.js';
 import { ggufToCheckpoint, quantizeQ4_0 } from './gguf.js';
+import { hfFolderToCheckpoint } from './hf-folder.js';
 import { llama2cToCheckpoint } from './llama2c.js';
 import { buildBodyModel, buildHeadModel } from './onnx-graph.js';
 import { PACKAGE_FILES, PACKAGE_FORMAT_VERSION, toConfigFile, type PackageManifest } from './package-files.js';
@@ -12,7 +13,7 @@ import type { ImportedCheckpoint, LlamaWeights, Matrix } from './types.js';
 export interface ImportOptions {
   /** llama2c only: the tokenizer.bin; defaults to tokenizer.bin or tok512.bin beside the checkpoint. */
   tokenizerPath?: string;
-  /** Package name (the served model id); defaults to the source file's base name. */
+  /** Package name (the served model id); defaults to the source file's base name (a folder's name). */
   name?: string;
   /** Residual-stream layers the body also outputs, for carry-ons that mix layers. */
   extraLayerOutputs?: number[];
@@ -28,41 +29,62 @@ export async function readCheckpoint(src: string, opts: ImportOptions = {}): Pro
   const ext = path.extname(src).toLowerCase();
   if (ext === '.gguf') return ggufToCheckpoint(src);
   if (ext === '.bin') return llama2cToCheckpoint(src, opts.tokenizerPath ?? findTokenizerBin(src));
-  throw new Error(`cannot import ${src}: expected a llama2.c .bin or a .gguf file`);
+  throw new Error(`cannot import ${src}: expected a llama2.c .bin, a .gguf file or a Hugging Face model folder`);
 }
 
-/** Builds a model package folder (see models/README.md) from a checkpoint file, atomically. */
-export async function importModel(src: string, outDir: string, opts: ImportOptions = {}): Promise<PackageManifest> {
+/** What a package is built from, whatever the source format. */
+interface PackageSource {
+  weights: LlamaWeights;
+  tokenizerJson: string | Uint8Array;
+  tokenizerConfig: object;
+  generationConfig: object;
+  source: { format: PackageManifest['source']['format']; sha256: string };
+}
+
+/** A Hugging Face folder's tokenizer files are copied; a .bin's or .gguf's are built from its vocabulary. */
+async function readPackageSource(src: string, opts: ImportOptions): Promise<PackageSource> {
+  if (fs.statSync(src).isDirectory()) return hfFolderToCheckpoint(src);
   const ckpt = await readCheckpoint(src, opts);
-  const { vocab } = ckpt;
-  const weights = opts.quantize === 'q4_0' ? quantizeWeights(ckpt.weights) : ckpt.weights;
+  const c = ckpt.weights.config;
+  const tok = buildTokenizerFiles(ckpt.vocab, { modelMaxLength: c.max_position_embeddings });
+  return {
+    weights: ckpt.weights,
+    tokenizerJson: JSON.stringify(tok.tokenizerJson),
+    tokenizerConfig: tok.tokenizerConfig,
+    generationConfig: { bos_token_id: c.bos_token_id, eos_token_id: c.eos_token_id, max_length: c.max_position_embeddings },
+    source: ckpt.source,
+  };
+}
+
+/**
+ * Builds a model package folder (see models/README.md), atomically, from a checkpoint file
+ * (llama2.c .bin, .gguf) or a Hugging Face model folder (src/model/hf-folder.ts).
+ */
+export async function importModel(src: string, outDir: string, opts: ImportOptions = {}): Promise<PackageManifest> {
+  const from = await readPackageSource(src, opts);
+  const weights = opts.quantize === 'q4_0' ? quantizeWeights(from.weights) : from.weights;
   const extra = opts.extraLayerOutputs ?? [];
   const body = buildBodyModel(weights, { extraLayerOutputs: extra });
   const head = buildHeadModel(weights);
   const configJson = JSON.stringify(toConfigFile(weights.config), null, 2);
-  const tok = buildTokenizerFiles(vocab, { modelMaxLength: weights.config.max_position_embeddings });
+  const isFolder = from.source.format === 'hf';
   const manifest: PackageManifest = {
     format_version: PACKAGE_FORMAT_VERSION,
-    name: opts.name ?? path.basename(src, path.extname(src)),
+    name: opts.name ?? (isFolder ? path.basename(path.resolve(src)) : path.basename(src, path.extname(src))),
     fingerprint: createHash('sha256').update(configJson).update(body).update(head).digest('hex'),
     quantization: quantizationOf(weights),
-    source: { format: ckpt.source.format, file: path.basename(src), sha256: ckpt.source.sha256 },
+    source: { format: from.source.format, file: path.basename(path.resolve(src)), sha256: from.source.sha256 },
     created_at: new Date().toISOString(),
     extra_layer_outputs: extra,
-  };
-  const generationConfig = {
-    bos_token_id: weights.config.bos_token_id,
-    eos_token_id: weights.config.eos_token_id,
-    max_length: weights.config.max_position_embeddings,
   };
   await writeDirAtomic(outDir, async (dir) => {
     const put = (name: string, data: string | Uint8Array) => fs.writeFileSync(path.join(dir, name), data);
     put(PACKAGE_FILES.config, configJson);
     put(PACKAGE_FILES.body, body);
     put(PACKAGE_FILES.head, head);
-    put(PACKAGE_FILES.tokenizer, JSON.stringify(tok.tokenizerJson));
-    put(PACKAGE_FILES.tokenizerConfig, JSON.stringify(tok.tokenizerConfig, null, 2));
-    put(PACKAGE_FILES.generationConfig, JSON.stringify(generationConfig, null, 2));
+    put(PACKAGE_FILES.tokenizer, from.tokenizerJson);
+    put(PACKAGE_FILES.tokenizerConfig, JSON.stringify(from.tokenizerConfig, null, 2));
+    put(PACKAGE_FILES.generationConfig, JSON.stringify(from.generationConfig, null, 2));
     // Written last: a folder with a manifest is a complete package.
     put(PACKAGE_FILES.manifest, JSON.stringify(manifest, null, 2));
   });

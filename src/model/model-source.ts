@@ -4,6 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fetch } from 'undici';
 import { fsyncDir } from '../core/fs-atomic.js';
+import { hfFolderSha256, isHfFolder } from './hf-folder.js';
 import { importModel } from './import.js';
 import { PACKAGE_FILES, readManifest } from './package-files.js';
 
@@ -22,7 +23,7 @@ const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..
 export const SHARED_DEFAULT_DIR = path.resolve(REPO_ROOT, '../shared/models/stories260K');
 
 export interface ResolveOptions {
-  /** CARRYON_MODEL: a package folder, a .bin/.gguf file, or '' for the default model. */
+  /** CARRYON_MODEL: a package folder, a Hugging Face model folder, a .bin/.gguf file, or '' for the default model. */
   model: string;
   tokenizer?: string;
   dataDir: string;
@@ -35,21 +36,24 @@ export interface ResolveOptions {
 }
 
 /**
- * Turns CARRYON_MODEL into a ready package folder: a package is used as is; a checkpoint file is
- * imported once into DATA_DIR/models and reused while its sha256 is unchanged; no setting means
+ * Turns CARRYON_MODEL into a ready package folder: a package is used as is; a checkpoint file or a
+ * Hugging Face model folder is imported once into DATA_DIR/models and reused while its sha256 (a
+ * folder's: over the files the import reads) is unchanged; no setting means
  * stories260K, from ../shared when present, else downloaded from its pinned upstream.
  */
 export async function resolveModelPackage(opts: ResolveOptions): Promise<string> {
   if (opts.model) {
     const p = path.resolve(opts.model);
     if (!fs.existsSync(p)) throw new Error(`CARRYON_MODEL ${p} does not exist`);
-    if (fs.statSync(p).isDirectory()) {
-      if (!fs.existsSync(path.join(p, PACKAGE_FILES.manifest))) {
-        throw new Error(`${p} is not a model package (no ${PACKAGE_FILES.manifest}); import a checkpoint with \`carryon import\``);
-      }
-      return p;
+    const isDir = fs.statSync(p).isDirectory();
+    if (isDir && fs.existsSync(path.join(p, PACKAGE_FILES.manifest))) return p;
+    if (isDir && !isHfFolder(p)) {
+      throw new Error(
+        `${p} is neither a model package (no ${PACKAGE_FILES.manifest}) nor a Hugging Face model folder (no config.json); ` +
+          'import a checkpoint with `carryon import`',
+      );
     }
-    const name = path.basename(p, path.extname(p));
+    const name = isDir ? path.basename(p) : path.basename(p, path.extname(p));
     return importOnce(p, path.join(opts.dataDir, 'models', folderName(name, opts)), { tokenizerPath: opts.tokenizer || undefined, name, quantize: opts.quantize }, opts.log);
   }
   const sharedDir = opts.sharedDir ?? SHARED_DEFAULT_DIR;
@@ -71,7 +75,7 @@ async function importOnce(
   o: { tokenizerPath?: string; name: string; quantize?: 'q4_0' },
   log: (m: string) => void,
 ): Promise<string> {
-  const sha = await sha256File(src);
+  const sha = fs.statSync(src).isDirectory() ? await hfFolderSha256(src) : await sha256File(src);
   if (fs.existsSync(path.join(outDir, PACKAGE_FILES.manifest))) {
     try {
       if (readManifest(outDir).source.sha256 === sha) return outDir;

@@ -43,7 +43,8 @@ export const PackageManifest = z.object({
   /** sha256 over config.json, body.onnx and head.onnx: carry-ons bind to it. */
   fingerprint: z.string().regex(/^[0-9a-f]{64}$/),
   quantization: z.enum(['f32', 'q4_0', 'mixed']),
-  source: z.object({ format: z.enum(['llama2c', 'gguf']), file: z.string(), sha256: z.string() }),
+  /** 'hf': a Hugging Face model folder (file is the folder's name; sha256 as hfFolderSha256 computes it). */
+  source: z.object({ format: z.enum(['llama2c', 'gguf', 'hf']), file: z.string(), sha256: z.string() }),
   created_at: z.string(),
   /** Layers whose residual stream the body can also output (besides the final one). */
   extra_layer_outputs: z.array(z.number().int().nonnegative()),
