@@ -73,6 +73,7 @@ export class StepLoop {
   private readonly waiting: LiveSequence[] = [];
   private readonly cancelled = new Set<number>();
   private running = false;
+  private idleWaiters: Array<() => void> = [];
 
   constructor(
     private readonly runner: ModelRunner,
@@ -124,6 +125,20 @@ export class StepLoop {
   private enqueue(seqId: number, promptIds: number[], params: SamplingParams, extra: Pick<LiveSequence, 'carryOn' | 'capture' | 'pooled'>): void {
     this.waiting.push({ seqId, params, sampler: new Sampler(params), slot: -1, pending: promptIds.slice(), last: -1, generated: 0, ...extra });
     this.kick();
+  }
+
+  /** Stops every sequence at the next step boundary (closing). */
+  cancelAll(): void {
+    for (const seq of [...this.slots.all, ...this.waiting]) this.cancelled.add(seq.seqId);
+  }
+
+  /**
+   * Resolves once no step is running: the moment the sessions may be released. Releasing an ONNX
+   * Runtime session while a run is in flight aborts the whole process.
+   */
+  idle(): Promise<void> {
+    if (!this.running) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
   /** Takes effect at the next step boundary; the KV slot is freed with the sequence. */
@@ -178,6 +193,7 @@ export class StepLoop {
       if (this.slots.size === 0) this.pool.release();
       this.onStepBoundary();
       if (this.size > 0) this.kick();
+      else for (const resolve of this.idleWaiters.splice(0)) resolve();
     }
   }
 
@@ -198,10 +214,12 @@ export class StepLoop {
       const capacity = this.slots.roundCapacity(Math.min(seq.pending.length, this.options.prefillChunk));
       const slots = Math.max(this.pool.slots, this.slots.size + 1);
       if (this.slots.size > 0 && slots * capacity * this.pool.bytesPerPosition > this.options.kvBudgetBytes) return;
-      // Double the slot count as rows arrive, so a burst of N arrivals regrows the pool log N times.
+      // Grow only when the pool is full, and then double the slot count, so a burst of N arrivals
+      // regrows the pool log N times (growing on every arrival reallocated and copied it each time).
       const within = Math.max(1, Math.floor(this.options.kvBudgetBytes / (capacity * this.pool.bytesPerPosition)));
+      const full = this.slots.size + 1 > this.pool.slots;
       try {
-        this.pool.ensure(Math.max(slots, Math.min(2 * this.pool.slots, within)), capacity);
+        this.pool.ensure(full ? Math.max(slots, Math.min(2 * this.pool.slots, within)) : this.pool.slots, capacity);
       } catch (err) {
         // Out of memory for a bigger pool: wait for running rows to end; with none, this one cannot run.
         if (this.slots.size > 0) return;

@@ -91,6 +91,9 @@ async function handle(msg: ToWorker): Promise<void> {
       }
       return;
     case 'close':
+      // Let a step in flight finish first: releasing a session under a running step aborts the process.
+      loop?.cancelAll();
+      await loop?.idle();
       await runner?.release();
       post({ type: 'closed' });
       return;
