@@ -65,7 +65,9 @@ export const ConfigSchema = z.object({
   /** Upper bound on `n` (choices per request). */
   CARRYON_MAX_N: int(1, 128).default(8),
   /** Upper bound on inputs per /v1/embeddings request. */
-  CARRYON_MAX_EMBEDDING_INPUTS: int(1, 65536).default(256),
+  CARRYON_MAX_EMBEDDING_INPUTS: int(1, 65536).default(2048),
+  /** Upper bound on prompts per /v1/completions request (an array of prompts runs one generation each). */
+  CARRYON_MAX_PROMPTS: int(1, 4096).default(128),
   /** Resident carry-on bytes (graph sizes) before the least recently used idle ones are evicted. */
   CARRYON_CARRY_ON_BUDGET_BYTES: int(1, Number.MAX_SAFE_INTEGER).default(1 << 30),
   /** Comma-separated `tenant/carry-on-id` never evicted for space. */

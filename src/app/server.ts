@@ -105,7 +105,7 @@ async function startWithStore(
   const gateway: Gateway = new Gateway(
     modelName,
     scheduler,
-    { maxN: config.CARRYON_MAX_N, maxEmbeddingInputs: config.CARRYON_MAX_EMBEDDING_INPUTS },
+    { maxN: config.CARRYON_MAX_N, maxEmbeddingInputs: config.CARRYON_MAX_EMBEDDING_INPUTS, maxPrompts: config.CARRYON_MAX_PROMPTS },
     store.carryOns,
   );
   gateway.disk = disk;

@@ -1,5 +1,7 @@
 import { ApiError } from '../core/errors.js';
 import type { GenerationPlan } from '../serving/generation.js';
+import type { GenerateRequest } from '../serving/inference.js';
+import type { Caller } from '../serving/model-routing.js';
 
 interface CommonSamplingFields {
   temperature?: number | null;
@@ -44,4 +46,15 @@ export function samplingFrom(
 
 export function requestId(prefix: string): string {
   return `${prefix}-${crypto.randomUUID().replace(/-/g, '')}`;
+}
+
+/** Who asks and for which model: the request fields the inference service routes and harvests by. */
+export function targetOf(
+  body: { model: string; carry_on_alpha?: number | null; carry_on_harvest?: boolean | null },
+  caller: Caller,
+  optOut: boolean,
+  responseId: string,
+  signal: AbortSignal,
+): Pick<GenerateRequest, 'model' | 'alpha' | 'caller' | 'harvestOptOut' | 'responseId' | 'signal'> {
+  return { model: body.model, alpha: body.carry_on_alpha ?? null, caller, harvestOptOut: optOut || body.carry_on_harvest === false, responseId, signal };
 }

@@ -5,7 +5,7 @@ import type { Gateway } from '../serving/gateway.js';
 import type { TokenDetail } from '../serving/generation.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import type { ChatCompletionRequest } from './schemas.js';
-import { requestId, samplingFrom } from './request-params.js';
+import { requestId, samplingFrom, targetOf } from './request-params.js';
 import { collect, type ServeResult } from './serve-result.js';
 
 /** /v1/chat/completions serving logic: messages → template → generation → OpenAI objects. */
@@ -22,12 +22,7 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
     maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
     maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
     ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN),
-    model: body.model,
-    alpha: body.carry_on_alpha ?? null,
-    caller,
-    harvestOptOut: optOut || body.carry_on_harvest === false,
-    responseId: id,
-    signal,
+    ...targetOf(body, caller, optOut, id, signal),
   });
   const created = Math.floor(Date.now() / 1000);
   const base = { id, created, model: body.model, system_fingerprint: null };

@@ -1,12 +1,16 @@
 import type { Caller } from '../serving/model-routing.js';
 import { ApiError } from '../core/errors.js';
 import type { Gateway, ModelServices } from '../serving/gateway.js';
-import type { TokenDetail } from '../serving/generation.js';
+import type { GenerationRun, TokenDetail, Usage } from '../serving/generation.js';
 import type { CompletionRequest } from './schemas.js';
-import { requestId, samplingFrom } from './request-params.js';
-import { collect, type ServeResult } from './serve-result.js';
+import { requestId, samplingFrom, targetOf } from './request-params.js';
+import { collect, mergeDeltas, type ServeResult } from './serve-result.js';
 
-/** /v1/completions serving logic: one prompt (text or token ids) → generation → text_completion objects. */
+/**
+ * /v1/completions serving logic: prompts (text or token ids, one or an array, as OpenAI accepts
+ * them) → one generation per prompt → text_completion objects. Choice `p·n + i` is choice i of
+ * prompt p, as OpenAI numbers them.
+ */
 export async function serveCompletion(gw: Gateway, body: CompletionRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
   const id = requestId('cmpl');
   const m = gw.model();
@@ -14,39 +18,45 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
   if (body.best_of != null && body.best_of !== (body.n ?? 1)) {
     throw new ApiError('unsupported_parameter', "'best_of' other than n is not supported.", { param: 'best_of' });
   }
-  const promptIds = await promptToIds(m, body.prompt);
+  const prompts = await promptsToIds(m, body.prompt, gw.limits.maxPrompts);
+  const n = body.n ?? 1;
   const wantLogprobs = body.logprobs != null;
-  const run = await m.inference.generate({
-    promptIds,
-    promptParam: 'prompt',
-    maxTokens: body.max_tokens ?? 16, // OpenAI's default for legacy completions
-    maxTokensParam: 'max_tokens',
-    ...samplingFrom(body, wantLogprobs ? (body.logprobs ?? 0) : -1, gw.limits.maxN),
-    model: body.model,
-    alpha: body.carry_on_alpha ?? null,
-    caller,
-    harvestOptOut: optOut || body.carry_on_harvest === false,
-    responseId: id,
-    signal,
-  });
-  const echoText = body.echo ? m.tokenizer.decode(promptIds) : '';
+  const sampling = samplingFrom(body, wantLogprobs ? (body.logprobs ?? 0) : -1, gw.limits.maxN);
+  const runs = await startAll(
+    prompts.map((promptIds, p) => () =>
+      m.inference.generate({
+        promptIds,
+        promptParam: 'prompt',
+        maxTokens: body.max_tokens ?? 16, // OpenAI's default for legacy completions
+        maxTokensParam: 'max_tokens',
+        ...sampling,
+        ...targetOf(body, caller, optOut, id, signal),
+        choiceOffset: p * n,
+      }),
+    ),
+  );
+  const echoText = prompts.map((ids) => (body.echo ? m.tokenizer.decode(ids) : ''));
+  const echoOf = (index: number) => echoText[Math.floor(index / n)];
+  const usage = () => sumUsage(runs.map((r) => r.usage));
+  const deltas = runs.length === 1 ? runs[0].deltas() : mergeDeltas(runs.map((r) => r.deltas()));
+  const cancel = () => runs.forEach((r) => r.cancel());
   const created = Math.floor(Date.now() / 1000);
   const base = { id, object: 'text_completion', created, model: body.model, system_fingerprint: null };
   const logprobs = (tokens: TokenDetail[], offset: number) => (wantLogprobs ? completionLogprobs(m, tokens, offset) : null);
 
   if (!body.stream) {
-    const choices = await collect(run.deltas(), body.n ?? 1);
+    const choices = await collect(deltas, prompts.length * n);
     return {
       kind: 'json',
       body: {
         ...base,
         choices: choices.map((c, index) => ({
           index,
-          text: echoText + c.text,
-          logprobs: logprobs(c.tokens, echoText.length),
+          text: echoOf(index) + c.text,
+          logprobs: logprobs(c.tokens, echoOf(index).length),
           finish_reason: c.finishReason,
         })),
-        usage: run.usage,
+        usage: usage(),
       },
     };
   }
@@ -54,11 +64,11 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
   const includeUsage = body.stream_options?.include_usage === true;
   async function* chunks(): AsyncGenerator<object> {
     const offsets = new Map<number, number>();
-    for await (const d of run.deltas()) {
+    for await (const d of deltas) {
       let text = d.text;
       if (!offsets.has(d.index)) {
         offsets.set(d.index, 0);
-        text = echoText + text;
+        text = echoOf(d.index) + text;
       }
       if (!text && !d.finishReason && d.tokens.length === 0) continue;
       const offset = offsets.get(d.index)!;
@@ -69,24 +79,48 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
         ...(includeUsage ? { usage: null } : {}),
       };
     }
-    if (includeUsage) yield { ...base, choices: [], usage: run.usage };
+    if (includeUsage) yield { ...base, choices: [], usage: usage() };
   }
-  return { kind: 'stream', chunks: chunks(), cancel: () => run.cancel() };
+  return { kind: 'stream', chunks: chunks(), cancel };
 }
 
-async function promptToIds(m: ModelServices, prompt: CompletionRequest['prompt']): Promise<number[]> {
-  if (typeof prompt === 'string') return m.encoder.encode(prompt, true, 'prompt');
-  const lists: Array<string | number[]> = typeof prompt[0] === 'number' ? [prompt as number[]] : (prompt as Array<string | number[]>);
-  if (lists.length > 1) {
-    throw new ApiError('invalid_value', 'Only one prompt per request is supported; send one request per prompt.', { param: 'prompt' });
+/** Starts every run; if one is refused, the ones already admitted are cancelled and the refusal thrown. */
+async function startAll(starts: Array<() => Promise<GenerationRun>>): Promise<GenerationRun[]> {
+  const settled = await Promise.allSettled(starts.map((start) => start()));
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  const runs = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  if (failed) {
+    for (const run of runs) run.cancel();
+    throw failed.reason;
   }
-  const only = lists[0];
-  if (typeof only === 'string') return m.encoder.encode(only, true, 'prompt');
-  const ids = only;
+  return runs;
+}
+
+function sumUsage(all: Usage[]): Usage {
+  return all.reduce((a, u) => ({ prompt_tokens: a.prompt_tokens + u.prompt_tokens, completion_tokens: a.completion_tokens + u.completion_tokens, total_tokens: a.total_tokens + u.total_tokens }), {
+    prompt_tokens: 0,
+    completion_tokens: 0,
+    total_tokens: 0,
+  });
+}
+
+/** The request's prompts as token ids: a string, token ids, or an array of either (at most `max`). */
+async function promptsToIds(m: ModelServices, prompt: CompletionRequest['prompt'], max: number): Promise<number[][]> {
+  const lists: Array<string | number[]> = typeof prompt === 'string' ? [prompt] : typeof prompt[0] === 'number' ? [prompt as number[]] : (prompt as Array<string | number[]>);
+  if (lists.length > max) throw new ApiError('invalid_value', `At most ${max} prompts per request.`, { param: 'prompt' });
   const vocab = m.tokenizer.vocabSize;
-  const bad = ids.findIndex((t) => t >= vocab);
-  if (bad >= 0) throw new ApiError('invalid_value', `Token id ${ids[bad]} is outside the vocabulary (size ${vocab}).`, { param: 'prompt' });
-  return ids;
+  const out: number[][] = [];
+  for (const [p, one] of lists.entries()) {
+    const param = lists.length === 1 ? 'prompt' : `prompt[${p}]`;
+    if (typeof one === 'string') {
+      out.push(await m.encoder.encode(one, true, param));
+      continue;
+    }
+    const bad = one.findIndex((t) => t >= vocab);
+    if (bad >= 0) throw new ApiError('invalid_value', `Token id ${one[bad]} is outside the vocabulary (size ${vocab}).`, { param });
+    out.push(one);
+  }
+  return out;
 }
 
 function completionLogprobs(m: ModelServices, tokens: TokenDetail[], offset: number) {

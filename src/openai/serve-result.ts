@@ -23,3 +23,19 @@ export async function collect(deltas: AsyncIterable<ChoiceDelta>, n: number): Pr
   }
   return choices;
 }
+
+/** Interleaves several runs' deltas in arrival order (a request with several prompts). */
+export async function* mergeDeltas(sources: Array<AsyncIterable<ChoiceDelta>>): AsyncGenerator<ChoiceDelta> {
+  const iterators = sources.map((s) => s[Symbol.asyncIterator]());
+  const next = (i: number) => iterators[i].next().then((result) => ({ i, result }));
+  const pending = new Map(iterators.map((_, i) => [i, next(i)] as const));
+  while (pending.size > 0) {
+    const { i, result } = await Promise.race(pending.values());
+    if (result.done) {
+      pending.delete(i);
+      continue;
+    }
+    pending.set(i, next(i));
+    yield result.value;
+  }
+}

@@ -44,7 +44,7 @@ export class Gateway {
   constructor(
     readonly modelName: string,
     readonly scheduler: Scheduler,
-    readonly limits: { maxN: number; maxEmbeddingInputs: number },
+    readonly limits: { maxN: number; maxEmbeddingInputs: number; maxPrompts: number },
     /** Tenants' carry-ons; null when the gateway runs without a metadata store. */
     readonly catalog: CarryOnCatalog | null = null,
   ) {

@@ -28,6 +28,8 @@ export interface GenerationPlan {
   tenant: string | null;
   /** Aborts when the client goes away. */
   signal: AbortSignal;
+  /** The response's index of this run's first choice (a request with several prompts runs one per prompt). */
+  choiceOffset?: number;
 }
 
 export interface TokenDetail {
@@ -116,7 +118,7 @@ export class GenerationRun {
   /** One engine event of choice `index` → one delta (text through stop strings, logprobs, finish). */
   private onToken(index: number, ev: TokenEvent, assembler: TextAssembler, stopTokenIds: number[]): void {
     this.observeToken(index, ev.token >= 0, ev.finish);
-    const delta: ChoiceDelta = { index, text: '', tokens: [] };
+    const delta: ChoiceDelta = { index: this.choiceIndex(index), text: '', tokens: [] };
     if (ev.token >= 0) {
       this.usage.completion_tokens++;
       this.usage.total_tokens++;
@@ -157,7 +159,7 @@ export class GenerationRun {
     const h = this.req.harvest;
     if (!h || !this.deps.harvestSink) return;
     const seq = toHarvestedSequence(capture, h.policy.keep, this.deps.hiddenSize, {
-      requestId: `${h.requestId}#${index}`,
+      requestId: `${h.requestId}#${this.choiceIndex(index)}`,
       tenantId: h.tenantId,
       carryOnId: this.req.carryOn?.record.carryOnId ?? null,
     });
@@ -179,9 +181,14 @@ export class GenerationRun {
   /** Past the deadline: end every open choice with finish_reason "length" rather than hang. */
   expire(): void {
     for (let index = 0; index < this.req.n; index++) {
-      if (!this.finished.has(index)) this.queue.push({ index, text: '', tokens: [], finishReason: 'length' });
+      if (!this.finished.has(index)) this.queue.push({ index: this.choiceIndex(index), text: '', tokens: [], finishReason: 'length' });
     }
     this.cancel();
+  }
+
+  /** Choice `index` of this run as the response numbers it. */
+  private choiceIndex(index: number): number {
+    return (this.req.choiceOffset ?? 0) + index;
   }
 
   /** A choice has its last delta: its engine sequence stops (a stop string ends it before the engine would). */
