@@ -19,6 +19,8 @@ export interface HfTokenizer {
 export const HfTokenizer = Tokenizer as new (tokenizerJson: object, tokenizerConfig: object) => HfTokenizer;
 
 const JsonObject = z.record(z.string(), z.unknown());
+/** generation_config.json's `eos_token_id`: one id or a list. */
+const GenerationEos = z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).optional();
 
 export interface TokenPiece {
   /** The token's text as OpenAI reports it in logprobs; `bytes:\xNN` for a lone non-UTF-8 byte. */
@@ -42,12 +44,18 @@ export class ModelTokenizer {
    * known from its length alone, before tokenizing it.
    */
   readonly maxPieceBytes: number;
+  /**
+   * Every token that ends a generation: the tokenizer's EOS and each `eos_token_id` the package's
+   * generation_config.json lists (Llama 3 ends turns with `<|eot_id|>`, Qwen with `<|im_end|>`).
+   */
+  readonly stopTokenIds: number[];
   private readonly pieces: TokenPiece[];
 
   constructor(
     private readonly tok: HfTokenizer,
     config: Record<string, unknown>,
     vocabSize: number,
+    generationEos: number[] = [],
   ) {
     this.bosToken = tokenName(config.bos_token) ?? '<s>';
     this.eosToken = tokenName(config.eos_token) ?? '</s>';
@@ -57,12 +65,16 @@ export class ModelTokenizer {
     const raw = Array.from({ length: vocabSize }, (_, id) => tok.id_to_token(id) ?? '');
     this.pieces = raw.map(pieceOf);
     this.maxPieceBytes = Math.max(1, ...raw.map((r) => Buffer.byteLength(r, 'utf8')));
+    this.stopTokenIds = [...new Set([this.eosId, ...generationEos])].filter((id) => id >= 0 && id < vocabSize);
   }
 
   static load(modelDir: string, vocabSize: number): ModelTokenizer {
     const read = (file: string) => JsonObject.parse(JSON.parse(fs.readFileSync(path.join(modelDir, file), 'utf8')));
     const config = read(PACKAGE_FILES.tokenizerConfig);
-    return new ModelTokenizer(new HfTokenizer(read(PACKAGE_FILES.tokenizer), config), config, vocabSize);
+    const generation = fs.existsSync(path.join(modelDir, PACKAGE_FILES.generationConfig)) ? read(PACKAGE_FILES.generationConfig) : {};
+    const eos = GenerationEos.safeParse(generation.eos_token_id);
+    const eosIds = eos.success && eos.data !== undefined ? [eos.data].flat() : [];
+    return new ModelTokenizer(new HfTokenizer(read(PACKAGE_FILES.tokenizer), config), config, vocabSize, eosIds);
   }
 
   /** `addSpecial`: add BOS as the model expects for raw text; chat templates write it themselves. */

@@ -96,7 +96,7 @@ export class GenerationRun {
     this.usage = { prompt_tokens: req.promptIds.length, completion_tokens: 0, total_tokens: req.promptIds.length };
     this.open = req.n;
     const context = req.promptIds.slice(-6);
-    const stopTokenIds = deps.tokenizer.eosId >= 0 ? [deps.tokenizer.eosId] : [];
+    const stopTokenIds = deps.tokenizer.stopTokenIds;
     for (let index = 0; index < req.n; index++) {
       const assembler = new TextAssembler(deps.tokenizer, context, req.stop);
       // n > 1 with a seed: each choice gets its own, derived, seed so choices differ but stay reproducible.

@@ -261,4 +261,38 @@ describe('Hugging Face folder through the CLI and the gateway', () => {
     // Imported once into the data folder, with the folder's hash as its source.
     expect(readManifest(path.join(fromFolder.dataDir, 'models', 'stories-f32')).source.format).toBe('hf');
   });
+
+  it("stops on every end token generation_config.json lists, with finish_reason stop and the token's text left out", async () => {
+    const serve = async (model: string) => {
+      const gw = await startTestGateway({ CARRYON_MODEL: model, CARRYON_DATA_DIR: freshDataDir() });
+      const sdk = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: USER_KEY, maxRetries: 0 });
+      return { gw, sdk, id: (await sdk.models.list()).data[0].id };
+    };
+    // The base's greedy continuation, token by token.
+    const plain = await serve(pkgBin);
+    let ids: number[];
+    let fullText: string;
+    try {
+      const res = await plain.sdk.completions.create({ model: plain.id, prompt: 'Once upon a time', max_tokens: 12, temperature: 0, logprobs: 0 });
+      fullText = res.choices[0].text;
+      ids = res.choices[0].logprobs!.tokens!.map((t) => tokenizer.encode(t, false).at(-1)!);
+    } finally {
+      await plain.gw.close();
+    }
+    // A folder whose generation_config.json also ends generation at the 6th token the base writes.
+    const stopAt = 5;
+    const stopId = ids[stopAt];
+    const name = 'stories-eos-list';
+    writeHfLlamaFolder(folder(name), weights, { ...base(), generationConfig: { bos_token_id: 1, eos_token_id: [2, stopId] } });
+    const listed = await serve(folder(name));
+    try {
+      const res = await listed.sdk.completions.create({ model: listed.id, prompt: 'Once upon a time', max_tokens: 12, temperature: 0 });
+      expect(res.choices[0].finish_reason).toBe('stop');
+      expect(res.usage?.completion_tokens).toBe(stopAt + 1);
+      expect(fullText.startsWith(res.choices[0].text)).toBe(true);
+      expect(res.choices[0].text.length).toBeLessThan(fullText.length);
+    } finally {
+      await listed.gw.close();
+    }
+  });
 });
