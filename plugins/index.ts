@@ -9,6 +9,7 @@ import chatRoutes from './openai/chat.js';
 import completionRoutes from './openai/completions.js';
 import embeddingRoutes from './openai/embeddings.js';
 import modelRoutes from './openai/models.js';
+import responseRoutes from './openai/responses.js';
 
 export interface RouteDeps {
   gateway: Gateway;
@@ -26,6 +27,7 @@ const routes: FastifyPluginAsync<RouteDeps> = async (app, opts) => {
   await app.register(chatRoutes, { gateway: opts.gateway });
   await app.register(completionRoutes, { gateway: opts.gateway });
   await app.register(embeddingRoutes, { gateway: opts.gateway });
+  await app.register(responseRoutes, { gateway: opts.gateway });
   await app.register(adminRoutes, { prefix: '/admin', admin: opts.admin.services, maxCarryOnBytes: opts.admin.maxCarryOnBytes });
 };
 

@@ -22,5 +22,5 @@ export async function respond(reply: FastifyReply, result: ServeResult): Promise
     await reply.send(result.body);
     return;
   }
-  await sendEventStream(reply, result.chunks, result.cancel);
+  await sendEventStream(reply, result.chunks, result.cancel, result.events === true);
 }

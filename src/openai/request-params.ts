@@ -44,8 +44,9 @@ export function samplingFrom(
   };
 }
 
-export function requestId(prefix: string): string {
-  return `${prefix}-${crypto.randomUUID().replace(/-/g, '')}`;
+/** A fresh object id: `chatcmpl-<hex>`; the Responses API's objects use `_` (`resp_<hex>`, `msg_<hex>`). */
+export function requestId(prefix: string, sep: '-' | '_' = '-'): string {
+  return `${prefix}${sep}${crypto.randomUUID().replace(/-/g, '')}`;
 }
 
 /** Who asks and for which model: the request fields the inference service routes and harvests by. */

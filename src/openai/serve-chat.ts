@@ -81,11 +81,16 @@ function renderPrompt(template: { render(m: ChatMessage[]): string }, messages: 
     content: textOf(msg.content, i),
     ...(msg.name ? { name: msg.name } : {}),
   }));
+  return renderMessages(template, plain, 'messages');
+}
+
+/** Renders plain-text messages with the model's chat template; `param` names the request field they came from. */
+export function renderMessages(template: { render(m: ChatMessage[]): string }, messages: ChatMessage[], param: string): string {
   try {
-    return template.render(plain);
+    return template.render(messages);
   } catch (err) {
     // Templates raise on conversations they do not accept (e.g. roles out of order).
-    throw new ApiError('invalid_value', `The chat template rejected these messages: ${(err as Error).message}`, { param: 'messages' });
+    throw new ApiError('invalid_value', `The chat template rejected these messages: ${(err as Error).message}`, { param });
   }
 }
 

@@ -1,10 +1,13 @@
 import type { ChoiceDelta, TokenDetail } from '../serving/generation.js';
 import type { FinishReason } from '../engine/worker-messages.js';
 
-/** What a serving module hands its route: one JSON body, or chunks for Server-Sent Events. */
+/**
+ * What a serving module hands its route: one JSON body, or chunks for Server-Sent Events. With
+ * `events` (the Responses API) each chunk's `type` is sent as the SSE `event:` name and no `[DONE]` follows.
+ */
 export type ServeResult =
   | { kind: 'json'; body: object }
-  | { kind: 'stream'; chunks: AsyncIterable<object>; cancel: () => void };
+  | { kind: 'stream'; chunks: AsyncIterable<object>; cancel: () => void; events?: boolean };
 
 export interface CollectedChoice {
   text: string;
