@@ -26,6 +26,7 @@ import { Scheduler } from '../serving/scheduler.js';
 import { Store } from '../store/store.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import { PromptEncoder } from '../model/prompt-encoder.js';
+import { readSamplingDefaults } from '../model/generation-defaults.js';
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -212,7 +213,10 @@ async function startWithStore(
       metrics,
     });
     encoder = new PromptEncoder(tokenizer, { modelDir: dir, contextLength });
-    gateway.setReady({ engine, tokenizer, encoder, chatTemplate, inference, contextLength, hiddenSize: engine.info.hiddenSize, registry });
+    gateway.setReady({
+      engine, tokenizer, encoder, chatTemplate, inference, contextLength, hiddenSize: engine.info.hiddenSize, registry,
+      samplingDefaults: readSamplingDefaults(dir),
+    });
     app.log.info({ model: modelName, package: dir, fingerprint: readManifest(dir).fingerprint }, 'model ready');
   })().catch((err: Error) => {
     gateway.setFailed(err.message);

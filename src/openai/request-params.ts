@@ -2,6 +2,7 @@ import { ApiError } from '../core/errors.js';
 import type { GenerationPlan } from '../serving/generation.js';
 import type { GenerateRequest } from '../serving/inference.js';
 import type { Caller } from '../serving/model-routing.js';
+import type { SamplingDefaults } from '../model/generation-defaults.js';
 
 interface CommonSamplingFields {
   temperature?: number | null;
@@ -16,11 +17,15 @@ interface CommonSamplingFields {
   logit_bias?: Record<string, number> | null;
 }
 
-/** OpenAI sampling fields → the generator's, with OpenAI's defaults (temperature 1, top_p 1). */
+/**
+ * OpenAI sampling fields → the generator's. What the request leaves out comes from the model's own
+ * defaults (its generation_config.json), else OpenAI's (temperature 1, top_p 1).
+ */
 export function samplingFrom(
   body: CommonSamplingFields,
   topLogprobs: number,
   maxN: number,
+  defaults: SamplingDefaults = {},
 ): Pick<GenerationPlan, 'n' | 'sampling' | 'stop'> {
   if (body.logit_bias && Object.keys(body.logit_bias).length > 0) {
     throw new ApiError('unsupported_parameter', "'logit_bias' is not supported by this server.", { param: 'logit_bias' });
@@ -33,9 +38,9 @@ export function samplingFrom(
     n,
     stop,
     sampling: {
-      temperature: body.temperature ?? 1,
-      topP: body.top_p ?? 1,
-      topK: body.top_k != null && body.top_k > 0 ? body.top_k : 0,
+      temperature: body.temperature ?? defaults.temperature ?? 1,
+      topP: body.top_p ?? defaults.topP ?? 1,
+      topK: body.top_k != null ? Math.max(0, body.top_k) : (defaults.topK ?? 0),
       seed: body.seed ?? null,
       presencePenalty: body.presence_penalty ?? 0,
       frequencyPenalty: body.frequency_penalty ?? 0,

@@ -21,7 +21,7 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
     promptParam: 'messages',
     maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
     maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
-    ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN),
+    ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN, m.samplingDefaults),
     ...targetOf(body, caller, optOut, id, signal),
   });
   const created = Math.floor(Date.now() / 1000);

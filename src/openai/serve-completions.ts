@@ -21,7 +21,7 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
   const prompts = await promptsToIds(m, body.prompt, gw.limits.maxPrompts);
   const n = body.n ?? 1;
   const wantLogprobs = body.logprobs != null;
-  const sampling = samplingFrom(body, wantLogprobs ? (body.logprobs ?? 0) : -1, gw.limits.maxN);
+  const sampling = samplingFrom(body, wantLogprobs ? (body.logprobs ?? 0) : -1, gw.limits.maxN, m.samplingDefaults);
   const runs = await startAll(
     prompts.map((promptIds, p) => () =>
       m.inference.generate({

@@ -26,7 +26,7 @@ export async function serveResponses(gw: Gateway, body: ResponsesRequest, caller
     promptParam: 'input',
     maxTokens: body.max_output_tokens ?? null,
     maxTokensParam: 'max_output_tokens',
-    ...samplingFrom({ temperature: body.temperature, top_p: body.top_p }, -1, 1),
+    ...samplingFrom({ temperature: body.temperature, top_p: body.top_p }, -1, 1, m.samplingDefaults),
     ...targetOf(body, caller, optOut, id, signal),
   });
   const createdAt = Math.floor(Date.now() / 1000);

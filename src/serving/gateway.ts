@@ -9,10 +9,13 @@ import type { Inference } from './inference.js';
 import type { Scheduler } from './scheduler.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import type { PromptEncoder } from '../model/prompt-encoder.js';
+import type { SamplingDefaults } from '../model/generation-defaults.js';
 
 export interface ModelServices {
   engine: Engine;
   tokenizer: ModelTokenizer;
+  /** The model's own sampling defaults (generation_config.json with do_sample), for requests that leave them out. */
+  samplingDefaults: SamplingDefaults;
   /** Text → token ids off the event loop, refusing texts that cannot fit the context. */
   encoder: PromptEncoder;
   chatTemplate: ChatTemplate;

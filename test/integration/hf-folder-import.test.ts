@@ -262,6 +262,25 @@ describe('Hugging Face folder through the CLI and the gateway', () => {
     expect(readManifest(path.join(fromFolder.dataDir, 'models', 'stories-f32')).source.format).toBe('hf');
   });
 
+  it("uses the model's own sampling defaults (generation_config.json with do_sample) where the request sets none", async () => {
+    const name = 'stories-top-k-1';
+    writeHfLlamaFolder(folder(name), weights, { ...base(), generationConfig: { bos_token_id: 1, eos_token_id: 2, do_sample: true, top_k: 1, temperature: 1 } });
+    const gw = await startTestGateway({ CARRYON_MODEL: folder(name), CARRYON_DATA_DIR: freshDataDir() });
+    try {
+      const sdk = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: USER_KEY, maxRetries: 0 });
+      const ask = (extra: object) => sdk.completions.create({ model: name, prompt: 'Once upon a time', max_tokens: 24, ...extra }).then((r) => r.choices[0].text);
+      const greedy = await ask({ temperature: 0 });
+      // top_k 1 from the model: every unseeded sample is the greedy text.
+      expect(await ask({})).toBe(greedy);
+      expect(await ask({})).toBe(greedy);
+      // A request's own value wins: top_k 0 (off) at temperature 1, seeded, samples other text.
+      const sampled = await Promise.all([1, 2, 3].map((seed) => ask({ top_k: 0, seed })));
+      expect(sampled.some((t) => t !== greedy)).toBe(true);
+    } finally {
+      await gw.close();
+    }
+  });
+
   it("stops on every end token generation_config.json lists, with finish_reason stop and the token's text left out", async () => {
     const serve = async (model: string) => {
       const gw = await startTestGateway({ CARRYON_MODEL: model, CARRYON_DATA_DIR: freshDataDir() });
