@@ -8,6 +8,8 @@ interface ModelCard {
   owned_by: string;
   root: string;
   parent: string | null;
+  /** The context length in tokens (vLLM's field), once the model is loaded. */
+  max_model_len?: number;
 }
 
 /** The base, then the caller's own carry-ons (never another tenant's), each with the base as parent and root. */
@@ -26,9 +28,14 @@ export function retrieveModel(gw: Gateway, model: string, caller: Caller): Model
 }
 
 function baseCard(gw: Gateway): ModelCard {
-  return { id: gw.modelName, object: 'model', created: gw.created, owned_by: 'carry-on-gateway', root: gw.modelName, parent: null };
+  return { id: gw.modelName, object: 'model', created: gw.created, owned_by: 'carry-on-gateway', root: gw.modelName, parent: null, ...contextOf(gw) };
 }
 
 function carryOnCard(gw: Gateway, id: string, tenant: string, createdMs: number): ModelCard {
-  return { id, object: 'model', created: Math.floor(createdMs / 1000) || gw.created, owned_by: tenant, root: gw.modelName, parent: gw.modelName };
+  return { id, object: 'model', created: Math.floor(createdMs / 1000) || gw.created, owned_by: tenant, root: gw.modelName, parent: gw.modelName, ...contextOf(gw) };
+}
+
+/** A carry-on reads the base's hidden states, so it has the base's context. */
+function contextOf(gw: Gateway): { max_model_len?: number } {
+  return gw.status === 'ready' ? { max_model_len: gw.model().contextLength } : {};
 }

@@ -203,6 +203,8 @@ describe('models and embeddings', () => {
     expect(list.data.map((m) => m.id)).toEqual([model]);
     const one = await client.models.retrieve(model);
     expect(one.id).toBe(model);
+    // The context length, under vLLM's name: stories260K was trained with 512 positions.
+    expect((one as OpenAI.Models.Model & { max_model_len?: number }).max_model_len).toBe(512);
     await expect(client.models.retrieve('nope')).rejects.toMatchObject({ status: 404, code: 'model_not_found' });
   });
 
