@@ -1,10 +1,10 @@
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import { sha256File } from '../core/file-digest.js';
 import path from 'node:path';
 import { CARRYON_FILES } from '../carryon/manifest.js';
 import { configFromManifest, parameterCountOf } from '../carryon/weights.js';
 import type { Multipart } from '@fastify/multipart';
-import { ApiError } from '../core/errors.js';
+import { ApiError, diskFullError } from '../core/errors.js';
 import { LATEST } from '../store/carry-ons.js';
 import type { Store } from '../store/store.js';
 import { managedTenant } from './access.js';
@@ -97,7 +97,7 @@ export class CarryOnAdmin {
     if (pathTenant !== null) managedTenant(ctx.principal, this.store.tenants, pathTenant);
     this.opts.baseModel();
     if (this.opts.diskFull?.()) {
-      throw new ApiError('insufficient_storage', "The server's disk is full; delete carry-ons, harvest shards or training jobs to free space, then retry.");
+      throw diskFullError();
     }
     if (req.contentLength !== undefined && req.contentLength > this.opts.maxWeightsBytes + MAX_MANIFEST_BYTES + FORM_OVERHEAD_BYTES) {
       throw new ApiError('request_too_large', `A carry-on's weights may be at most ${this.opts.maxWeightsBytes} bytes.`, { param: WEIGHTS_PART });
@@ -136,7 +136,7 @@ export class CarryOnAdmin {
     if (bytes > this.opts.maxWeightsBytes) {
       throw new ApiError('request_too_large', `A carry-on's weights may be at most ${this.opts.maxWeightsBytes} bytes.`, { param: WEIGHTS_PART });
     }
-    const sha256 = createHash('sha256').update(fs.readFileSync(weightsPath)).digest('hex');
+    const sha256 = await sha256File(weightsPath);
     const staging = this.files.createStagingDir();
     try {
       return await this.install(ctx, tenant, manifest, { path: weightsPath, sha256, bytes }, staging, 'carry_on.train');

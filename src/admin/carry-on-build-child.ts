@@ -5,9 +5,9 @@
  * the gateway's own builder and writes it fsynced. Whatever the upload does, it can only fail
  * this process. It exits when its parent goes away.
  */
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { buildCarryOnGraph, countCarryOnParameters } from '../carryon/graph.js';
+import { sha256Hex } from '../carryon/manifest.js';
 import { checkWeightsHeader, weightsFromTensors, WeightsError } from '../carryon/weights.js';
 import { decodeSafetensors, readSafetensorsHeader, SafetensorsError } from '../formats/safetensors.js';
 import type { BuildJob, BuildResult } from './carry-on-build-messages.js';
@@ -24,7 +24,7 @@ process.once('message', (job: BuildJob) => {
 });
 
 function build(job: BuildJob): BuildResult {
-  checkWeightsHeader(readSafetensorsHeader(job.weightsPath), job.config);
+  checkWeightsHeader(readSafetensorsHeader(job.weightsPath).tensors, job.config);
   const weights = weightsFromTensors(decodeSafetensors(fs.readFileSync(job.weightsPath)).tensors, job.config);
   const graph = buildCarryOnGraph(weights);
   const fd = fs.openSync(job.graphPath, 'wx', 0o644);
@@ -34,7 +34,7 @@ function build(job: BuildJob): BuildResult {
   } finally {
     fs.closeSync(fd);
   }
-  return { ok: true, sha256: createHash('sha256').update(graph).digest('hex'), bytes: graph.length, parameterCount: countCarryOnParameters(weights) };
+  return { ok: true, sha256: sha256Hex(graph), bytes: graph.length, parameterCount: countCarryOnParameters(weights) };
 }
 
 function refusal(err: unknown): BuildResult {

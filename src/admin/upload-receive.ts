@@ -6,7 +6,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Multipart } from '@fastify/multipart';
 import { CARRYON_FILES } from '../carryon/manifest.js';
-import { ApiError, isDiskFull } from '../core/errors.js';
+import { ApiError, diskFullError, isDiskFull } from '../core/errors.js';
 
 /** The manifest is small JSON; anything near this is not a manifest. */
 export const MAX_MANIFEST_BYTES = 1 << 20;
@@ -57,7 +57,7 @@ export async function receiveCarryOnUpload(
     return await receiveParts(parts, stagingDir, limits, hooks);
   } catch (err) {
     if (err instanceof ApiError) throw err;
-    if (isDiskFull(err)) throw new ApiError('insufficient_storage', 'The server has no disk space left for this upload; retry once space is freed.');
+    if (isDiskFull(err)) throw diskFullError();
     // The multipart parser's own failures (no boundary, a torn or garbage body) are the client's.
     if (err instanceof Error && !('syscall' in err)) {
       throw new ApiError('malformed_request', `The multipart/form-data body could not be read: ${err.message}.`);

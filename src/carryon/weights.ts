@@ -3,7 +3,7 @@
  * builds the ONNX graph from them itself (./graph.ts), so an upload is data checked against a known
  * architecture, never a program. Layout is PyTorch's ([out, in] matrices), F32, tensor names below.
  */
-import type { SafetensorsHeader, DecodedTensor, TensorInput } from '../formats/safetensors.js';
+import type { DecodedTensor, HeaderEntry, TensorInput } from '../formats/safetensors.js';
 import type { CarryOnBlock, CarryOnConfig, CarryOnWeights, F32Matrix } from './graph.js';
 import type { CarryOnManifest } from './manifest.js';
 
@@ -75,16 +75,16 @@ export function parameterCountOf(c: CarryOnConfig): number {
  * Checks a weights file's header against the architecture before its data is read: exactly the
  * expected tensor names, F32, exact shapes. Messages name the tensor and the rule, never data.
  */
-export function checkWeightsHeader(header: SafetensorsHeader, c: CarryOnConfig): void {
+export function checkWeightsHeader(tensors: ReadonlyMap<string, Pick<HeaderEntry, 'dtype' | 'shape'>>, c: CarryOnConfig): void {
   const expected = expectedWeightShapes(c);
-  for (const [name, entry] of header.tensors) {
+  for (const [name, entry] of tensors) {
     const shape = expected.get(name);
     if (!shape) throw new WeightsError(`'${clip(name)}' is not a tensor of this architecture`, clip(name));
     if (entry.dtype !== 'F32') throw new WeightsError(`'${name}' must be F32`, name);
     if (entry.shape.join(',') !== shape.join(',')) throw new WeightsError(`'${name}' must have shape [${shape.join(', ')}]`, name);
   }
   for (const [name, shape] of expected) {
-    if (!header.tensors.has(name)) throw new WeightsError(`missing tensor '${name}' [${shape.join(', ')}]`, name);
+    if (!tensors.has(name)) throw new WeightsError(`missing tensor '${name}' [${shape.join(', ')}]`, name);
   }
 }
 
@@ -95,7 +95,7 @@ export function checkWeightsHeader(header: SafetensorsHeader, c: CarryOnConfig):
  */
 export function weightsFromTensors(tensors: Map<string, DecodedTensor>, config: CarryOnConfig): CarryOnWeights {
   const expected = expectedWeightShapes(config);
-  checkWeightsHeader({ tensors: new Map([...tensors].map(([k, t]) => [k, { dtype: t.dtype, shape: t.shape, data_offsets: [0, 0] }])), metadata: {}, dataStart: 0, dataBytes: 0 }, config);
+  checkWeightsHeader(tensors, config);
   const take = (name: string): Float32Array => {
     // A copy: the decoded view points into the file's buffer, possibly unaligned or shared.
     const data = Float32Array.from(tensors.get(name)!.data as Float32Array);

@@ -65,6 +65,11 @@ export function statusOf(code: ErrorCode): number {
   return ERROR_TABLE[code].status;
 }
 
+/** The one answer to a write that found the disk full (507). */
+export function diskFullError(): ApiError {
+  return new ApiError('insufficient_storage', "The server's disk is full; delete carry-ons, harvest shards or training jobs to free space, then retry.");
+}
+
 /** The disk is full (or over quota): an operating state with its own answer, not a server bug. */
 export function isDiskFull(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;

@@ -82,16 +82,10 @@ export class Engine {
     carryOn: CarryOnUse | null = null,
     harvestLayers: Array<'final' | number> | null = null,
   ): number {
-    const seqId = this.nextSeqId++;
-    if (this.dead) {
-      queueMicrotask(() => handlers.onError(this.dead!.message));
-      return seqId;
-    }
-    this.noteWork();
-    this.sequences.set(seqId, handlers);
-    if (harvestLayers && handlers.onCapture) this.captureSinks.set(seqId, handlers.onCapture);
-    this.post({ type: 'add', seqId, promptIds, params, carryOn, harvestLayers: handlers.onCapture ? harvestLayers : null });
-    return seqId;
+    return this.start(handlers, (seqId) => {
+      if (harvestLayers && handlers.onCapture) this.captureSinks.set(seqId, handlers.onCapture);
+      return { type: 'add', seqId, promptIds, params, carryOn, harvestLayers: handlers.onCapture ? harvestLayers : null };
+    });
   }
 
   /**
@@ -144,6 +138,11 @@ export class Engine {
    * chunks), it ends with one event carrying the pooled vector. Returns its id for cancel().
    */
   submitEmbedding(promptIds: number[], handlers: SequenceHandlers): number {
+    return this.start(handlers, (seqId) => ({ type: 'addEmbedding', seqId, promptIds }));
+  }
+
+  /** Registers a new sequence's handlers and posts the message `add` builds for it (a dead engine fails it). */
+  private start(handlers: SequenceHandlers, add: (seqId: number) => ToWorker): number {
     const seqId = this.nextSeqId++;
     if (this.dead) {
       queueMicrotask(() => handlers.onError(this.dead!.message));
@@ -151,7 +150,7 @@ export class Engine {
     }
     this.noteWork();
     this.sequences.set(seqId, handlers);
-    this.post({ type: 'addEmbedding', seqId, promptIds });
+    this.post(add(seqId));
     return seqId;
   }
 

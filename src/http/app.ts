@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { bearerToken, TENANT_HEADER, type Authenticator, type Principal } from '../auth/authenticator.js';
-import { ApiError, isDiskFull } from '../core/errors.js';
+import { ApiError, diskFullError, isDiskFull } from '../core/errors.js';
 import type { Gateway } from '../serving/gateway.js';
 import { receiveDone, watchReceive } from './receive-timeout.js';
 
@@ -137,7 +137,7 @@ function clientError(err: NodeJS.ErrnoException): ApiError {
 function toApiError(err: FastifyError | ApiError): ApiError {
   if (err instanceof ApiError) return err;
   if (isDiskFull(err)) {
-    return new ApiError('insufficient_storage', "The server's disk is full; delete carry-ons, harvest shards or training jobs to free space, then retry.");
+    return diskFullError();
   }
   switch (err.code) {
     case 'FST_ERR_CTP_INVALID_JSON_BODY':

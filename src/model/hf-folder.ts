@@ -11,6 +11,7 @@
  * unpermuteRows undoes it, so a folder imports to exactly the weights of the Meta checkpoint.
  */
 import { createHash } from 'node:crypto';
+import { sha256File } from '../core/file-digest.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
@@ -98,9 +99,7 @@ export async function hfFolderSha256(dir: string): Promise<string> {
   for (const name of sourceFiles(dir)) {
     const file = path.join(dir, name);
     if (!fs.existsSync(file)) throw new Error(`${dir}: missing ${name}`);
-    const one = createHash('sha256');
-    for await (const chunk of fs.createReadStream(file)) one.update(chunk as Buffer);
-    all.update(`${name}\0${one.digest('hex')}\n`);
+    all.update(`${name}\0${await sha256File(file)}\n`);
   }
   return all.digest('hex');
 }

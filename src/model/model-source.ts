@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fetch } from 'undici';
+import { sha256File } from '../core/file-digest.js';
 import { fsyncDir } from '../core/fs-atomic.js';
 import { hfFolderSha256, isHfFolder } from './hf-folder.js';
 import { importModel } from './import.js';
@@ -131,8 +132,3 @@ async function downloadVerified(url: string, dest: string, sha256: string, maxBy
   fsyncDir(path.dirname(dest));
 }
 
-export async function sha256File(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of fs.createReadStream(file)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}

@@ -64,3 +64,12 @@ export function targetOf(
 ): Pick<GenerateRequest, 'model' | 'alpha' | 'caller' | 'harvestOptOut' | 'responseId' | 'signal'> {
   return { model: body.model, alpha: body.carry_on_alpha ?? null, caller, harvestOptOut: optOut || body.carry_on_harvest === false, responseId, signal };
 }
+
+/**
+ * OpenAI's text-or-tokens input, as /v1/completions `prompt` and /v1/embeddings `input` take it (a
+ * string, token ids, or an array of either), as one list of items.
+ */
+export function inputItems(input: string | number[] | Array<string | number[]>): Array<string | number[]> {
+  if (typeof input === 'string') return [input];
+  return typeof input[0] === 'number' ? [input as number[]] : (input as Array<string | number[]>);
+}

@@ -3,7 +3,7 @@ import { ApiError } from '../core/errors.js';
 import type { Gateway, ModelServices } from '../serving/gateway.js';
 import type { GenerationRun, TokenDetail, Usage } from '../serving/generation.js';
 import type { CompletionRequest } from './schemas.js';
-import { requestId, samplingFrom, targetOf } from './request-params.js';
+import { inputItems, requestId, samplingFrom, targetOf } from './request-params.js';
 import { collect, mergeDeltas, type ServeResult } from './serve-result.js';
 
 /**
@@ -106,7 +106,7 @@ function sumUsage(all: Usage[]): Usage {
 
 /** The request's prompts as token ids: a string, token ids, or an array of either (at most `max`). */
 async function promptsToIds(m: ModelServices, prompt: CompletionRequest['prompt'], max: number): Promise<number[][]> {
-  const lists: Array<string | number[]> = typeof prompt === 'string' ? [prompt] : typeof prompt[0] === 'number' ? [prompt as number[]] : (prompt as Array<string | number[]>);
+  const lists = inputItems(prompt);
   if (lists.length > max) throw new ApiError('invalid_value', `At most ${max} prompts per request.`, { param: 'prompt' });
   const vocab = m.tokenizer.vocabSize;
   const out: number[][] = [];

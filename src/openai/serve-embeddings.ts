@@ -1,6 +1,7 @@
 import type { Caller } from '../serving/model-routing.js';
 import { ApiError } from '../core/errors.js';
 import type { Gateway } from '../serving/gateway.js';
+import { inputItems } from './request-params.js';
 import type { EmbeddingRequest } from './schemas.js';
 
 /**
@@ -15,11 +16,12 @@ export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, calle
       param: 'dimensions',
     });
   }
-  const count = typeof body.input === 'string' || typeof body.input[0] === 'number' ? 1 : body.input.length;
-  if (count > gw.limits.maxEmbeddingInputs) {
+  const items = inputItems(body.input);
+  if (items.length > gw.limits.maxEmbeddingInputs) {
     throw new ApiError('invalid_value', `At most ${gw.limits.maxEmbeddingInputs} inputs per request.`, { param: 'input' });
   }
-  const inputs = await toIdLists(body.input, (t) => m.encoder.encode(t, true, 'input'));
+  const inputs: number[][] = [];
+  for (const item of items) inputs.push(typeof item === 'string' ? await m.encoder.encode(item, true, 'input') : item);
   const { vectors, promptTokens } = await m.inference.embed({ inputs, model: body.model, caller, signal });
   const base64 = body.encoding_format === 'base64';
   return {
@@ -33,15 +35,4 @@ export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, calle
     model: body.model,
     usage: { prompt_tokens: promptTokens, total_tokens: promptTokens },
   };
-}
-
-async function toIdLists(input: EmbeddingRequest['input'], encode: (t: string) => Promise<number[]>): Promise<number[][]> {
-  if (typeof input === 'string') return [await encode(input)];
-  if (typeof input[0] === 'number') return [input as number[]];
-  if (typeof input[0] === 'string') {
-    const ids: number[][] = [];
-    for (const text of input as string[]) ids.push(await encode(text));
-    return ids;
-  }
-  return input as number[][];
 }

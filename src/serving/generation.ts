@@ -83,14 +83,11 @@ export class GenerationRun {
   private readonly finished = new Set<number>();
   private readonly timer: NodeJS.Timeout;
 
-  private readonly startedAt: number;
-
   constructor(
     private readonly deps: RunDeps,
     private readonly req: GenerationPlan,
     private readonly binding: RunBinding,
   ) {
-    this.startedAt = binding.startedAt;
     const { carryOn } = binding;
     const maxTokens = req.maxTokens;
     this.usage = { prompt_tokens: req.promptIds.length, completion_tokens: 0, total_tokens: req.promptIds.length };
@@ -146,7 +143,7 @@ export class GenerationRun {
     const label = m.carryOnLabel(this.req.carryOn?.record.carryOnId ?? null);
     if (isToken) {
       const last = this.lastTokenAt.get(index);
-      if (last === undefined) m.timeToFirstToken.observe((now - this.startedAt) / 1000);
+      if (last === undefined) m.timeToFirstToken.observe((now - this.binding.startedAt) / 1000);
       else m.interTokenLatency.observe((now - last) / 1000);
       this.lastTokenAt.set(index, now);
       m.generationTokens.inc({ carry_on: label });
@@ -213,7 +210,7 @@ export class GenerationRun {
     clearTimeout(this.timer);
     const m = this.deps.metrics;
     if (m) {
-      m.e2eLatency.observe((performance.now() - this.startedAt) / 1000);
+      m.e2eLatency.observe((performance.now() - this.binding.startedAt) / 1000);
       m.promptTokens.inc({ carry_on: m.carryOnLabel(this.req.carryOn?.record.carryOnId ?? null) }, this.usage.prompt_tokens);
     }
     for (const id of this.seqIds) this.deps.engine.cancel(id);

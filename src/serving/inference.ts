@@ -69,7 +69,13 @@ export class Inference {
   /** Embedding requests in flight, so shutdown waits for them too. */
   private embedding = 0;
 
-  constructor(private readonly deps: InferenceDeps) {}
+  /** What each run needs of the engine side (admission and leases stay here). */
+  private readonly runDeps: RunDeps;
+
+  constructor(private readonly deps: InferenceDeps) {
+    const { engine, tokenizer, timeoutMs, harvestSink, hiddenSize, metrics } = deps;
+    this.runDeps = { engine, tokenizer, timeoutMs, harvestSink, hiddenSize, metrics };
+  }
 
   get activeRuns(): number {
     return this.active.size + this.embedding;
@@ -109,7 +115,7 @@ export class Inference {
       release();
       throw err;
     }
-    const run: GenerationRun = new GenerationRun(this.runDeps(), plan, {
+    const run: GenerationRun = new GenerationRun(this.runDeps, plan, {
       carryOn: lease && plan.carryOn ? { key: lease.key, alpha: plan.carryOn.alpha } : null,
       startedAt: queuedAt,
       onEnd: (usage) => {
@@ -224,10 +230,5 @@ export class Inference {
       );
     }
     return req.maxTokens;
-  }
-
-  private runDeps(): RunDeps {
-    const { engine, tokenizer, timeoutMs, harvestSink, hiddenSize, metrics } = this.deps;
-    return { engine, tokenizer, timeoutMs, harvestSink, hiddenSize, metrics };
   }
 }
