@@ -200,6 +200,9 @@ function toLlamaConfig(hf: HfLlamaConfig, dir: string): LlamaConfig {
     max_position_embeddings: context,
     rope_theta: ropeTheta,
     rope_style: 'interleaved',
+    rope_scaling: null,
+    attention_bias: false,
+    qk_norm: false,
     // LlamaConfig's defaults, for keys an old config.json leaves out.
     rms_norm_eps: hf.rms_norm_eps ?? 1e-6,
     tie_word_embeddings: hf.tie_word_embeddings ?? false,

@@ -20,7 +20,7 @@ export const PACKAGE_FORMAT_VERSION = 3;
 /** config.json: Hugging Face LlamaConfig keys, plus the few our graphs need to be explicit about. */
 export const ModelConfigFile = z.object({
   architectures: z.array(z.string()).optional(),
-  model_type: z.literal('llama'),
+  model_type: z.enum(['llama', 'qwen2', 'qwen3']),
   hidden_size: z.number().int().positive(),
   intermediate_size: z.number().int().positive(),
   num_hidden_layers: z.number().int().positive(),
@@ -31,7 +31,22 @@ export const ModelConfigFile = z.object({
   max_position_embeddings: z.number().int().positive(),
   rope_theta: z.number().positive(),
   rope_style: z.literal('interleaved'),
+  /** Written only when set, so a Llama package's config.json (and so its fingerprint) is as before. */
+  rope_scaling: z
+    .discriminatedUnion('rope_type', [
+      z.object({
+        rope_type: z.literal('llama3'),
+        factor: z.number().positive(),
+        low_freq_factor: z.number().positive(),
+        high_freq_factor: z.number().positive(),
+        original_max_position_embeddings: z.number().int().positive(),
+      }),
+      z.object({ rope_type: z.literal('linear'), factor: z.number().positive() }),
+    ])
+    .optional(),
   rms_norm_eps: z.number().positive(),
+  attention_bias: z.boolean().optional(),
+  qk_norm: z.boolean().optional(),
   tie_word_embeddings: z.boolean(),
   bos_token_id: z.number().int().nonnegative(),
   eos_token_id: z.number().int().nonnegative(),
@@ -51,10 +66,16 @@ export const PackageManifest = z.object({
 });
 export type PackageManifest = z.infer<typeof PackageManifest>;
 
+const HF_ARCHITECTURE: Record<LlamaConfig['architecture'], string> = {
+  llama: 'LlamaForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+  qwen3: 'Qwen3ForCausalLM',
+};
+
 export function toConfigFile(c: LlamaConfig): z.infer<typeof ModelConfigFile> {
   return {
-    architectures: ['LlamaForCausalLM'],
-    model_type: 'llama',
+    architectures: [HF_ARCHITECTURE[c.architecture]],
+    model_type: c.architecture,
     hidden_size: c.hidden_size,
     intermediate_size: c.intermediate_size,
     num_hidden_layers: c.num_hidden_layers,
@@ -65,7 +86,10 @@ export function toConfigFile(c: LlamaConfig): z.infer<typeof ModelConfigFile> {
     max_position_embeddings: c.max_position_embeddings,
     rope_theta: c.rope_theta,
     rope_style: c.rope_style,
+    ...(c.rope_scaling ? { rope_scaling: c.rope_scaling } : {}),
     rms_norm_eps: c.rms_norm_eps,
+    ...(c.attention_bias ? { attention_bias: true } : {}),
+    ...(c.qk_norm ? { qk_norm: true } : {}),
     tie_word_embeddings: c.tie_word_embeddings,
     bos_token_id: c.bos_token_id,
     eos_token_id: c.eos_token_id,
@@ -74,8 +98,8 @@ export function toConfigFile(c: LlamaConfig): z.infer<typeof ModelConfigFile> {
 
 export function readModelConfig(dir: string): LlamaConfig {
   const raw: unknown = JSON.parse(fs.readFileSync(path.join(dir, PACKAGE_FILES.config), 'utf8'));
-  const c = ModelConfigFile.parse(raw);
-  return { architecture: 'llama', ...c };
+  const { model_type, rope_scaling, attention_bias, qk_norm, architectures: _names, ...c } = ModelConfigFile.parse(raw);
+  return { architecture: model_type, ...c, rope_scaling: rope_scaling ?? null, attention_bias: attention_bias ?? false, qk_norm: qk_norm ?? false };
 }
 
 export function readManifest(dir: string): PackageManifest {

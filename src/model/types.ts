@@ -3,8 +3,19 @@
  * Matrices follow the PyTorch / ggml convention: `rows` = output features, `cols` = input features,
  * row-major, so `y = W x` and each row is contiguous (this is also how ggml quantizes: along a row).
  */
+/** The decoder families the graph builds: Llama (and Mistral, SmolLM2), Qwen2/2.5, Qwen3. */
+export type ModelArchitecture = 'llama' | 'qwen2' | 'qwen3';
+
+/**
+ * RoPE frequency scaling (Hugging Face `rope_scaling` / `rope_parameters`). 'llama3' is Llama 3.1+'s
+ * piecewise rescaling of the inverse frequencies; 'linear' divides positions by `factor`.
+ */
+export type RopeScaling =
+  | { rope_type: 'llama3'; factor: number; low_freq_factor: number; high_freq_factor: number; original_max_position_embeddings: number }
+  | { rope_type: 'linear'; factor: number };
+
 export interface LlamaConfig {
-  architecture: 'llama';
+  architecture: ModelArchitecture;
   hidden_size: number;
   intermediate_size: number;
   num_hidden_layers: number;
@@ -17,7 +28,13 @@ export interface LlamaConfig {
   rope_theta: number;
   /** Rotation pairs: 'interleaved' rotates (x[2i], x[2i+1]) as llama2.c and GGUF llama do. */
   rope_style: 'interleaved';
+  /** null: plain RoPE with rope_theta. */
+  rope_scaling: RopeScaling | null;
   rms_norm_eps: number;
+  /** q, k and v projections have biases (Qwen2/2.5): LlamaLayer.qBias/kBias/vBias. */
+  attention_bias: boolean;
+  /** Per-head RMSNorm of q and k before RoPE (Qwen3): LlamaLayer.qNorm/kNorm, eps rms_norm_eps. */
+  qk_norm: boolean;
   tie_word_embeddings: boolean;
   bos_token_id: number;
   eos_token_id: number;
@@ -34,6 +51,17 @@ export interface LlamaLayer {
   wk: Matrix;
   wv: Matrix;
   wo: Matrix;
+  /**
+   * Present exactly when config.attention_bias: [heads·head_dim], [kv·head_dim], [kv·head_dim].
+   * Rows of wq/wk and entries of qBias/kBias/qNorm/kNorm are in the interleaved RoPE order (see
+   * rope_style), whatever order the source file used.
+   */
+  qBias?: Float32Array;
+  kBias?: Float32Array;
+  vBias?: Float32Array;
+  /** Present exactly when config.qk_norm: [head_dim] each, shared by every head. */
+  qNorm?: Float32Array;
+  kNorm?: Float32Array;
   ffnNorm: Float32Array;
   /** SwiGLU: down(silu(gate x) * up x). llama2.c calls them w1 (gate), w2 (down), w3 (up). */
   gate: Matrix;
