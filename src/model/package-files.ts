@@ -42,6 +42,7 @@ export const ModelConfigFile = z.object({
         original_max_position_embeddings: z.number().int().positive(),
       }),
       z.object({ rope_type: z.literal('linear'), factor: z.number().positive() }),
+      z.object({ rope_type: z.literal('factors'), factors: z.array(z.number().positive()).min(1) }),
     ])
     .optional(),
   rms_norm_eps: z.number().positive(),

@@ -8,11 +8,14 @@ export type ModelArchitecture = 'llama' | 'qwen2' | 'qwen3';
 
 /**
  * RoPE frequency scaling (Hugging Face `rope_scaling` / `rope_parameters`). 'llama3' is Llama 3.1+'s
- * piecewise rescaling of the inverse frequencies; 'linear' divides positions by `factor`.
+ * piecewise rescaling of the inverse frequencies; 'linear' divides positions by `factor`;
+ * 'factors' divides each inverse frequency i by factors[i] (head_dim / 2 of them), which is how a
+ * GGUF file carries llama3 scaling (the `rope_freqs.weight` tensor) and how llama.cpp applies it.
  */
 export type RopeScaling =
   | { rope_type: 'llama3'; factor: number; low_freq_factor: number; high_freq_factor: number; original_max_position_embeddings: number }
-  | { rope_type: 'linear'; factor: number };
+  | { rope_type: 'linear'; factor: number }
+  | { rope_type: 'factors'; factors: number[] };
 
 export interface LlamaConfig {
   architecture: ModelArchitecture;
