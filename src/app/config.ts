@@ -44,6 +44,11 @@ export const ConfigSchema = z.object({
   CARRYON_THREADS: int(1, 1024).default(Math.max(1, Math.min(os.availableParallelism(), 8))),
   /** Prompt tokens prefilled per engine step, so a long prompt does not stall other sequences. */
   CARRYON_PREFILL_CHUNK: int(1, 65536).default(256),
+  /**
+   * Longest sequence (prompt + completion) served; 0: the model's own context length
+   * (max_position_embeddings). Lower it to bound KV memory per sequence; it cannot exceed the model's.
+   */
+  CARRYON_CONTEXT_LENGTH: int(0, 1 << 24).default(0),
   CARRYON_MAX_LIVE_SEQUENCES: int(1, 4096).default(32),
   /**
    * The base's KV cache is one pool of slots × the longest live row: sequences wait in the engine

@@ -177,6 +177,7 @@ async function startWithStore(
       provider: config.CARRYON_EXECUTION_PROVIDER,
       threads: config.CARRYON_THREADS,
       prefillChunk: config.CARRYON_PREFILL_CHUNK,
+      contextLength: config.CARRYON_CONTEXT_LENGTH,
       kvBudgetBytes: config.CARRYON_KV_CACHE_BYTES,
     });
     engine.watchSteps(config.CARRYON_ENGINE_STEP_TIMEOUT_MS, (message) => {

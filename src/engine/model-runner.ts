@@ -44,7 +44,7 @@ export class ModelRunner {
   }
 
   static async create(init: Pick<EngineInit, 'modelDir' | 'provider' | 'threads'> & Partial<EngineInit>): Promise<ModelRunner> {
-    const config = readModelConfig(init.modelDir);
+    const config = withContextLength(readModelConfig(init.modelDir), init.contextLength);
     const manifest = readManifest(init.modelDir);
     const options = sessionOptions(init);
     const body = await ort.InferenceSession.create(path.join(init.modelDir, PACKAGE_FILES.body), options);
@@ -112,6 +112,22 @@ export class ModelRunner {
     await this.body.release();
     await this.head.release();
   }
+}
+
+/**
+ * The served context: the model's, or a smaller one the operator chose. Everything downstream reads
+ * config.max_position_embeddings, so lowering it here lowers it everywhere. Raising it is refused:
+ * positions past the trained length are out of distribution for RoPE (no model here declares a
+ * longer one it was extended to), and the RoPE tables in the graph stop at the model's length.
+ */
+export function withContextLength(config: LlamaConfig, contextLength: number | undefined): LlamaConfig {
+  if (!contextLength) return config;
+  if (contextLength > config.max_position_embeddings) {
+    throw new Error(
+      `CARRYON_CONTEXT_LENGTH ${contextLength} exceeds the model's context length of ${config.max_position_embeddings} (max_position_embeddings)`,
+    );
+  }
+  return { ...config, max_position_embeddings: contextLength };
 }
 
 function sessionOptions(init: Pick<EngineInit, 'provider' | 'threads'>): ort.InferenceSession.SessionOptions {

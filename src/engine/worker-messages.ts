@@ -53,6 +53,8 @@ export interface EngineInit {
   provider: 'cpu' | 'cuda' | 'webgpu';
   threads: number;
   prefillChunk: number;
+  /** Serve at most this many positions per sequence (0 or absent: the model's max_position_embeddings). */
+  contextLength?: number;
   /** Admission bound on the shared KV cache (see StepLoopOptions); default 2 GiB. */
   kvBudgetBytes?: number;
 }

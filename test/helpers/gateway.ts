@@ -47,6 +47,12 @@ export async function startTestGateway(env: Record<string, string> = {}, opts: T
   type ServerConfig = Parameters<typeof startServer>[0] & Parameters<typeof createHarvestService>[0];
   const serverConfig: ServerConfig = { ...config, logStream: opts.logStream, harvestNow: opts.harvestNow };
   const server = await startServer(serverConfig);
-  await server.ready;
+  try {
+    await server.ready;
+  } catch (err) {
+    // The listener is up even when the model failed to load: close it so a test of a failed start leaks nothing.
+    await server.close();
+    throw err;
+  }
   return { ...server, dataDir };
 }
