@@ -8,21 +8,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { getLlama, LlamaLogLevel, type Llama, type Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  dequantize,
-  dequantizeQ4_0,
-  GgmlType,
-  gguf,
-  GgufValueType,
-  ggufToCheckpoint,
-  parseGguf,
-  quantizeQ4_0,
-  readGguf,
-  shortestF32Decimal,
-  writeGguf,
-  writeLlamaGguf,
-  type GgufTypedValue,
-} from '../../src/model/gguf.js';
+import { dequantize, dequantizeQ4_0, GgmlType, quantizeQ4_0 } from '../../src/formats/ggml-quants.js';
+import { gguf, GgufValueType, parseGguf, readGguf, shortestF32Decimal, writeGguf, type GgufTypedValue } from '../../src/formats/gguf-file.js';
+import { ggufToCheckpoint, writeLlamaGguf } from '../../src/model/gguf.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/formats/half.js';
 import { llama2cToCheckpoint } from '../../src/model/llama2c.js';
 import type { ImportedCheckpoint, LlamaWeights, Matrix } from '../../src/model/types.js';
@@ -125,7 +113,10 @@ describe('stories260K: llama2.c .bin vs GGUF', () => {
       max_position_embeddings: 512,
       rope_theta: 10000,
       rope_style: 'interleaved',
+      rope_scaling: null,
       rms_norm_eps: 1e-5,
+      attention_bias: false,
+      qk_norm: false,
       tie_word_embeddings: true,
       bos_token_id: 1,
       eos_token_id: 2,
