@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import type { CaptureResult } from './capture.js';
 import type { CarryOnSpec } from './carry-on-session.js';
+import type { ResponseFormatSpec, VocabularyBytes } from './structured/token-mask.js';
 import type { CarryOnUse, EngineInit, FromWorker, ModelInfo, SamplingParams, StepStats, TokenEvent, ToWorker } from './worker-messages.js';
 
 export interface SequenceHandlers {
@@ -81,11 +82,25 @@ export class Engine {
     handlers: SequenceHandlers,
     carryOn: CarryOnUse | null = null,
     harvestLayers: Array<'final' | number> | null = null,
+    format: ResponseFormatSpec | null = null,
   ): number {
     return this.start(handlers, (seqId) => {
       if (harvestLayers && handlers.onCapture) this.captureSinks.set(seqId, handlers.onCapture);
-      return { type: 'add', seqId, promptIds, params, carryOn, harvestLayers: handlers.onCapture ? harvestLayers : null };
+      return { type: 'add', seqId, promptIds, params, carryOn, harvestLayers: handlers.onCapture ? harvestLayers : null, format };
     });
+  }
+
+  private vocabularySent = false;
+
+  /**
+   * Sends the tokens' bytes to the worker, once (later calls do nothing): sequences with a response
+   * format need them. `vocabulary` is called only the first time; building a 152k-token table costs.
+   */
+  useVocabulary(vocabulary: () => VocabularyBytes): void {
+    if (this.vocabularySent || this.dead) return;
+    this.vocabularySent = true;
+    const vocab = vocabulary();
+    this.worker.postMessage({ type: 'vocab', vocab } satisfies ToWorker, [vocab.bytes.buffer as ArrayBuffer, vocab.offsets.buffer as ArrayBuffer]);
   }
 
   /**

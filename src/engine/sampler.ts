@@ -1,5 +1,12 @@
 import type { SamplingParams } from './worker-messages.js';
 
+/** Limits which tokens may come next (a response format); see structured/token-mask.ts. */
+export interface SamplingConstraint {
+  allows(token: number): boolean;
+  /** Sets every refused token's logit to −∞; returns how many tokens remain allowed. */
+  restrict(logits: Float32Array): number;
+}
+
 /**
  * Token selection for one sequence. Deterministic for a given seed: the RNG is per sequence, so the
  * sequences around it (and batching) never change its draws.
@@ -14,11 +21,29 @@ export class Sampler {
     this.rng = mulberry32(seed >>> 0);
   }
 
-  /** Picks the next token; `logits` is modified in place (penalties), never kept. */
-  sample(logits: Float32Array): { token: number; logprob?: number; top?: Array<[number, number]> } {
+  /**
+   * Picks the next token; `logits` is modified in place (penalties, the constraint's −∞), never kept.
+   * With a constraint and neither truncation nor logprobs, the model's own pick is tried first and
+   * the mask built only when the constraint refuses it: drawing again from the masked distribution
+   * then gives each allowed token exactly p(t) / p(allowed), as masking first would (greedy: the
+   * best allowed token either way), at a few byte steps instead of a vocabulary pass per token.
+   */
+  sample(logits: Float32Array, constraint: SamplingConstraint | null = null): { token: number; logprob?: number; top?: Array<[number, number]> } {
     const p = this.params;
     this.applyPenalties(logits);
-    const token = p.temperature === 0 ? argmax(logits) : this.draw(logits);
+    const pick = () => (p.temperature === 0 ? argmax(logits) : this.draw(logits));
+    let token: number;
+    if (!constraint) token = pick();
+    else {
+      const tryFirst = p.topLogprobs < 0 && p.topK <= 0 && p.topP >= 1;
+      token = tryFirst ? pick() : -1;
+      if (token < 0 || !constraint.allows(token)) {
+        if (constraint.restrict(logits) === 0) throw new Error('no token of the vocabulary can continue the response format here');
+        token = pick();
+        // Rounding can leave a draw on a zero-weight (refused) entry: the best allowed token instead.
+        if (logits[token] === -Infinity) token = argmax(logits);
+      }
+    }
     this.counts.set(token, (this.counts.get(token) ?? 0) + 1);
     if (p.topLogprobs < 0) return { token };
     // Logprobs describe the model's distribution (after penalties, before temperature and truncation),

@@ -6,6 +6,7 @@ import type { BodyResult, ModelRunner } from './model-runner.js';
 import type { SamplingParams, StepStats, TokenEvent } from './worker-messages.js';
 import { Sampler } from './sampler.js';
 import { normalizeMean } from './pooling.js';
+import type { ResponseFormatSpec, StructuredOutputs, TokenConstraint } from './structured/token-mask.js';
 
 interface SequenceCarryOn {
   session: CarryOnSession;
@@ -33,6 +34,8 @@ interface LiveSequence {
    * the mean, without sampling.
    */
   pooled: Float64Array | null;
+  /** The response format's position, applied to the final logits (after any carry-on); null: free text. */
+  constraint: TokenConstraint | null;
 }
 
 export interface StepLoopOptions {
@@ -92,6 +95,9 @@ export class StepLoop {
     return this.slots.pool;
   }
 
+  /** Structured outputs' vocabulary and caches; set once the main thread sends the vocabulary. */
+  structured: StructuredOutputs | null = null;
+
   /** `carryOn` null: the base alone. With α = 0 the carry-on is not run at all: the base, exactly. */
   add(
     seqId: number,
@@ -99,8 +105,13 @@ export class StepLoop {
     params: SamplingParams,
     carryOn: { session: CarryOnSession; alpha: number } | null,
     harvestLayers: Array<'final' | number> | null = null,
+    format: ResponseFormatSpec | null = null,
   ): void {
     this.checkLength(promptIds, 'prompt');
+    if (format && !this.structured) throw new Error('a response format needs the vocabulary, which was not sent');
+    // Built here, at admission, not in a step: the automaton, and the first token's mask (cached per schema).
+    const constraint = format ? this.structured!.constrain(format, params.stopTokenIds) : null;
+    constraint?.mask();
     // A key's harvest policy may name blocks this base does not output (keys outlive model changes):
     // capture the layers that exist; harvesting must never fail the request itself.
     const layers = harvestLayers?.filter((l) => l === 'final' || this.runner.extraLayers.includes(l)) ?? [];
@@ -108,13 +119,14 @@ export class StepLoop {
       carryOn: carryOn && carryOn.alpha !== 0 ? { ...carryOn, cache: carryOn.session.newCache() } : null,
       capture: layers.length > 0 ? new SequenceCapture(layers, promptIds.length, this.runner.config.hidden_size) : null,
       pooled: null,
+      constraint,
     });
   }
 
   /** An embedding: the base alone reads `promptIds`; the sequence ends with their pooled hidden state. */
   addEmbedding(seqId: number, promptIds: number[]): void {
     this.checkLength(promptIds, 'input');
-    this.enqueue(seqId, promptIds, EMBEDDING_PARAMS, { carryOn: null, capture: null, pooled: new Float64Array(this.runner.config.hidden_size) });
+    this.enqueue(seqId, promptIds, EMBEDDING_PARAMS, { carryOn: null, capture: null, pooled: new Float64Array(this.runner.config.hidden_size), constraint: null });
   }
 
   private checkLength(ids: number[], what: string): void {
@@ -122,7 +134,7 @@ export class StepLoop {
     if (ids.length > this.contextLength) throw new Error(`${what} of ${ids.length} tokens exceeds the context of ${this.contextLength}`);
   }
 
-  private enqueue(seqId: number, promptIds: number[], params: SamplingParams, extra: Pick<LiveSequence, 'carryOn' | 'capture' | 'pooled'>): void {
+  private enqueue(seqId: number, promptIds: number[], params: SamplingParams, extra: Pick<LiveSequence, 'carryOn' | 'capture' | 'pooled' | 'constraint'>): void {
     this.waiting.push({ seqId, params, sampler: new Sampler(params), slot: -1, pending: promptIds.slice(), last: -1, generated: 0, ...extra });
     this.kick();
   }
@@ -290,9 +302,13 @@ export class StepLoop {
       try {
         const logits = await this.runner.forwardHead(merged, heads.length);
         heads.forEach((h, i) => {
-          const ev = this.sample(h.seq, logits.subarray(i * v, (i + 1) * v));
-          events.push(ev);
-          if (ev.finish) ended.push(h.seq);
+          try {
+            const ev = this.sample(h.seq, logits.subarray(i * v, (i + 1) * v));
+            events.push(ev);
+            if (ev.finish) ended.push(h.seq);
+          } catch (err) {
+            fail(h.seq, err); // a constraint that allows nothing fails its own sequence, not the batch
+          }
         });
       } catch (err) {
         for (const h of heads) fail(h.seq, err);
@@ -355,12 +371,14 @@ export class StepLoop {
   }
 
   private sample(seq: LiveSequence, logits: Float32Array): TokenEvent {
-    const pick = seq.sampler.sample(logits);
+    const pick = seq.sampler.sample(logits, seq.constraint);
+    seq.constraint?.accept(pick.token);
     seq.generated++;
     seq.last = pick.token;
     seq.capture?.recordSample(pick.token);
     const ev: TokenEvent = { seqId: seq.seqId, token: pick.token, logprob: pick.logprob, top: pick.top };
-    const stop = seq.params.stopTokenIds.includes(pick.token);
+    // A value nothing can extend ends the output here, as the stop token it would be forced to take next.
+    const stop = seq.params.stopTokenIds.includes(pick.token) || seq.constraint?.finished === true;
     if (stop || seq.generated >= seq.params.maxTokens || this.pool.length(seq.slot) >= this.contextLength) {
       ev.finish = stop ? 'stop' : 'length';
     }

@@ -1,5 +1,6 @@
 import type { CaptureResult } from './capture.js';
 import type { CarryOnSpec } from './carry-on-session.js';
+import type { ResponseFormatSpec, VocabularyBytes } from './structured/token-mask.js';
 
 /**
  * Messages between the gateway's main thread and the engine worker. The worker owns the ONNX sessions
@@ -82,7 +83,11 @@ export type ToWorker =
       carryOn: CarryOnUse | null;
       /** Base layers to capture for harvesting; null: this sequence is not harvested. */
       harvestLayers: Array<'final' | number> | null;
+      /** Structured output: the grammar the sampled tokens must follow; null: free text. */
+      format: ResponseFormatSpec | null;
     }
+  /** The tokens' bytes, sent once before the first sequence with a response format. */
+  | { type: 'vocab'; vocab: VocabularyBytes }
   | { type: 'loadCarryOn'; requestId: number; spec: CarryOnSpec }
   | { type: 'unloadCarryOn'; key: string }
   | { type: 'cancel'; seqId: number }

@@ -3,6 +3,7 @@ import { CarryOnSession } from './carry-on-session.js';
 import { ModelRunner } from './model-runner.js';
 import type { FromWorker, ToWorker } from './worker-messages.js';
 import { StepLoop } from './step-loop.js';
+import { StructuredOutputs, VocabTrie } from './structured/token-mask.js';
 
 /**
  * Engine worker: owns the ONNX Runtime sessions, whose `run` would otherwise block the gateway's
@@ -61,10 +62,13 @@ async function handle(msg: ToWorker): Promise<void> {
           if (!session) throw new Error(`carry-on ${msg.carryOn.key} is not loaded`);
           carryOn = { session, alpha: msg.carryOn.alpha };
         }
-        requireLoop().add(msg.seqId, msg.promptIds, msg.params, carryOn, msg.harvestLayers);
+        requireLoop().add(msg.seqId, msg.promptIds, msg.params, carryOn, msg.harvestLayers, msg.format);
       } catch (err) {
         post({ type: 'seqError', seqId: msg.seqId, message: errorMessage(err) });
       }
+      return;
+    case 'vocab':
+      requireLoop().structured = new StructuredOutputs(new VocabTrie(msg.vocab));
       return;
     case 'loadCarryOn':
       try {

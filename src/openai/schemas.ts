@@ -63,6 +63,8 @@ export const CompletionRequest = z.object({
   ...sampling,
   prompt: z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds.min(1)).min(1)]),
   echo: z.boolean().nullish(),
+  /** Not in OpenAI's legacy completions; vLLM accepts it there too, as chat's (see response-format.ts). */
+  response_format: z.object({ type: z.string() }).passthrough().nullish(),
   logprobs: z.number().int().min(0).max(5).nullish(),
   suffix: z.string().nullish(),
   best_of: z.number().int().min(1).nullish(),

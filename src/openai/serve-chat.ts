@@ -7,12 +7,15 @@ import type { ModelTokenizer } from '../model/tokenizer.js';
 import type { ChatCompletionRequest } from './schemas.js';
 import { requestId, samplingFrom, targetOf } from './request-params.js';
 import { collect, type ServeResult } from './serve-result.js';
+import { responseFormatOf } from './response-format.js';
 
 /** /v1/chat/completions serving logic: messages → template → generation → OpenAI objects. */
 export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
   const id = requestId('chatcmpl');
   const m = gw.model();
   refuseUnsupported(body);
+  // Compiled before anything is admitted: a bad schema is a 400, and the engine gets a ready grammar.
+  const format = responseFormatOf(body.response_format, 'response_format');
   const prompt = renderPrompt(m.chatTemplate, body.messages);
   const promptIds = await m.encoder.encode(prompt, false, 'messages');
   const wantLogprobs = body.logprobs === true;
@@ -23,6 +26,7 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
     maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
     ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN, m.samplingDefaults),
     ...targetOf(body, caller, optOut, id, signal),
+    format,
   });
   const created = Math.floor(Date.now() / 1000);
   const base = { id, created, model: body.model, system_fingerprint: null };
@@ -69,9 +73,6 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
 function refuseUnsupported(body: ChatCompletionRequest): void {
   if (body.tools && body.tools.length > 0) {
     throw new ApiError('unsupported_parameter', "'tools' is not supported by this model.", { param: 'tools' });
-  }
-  if (body.response_format && body.response_format.type !== 'text') {
-    throw new ApiError('unsupported_parameter', `response_format '${body.response_format.type}' is not supported.`, { param: 'response_format.type' });
   }
 }
 

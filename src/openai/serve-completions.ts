@@ -5,6 +5,7 @@ import type { GenerationRun, TokenDetail, Usage } from '../serving/generation.js
 import type { CompletionRequest } from './schemas.js';
 import { inputItems, requestId, samplingFrom, targetOf } from './request-params.js';
 import { collect, mergeDeltas, type ServeResult } from './serve-result.js';
+import { responseFormatOf } from './response-format.js';
 
 /**
  * /v1/completions serving logic: prompts (text or token ids, one or an array, as OpenAI accepts
@@ -18,6 +19,7 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
   if (body.best_of != null && body.best_of !== (body.n ?? 1)) {
     throw new ApiError('unsupported_parameter', "'best_of' other than n is not supported.", { param: 'best_of' });
   }
+  const format = responseFormatOf(body.response_format, 'response_format');
   const prompts = await promptsToIds(m, body.prompt, gw.limits.maxPrompts);
   const n = body.n ?? 1;
   const wantLogprobs = body.logprobs != null;
@@ -32,6 +34,7 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
         ...sampling,
         ...targetOf(body, caller, optOut, id, signal),
         choiceOffset: p * n,
+        format,
       }),
     ),
   );

@@ -8,6 +8,7 @@ import { requestId, samplingFrom, targetOf } from './request-params.js';
 import type { ResponsesMessageItem, ResponsesRequest } from './responses-schemas.js';
 import { renderMessages } from './serve-chat.js';
 import { collect, type ServeResult } from './serve-result.js';
+import { responseFormatOf } from './response-format.js';
 
 /**
  * `POST /v1/responses` (OpenAI's Responses API) for text: `instructions` + `input` → the chat template
@@ -19,6 +20,8 @@ export async function serveResponses(gw: Gateway, body: ResponsesRequest, caller
   const itemId = requestId('msg', '_');
   const m = gw.model();
   refuseUnsupported(body);
+  // text.format carries json_schema's fields flat (name, schema, strict beside type).
+  const format = responseFormatOf(body.text?.format, 'text.format', true);
   const prompt = renderMessages(m.chatTemplate, messagesOf(body), 'input');
   const promptIds = await m.encoder.encode(prompt, false, 'input');
   const run = await m.inference.generate({
@@ -28,6 +31,7 @@ export async function serveResponses(gw: Gateway, body: ResponsesRequest, caller
     maxTokensParam: 'max_output_tokens',
     ...samplingFrom({ temperature: body.temperature, top_p: body.top_p }, -1, 1, m.samplingDefaults),
     ...targetOf(body, caller, optOut, id, signal),
+    format,
   });
   const createdAt = Math.floor(Date.now() / 1000);
 
@@ -49,7 +53,7 @@ export async function serveResponses(gw: Gateway, body: ResponsesRequest, caller
     reasoning: { effort: null, summary: null },
     store: false,
     temperature: body.temperature ?? 1,
-    text: { format: { type: 'text' } },
+    text: { format: body.text?.format ?? { type: 'text' } },
     tool_choice: 'auto',
     tools: [],
     top_p: body.top_p ?? 1,
@@ -113,8 +117,6 @@ function refuseUnsupported(body: ResponsesRequest): void {
   if (body.conversation != null) refuse('conversation', "'conversation' (no conversations are stored)");
   if (body.prompt != null) refuse('prompt', "'prompt' (stored prompt templates)");
   if (body.background === true) refuse('background', "'background: true'");
-  const format = body.text?.format?.type;
-  if (format != null && format !== 'text') refuse('text.format', `text.format '${format}'`);
   if (body.reasoning && Object.values(body.reasoning).some((v) => v != null)) refuse('reasoning', "'reasoning'");
 }
 

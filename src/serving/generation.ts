@@ -5,6 +5,7 @@ import type { HarvestPolicy, HarvestSink } from '../harvest/types.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Engine } from '../engine/engine.js';
 import type { CarryOnUse, FinishReason, SamplingParams, TokenEvent } from '../engine/worker-messages.js';
+import type { ResponseFormatSpec } from '../engine/structured/token-mask.js';
 import { ApiError } from '../core/errors.js';
 import { TextAssembler } from './text-assembler.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
@@ -30,6 +31,8 @@ export interface GenerationPlan {
   signal: AbortSignal;
   /** The response's index of this run's first choice (a request with several prompts runs one per prompt). */
   choiceOffset?: number;
+  /** Structured output: every choice follows this grammar (see src/engine/structured); absent or null: free text. */
+  format?: ResponseFormatSpec | null;
 }
 
 export interface TokenDetail {
@@ -103,7 +106,7 @@ export class GenerationRun {
         onEvent: (ev) => this.onToken(index, ev, assembler, stopTokenIds),
         onError: (message) => this.fail(new ApiError('internal_error', message)),
         onCapture: (capture) => this.harvest(capture, index),
-      }, carryOn, deps.harvestSink && req.harvest ? req.harvest.policy.layers : null);
+      }, carryOn, deps.harvestSink && req.harvest ? req.harvest.policy.layers : null, req.format ?? null);
       this.seqIds.push(seqId);
     }
     this.timer = setTimeout(() => this.expire(), deps.timeoutMs);

@@ -8,6 +8,7 @@ import { GenerationRun, type GenerationPlan, type RunDeps } from './generation.j
 import type { Caller, ModelRouter } from './model-routing.js';
 import type { RateLimiter } from './rate-limit.js';
 import type { Scheduler } from './scheduler.js';
+import { vocabularyOf } from './vocabulary.js';
 
 /** A generation as the protocol layer asks for it: token ids in, names and numbers only. */
 export interface GenerateRequest extends Omit<GenerationPlan, 'carryOn' | 'harvest' | 'tenant' | 'maxTokens'> {
@@ -104,6 +105,8 @@ export class Inference {
       harvest: this.harvestDecision(req),
       tenant: req.caller.tenantId,
     };
+    // Once per engine: the worker needs the tokens' bytes before its first structured sequence.
+    if (req.format) this.deps.engine.useVocabulary(() => vocabularyOf(this.deps.tokenizer));
     const queuedAt = performance.now();
     const release = await this.deps.scheduler.acquire(req.n, req.signal, req.caller.tenantId);
     this.deps.metrics?.queueTime.observe((performance.now() - queuedAt) / 1000);

@@ -149,7 +149,7 @@ describe('POST /v1/responses through the official SDK', () => {
       code: 'unsupported_parameter',
       param: 'previous_response_id',
     });
-    await refused({ text: { format: { type: 'json_object' } } }, 'text.format');
+    await refused({ text: { format: { type: 'json_schema', name: 'x', schema: { type: 'string', pattern: '^a' } } } }, 'text.format.schema.pattern');
     await refused({ reasoning: { effort: 'low' } }, 'reasoning');
     await refused({ input: [{ type: 'function_call_output', call_id: 'c', output: 'x' }] }, 'input[0].type');
     // What changes nothing is accepted: empty tools, text format "text", null reasoning.
