@@ -1,6 +1,8 @@
 /**
  * Import of a Hugging Face model folder as `save_pretrained` writes it, for the Llama architecture
- * (`LlamaForCausalLM`, and `MistralForCausalLM`, the same graph plus a sliding window):
+ * (`LlamaForCausalLM`, Llama 3.1+'s RoPE scaling included; `MistralForCausalLM`, the same graph
+ * plus a sliding window) and its two Qwen variants (`Qwen2ForCausalLM`: q/k/v biases;
+ * `Qwen3ForCausalLM`: per-head q/k RMSNorm, head_dim independent of hidden_size):
  * `config.json`; `model.safetensors`, or shards listed by `model.safetensors.index.json`, in F32,
  * F16 or BF16 (decoded to f32 here); `tokenizer.json` + `tokenizer_config.json` (copied into the
  * package as they are); optional `chat_template.jinja` and `generation_config.json`.
@@ -9,6 +11,9 @@
  * RoPE rotates the two halves of each head (x[i], x[i + d/2]); our graph, like llama2.c and GGUF
  * llama (llama.cpp's converter undoes the permutation), rotates adjacent pairs (x[2i], x[2i+1]).
  * unpermuteRows undoes it, so a folder imports to exactly the weights of the Meta checkpoint.
+ * Qwen checkpoints were trained with rotate-half RoPE, so their rows are natively in that order:
+ * the same row permutation applied to q and k (and to their biases and norm weights) leaves every
+ * q·k, hence the attention, unchanged, and lets one interleaved graph serve all three.
  */
 import { createHash } from 'node:crypto';
 import { sha256File } from '../core/file-digest.js';
@@ -16,8 +21,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { readSafetensors, type DecodedTensor } from '../formats/safetensors.js';
-import { dequantize, GgmlType } from './gguf.js';
-import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix } from './types.js';
+import { bf16ToF32, f16LookupTable } from '../formats/half.js';
+import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix, ModelArchitecture, RopeScaling } from './types.js';
 
 export const HF_FILES = {
   config: 'config.json',
@@ -29,7 +34,15 @@ export const HF_FILES = {
   generationConfig: 'generation_config.json',
 } as const;
 
-export const SUPPORTED_HF_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM'] as const;
+export const SUPPORTED_HF_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
+type HfArchitecture = (typeof SUPPORTED_HF_ARCHITECTURES)[number];
+
+const ARCHITECTURE: Record<HfArchitecture, ModelArchitecture> = {
+  LlamaForCausalLM: 'llama',
+  MistralForCausalLM: 'llama',
+  Qwen2ForCausalLM: 'qwen2',
+  Qwen3ForCausalLM: 'qwen3',
+};
 
 export interface HfFolderCheckpoint {
   weights: LlamaWeights;
@@ -70,10 +83,16 @@ const HfLlamaConfig = z.object({
   mlp_bias: z.boolean().nullish(),
   hidden_act: z.string().nullish(),
   sliding_window: z.number().int().positive().nullish(),
+  /** Qwen2/Qwen3: whether sliding_window applies at all (false in the released models). */
+  use_sliding_window: z.boolean().nullish(),
+  /** Qwen2/Qwen3: layers below this index attend fully even when use_sliding_window is true. */
+  max_window_layers: z.number().int().nonnegative().nullish(),
+  /** transformers ≥ 4.53 spells the per-layer choice out. */
+  layer_types: z.array(z.string()).nullish(),
   bos_token_id: TokenId.nullish(),
   eos_token_id: z.union([TokenId, z.array(TokenId).min(1)]).nullish(),
 });
-type HfLlamaConfig = z.infer<typeof HfLlamaConfig>;
+type HfLlamaConfig = z.infer<typeof HfLlamaConfig> & { architecture: HfArchitecture };
 
 /** The files of the folder that the import reads, in a fixed order (for the source hash). */
 function sourceFiles(dir: string): string[] {
@@ -156,40 +175,32 @@ function parseConfig(raw: Record<string, unknown>, dir: string): HfLlamaConfig {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
     throw new Error(`${dir}/${HF_FILES.config}: ${issues}`);
   }
-  return parsed.data;
+  return { ...parsed.data, architecture: archs[0] as HfArchitecture };
 }
 
 function toLlamaConfig(hf: HfLlamaConfig, dir: string): LlamaConfig {
   const where = `${dir}/${HF_FILES.config}`;
   const unsupported = (what: string) => new Error(`${where}: ${what} is not supported`);
-  const ropeType = (r: Record<string, unknown>): string => {
-    const t = r.rope_type ?? r.type ?? 'default';
-    return typeof t === 'string' ? t : JSON.stringify(t);
-  };
-  if (hf.rope_scaling && ropeType(hf.rope_scaling) !== 'default') {
-    throw unsupported(`rope_scaling ${JSON.stringify(ropeType(hf.rope_scaling))}`);
-  }
-  if (hf.rope_parameters && ropeType(hf.rope_parameters) !== 'default') {
-    throw unsupported(`rope_parameters.rope_type ${JSON.stringify(ropeType(hf.rope_parameters))}`);
-  }
-  if (hf.attention_bias) throw unsupported('attention_bias: true');
+  const architecture = ARCHITECTURE[hf.architecture];
+  // Qwen2 always has q/k/v biases (its config has no attention_bias key) and no o_proj bias.
+  // Llama's and Qwen3's attention_bias would also put a bias on o_proj, which the graph lacks.
+  if (architecture !== 'qwen2' && hf.attention_bias) throw unsupported('attention_bias: true');
   if (hf.mlp_bias) throw unsupported('mlp_bias: true');
   if (hf.hidden_act && hf.hidden_act !== 'silu') throw unsupported(`hidden_act ${JSON.stringify(hf.hidden_act)} (only silu)`);
   const heads = hf.num_attention_heads;
   const kvHeads = hf.num_key_value_heads ?? heads;
+  // An explicit head_dim may make heads·head_dim differ from hidden_size (Qwen3: 16·128 vs 1024).
   const headDim = hf.head_dim ?? hf.hidden_size / heads;
-  if (!Number.isInteger(headDim) || headDim * heads !== hf.hidden_size) {
-    throw unsupported(`head_dim ${headDim} with ${heads} heads != hidden_size ${hf.hidden_size}`);
-  }
+  if (!Number.isInteger(headDim)) throw unsupported(`hidden_size ${hf.hidden_size} over ${heads} heads (no integer head_dim)`);
   if (headDim % 2 !== 0) throw unsupported(`odd head_dim ${headDim}`);
   if (heads % kvHeads !== 0) throw new Error(`${where}: num_attention_heads ${heads} is not a multiple of num_key_value_heads ${kvHeads}`);
   const ropeTheta = hf.rope_theta ?? (typeof hf.rope_parameters?.rope_theta === 'number' ? hf.rope_parameters.rope_theta : 10000);
-  // Mistral's sliding window changes attention only past `sliding_window` positions: serving at
-  // most that many keeps the graph exact.
-  const context = Math.min(hf.max_position_embeddings, hf.sliding_window ?? Infinity);
+  // A sliding window changes attention only past `sliding_window` positions: serving at most that
+  // many keeps the graph exact.
+  const context = Math.min(hf.max_position_embeddings, slidingWindow(hf));
   const eos = hf.eos_token_id ?? 2;
   return {
-    architecture: 'llama',
+    architecture,
     hidden_size: hf.hidden_size,
     intermediate_size: hf.intermediate_size,
     num_hidden_layers: hf.num_hidden_layers,
@@ -200,15 +211,68 @@ function toLlamaConfig(hf: HfLlamaConfig, dir: string): LlamaConfig {
     max_position_embeddings: context,
     rope_theta: ropeTheta,
     rope_style: 'interleaved',
-    rope_scaling: null,
-    attention_bias: false,
-    qk_norm: false,
+    rope_scaling: ropeScaling(hf, where),
+    attention_bias: architecture === 'qwen2',
+    qk_norm: architecture === 'qwen3',
     // LlamaConfig's defaults, for keys an old config.json leaves out.
     rms_norm_eps: hf.rms_norm_eps ?? 1e-6,
     tie_word_embeddings: hf.tie_word_embeddings ?? false,
     bos_token_id: hf.bos_token_id ?? 1,
     eos_token_id: Array.isArray(eos) ? eos[0] : eos,
   };
+}
+
+/**
+ * The context cap a sliding window imposes, Infinity when none. Mistral slides in every layer
+ * whenever sliding_window is set. Qwen2/Qwen3 configs always carry a sliding_window, but
+ * transformers applies it only with use_sliding_window true (false in the released models), and
+ * then only in layers from max_window_layers on (default 28), or where layer_types says
+ * 'sliding_attention'.
+ */
+function slidingWindow(hf: HfLlamaConfig): number {
+  const window = hf.sliding_window;
+  if (!window) return Infinity;
+  if (ARCHITECTURE[hf.architecture] === 'llama') return window;
+  const slides = hf.layer_types
+    ? hf.layer_types.includes('sliding_attention')
+    : hf.use_sliding_window === true && (hf.max_window_layers ?? 28) < hf.num_hidden_layers;
+  return slides ? window : Infinity;
+}
+
+/** RoPE types the graph computes exactly (src/model/onnx-graph.ts ropeInverseFrequencies). */
+const ROPE_TYPES = ['default', 'linear', 'llama3'];
+
+/**
+ * rope_scaling (transformers 4: `rope_type`, or `type` in older files) or rope_parameters
+ * (transformers 5, which also holds rope_theta and says 'default' when there is no scaling).
+ */
+function ropeScaling(hf: HfLlamaConfig, where: string): RopeScaling | null {
+  const [key, r] = hf.rope_scaling ? ['rope_scaling', hf.rope_scaling] : ['rope_parameters', hf.rope_parameters];
+  if (!r) return null;
+  const t = r.rope_type ?? r.type ?? 'default';
+  const type = typeof t === 'string' ? t : JSON.stringify(t);
+  if (!ROPE_TYPES.includes(type)) {
+    const what = key === 'rope_scaling' ? `rope_scaling ${JSON.stringify(type)}` : `rope_parameters.rope_type ${JSON.stringify(type)}`;
+    throw new Error(`${where}: ${what} is not supported (supported: ${ROPE_TYPES.join(', ')})`);
+  }
+  const num = (name: string): number => {
+    const v = r[name];
+    if (typeof v !== 'number' || !(v > 0)) throw new Error(`${where}: ${key}.${name} must be a positive number for ${type} RoPE, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  if (type === 'default') return null;
+  if (type === 'linear') return { rope_type: 'linear', factor: num('factor') };
+  const scaling = {
+    rope_type: 'llama3' as const,
+    factor: num('factor'),
+    low_freq_factor: num('low_freq_factor'),
+    high_freq_factor: num('high_freq_factor'),
+    original_max_position_embeddings: num('original_max_position_embeddings'),
+  };
+  if (!(scaling.high_freq_factor > scaling.low_freq_factor)) {
+    throw new Error(`${where}: ${key}.high_freq_factor must exceed low_freq_factor for llama3 RoPE`);
+  }
+  return scaling;
 }
 
 function pickChatTemplate(value: unknown, dir: string): string {
@@ -274,6 +338,8 @@ function readTensors(dir: string): Map<string, DecodedTensor> {
   return tensors;
 }
 
+const ARCHITECTURE_NAMES: Record<ModelArchitecture, string> = { llama: 'Llama', qwen2: 'Qwen2', qwen3: 'Qwen3' };
+
 /** Tensors save_pretrained may write that the model does not use. */
 const IGNORED = /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/;
 
@@ -289,23 +355,37 @@ function readWeights(dir: string, c: LlamaConfig): LlamaWeights {
   };
   const matrix = (name: string, rows: number, cols: number): Matrix & { kind: 'f32' } => ({ kind: 'f32', rows, cols, data: take(name, [rows, cols]) });
   const d = c.hidden_size;
-  const kvDim = c.num_key_value_heads * c.head_dim;
+  const hd = c.head_dim;
+  const qDim = c.num_attention_heads * hd;
+  const kvDim = c.num_key_value_heads * hd;
   const ff = c.intermediate_size;
+  // q/k rows (and with them q/k biases, one value per row, and the q/k norm weights, one head)
+  // from the file's rotate-half order into the graph's interleaved order.
+  const ropeRows = (name: string, heads: number, cols: number): Float32Array =>
+    unpermuteRows(take(name, cols === 1 ? [heads * hd] : [heads * hd, cols]), heads, hd, cols);
   const layers: LlamaLayer[] = Array.from({ length: c.num_hidden_layers }, (_, i) => {
     const p = `model.layers.${i}.`;
-    const wq = matrix(`${p}self_attn.q_proj.weight`, d, d);
-    const wk = matrix(`${p}self_attn.k_proj.weight`, kvDim, d);
-    return {
+    const layer: LlamaLayer = {
       attnNorm: take(`${p}input_layernorm.weight`, [d]),
-      wq: { ...wq, data: unpermuteRows(wq.data, c.num_attention_heads, c.head_dim, d) },
-      wk: { ...wk, data: unpermuteRows(wk.data, c.num_key_value_heads, c.head_dim, d) },
+      wq: { kind: 'f32', rows: qDim, cols: d, data: ropeRows(`${p}self_attn.q_proj.weight`, c.num_attention_heads, d) },
+      wk: { kind: 'f32', rows: kvDim, cols: d, data: ropeRows(`${p}self_attn.k_proj.weight`, c.num_key_value_heads, d) },
       wv: matrix(`${p}self_attn.v_proj.weight`, kvDim, d),
-      wo: matrix(`${p}self_attn.o_proj.weight`, d, d),
+      wo: matrix(`${p}self_attn.o_proj.weight`, d, qDim),
       ffnNorm: take(`${p}post_attention_layernorm.weight`, [d]),
       gate: matrix(`${p}mlp.gate_proj.weight`, ff, d),
       down: matrix(`${p}mlp.down_proj.weight`, d, ff),
       up: matrix(`${p}mlp.up_proj.weight`, ff, d),
     };
+    if (c.attention_bias) {
+      layer.qBias = ropeRows(`${p}self_attn.q_proj.bias`, c.num_attention_heads, 1);
+      layer.kBias = ropeRows(`${p}self_attn.k_proj.bias`, c.num_key_value_heads, 1);
+      layer.vBias = take(`${p}self_attn.v_proj.bias`, [kvDim]);
+    }
+    if (c.qk_norm) {
+      layer.qNorm = unpermuteRows(take(`${p}self_attn.q_norm.weight`, [hd]), 1, hd, 1);
+      layer.kNorm = unpermuteRows(take(`${p}self_attn.k_norm.weight`, [hd]), 1, hd, 1);
+    }
+    return layer;
   });
   const tokEmbeddings = take('model.embed_tokens.weight', [c.vocab_size, d]);
   const finalNorm = take('model.norm.weight', [d]);
@@ -315,21 +395,22 @@ function readWeights(dir: string, c: LlamaConfig): LlamaWeights {
   const extra = [...tensors.keys()].filter((n) => !used.has(n) && !IGNORED.test(n));
   if (extra.length > 0) {
     const list = extra.slice(0, 5).join(', ') + (extra.length > 5 ? `, … (${extra.length})` : '');
-    throw new Error(`${dir}: tensors a Llama model does not have: ${list}`);
+    throw new Error(`${dir}: tensors a ${ARCHITECTURE_NAMES[c.architecture]} model does not have: ${list}`);
   }
   return { config: c, tokEmbeddings, layers, finalNorm, output };
 }
 
+/** Decodes a weight to f32: F16 by table lookup, BF16 (the top half of an f32) by shifting. */
 function toF32(t: DecodedTensor, what: string): Float32Array {
-  const n = t.data.length;
-  const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   switch (t.dtype) {
     case 'F32':
-      return dequantize(GgmlType.F32, bytes, n, what);
-    case 'F16':
-      return dequantize(GgmlType.F16, bytes, n, what);
+      return Float32Array.from(t.data as Float32Array);
+    case 'F16': {
+      const table = f16LookupTable();
+      return Float32Array.from(t.data as Uint16Array, (bits) => table[bits]);
+    }
     case 'BF16':
-      return dequantize(GgmlType.BF16, bytes, n, what);
+      return Float32Array.from(t.data as Uint16Array, bf16ToF32);
     default:
       throw new Error(`${what} is ${t.dtype}; weights must be F32, F16 or BF16`);
   }

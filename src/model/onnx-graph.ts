@@ -29,10 +29,14 @@
  * - optional `hidden_states.layer.{k}` float32 [batch, sequence, hidden_size] for each k in
  *                    `extraLayerOutputs`: the residual stream after block k, before the final norm.
  *
- * Semantics (llama2.c / Llama)
- * - x = embed[input_ids]; per layer: h = RMSNorm(x) * attn_norm, q/k/v = h W^T, RoPE on q and k
+ * Semantics (llama2.c / Llama; Qwen2 and Qwen3 differ only where noted)
+ * - x = embed[input_ids]; per layer: h = RMSNorm(x) * attn_norm, q/k/v = h W^T (+ b_q/b_k/b_v
+ *   for Qwen2), q and k RMSNorm'd per head with q_norm/k_norm (Qwen3), then RoPE on q and k
  *   with adjacent-pair rotation (pair j = elements 2j, 2j+1 of a head, angle = position *
- *   theta^(-2j/head_dim)), tables computed in float32 exactly as llama2.c does.
+ *   inv_freq[j], inv_freq[j] = theta^(-2j/head_dim) rescaled by `rope_scaling` when the config
+ *   has one), tables computed in float32 exactly as llama2.c does.
+ * - q has heads·head_dim features, which need not equal hidden_size (Qwen3): Wq is
+ *   [heads·head_dim, hidden], Wo [hidden, heads·head_dim].
  * - Grouped-query attention: num_attention_heads / num_key_value_heads query heads share a KV
  *   head (query head h uses KV head floor(h / group)). Scores = q k^T / sqrt(head_dim).
  * - Query at index past_sequence + s may attend key index t iff t <= past_sequence + s (causal,
@@ -58,7 +62,7 @@
  */
 import { TensorNames } from './tensor-names.js';
 import { attr, DataType, GraphBuilder, type Dim, type ModelOptions } from '../formats/onnx-builder.js';
-import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix } from './types.js';
+import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix, RopeScaling } from './types.js';
 
 // ---- Tensor names: the engine must use these rather than string literals. ----
 
@@ -228,7 +232,10 @@ function declarePresentOutputs(g: GraphBuilder, cfg: LlamaConfig, pooled: boolea
 export type BlockGeometry = Pick<
   LlamaConfig,
   'num_attention_heads' | 'num_key_value_heads' | 'head_dim' | 'rms_norm_eps' | 'rope_theta' | 'max_position_embeddings'
->;
+> & {
+  /** Absent or null: plain RoPE (a carry-on's blocks have no scaling). */
+  rope_scaling?: RopeScaling | null;
+};
 
 /**
  * Graph tensors the shared mask reads its lengths from: any [batch, sequence, ...] input, and the
@@ -335,12 +342,13 @@ function buildPooledSharedTensors(g: GraphBuilder, cfg: BlockGeometry): PooledSh
  * cos/sin of position * freq for every position and rotation pair, reproducing llama2.c's
  * float32 arithmetic (`1.0f / powf(theta, i / (float)head_size)`, `pos * freq`, cosf/sinf) so
  * the rotation is bit-close to llama2.c and llama.cpp rather than to a float64 reference.
+ * transformers computes its default inverse frequencies the same way in float32, so this is also
+ * what a Hugging Face model computes; `rope_scaling` then rescales them (ropeInverseFrequencies).
  */
 function ropeTables(cfg: BlockGeometry): { cos: Float32Array; sin: Float32Array } {
   const f = Math.fround;
   const half = cfg.head_dim / 2;
-  const theta = f(cfg.rope_theta);
-  const freqs = Array.from({ length: half }, (_, j) => f(1 / f(Math.pow(theta, f((2 * j) / cfg.head_dim)))));
+  const freqs = ropeInverseFrequencies(cfg);
   const cos = new Float32Array(cfg.max_position_embeddings * half);
   const sin = new Float32Array(cos.length);
   for (let pos = 0; pos < cfg.max_position_embeddings; pos++) {
@@ -351,6 +359,46 @@ function ropeTables(cfg: BlockGeometry): { cos: Float32Array; sin: Float32Array 
     }
   }
   return { cos, sin };
+}
+
+/**
+ * The inverse frequency of each rotation pair, float32 as transformers computes them (its RoPE
+ * init functions run in float32): theta^(-2j/head_dim), then
+ * - 'linear': divided by `factor` (`_compute_linear_scaling_rope_parameters`; dividing the
+ *   frequency is dividing the position);
+ * - 'llama3': `_compute_llama3_parameters`: wavelengths longer than
+ *   original_max_position_embeddings / low_freq_factor are divided by `factor`, shorter than
+ *   original / high_freq_factor kept, and the band between interpolated smoothly;
+ * - 'factors': divided by factors[j], as llama.cpp applies GGUF's `rope_freqs.weight`.
+ * None of them scales attention (transformers' attention_factor is 1 for all three).
+ */
+function ropeInverseFrequencies(cfg: BlockGeometry): number[] {
+  const f = Math.fround;
+  const half = cfg.head_dim / 2;
+  const theta = f(cfg.rope_theta);
+  const base = Array.from({ length: half }, (_, j) => f(1 / f(Math.pow(theta, f((2 * j) / cfg.head_dim)))));
+  const s = cfg.rope_scaling;
+  if (!s) return base;
+  switch (s.rope_type) {
+    case 'linear':
+      return base.map((fr) => f(fr / s.factor));
+    case 'factors':
+      if (s.factors.length !== half) throw new Error(`rope_scaling factors: expected ${half} (head_dim / 2), got ${s.factors.length}`);
+      return base.map((fr, j) => f(fr / s.factors[j]));
+    case 'llama3': {
+      const { factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: old } = s;
+      const lowWavelen = old / low;
+      const highWavelen = old / high;
+      return base.map((fr) => {
+        const wavelen = f((2 * Math.PI) / fr);
+        if (wavelen < highWavelen) return fr;
+        if (wavelen > lowWavelen) return f(fr / factor);
+        const smooth = f((old / wavelen - low) / (high - low));
+        // transformers: (1 - smooth) * inv_freq / factor + smooth * inv_freq, left to right.
+        return f(f(f(f(1 - smooth) * fr) / factor) + f(smooth * fr));
+      });
+    }
+  }
 }
 
 /**
@@ -408,20 +456,38 @@ export function decoderBlock(
   return g.op('Add', [x, linear(g.op('Mul', [silu, up]), layer.down, 'mlp.down_proj')]);
 }
 
-/** q and k (after RoPE) [B, S, heads, hd] and v [B, S, kv_heads, hd]: what both attentions start from. */
+/**
+ * q and k (after RoPE) [B, S, heads, hd] and v [B, S, kv_heads, hd]: what both attentions start from.
+ * Each projection adds its bias when the layer has one (Qwen2), and q and k are RMS-normalised per
+ * head when the layer has q/k norms (Qwen3: after the projection, before RoPE, as modeling_qwen3).
+ */
 function projectQkv(
   g: GraphBuilder,
   h: string,
   layer: LlamaLayer,
   cfg: BlockGeometry,
   rope: { cos: string; sin: string },
+  names: BlockNames,
   linear: (input: string, m: Matrix, name: string) => string,
 ): { q: string; k: string; v: string } {
   const { num_attention_heads: nHeads, num_key_value_heads: nKv, head_dim: hd } = cfg;
+  const p = names.prefix;
+  const project = (m: Matrix, bias: Float32Array | undefined, name: string): string => {
+    const y = linear(h, m, `self_attn.${name}`);
+    return bias ? g.op('Add', [y, g.initializer(`${p}.self_attn.${name}.bias`, bias)]) : y;
+  };
+  const headNorm = (t: string, weight: Float32Array | undefined, heads: number, name: string): string => {
+    if (!weight) return t;
+    const perHead = g.op('Reshape', [t, g.constI64([0, 0, heads, hd])]);
+    const normed = rmsNorm(g, perHead, g.initializer(`${p}.self_attn.${name}.weight`, weight), cfg.rms_norm_eps);
+    return g.op('Reshape', [normed, g.constI64([0, 0, heads * hd])]);
+  };
+  const q = headNorm(project(layer.wq, layer.qBias, 'q_proj'), layer.qNorm, nHeads, 'q_norm');
+  const k = headNorm(project(layer.wk, layer.kBias, 'k_proj'), layer.kNorm, nKv, 'k_norm');
   return {
-    q: applyRope(g, linear(h, layer.wq, 'self_attn.q_proj'), nHeads, hd, rope),
-    k: applyRope(g, linear(h, layer.wk, 'self_attn.k_proj'), nKv, hd, rope),
-    v: g.op('Reshape', [linear(h, layer.wv, 'self_attn.v_proj'), g.constI64([0, 0, nKv, hd])]),
+    q: applyRope(g, q, nHeads, hd, rope),
+    k: applyRope(g, k, nKv, hd, rope),
+    v: g.op('Reshape', [project(layer.wv, layer.vBias, 'v_proj'), g.constI64([0, 0, nKv, hd])]),
   };
 }
 
@@ -437,7 +503,7 @@ function selfAttention(
 ): string {
   const { num_attention_heads: nHeads, num_key_value_heads: nKv, head_dim: hd } = cfg;
   const group = nHeads / nKv;
-  const { q, k, v } = projectQkv(g, h, layer, cfg, shared, linear);
+  const { q, k, v } = projectQkv(g, h, layer, cfg, shared, names, linear);
 
   const toHeadMajor = (t: string): string => g.op('Transpose', [t], { perm: attr.ints([0, 2, 1, 3]) });
   const axis2 = { axis: attr.int(2) };
@@ -480,7 +546,7 @@ function pooledAttention(
 ): string {
   const { num_attention_heads: nHeads, num_key_value_heads: nKv, head_dim: hd } = cfg;
   const group = nHeads / nKv;
-  const { q, k, v } = projectQkv(g, h, layer, cfg, shared, linear);
+  const { q, k, v } = projectQkv(g, h, layer, cfg, shared, names, linear);
   const headMajor = { perm: attr.ints([0, 2, 1, 3]) };
   const kNew = g.op('Transpose', [k], headMajor, names.presentKey); // [B,KV,S,hd]
   const vNew = g.op('Transpose', [v], headMajor, names.presentValue);
@@ -635,10 +701,26 @@ function validateWeights(weights: LlamaWeights): void {
     checkMatrix(`${p}.wk`, l.wk, kv * hd, d);
     checkMatrix(`${p}.wv`, l.wv, kv * hd, d);
     checkMatrix(`${p}.wo`, l.wo, d, h * hd);
+    // The graph adds whatever the layer has: a bias or norm the config does not announce (or the
+    // reverse) is a reader bug, caught here rather than served as a different model.
+    checkOptional(`${p}.qBias`, l.qBias, cfg.attention_bias, h * hd, 'attention_bias');
+    checkOptional(`${p}.kBias`, l.kBias, cfg.attention_bias, kv * hd, 'attention_bias');
+    checkOptional(`${p}.vBias`, l.vBias, cfg.attention_bias, kv * hd, 'attention_bias');
+    checkOptional(`${p}.qNorm`, l.qNorm, cfg.qk_norm, hd, 'qk_norm');
+    checkOptional(`${p}.kNorm`, l.kNorm, cfg.qk_norm, hd, 'qk_norm');
     checkMatrix(`${p}.gate`, l.gate, cfg.intermediate_size, d);
     checkMatrix(`${p}.up`, l.up, cfg.intermediate_size, d);
     checkMatrix(`${p}.down`, l.down, d, cfg.intermediate_size);
   });
+}
+
+function checkOptional(name: string, v: Float32Array | undefined, expected: boolean, length: number, flag: string): void {
+  if (!expected) {
+    if (v) throw new Error(`${name}: present, but the config has ${flag} false`);
+    return;
+  }
+  if (!v) throw new Error(`${name}: missing (the config has ${flag} true)`);
+  checkVector(name, v, length);
 }
 
 function checkVector(name: string, v: Float32Array, length: number): void {

@@ -15,7 +15,7 @@ import { PACKAGE_FILES, readManifest, readModelConfig } from '../../src/model/pa
 import { ModelTokenizer } from '../../src/model/tokenizer.js';
 import type { LlamaWeights, Matrix } from '../../src/model/types.js';
 import { freshDataDir, startTestGateway, USER_KEY } from '../helpers/gateway.js';
-import { hfPermute, writeHfLlamaFolder, type HfFolderOptions } from '../helpers/hf-folder.js';
+import { hfPermute, writeHfFolder, type HfFolderOptions } from '../helpers/hf-folder.js';
 import { REPO_ROOT, STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
 import { readLlama2cCheckpoint } from '../helpers/stories-bin.js';
 
@@ -72,11 +72,11 @@ beforeAll(async () => {
   await importModel(STORIES_BIN, pkgBin, { tokenizerPath: STORIES_TOK, name: 'stories260K' });
   weights = readLlama2cCheckpoint(STORIES_BIN);
   for (const [name, o] of Object.entries(variants)) {
-    writeHfLlamaFolder(folder(name), weights, { ...base(), ...o });
+    writeHfFolder(folder(name), weights, { ...base(), ...o });
     await importModel(folder(name), pkgOf(name));
   }
   for (const [name, [round, o]] of Object.entries(rounded)) {
-    writeHfLlamaFolder(folder(name), roundedWeights(weights, round), { ...base(), ...o });
+    writeHfFolder(folder(name), roundedWeights(weights, round), { ...base(), ...o });
     await importModel(folder(name), pkgOf(name));
   }
   runners.set('bin', await ModelRunner.create({ ...init, modelDir: pkgBin }));
@@ -177,20 +177,23 @@ describe('Hugging Face folder import (Llama)', () => {
 describe('Hugging Face folder refusals', () => {
   const attempt = async (name: string, o: Partial<HfFolderOptions>, edit?: (dir: string) => void) => {
     const dir = folder(name);
-    writeHfLlamaFolder(dir, weights, { ...base(), ...o });
+    writeHfFolder(dir, weights, { ...base(), ...o });
     edit?.(dir);
     return importModel(dir, pkgOf(name));
   };
 
   it('names an unsupported architecture', async () => {
-    await expect(attempt('qwen', { config: { architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2' } })).rejects.toThrow(
-      /architectures is \["Qwen2ForCausalLM"\]; supported: LlamaForCausalLM, MistralForCausalLM/,
+    await expect(attempt('gemma', { config: { architectures: ['GemmaForCausalLM'], model_type: 'gemma' } })).rejects.toThrow(
+      /architectures is \["GemmaForCausalLM"\]; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM/,
     );
   });
 
   it('names the RoPE scaling type it does not support', async () => {
-    const rope = { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 };
-    await expect(attempt('llama3-rope', { config: { rope_scaling: rope } })).rejects.toThrow(/rope_scaling "llama3" is not supported/);
+    const rope = { rope_type: 'dynamic', factor: 2 };
+    await expect(attempt('dynamic-rope', { config: { rope_scaling: rope } })).rejects.toThrow(/rope_scaling "dynamic" is not supported/);
+    await expect(attempt('longrope', { config: { rope_parameters: { rope_type: 'longrope', rope_theta: 10000 } } })).rejects.toThrow(
+      /rope_parameters\.rope_type "longrope" is not supported/,
+    );
   });
 
   it('names attention_bias', async () => {
@@ -264,7 +267,7 @@ describe('Hugging Face folder through the CLI and the gateway', () => {
 
   it("uses the model's own sampling defaults (generation_config.json with do_sample) where the request sets none", async () => {
     const name = 'stories-top-k-1';
-    writeHfLlamaFolder(folder(name), weights, { ...base(), generationConfig: { bos_token_id: 1, eos_token_id: 2, do_sample: true, top_k: 1, temperature: 1 } });
+    writeHfFolder(folder(name), weights, { ...base(), generationConfig: { bos_token_id: 1, eos_token_id: 2, do_sample: true, top_k: 1, temperature: 1 } });
     const gw = await startTestGateway({ CARRYON_MODEL: folder(name), CARRYON_DATA_DIR: freshDataDir() });
     try {
       const sdk = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: USER_KEY, maxRetries: 0 });
@@ -302,7 +305,7 @@ describe('Hugging Face folder through the CLI and the gateway', () => {
     const stopAt = 5;
     const stopId = ids[stopAt];
     const name = 'stories-eos-list';
-    writeHfLlamaFolder(folder(name), weights, { ...base(), generationConfig: { bos_token_id: 1, eos_token_id: [2, stopId] } });
+    writeHfFolder(folder(name), weights, { ...base(), generationConfig: { bos_token_id: 1, eos_token_id: [2, stopId] } });
     const listed = await serve(folder(name));
     try {
       const res = await listed.sdk.completions.create({ model: listed.id, prompt: 'Once upon a time', max_tokens: 12, temperature: 0 });
