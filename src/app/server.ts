@@ -190,7 +190,7 @@ async function startWithStore(
       metrics.kvCacheBytes.set(step.kvBytes);
     });
     const tokenizer = ModelTokenizer.load(dir, engine.info.vocabSize);
-    const chatTemplate = new ChatTemplate(tokenizer.chatTemplate, { bos_token: tokenizer.bosToken, eos_token: tokenizer.eosToken });
+    const chatTemplate = new ChatTemplate(tokenizer.chatTemplate, tokenizer.specialTokens);
     const contextLength = engine.info.contextLength;
     const registry = new CarryOnRegistry({
       loader: engine,

@@ -63,7 +63,7 @@ export interface HarvestBase {
 export async function openBase(modelDir: string, threads = 1): Promise<HarvestBase> {
   const runner = await ModelRunner.create({ modelDir, provider: 'cpu', threads, prefillChunk: 256 });
   const tokenizer = ModelTokenizer.load(modelDir, runner.config.vocab_size);
-  const template = new ChatTemplate(tokenizer.chatTemplate, { bos_token: tokenizer.bosToken, eos_token: tokenizer.eosToken });
+  const template = new ChatTemplate(tokenizer.chatTemplate, tokenizer.specialTokens);
   return { runner, tokenizer, template, manifest: readManifest(modelDir) };
 }
 
