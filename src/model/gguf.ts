@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 
 import { readGguf, writeGguf } from '../formats/gguf-file.js';
-import { architectureMetadata, architectureTensors, configFromGguf, weightsFromGguf } from './gguf-architectures.js';
+import { architectureMetadata, architectureOf, architectureTensors, configFromGguf, weightsFromGguf } from './gguf-architectures.js';
 import { vocabFromGguf, vocabMetadata } from './gguf-tokenizer.js';
 import type { ImportedCheckpoint } from './types.js';
 
@@ -16,13 +16,11 @@ export { dequantize, GgmlType } from '../formats/ggml-quants.js';
 
 export async function ggufToCheckpoint(path: string): Promise<ImportedCheckpoint> {
   const file = await readGguf(path);
-  const architecture = file.metadata.get('general.architecture');
-  if (architecture !== 'llama') {
-    throw new Error(`${path}: general.architecture is ${JSON.stringify(architecture)}; only 'llama' is supported`);
-  }
+  architectureOf(file); // refuses an unknown architecture before anything else is read
   const vocab = vocabFromGguf(file);
   const hasOutput = file.tensor('output.weight') !== undefined;
-  const config = configFromGguf(file, vocab, !hasOutput);
+  const ids = { vocabSize: vocab.tokens.length, bos: 'model' in vocab ? (vocab.bos ?? vocab.eos) : vocab.bos, eos: vocab.eos };
+  const config = configFromGguf(file, ids, !hasOutput);
   const weights = weightsFromGguf(file, config);
   const sha256 = createHash('sha256').update(file.bytes).digest('hex');
   return { weights, vocab, source: { format: 'gguf', path, sha256 } };

@@ -4,11 +4,11 @@ import path from 'node:path';
 import { writeDirAtomic } from '../core/fs-atomic.js';
 import { quantizeQ4_0 } from '../formats/ggml-quants.js';
 import { ggufToCheckpoint } from './gguf.js';
+import { packageTokenizerFiles } from './gguf-tokenizer.js';
 import { hfFolderToCheckpoint } from './hf-folder.js';
 import { llama2cToCheckpoint } from './llama2c.js';
 import { buildBodyModel, buildHeadModel } from './onnx-graph.js';
 import { PACKAGE_FILES, PACKAGE_FORMAT_VERSION, toConfigFile, type PackageManifest } from './package-files.js';
-import { buildTokenizerFiles } from './tokenizer-json.js';
 import type { ImportedCheckpoint, LlamaWeights, Matrix } from './types.js';
 
 export interface ImportOptions {
@@ -47,12 +47,14 @@ async function readPackageSource(src: string, opts: ImportOptions): Promise<Pack
   if (fs.statSync(src).isDirectory()) return hfFolderToCheckpoint(src);
   const ckpt = await readCheckpoint(src, opts);
   const c = ckpt.weights.config;
-  const tok = buildTokenizerFiles(ckpt.vocab, { modelMaxLength: c.max_position_embeddings });
+  const tok = packageTokenizerFiles(ckpt.vocab, { modelMaxLength: c.max_position_embeddings });
+  // One end token stays a number, as before; several (Llama 3's EOS and <|eot_id|>) are a list.
+  const eos = tok.eosTokenIds.length === 1 ? tok.eosTokenIds[0] : tok.eosTokenIds;
   return {
     weights: ckpt.weights,
     tokenizerJson: JSON.stringify(tok.tokenizerJson),
     tokenizerConfig: tok.tokenizerConfig,
-    generationConfig: { bos_token_id: c.bos_token_id, eos_token_id: c.eos_token_id, max_length: c.max_position_embeddings },
+    generationConfig: { bos_token_id: tok.bosTokenId, eos_token_id: eos, max_length: c.max_position_embeddings },
     source: ckpt.source,
   };
 }

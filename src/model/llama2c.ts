@@ -34,7 +34,10 @@ interface Llama2cHeader {
   weightsOffset: number;
 }
 
-export async function llama2cToCheckpoint(binPath: string, tokenizerBinPath: string): Promise<ImportedCheckpoint> {
+export async function llama2cToCheckpoint(
+  binPath: string,
+  tokenizerBinPath: string,
+): Promise<ImportedCheckpoint & { vocab: SentencePieceVocab }> {
   const [bin, tokenizerBin] = await Promise.all([readFile(binPath), readFile(tokenizerBinPath)]);
   const header = validateHeader(parseHeader(bin, binPath), binPath);
   const vocab = parseLlama2cTokenizer(tokenizerBin, header.vocabSize, tokenizerBinPath);

@@ -161,7 +161,7 @@ function decoder(addSpacePrefix: boolean): TokenizerJson['decoder'] {
 }
 
 /** BOS before each sequence, as LlamaTokenizerFast.update_post_processor sets up (add_bos_token). */
-function bosPostProcessor(bos: string, bosId: number): object {
+export function bosPostProcessor(bos: string, bosId: number): object {
   const special = (type_id: number) => ({ SpecialToken: { id: bos, type_id } });
   const sequence = (id: 'A' | 'B', type_id: number) => ({ Sequence: { id, type_id } });
   return {

@@ -98,9 +98,31 @@ export interface SentencePieceVocab {
   chatTemplate?: string;
 }
 
+/** Byte-level BPE vocabulary (GPT-2 style), as GGUF carries it with `tokenizer.ggml.model` gpt2. */
+export interface BpeVocab {
+  model: 'gpt2';
+  /** Pieces in GPT-2's byte-to-unicode alphabet (a space is 'Ġ'); control and user-defined tokens as their text. */
+  tokens: string[];
+  /** GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused (padding), 6 byte. */
+  types: number[];
+  /** Merge rules as "left right", highest priority first. */
+  merges: string[];
+  /** llama.cpp's pre-tokenizer name (`tokenizer.ggml.pre`): which split regex precedes BPE. */
+  pre: string;
+  /** null when the file names no BOS token (Qwen files usually name one but do not add it). */
+  bos: number | null;
+  eos: number;
+  /** Whether BOS is prepended to a text (tokenizer.ggml.add_bos_token, else the `pre` family's default). */
+  addBos: boolean;
+  /** Every token that ends a generation: EOS, EOT, EOM and the end-of-turn tokens llama.cpp detects by text. */
+  endTokens: number[];
+  chatTemplate?: string;
+}
+
 export interface ImportedCheckpoint {
   weights: LlamaWeights;
-  vocab: SentencePieceVocab;
+  /** A SentencePiece vocabulary (llama2.c, GGUF `llama` tokenizer) or a byte-level BPE one (GGUF `gpt2`). */
+  vocab: SentencePieceVocab | BpeVocab;
   /** Where it came from, for the package's provenance record. */
   source: { format: 'llama2c' | 'gguf'; path: string; sha256: string };
 }

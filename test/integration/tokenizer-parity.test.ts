@@ -52,7 +52,9 @@ let model: LlamaModel;
 let paragraphs: string[];
 
 beforeAll(async () => {
-  vocab = (await ggufToCheckpoint(GGUF)).vocab;
+  const fromGguf = (await ggufToCheckpoint(GGUF)).vocab;
+  if ('model' in fromGguf) throw new Error('stories260K.gguf has a SentencePiece vocabulary');
+  vocab = fromGguf;
   files = buildTokenizerFiles(vocab, { modelMaxLength: 2048 });
   // Through JSON, as the package files are read back from disk.
   tokenizer = new HfTokenizer(JSON.parse(JSON.stringify(files.tokenizerJson)) as object, JSON.parse(JSON.stringify(files.tokenizerConfig)) as object);
