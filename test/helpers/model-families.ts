@@ -138,9 +138,10 @@ function generator(seed: number): () => number {
  * magnitude (std 0.02 matrices, norms near 1) times `scale`, so logits are spread enough that greedy
  * decoding is not a sequence of near-ties between engines.
  */
-export function randomFamilyWeights(family: Family, seed = 1, scale = 4): LlamaWeights {
+export function randomFamilyWeights(family: Family, seed = 1, scale = 4, vocabSize?: number): LlamaWeights {
   const spec = FAMILIES[family];
-  const c = spec.config;
+  // A smaller vocabulary (the graph alone, no tokenizer) keeps a unit test quick.
+  const c = { ...spec.config, vocab_size: vocabSize ?? spec.config.vocab_size };
   const rand = generator(seed * 7919 + family.length);
   const normal = (): number => {
     const u = Math.max(rand(), 1e-12);
