@@ -31,9 +31,11 @@ export class TextAssembler {
       this.stopped = true;
       return { delta: this.take(text, Math.max(hit, this.emitted)), stop: true };
     }
-    let safe = text.length;
-    if (text.endsWith('\uFFFD')) safe = text.length - 1;
-    safe = Math.min(safe, text.length - this.partialStopLength(text));
+    // A character still incomplete (its first bytes decode to U+FFFD) is held back, and a stop string's
+    // start is looked for before it: byte-level vocabularies split one character over several tokens,
+    // and the character before may already begin a stop string.
+    const settled = text.endsWith('\uFFFD') ? text.slice(0, -1) : text;
+    const safe = settled.length - this.partialStopLength(settled);
     return { delta: this.take(text, Math.max(safe, this.emitted)), stop: false };
   }
 
