@@ -1,0 +1,160 @@
+/**
+ * The tokenizer of a GGUF with a byte-level BPE (`tokenizer.ggml.model` gpt2) as our import rebuilds
+ * it into the package (tokenizer.json + tokenizer_config.json + generation_config.json, read by
+ * ModelTokenizer) must tokenize exactly like
+ * - Hugging Face's tokenizer (@huggingface/tokenizers) on the family's original tokenizer.json, and
+ * - llama.cpp (node-llama-cpp) on the GGUF,
+ * for the real Llama 3 and Qwen3 tokenizers, on TinyStories validation paragraphs and edge cases.
+ *
+ * Semantics compared: ModelTokenizer.encode, like Hugging Face's encode, always matches added tokens
+ * (special-token text such as `<|eot_id|>` becomes that token), which is llama.cpp's
+ * parse_special=true. llama.cpp's parse_special=false (special-token text tokenized as plain text,
+ * user-defined tokens still matched) is compared with our tokenizer.json minus its special added
+ * tokens. BOS: ours with add_special_tokens against llama.cpp's own add-BOS decision.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { getLlama, LlamaLogLevel, type Llama, type LlamaModel } from 'node-llama-cpp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { importModel } from '../../src/model/import.js';
+import { PACKAGE_FILES } from '../../src/model/package-files.js';
+import { HfTokenizer, ModelTokenizer } from '../../src/model/tokenizer.js';
+import { writeFamilyGguf } from '../helpers/family-gguf.js';
+import { FAMILIES, type Family } from '../helpers/model-families.js';
+import { SHARED } from '../helpers/paths.js';
+
+const PARAGRAPHS = 300;
+
+const EDGE_CASES = [
+  '',
+  ' ',
+  '   ',
+  'a',
+  ' a',
+  'a ',
+  '  leading spaces',
+  'trailing spaces  ',
+  'multiple   inner    spaces',
+  '\n',
+  'line1\nline2\n\nline3\n',
+  ' \n \n\n  x',
+  '\tTab\tseparated\t\t',
+  '\r\nwindows\r\n',
+  '1234567890 3.14 -42 1,000,000 007',
+  '12345678901234567890',
+  "I'm sure you'll see it's John's DON'T",
+  'café 😀 日本 👩‍👩‍👧 🤖🤖',
+  '中文字符，标点。日本語のテキスト 한국어 텍스트',
+  'Ω≈ç√∫ ñ ü ß Привет мир',
+  'Hello, World! What?! (yes) [no] {maybe} a-b_c/d\\e',
+  '"quoted" \u201ccurly\u201d \u2018single\u2019 \u2014 dash\u2026',
+  'def f(x):\n    return x ** 2  # square\n',
+  'Once upon a time, there was a little girl named Lily.',
+  '<|begin_of_text|>Hi<|eot_id|>',
+  '<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>',
+  '<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n',
+  '<think>\n\n</think>\n\nAnswer <tool_call>',
+  '<|endoftext|> <|end_of_text|> <|im_end|>x<|eot_id|>y',
+  'not special: <|im_end  <|eot_id| <|',
+];
+
+interface Setup {
+  ours: ModelTokenizer;
+  /** Our package's tokenizer.json without its special added tokens: llama.cpp's parse_special=false. */
+  oursPlain: HfTokenizer;
+  hf: HfTokenizer;
+  model: LlamaModel;
+}
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gguf-bpe-tok-'));
+let llama: Llama;
+let paragraphs: string[];
+
+beforeAll(async () => {
+  llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
+  const text = fs.readFileSync(path.join(SHARED, 'data/tinystories/tinystories_val.txt'), 'utf8');
+  const all = text.split('\n\n').filter((p) => p.length > 0);
+  const step = all.length / PARAGRAPHS;
+  paragraphs = Array.from({ length: PARAGRAPHS }, (_, i) => all[Math.floor(i * step)]);
+});
+
+afterAll(async () => {
+  await llama?.dispose();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+async function setUp(family: Family): Promise<Setup> {
+  const gguf = path.join(tmp, `${family}.gguf`);
+  await writeFamilyGguf(family, gguf);
+  const pkg = path.join(tmp, `${family}-pkg`);
+  await importModel(gguf, pkg);
+  const vocabSize = FAMILIES[family].config.vocab_size;
+  const ours = ModelTokenizer.load(pkg, vocabSize);
+  const read = (dir: string, file: string) => JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8')) as Record<string, unknown>;
+  const json = read(pkg, PACKAGE_FILES.tokenizer) as { added_tokens: { special: boolean }[] };
+  const oursPlain = new HfTokenizer({ ...json, added_tokens: json.added_tokens.filter((t) => !t.special) }, read(pkg, PACKAGE_FILES.tokenizerConfig));
+  const dir = FAMILIES[family].tokenizerDir;
+  const hf = new HfTokenizer(read(dir, 'tokenizer.json'), read(dir, 'tokenizer_config.json'));
+  const model = await llama.loadModel({ modelPath: gguf, vocabOnly: true });
+  return { ours, oursPlain, hf, model };
+}
+
+/** Every text whose results differ, so a failure lists them all. */
+function mismatches(texts: string[], actual: (t: string) => unknown, expected: (t: string) => unknown) {
+  return texts
+    .map((text) => ({ text, actual: actual(text), expected: expected(text) }))
+    .filter((r) => JSON.stringify(r.actual) !== JSON.stringify(r.expected));
+}
+
+const llamaCpp = (model: LlamaModel, text: string, parseSpecial: boolean): number[] => Array.from(model.tokenize(text, parseSpecial), Number);
+
+describe.each([
+  // Llama 3: GGUF `llama-bpe`; llama.cpp adds BOS (<|begin_of_text|>) for it. The original
+  // tokenizer.json (Meta's first release) does not, so BOS is compared with llama.cpp only.
+  { family: 'llama3' as const, bos: [128000], stop: [128001, 128009], eos: '<|end_of_text|>' },
+  // Qwen3 (and Qwen2/2.5, the same tokenizer): GGUF `qwen2`, no BOS; chats end with <|im_end|>.
+  { family: 'qwen3' as const, bos: [], stop: [151645, 151643], eos: '<|im_end|>' },
+])('$family tokenizer from GGUF', ({ family, bos, stop, eos }) => {
+  let s: Setup;
+  beforeAll(async () => {
+    s = await setUp(family);
+  });
+  afterAll(async () => {
+    await s?.model.dispose();
+  });
+
+  it(`encodes ${PARAGRAPHS} TinyStories paragraphs and ${EDGE_CASES.length} edge cases as Hugging Face does on the original tokenizer.json`, () => {
+    const texts = [...paragraphs, ...EDGE_CASES];
+    expect(mismatches(texts, (t) => s.ours.encode(t, false), (t) => s.hf.encode(t, { add_special_tokens: false }).ids)).toEqual([]);
+    expect(texts.some((t) => s.ours.encode(t, false).length > 100)).toBe(true); // real paragraphs, not trivia
+  });
+
+  it('encodes them as llama.cpp does on the GGUF (special-token text parsed, BOS as llama.cpp adds it)', () => {
+    const texts = [...paragraphs, ...EDGE_CASES];
+    expect(mismatches(texts, (t) => s.ours.encode(t, false), (t) => llamaCpp(s.model, t, true))).toEqual([]);
+    expect(s.model.tokens.shouldPrependBosToken).toBe(bos.length > 0);
+    expect(mismatches(texts, (t) => s.ours.encode(t, true), (t) => [...bos, ...llamaCpp(s.model, t, true)])).toEqual([]);
+  });
+
+  it('without special parsing, special-token text is plain text on both sides (user-defined tokens still whole)', () => {
+    const specials = EDGE_CASES.filter((t) => t.includes('<'));
+    expect(mismatches(specials, (t) => s.oursPlain.encode(t, { add_special_tokens: false }).ids, (t) => llamaCpp(s.model, t, false))).toEqual([]);
+    // The two semantics really differ on these texts.
+    expect(specials.filter((t) => JSON.stringify(llamaCpp(s.model, t, false)) !== JSON.stringify(llamaCpp(s.model, t, true))).length).toBeGreaterThan(1);
+  });
+
+  it('decodes back to the text, as Hugging Face decodes', () => {
+    const texts = [...paragraphs.slice(0, 50), ...EDGE_CASES.filter((t) => !t.includes('<|'))];
+    expect(mismatches(texts, (t) => s.ours.decode(s.ours.encode(t, false)), (t) => t)).toEqual([]);
+    // (@huggingface/tokenizers refuses to decode an empty list.)
+    const hfDecode = (ids: number[]) => (ids.length === 0 ? '' : s.hf.decode(ids, { skip_special_tokens: true }));
+    expect(mismatches(EDGE_CASES, (t) => s.ours.decode(s.ours.encode(t, true)), (t) => hfDecode(s.hf.encode(t).ids))).toEqual([]);
+  });
+
+  it('stops on EOS and every end-of-turn token, as llama.cpp does', () => {
+    expect(s.ours.eosToken).toBe(eos);
+    expect([...s.ours.stopTokenIds].sort()).toEqual([...stop].sort());
+    for (const id of stop) expect(s.model.isEogToken(id as never), `llama.cpp EOG ${id}`).toBe(true);
+  });
+});
