@@ -47,6 +47,20 @@ export default tseslint.config(
     },
   },
   {
+    // The admin console's browser modules (plugins/console/, served as is, no build step): plain JS
+    // outside tsconfig.json, so linted without types, with the browser's globals.
+    files: ['plugins/console/**/*.js'],
+    extends: [tseslint.configs.disableTypeChecked],
+    languageOptions: {
+      sourceType: 'module',
+      globals: {
+        window: 'readonly', document: 'readonly', location: 'readonly', navigator: 'readonly', sessionStorage: 'readonly',
+        fetch: 'readonly', FormData: 'readonly', URL: 'readonly', URLSearchParams: 'readonly', TextDecoder: 'readonly',
+        setTimeout: 'readonly', setInterval: 'readonly', clearInterval: 'readonly', console: 'readonly',
+      },
+    },
+  },
+  {
     // Plain JS keeps core no-undef (TypeScript does not report errors in .js here); these run on Node.
     files: ['**/*.js', '**/*.mjs'],
     languageOptions: { globals: { process: 'readonly', fetch: 'readonly', AbortSignal: 'readonly', console: 'readonly' } },

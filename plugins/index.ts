@@ -3,6 +3,7 @@ import type { AdminServices } from '../src/admin/services.js';
 import type { Metrics } from '../src/core/metrics.js';
 import type { Gateway } from '../src/serving/gateway.js';
 import adminRoutes from './admin/index.js';
+import consoleRoutes from './console.js';
 import healthRoutes from './health.js';
 import metricsRoutes from './metrics.js';
 import chatRoutes from './openai/chat.js';
@@ -28,6 +29,7 @@ const routes: FastifyPluginAsync<RouteDeps> = async (app, opts) => {
   await app.register(completionRoutes, { gateway: opts.gateway });
   await app.register(embeddingRoutes, { gateway: opts.gateway });
   await app.register(responseRoutes, { gateway: opts.gateway });
+  await app.register(consoleRoutes);
   await app.register(adminRoutes, { prefix: '/admin', admin: opts.admin.services, maxCarryOnBytes: opts.admin.maxCarryOnBytes });
 };
 

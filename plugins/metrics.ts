@@ -1,6 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { ApiError } from '../src/core/errors.js';
 import type { Metrics } from '../src/core/metrics.js';
+import { metricsSummary } from '../src/admin/metrics-summary.js';
 
 /**
  * GET /metrics in Prometheus text format, for operators: a global admin key (series name every
@@ -13,6 +14,15 @@ const metricsRoutes: FastifyPluginAsync<{ metrics: Metrics; requireAdmin: boolea
       throw new ApiError('permission_denied', "Reading metrics needs a global admin key (or the key-less CARRYON_METRICS_PORT); a tenant's keys cannot read other tenants' series.");
     }
     return reply.type(metrics.contentType).send(await metrics.render());
+  });
+  // The same numbers as JSON for the console's overview (docs/admin.md): a global admin key always,
+  // since it names every tenant's carry-ons, whether or not /metrics itself is public.
+  app.get('/admin/metrics', async (request) => {
+    const p = request.principal;
+    if (p?.scope !== 'admin' || p.tenantId !== null) {
+      throw new ApiError('permission_denied', "Reading metrics needs a global admin key; a tenant's keys cannot read other tenants' series.");
+    }
+    return metricsSummary(metrics);
   });
 };
 

@@ -1,0 +1,153 @@
+// Training jobs: start one from the tenant's harvested shards, follow its loss while it runs (the
+// job's progress, sampled every second), its held-out evaluation and log tail; cancel; a finished
+// job links to the carry-on version it registered.
+import { html, useEffect, useRef, useState } from './vendor/htm-preact.js';
+import { call, fmtTime, get, q } from './api.js';
+import { Plot } from './plot.js';
+import { ErrorLine, guarded } from './ui.js';
+
+const ACTIVE = ['queued', 'running', 'registering'];
+const POLL_MS = 1000;
+
+function StartForm({ tenant, onStarted }) {
+  const [f, setF] = useState({ carry_on: '', alias: '', description: '', steps: 300, batch_size: 16, lr: 0.003, alpha: 1, width: 64, layers: 2, loss_rows: 'auto' });
+  const [error, setError] = useState(null);
+  const set = (k) => (e) => setF({ ...f, [k]: e.target.value });
+  const submit = guarded(setError, async (e) => {
+    e.preventDefault();
+    setError(null);
+    const body = {
+      tenant,
+      carry_on: f.carry_on.trim(),
+      ...(f.alias.trim() ? { alias: f.alias.trim() } : {}),
+      ...(f.description.trim() ? { description: f.description.trim() } : {}),
+      architecture: { width: Number(f.width), layers: Number(f.layers) },
+      training: { steps: Number(f.steps), batch_size: Number(f.batch_size), lr: Number(f.lr), alpha: Number(f.alpha), loss_rows: f.loss_rows },
+    };
+    onStarted(await call('POST', 'admin/training-jobs', { json: body }));
+  });
+  return html`<form id="training-form" class="inline" onSubmit=${submit}>
+    <label>carry-on <input name="carry_on" required value=${f.carry_on} placeholder="id" onInput=${set('carry_on')} /></label>
+    <label>alias <input name="alias" value=${f.alias} placeholder="optional" onInput=${set('alias')} /></label>
+    <label>description <input name="description" value=${f.description} onInput=${set('description')} /></label>
+    <label>steps <input name="steps" type="number" min="1" value=${f.steps} onInput=${set('steps')} /></label>
+    <label>batch <input name="batch_size" type="number" min="1" value=${f.batch_size} onInput=${set('batch_size')} /></label>
+    <label>lr <input name="lr" type="number" step="any" min="0" value=${f.lr} onInput=${set('lr')} /></label>
+    <label>α <input name="alpha" type="number" step="0.05" min="0" max="4" value=${f.alpha} onInput=${set('alpha')} /></label>
+    <label>width <input name="width" type="number" min="8" value=${f.width} onInput=${set('width')} /></label>
+    <label>layers <input name="layers" type="number" min="1" max="16" value=${f.layers} onInput=${set('layers')} /></label>
+    <label>loss rows <select name="loss_rows" value=${f.loss_rows} onChange=${set('loss_rows')}>
+      <option value="auto">auto</option><option value="all">all</option><option value="completion">completion</option>
+    </select></label>
+    <button type="submit" id="training-start">Start training</button>
+    <${ErrorLine} error=${error} id="training-error" />
+  </form>`;
+}
+
+function JobDetail({ job, curve, onCancel }) {
+  const [log, setLog] = useState('');
+  useEffect(() => {
+    let stopped = false;
+    const tail = async () => {
+      try {
+        const res = await call('GET', `admin/training-jobs/${encodeURIComponent(job.id)}/logs${q({ bytes: 8192 })}`, { raw: true });
+        const text = await res.text();
+        if (!stopped) setLog(text);
+      } catch {
+        // No log yet (a queued job): the next poll tries again.
+      }
+    };
+    void tail();
+    if (!ACTIVE.includes(job.status)) return () => { stopped = true; };
+    const timer = setInterval(tail, 2000);
+    return () => {
+      stopped = true;
+      clearInterval(timer);
+    };
+  }, [job.id, job.status]);
+  const ev = job.eval;
+  // The α points the job reports: α = 0 is the base, and the best α of the trainer's sweep (the
+  // loss at the training α is in the table: the job does not say which α that was).
+  const sweep = ev
+    ? [[0, ev.base_loss], [ev.best_alpha, ev.best_alpha_loss]]
+        .sort((a, b) => a[0] - b[0])
+        .filter((p, i, a) => i === 0 || p[0] !== a[i - 1][0])
+    : [];
+  const v = job.carry_on_version;
+  return html`<div class="card-block" id="job-detail" data-job=${job.id} data-status=${job.status}>
+    <h3>${job.id} <small>${job.carry_on}, ${job.shards} shards</small></h3>
+    <p>status <b id="job-status">${job.status}</b> · step ${job.progress.step} / ${job.progress.steps}
+      ${job.progress.loss !== null ? html` · loss <b>${job.progress.loss.toFixed(4)}</b>` : ''}
+      ${ACTIVE.includes(job.status) && html` <button class="danger" id="job-cancel" onClick=${onCancel}>Cancel</button>`}</p>
+    ${job.error && html`<p class="error" id="job-failure">${job.error}</p>`}
+    <div class="plots">
+      <${Plot} id="loss" title="Training loss" time=${false} series=${['loss']} data=${[curve.map((p) => p[0]), curve.map((p) => p[1])]} />
+      ${ev && html`<${Plot} id="alpha-sweep" title="Held-out loss by α" time=${false} series=${['loss']} data=${[sweep.map((p) => p[0]), sweep.map((p) => p[1])]} />`}
+    </div>
+    ${ev && html`<table id="job-eval"><tbody>
+      <tr><th>held-out loss, base</th><td>${ev.base_loss.toFixed(4)}</td></tr>
+      <tr><th>held-out loss, carry-on at the training α</th><td>${ev.carry_on_loss.toFixed(4)}</td></tr>
+      <tr><th>best α</th><td>${ev.best_alpha} (${ev.best_alpha_loss.toFixed(4)})</td></tr>
+      ${ev.parity_max_abs_diff !== null && html`<tr><th>export parity (max |Δ|)</th><td>${ev.parity_max_abs_diff}</td></tr>`}
+    </tbody></table>`}
+    ${v && html`<p class="ok" id="job-version">Registered <a href="#/carry-ons" id="job-version-link">${v.carry_on} version ${v.version}</a> (default α ${v.manifest.default_alpha}).</p>`}
+    <h4>Log (end)</h4>
+    <pre class="log" id="job-log">${log}</pre>
+  </div>`;
+}
+
+export function TrainingPage({ tenant }) {
+  const [jobs, setJobs] = useState([]);
+  const [selected, setSelected] = useState(null);
+  const [error, setError] = useState(null);
+  // Loss points per job, gathered from each poll of the job's progress.
+  const curves = useRef({});
+  const [, setTick] = useState(0);
+  const record = (list) => {
+    for (const j of list) {
+      if (j.progress.loss === null) continue;
+      const c = (curves.current[j.id] ||= []);
+      if (!c.length || c[c.length - 1][0] !== j.progress.step) c.push([j.progress.step, j.progress.loss]);
+    }
+    setTick((t) => t + 1);
+  };
+  const reload = async () => {
+    if (!tenant) return;
+    try {
+      const list = (await get(`admin/training-jobs${q({ tenant })}`)).data;
+      record(list);
+      setJobs(list);
+    } catch (err) {
+      setError(err);
+    }
+  };
+  useEffect(() => {
+    setSelected(null);
+    void reload();
+  }, [tenant]);
+  const anyActive = jobs.some((j) => ACTIVE.includes(j.status));
+  useEffect(() => {
+    if (!anyActive) return undefined;
+    const timer = setInterval(() => void reload(), POLL_MS);
+    return () => clearInterval(timer);
+  }, [anyActive, tenant]);
+  const job = jobs.find((j) => j.id === selected) || null;
+  const cancel = guarded(setError, async () => {
+    await call('POST', `admin/training-jobs/${encodeURIComponent(job.id)}/cancel`);
+    await reload();
+  });
+  return html`<section id="training-page">
+    <h2>Training jobs of ${tenant || '…'}</h2>
+    <p class="hint">A job trains on every shard of ${tenant} harvested from the served base, and registers the result as the carry-on's next version.</p>
+    <${StartForm} tenant=${tenant} onStarted=${async (j) => { setSelected(j.id); await reload(); }} />
+    <${ErrorLine} error=${error} id="jobs-error" />
+    <table id="jobs-table">
+      <thead><tr><th>id</th><th>carry-on</th><th>status</th><th>progress</th><th>created</th><th>finished</th></tr></thead>
+      <tbody>${jobs.map((j) => html`<tr data-job=${j.id} class=${j.id === selected ? 'selected' : ''}>
+        <td><a href="#/training" onClick=${() => setSelected(j.id)}>${j.id}</a></td><td>${j.carry_on}</td><td class="status">${j.status}</td>
+        <td>${j.progress.step}/${j.progress.steps}</td><td>${fmtTime(j.created_at)}</td><td>${fmtTime(j.finished_at)}</td>
+      </tr>`)}</tbody>
+    </table>
+    ${job && html`<${JobDetail} job=${job} curve=${curves.current[job.id] || []} onCancel=${cancel} />`}
+  </section>`;
+}
