@@ -119,15 +119,27 @@ describe.skipIf(!hasJinja)('chat template parity with transformers (Python jinja
     expect(reference.filter((r) => 'text' in r).length).toBe(jobs.length - 1);
     expect(reference.at(-1)).toEqual({ error: 'Conversation roles must alternate user/assistant/user/assistant/...' });
   });
+});
 
+// Written-out expectations (jinja2's output), which also run where no Python is.
+describe('the templates, without Python', () => {
   it('renders the Llama 3 and Qwen3 turns the models were trained on', () => {
-    const llama3 = new ChatTemplate(templates.llama3.template, templates.llama3.variables);
+    const llama3Files = realTemplate('llama3');
+    const llama3 = new ChatTemplate(llama3Files.template, llama3Files.variables);
     expect(llama3.render([sys('S'), user(' U ')])).toBe(
       '<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n',
     );
-    const qwen3 = new ChatTemplate(templates.qwen3.template, templates.qwen3.variables);
+    const qwen3Files = realTemplate('qwen3');
+    const qwen3 = new ChatTemplate(qwen3Files.template, qwen3Files.variables);
     expect(qwen3.render([sys('S'), user('U')])).toBe('<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n');
     expect(qwen3.render([user('U'), asst('A')], { addGenerationPrompt: false })).toBe('<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nA<|im_end|>\n');
+  });
+
+  it('keeps what an iteration printed before break and continue, as jinja2 does', () => {
+    const loops =
+      '{% for x in [1,2,3,4] %}{{ x }}{% if x > 1 %}{% break %}{% endif %}{% endfor %}|{% for x in [1,2,3] %}{{ x }}{% if x == 2 %}{% continue %}{% endif %}-{% endfor %}|' +
+      '{% for a in [1,2] %}{% for b in [1,2,3] %}{{ a }}{{ b }}{% if b == 2 %}{% break %}{% endif %},{% endfor %};{% endfor %}|{% for x in [] %}{% break %}{% else %}empty{% endfor %}';
+    expect(new ChatTemplate(loops, {}).render([])).toBe('12|1-23-|11,12;21,22;|empty');
   });
 });
 
