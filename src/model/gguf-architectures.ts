@@ -9,7 +9,7 @@
  * with NEOX RoPE), so their q/k rows, q/k biases and q/k norm vectors are un-permuted on import and
  * permuted back on export.
  */
-import { copyBytes, dequantizeQ4_0, GgmlType } from '../formats/ggml-quants.js';
+import { copyBytes, dequantize, GgmlType } from '../formats/ggml-quants.js';
 import {
   gguf,
   GgufMetadataReader,
@@ -20,15 +20,25 @@ import {
   type GgufTypedValue,
 } from '../formats/gguf-file.js';
 import { unpermuteRows } from './hf-folder.js';
-import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix, ModelArchitecture, RopeScaling } from './types.js';
+import { GGML_BLOCKS } from './quantized-linear.js';
+import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix, ModelArchitecture, QuantKind, RopeScaling } from './types.js';
 
 export const GGUF_ARCHITECTURES: readonly ModelArchitecture[] = ['llama', 'qwen2', 'qwen3'];
 
 /** Whether the file stores q/k in Hugging Face's rotate-half order (llama.cpp LLAMA_ROPE_TYPE_NEOX). */
 const NEOX_ORDER: Record<ModelArchitecture, boolean> = { llama: false, qwen2: true, qwen3: true };
 
-/** Types we keep quantized in memory; the engine multiplies with them directly. */
-const KEEP_QUANTIZED: ReadonlySet<number> = new Set([GgmlType.Q4_0]);
+/**
+ * Types kept quantized in memory, as the file has them: the graph multiplies with them directly
+ * (src/model/quantized-linear.ts), so a Q4_K_M file is served at 4–6 bits, not expanded to f32.
+ */
+const KEEP_QUANTIZED: ReadonlyMap<number, QuantKind> = new Map([
+  [GgmlType.Q4_0, 'q4_0'],
+  [GgmlType.Q8_0, 'q8_0'],
+  [GgmlType.Q4_K, 'q4_k'],
+  [GgmlType.Q6_K, 'q6_k'],
+]);
+const GGML_TYPE_OF: Record<QuantKind, number> = { q4_0: GgmlType.Q4_0, q8_0: GgmlType.Q8_0, q4_k: GgmlType.Q4_K, q6_k: GgmlType.Q6_K };
 
 /** general.architecture, refused by name unless it is one the graph builds. */
 export function architectureOf(file: GgufFile): ModelArchitecture {
@@ -129,7 +139,8 @@ export function weightsFromGguf(file: GgufFile, config: LlamaConfig): LlamaWeigh
   const matrix = (name: string, rows: number, cols: number): Matrix => {
     const info = file.requireTensor(name);
     expectDims(info, [cols, rows], file.path);
-    if (KEEP_QUANTIZED.has(info.type)) return { kind: 'q4_0', rows, cols, data: copyBytes(file.tensorBytes(info)) };
+    const kind = KEEP_QUANTIZED.get(info.type);
+    if (kind) return { kind, rows, cols, data: copyBytes(file.tensorBytes(info)) };
     return { kind: 'f32', rows, cols, data: file.tensorF32(info) };
   };
   /** q/k rows (and their biases, cols = 1) into interleaved order when the file has rotate-half order. */
@@ -178,7 +189,7 @@ export function weightsFromGguf(file: GgufFile, config: LlamaConfig): LlamaWeigh
  * moves without requantizing. A vector is a matrix of one column.
  */
 function reorderRows(m: Matrix, heads: number, headDim: number, toInterleaved: boolean): Matrix {
-  const rowBytes = m.kind === 'f32' ? m.cols * 4 : (m.cols / 32) * 18;
+  const rowBytes = m.kind === 'f32' ? m.cols * 4 : (m.cols / GGML_BLOCKS[m.kind].elements) * GGML_BLOCKS[m.kind].bytes;
   // unpermuteRows on the row indices gives, for each interleaved row, the rotate-half row it takes.
   const order = unpermuteRows(Float32Array.from({ length: m.rows }, (_, r) => r), heads, headDim, 1);
   const src = new Uint8Array(m.data.buffer, m.data.byteOffset, m.data.byteLength);
@@ -277,10 +288,11 @@ export function llama3RopeFactors(config: LlamaConfig): Float32Array {
 
 function matrixTensor(name: string, m: Matrix, quant: 'f32' | 'q4_0'): GgufTensorSpec {
   const dims = [m.cols, m.rows];
-  if (m.kind === 'q4_0') {
-    return quant === 'q4_0'
-      ? { name, dims, type: GgmlType.Q4_0, data: m.data }
-      : { name, dims, type: GgmlType.F32, data: dequantizeQ4_0(m.data, m.rows * m.cols) };
+  if (m.kind !== 'f32') {
+    const type = GGML_TYPE_OF[m.kind];
+    return quant === 'f32'
+      ? { name, dims, type: GgmlType.F32, data: dequantize(type, m.data, m.rows * m.cols, name) }
+      : { name, dims, type, data: m.data };
   }
   const quantize = quant === 'q4_0' && m.cols % 32 === 0;
   return { name, dims, type: quantize ? GgmlType.Q4_0 : GgmlType.F32, data: m.data };

@@ -123,5 +123,5 @@ function quantizationOf(w: LlamaWeights): PackageManifest['quantization'] {
   for (const l of w.layers) for (const m of [l.wq, l.wk, l.wv, l.wo, l.gate, l.down, l.up]) kinds.add(m.kind);
   if (w.output) kinds.add(w.output.kind);
   if (kinds.size > 1) return 'mixed';
-  return kinds.has('q4_0') ? 'q4_0' : 'f32';
+  return [...kinds][0] as PackageManifest['quantization'];
 }

@@ -62,6 +62,7 @@
  */
 import { TensorNames } from './tensor-names.js';
 import { attr, DataType, GraphBuilder, type Dim, type ModelOptions } from '../formats/onnx-builder.js';
+import { checkQuantMatrix, quantizedLinear } from './quantized-linear.js';
 import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix, RopeScaling } from './types.js';
 
 // ---- Tensor names: the engine must use these rather than string literals. ----
@@ -130,10 +131,6 @@ const DEFAULT_ACCURACY_LEVEL = 4;
  */
 const MASKED_SCORE = -3.4028234663852886e38;
 
-const Q4_BLOCK = 32;
-const Q4_GGML_BLOCK_BYTES = 18; // f16 scale + 16 bytes of nibbles
-const Q4_PACKED_BLOCK_BYTES = 16;
-
 // ---------------------------------------------------------------------------------------------
 // Public builders
 
@@ -176,8 +173,8 @@ export function buildHeadModel(weights: LlamaWeights, opts: HeadModelOptions = {
 
   const g = new GraphBuilder('llama_head');
   const hidden = g.input(HIDDEN_STATES, DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, cfg.hidden_size]);
-  if (lmHead.kind === 'q4_0') {
-    matMulNBits(g, hidden, lmHead, 'lm_head', opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL, LOGITS);
+  if (lmHead.kind !== 'f32') {
+    quantizedLinear(g, hidden, lmHead, 'lm_head', opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL, LOGITS);
   } else {
     gemmHead(g, hidden, lmHead, cfg);
   }
@@ -605,7 +602,7 @@ export function rmsNorm(g: GraphBuilder, x: string, weight: string, eps: number,
  * `${name}.weight_t`), Q4_0 via MatMulNBits.
  */
 export function linearLayer(g: GraphBuilder, x: string, m: Matrix, name: string, accuracyLevel: number): string {
-  if (m.kind === 'q4_0') return matMulNBits(g, x, m, name, accuracyLevel);
+  if (m.kind !== 'f32') return quantizedLinear(g, x, m, name, accuracyLevel);
   const wT = g.initializer(`${name}.weight_t`, transpose(m.data, m.rows, m.cols), [m.cols, m.rows]);
   return g.op('MatMul', [x, wT]);
 }
@@ -616,68 +613,6 @@ function transpose(data: Float32Array, rows: number, cols: number): Float32Array
     for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
   }
   return out;
-}
-
-function matMulNBits(
-  g: GraphBuilder,
-  x: string,
-  m: Matrix & { kind: 'q4_0' },
-  name: string,
-  accuracyLevel: number,
-  output?: string,
-): string {
-  const { packed, scales } = ggmlQ4_0ToMatMulNBits(m);
-  const blocks = m.cols / Q4_BLOCK;
-  const b = g.initializer(`${name}.qweight`, packed, [m.rows, blocks, Q4_PACKED_BLOCK_BYTES]);
-  const s = g.initializer(`${name}.scales`, scales, [m.rows, blocks]);
-  const attrs = {
-    K: attr.int(m.cols),
-    N: attr.int(m.rows),
-    bits: attr.int(4),
-    block_size: attr.int(Q4_BLOCK),
-    accuracy_level: attr.int(accuracyLevel),
-  };
-  // No zero_points input: MatMulNBits then uses 8 for 4-bit, which is exactly Q4_0's (q - 8) * d.
-  return g.node('MatMulNBits', [x, b, s], {
-    attrs,
-    domain: 'com.microsoft',
-    outputs: output === undefined ? undefined : [output],
-  })[0];
-}
-
-/**
- * Repacks ggml Q4_0 blocks for MatMulNBits. Both quantize the same 32-element runs of a row with
- * value (q - 8) * d; they differ in nibble order: ggml byte j holds elements j (low) and j + 16
- * (high), MatMulNBits byte i holds elements 2i (low) and 2i + 1 (high). The f16 scale moves to a
- * separate float32 tensor.
- */
-function ggmlQ4_0ToMatMulNBits(m: Matrix & { kind: 'q4_0' }): { packed: Uint8Array; scales: Float32Array } {
-  const nBlocks = (m.rows * m.cols) / Q4_BLOCK;
-  const packed = new Uint8Array(nBlocks * Q4_PACKED_BLOCK_BYTES);
-  const scales = new Float32Array(nBlocks);
-  const q = new Uint8Array(Q4_BLOCK);
-  for (let blk = 0; blk < nBlocks; blk++) {
-    const src = blk * Q4_GGML_BLOCK_BYTES;
-    scales[blk] = f16ToF32(m.data[src] | (m.data[src + 1] << 8));
-    for (let j = 0; j < 16; j++) {
-      const byte = m.data[src + 2 + j];
-      q[j] = byte & 0x0f;
-      q[j + 16] = byte >> 4;
-    }
-    const dst = blk * Q4_PACKED_BLOCK_BYTES;
-    for (let i = 0; i < 16; i++) packed[dst + i] = q[2 * i] | (q[2 * i + 1] << 4);
-  }
-  return { packed, scales };
-}
-
-/** IEEE half (as its 16 bits) to a JS number; exact for every half value. */
-function f16ToF32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 0x1f) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -735,11 +670,7 @@ function checkMatrix(name: string, m: Matrix, rows: number, cols: number): void 
     checkVector(name, m.data, rows * cols);
     return;
   }
-  if (cols % Q4_BLOCK !== 0) {
-    throw new Error(`${name}: q4_0 needs cols divisible by ${Q4_BLOCK}, got ${cols} (keep this matrix in f32)`);
-  }
-  const bytes = (rows * cols * Q4_GGML_BLOCK_BYTES) / Q4_BLOCK;
-  if (m.data.length !== bytes) throw new Error(`${name}: q4_0 [${rows}, ${cols}] needs ${bytes} bytes, got ${m.data.length}`);
+  checkQuantMatrix(m, name);
 }
 
 function validateExtraLayers(layers: number[], numLayers: number): Set<number> {

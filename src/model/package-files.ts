@@ -58,7 +58,7 @@ export const PackageManifest = z.object({
   name: z.string(),
   /** sha256 over config.json, body.onnx and head.onnx: carry-ons bind to it. */
   fingerprint: z.string().regex(/^[0-9a-f]{64}$/),
-  quantization: z.enum(['f32', 'q4_0', 'mixed']),
+  quantization: z.enum(['f32', 'q4_0', 'q8_0', 'q4_k', 'q6_k', 'mixed']),
   /** 'hf': a Hugging Face model folder (file is the folder's name; sha256 as hfFolderSha256 computes it). */
   source: z.object({ format: z.enum(['llama2c', 'gguf', 'hf']), file: z.string(), sha256: z.string() }),
   created_at: z.string(),

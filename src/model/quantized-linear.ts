@@ -17,15 +17,11 @@
  */
 import { attr, type GraphBuilder } from '../formats/onnx-builder.js';
 import { f16ToF32 } from '../formats/half.js';
+import type { Matrix, QuantKind } from './types.js';
 
 /** A weight matrix [rows = out, cols = in] kept as ggml blocks, row-major, each row its own blocks. */
-export interface GgmlQuantMatrix {
-  kind: GgmlQuantKind;
-  rows: number;
-  cols: number;
-  data: Uint8Array;
-}
-export type GgmlQuantKind = 'q4_0' | 'q8_0' | 'q4_k' | 'q6_k';
+export type GgmlQuantMatrix = Extract<Matrix, { kind: QuantKind }>;
+export type GgmlQuantKind = QuantKind;
 
 /** Elements and bytes of one ggml block of each kind. */
 export const GGML_BLOCKS: Record<GgmlQuantKind, { elements: number; bytes: number }> = {
@@ -49,7 +45,7 @@ export interface NBitsWeight {
 
 export function checkQuantMatrix(m: GgmlQuantMatrix, what: string): void {
   const { elements, bytes } = GGML_BLOCKS[m.kind];
-  if (m.cols % elements !== 0) throw new Error(`${what}: ${m.kind} needs rows of a multiple of ${elements} values, got ${m.cols}`);
+  if (m.cols % elements !== 0) throw new Error(`${what}: ${m.kind} needs cols divisible by ${elements}, got ${m.cols} (keep this matrix in f32)`);
   const expected = (m.rows * m.cols * bytes) / elements;
   if (m.data.length !== expected) throw new Error(`${what}: ${m.data.length} bytes of ${m.kind}, expected ${expected}`);
 }

@@ -43,10 +43,17 @@ export interface LlamaConfig {
   eos_token_id: number;
 }
 
+/**
+ * ggml block formats kept as they are in the file and served quantized by MatMulNBits
+ * (src/model/quantized-linear.ts): Q4_0 (what --quantize q4_0 writes), Q8_0, and the K-quants a
+ * Q4_K_M download holds (Q4_K, Q6_K).
+ */
+export type QuantKind = 'q4_0' | 'q8_0' | 'q4_k' | 'q6_k';
+
 export type Matrix =
   | { kind: 'f32'; rows: number; cols: number; data: Float32Array }
-  /** ggml Q4_0 blocks kept as-is: per row, cols/32 blocks of (f16 scale, 16 bytes of nibbles). */
-  | { kind: 'q4_0'; rows: number; cols: number; data: Uint8Array };
+  /** ggml blocks kept as-is: each row is its own run of blocks (ggml quantizes along a row). */
+  | { kind: QuantKind; rows: number; cols: number; data: Uint8Array };
 
 export interface LlamaLayer {
   attnNorm: Float32Array;
