@@ -1,5 +1,5 @@
 // Training jobs: start one from the tenant's harvested shards, follow its loss while it runs (the
-// job's progress, sampled every second), its held-out evaluation and log tail; cancel; a finished
+// job's progress, sampled twice a second), its held-out evaluation and log tail; cancel; a finished
 // job links to the carry-on version it registered.
 import { html, useEffect, useRef, useState } from './vendor/htm-preact.js';
 import { call, fmtTime, get, q } from './api.js';
@@ -7,10 +7,10 @@ import { Plot } from './plot.js';
 import { ErrorLine, guarded } from './ui.js';
 
 const ACTIVE = ['queued', 'running', 'registering'];
-const POLL_MS = 1000;
+const POLL_MS = 500;
 
 function StartForm({ tenant, onStarted }) {
-  const [f, setF] = useState({ carry_on: '', alias: '', description: '', steps: 300, batch_size: 16, lr: 0.003, alpha: 1, width: 64, layers: 2, loss_rows: 'auto' });
+  const [f, setF] = useState({ carry_on: '', alias: '', description: '', steps: 300, batch_size: 16, seq_len: 0, lr: 0.003, alpha: 1, width: 64, layers: 2, loss_rows: 'auto' });
   const [error, setError] = useState(null);
   const set = (k) => (e) => setF({ ...f, [k]: e.target.value });
   const submit = guarded(setError, async (e) => {
@@ -22,7 +22,7 @@ function StartForm({ tenant, onStarted }) {
       ...(f.alias.trim() ? { alias: f.alias.trim() } : {}),
       ...(f.description.trim() ? { description: f.description.trim() } : {}),
       architecture: { width: Number(f.width), layers: Number(f.layers) },
-      training: { steps: Number(f.steps), batch_size: Number(f.batch_size), lr: Number(f.lr), alpha: Number(f.alpha), loss_rows: f.loss_rows },
+      training: { steps: Number(f.steps), batch_size: Number(f.batch_size), seq_len: Number(f.seq_len), lr: Number(f.lr), alpha: Number(f.alpha), loss_rows: f.loss_rows },
     };
     onStarted(await call('POST', 'admin/training-jobs', { json: body }));
   });
@@ -32,6 +32,7 @@ function StartForm({ tenant, onStarted }) {
     <label>description <input name="description" value=${f.description} onInput=${set('description')} /></label>
     <label>steps <input name="steps" type="number" min="1" value=${f.steps} onInput=${set('steps')} /></label>
     <label>batch <input name="batch_size" type="number" min="1" value=${f.batch_size} onInput=${set('batch_size')} /></label>
+    <label>sequence <input name="seq_len" type="number" min="0" title="0: the base's context" value=${f.seq_len} onInput=${set('seq_len')} /></label>
     <label>lr <input name="lr" type="number" step="any" min="0" value=${f.lr} onInput=${set('lr')} /></label>
     <label>α <input name="alpha" type="number" step="0.05" min="0" max="4" value=${f.alpha} onInput=${set('alpha')} /></label>
     <label>width <input name="width" type="number" min="8" value=${f.width} onInput=${set('width')} /></label>

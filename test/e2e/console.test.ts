@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Browser, Page } from 'puppeteer-core';
@@ -8,6 +9,8 @@ import { api } from '../helpers/admin.js';
 import { browserAvailable, launchBrowser, PageProblems, screenshot } from '../helpers/browser.js';
 import { makeCarryOn } from '../helpers/carry-on.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { gsm8kTrainProblems } from '../helpers/gsm8k.js';
+import { REPO_ROOT } from '../helpers/paths.js';
 
 /**
  * The admin console in a real browser (Debian's headless chromium) against the real gateway: sign
@@ -17,6 +20,13 @@ import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../
  * its tenant only. The page must log no error and no request may fail except those a step expects.
  */
 const RUN = browserAvailable('console');
+// The training flow also needs the trainer (python3 with torch), as test/e2e/training-jobs.test.ts does.
+const which = spawnSync(path.join(REPO_ROOT, 'trainer', 'python'), ['--which'], { encoding: 'utf8' });
+const HAS_TORCH = which.status === 0;
+if (RUN && !HAS_TORCH) {
+  if (process.env.CARRYON_TRAINER_REQUIRED === '1') throw new Error(`console training flow: ${which.stderr.trim()}`);
+  console.warn(`console training flow SKIPPED: ${which.stderr.trim() || 'no python3 with torch'}`);
+}
 
 let gw: TestGateway;
 let work: string;
@@ -233,6 +243,59 @@ describe.skipIf(!RUN)('admin console in a browser', () => {
     await screenshot(page, '8-harvest');
   });
 
+  it.skipIf(!HAS_TORCH)('trains a carry-on from harvested traffic: the loss plot grows, the job succeeds and links its version; another is cancelled', { timeout: 600_000 }, async () => {
+    const created = await api<CreatedApiKeyObject>(gw, 'POST', '/admin/keys', ADMIN_KEY, { tenant: 'acme', harvest: { sample_rate: 1 } });
+    for (const p of gsm8kTrainProblems(40)) {
+      const r = await api(gw, 'POST', '/v1/completions', created.json.key, { model: 'stories260K', prompt: `${p.question}\n${p.answer}`, max_tokens: 2, temperature: 0 });
+      expect(r.status, r.text).toBe(200);
+    }
+    await gw.harvest.flush();
+    await nav('training');
+    await fill('#training-form input[name=carry_on]', 'gsm');
+    await fill('#training-form input[name=alias]', 'stable');
+    await fill('#training-form input[name=steps]', '100');
+    await fill('#training-form input[name=batch_size]', '4');
+    await fill('#training-form input[name=seq_len]', '128');
+    await fill('#training-form input[name=width]', '32');
+    await page.select('#training-form select[name=loss_rows]', 'all');
+    await page.click('#training-start');
+    await page.waitForSelector('#job-detail');
+    // The curve grows while the job runs: a point per poll of its progress that found a new step.
+    const points = () => page.$eval('[data-plot=loss]', (e) => Number(e.getAttribute('data-points')));
+    await page.waitForFunction(
+      () => document.querySelector('#job-status')?.textContent === 'running' && Number(document.querySelector('[data-plot=loss]')?.getAttribute('data-points')) >= 1,
+      { timeout: 240_000 },
+    );
+    const whileRunning = await points();
+    await screenshot(page, '9-training-running');
+    await page.waitForFunction(() => !['queued', 'running', 'registering'].includes(document.querySelector('#job-status')?.textContent ?? ''), { timeout: 400_000 });
+    expect(await text('#job-status'), await text('#job-detail')).toBe('succeeded');
+    expect(await points()).toBeGreaterThan(whileRunning);
+    expect(await text('#job-eval')).toContain('best α');
+    expect(await page.$('[data-plot=alpha-sweep] canvas')).not.toBeNull();
+    expect(await text('#job-version')).toContain('gsm version 1');
+    await page.waitForFunction(() => document.querySelector('#job-log')?.textContent?.includes('held-out loss'), { timeout: 10_000 });
+    await screenshot(page, '10-training-done');
+    const gsmJob = await page.$eval('#job-detail', (e) => e.getAttribute('data-job') ?? '');
+
+    // A long job, cancelled from the page once it runs: nothing is registered.
+    await fill('#training-form input[name=carry_on]', 'long');
+    await fill('#training-form input[name=alias]', '');
+    await fill('#training-form input[name=steps]', '100000');
+    await page.click('#training-start');
+    await page.waitForFunction(() => document.querySelector('#job-detail h3 small')?.textContent?.startsWith('long') && document.querySelector('#job-status')?.textContent === 'running', { timeout: 60_000 });
+    await page.click('#job-cancel');
+    await page.waitForFunction(() => document.querySelector('#job-status')?.textContent === 'cancelled', { timeout: 30_000 });
+    expect(await page.$('#job-version')).toBeNull();
+    expect((await api(gw, 'GET', '/admin/tenants/acme/carry-ons/long', ADMIN_KEY)).status).toBe(404);
+
+    // The finished job's link leads to the carry-ons, where the trained version is listed.
+    await page.click(`#jobs-table tr[data-job="${gsmJob}"] a`);
+    await page.waitForSelector('#job-version-link');
+    await page.click('#job-version-link');
+    await page.waitForSelector('[data-carry-on=gsm] [data-alias=stable]');
+  });
+
   it('shows the training page and the server’s refusal of a job without shards', async () => {
     expect((await api(gw, 'POST', '/admin/tenants', ADMIN_KEY, { id: 'empty' })).status).toBe(201);
     await page.reload({ waitUntil: 'networkidle0' });
@@ -244,7 +307,7 @@ describe.skipIf(!RUN)('admin console in a browser', () => {
     expectedErrors.push({ method: 'POST', path: '/admin/training-jobs', status: 400 });
     await page.waitForSelector('#training-error');
     expect(await text('#training-error')).toContain('(shards)');
-    await screenshot(page, '9-training');
+    await screenshot(page, '11-training-refused');
   });
 
   it('signs a tenant’s admin key in to its own tenant only', async () => {
@@ -274,7 +337,7 @@ describe.skipIf(!RUN)('admin console in a browser', () => {
     expect(status).toBe(404);
     await nav('carry-ons');
     await page.waitForSelector('[data-carry-on=style]');
-    await screenshot(page, '10-tenant-admin');
+    await screenshot(page, '12-tenant-admin');
   });
 
   it('logged no console error, and no request failed except the ones the steps provoked', () => {

@@ -28,6 +28,8 @@ export async function launchBrowser(): Promise<Browser> {
     // --no-sandbox: CI and these containers run as root, where Chromium's sandbox cannot start.
     args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run', '--window-size=1400,1000'],
     defaultViewport: { width: 1400, height: 1000 },
+    // A training job's wait can outlast the default 180 s on a loaded machine; each wait has its own timeout.
+    protocolTimeout: 600_000,
   });
 }
 
