@@ -1,7 +1,7 @@
+"""`python -m carryon_train` (what trainer/carryon-train and torchrun's `-m carryon_train` run)."""
 import sys
 
-from .cli import main
-from .lifetime import die_with_parent
+from .cli import entry
 
-die_with_parent()
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def entry() -> int:
+    """The `carryon-train` console script and `python -m carryon_train`: a trainer the gateway
+    started (CARRYON_PARENT_PID) dies with it, then the command line runs."""
+    from .lifetime import die_with_parent
+
+    die_with_parent()
+    return main()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "harvest":
@@ -141,11 +150,27 @@ def _push(args: argparse.Namespace, package: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .base import BasePackage
-    from .pipeline import configure_torch, resolve_device, train_carry_on
+    from .distributed import Dist
+    from .pipeline import resolve_device
 
     if (args.pull_from or args.push_to) and not args.tenant:
         sys.exit("--pull-from / --push-to need --tenant")
+    device = resolve_device(args.device)
+    dist = Dist.from_env(device)  # torchrun: join its process group; else the one-process run
+    try:
+        return _train_in(args, dist, dist.device(device))
+    finally:
+        dist.close()
+
+
+def _train_in(args: argparse.Namespace, dist, device: str) -> int:
+    from .base import BasePackage
+    from .pipeline import configure_torch, train_carry_on
+
+    if dist.enabled and (args.pull_from or args.text):
+        # N processes would pull or harvest into the same folder at once: do that step first.
+        sys.exit("under torchrun, train from --shards: fetch them first with `carryon-train pull` or "
+                 "`carryon-train harvest`, then launch with --shards")
     shards = list(args.shards)
     if args.pull_from:
         from .gateway import AdminClient
@@ -160,7 +185,6 @@ def _train(args: argparse.Namespace) -> int:
         shards.append(dest)
     if not shards:
         sys.exit("no data: pass --shards, --text or --pull-from")
-    device = resolve_device(args.device)
     configure_torch(device, args.threads)
     options = TrainOptions(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup,
@@ -173,7 +197,9 @@ def _train(args: argparse.Namespace) -> int:
     report = train_carry_on(args.base, shards, args.out, args.id, arch, options, seq_len=args.seq_len or None,
                             eval_fraction=args.eval_fraction, eval_shards=args.eval_shards, loss_rows=args.loss_rows,
                             alphas=_floats(args.alphas), description=args.description, export=not args.no_export,
-                            resume=not args.no_resume)
+                            resume=not args.no_resume, dist=dist)
+    if not dist.main:
+        return 0  # rank 0 reports, exports and pushes
     ev = report.get("eval")
     if ev:
         print(f"held-out loss: base {ev['base']['loss']:.4f} (ppl {ev['base']['ppl']:.2f}), carry-on α={args.alpha:g} "

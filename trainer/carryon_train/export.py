@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import node
+from .atomic import atomic_write_json
 from . import safetensors_io as st
 from .data import Corpus, Window
 from .model import CarryOn
@@ -26,8 +27,7 @@ def write_weights(model: CarryOn, path: str, carry_on_id: Optional[str] = None, 
     """weights.safetensors + config.json (the two inputs of `carryon carry-on build`); returns the config path."""
     st.save(path, model.export_state(), {"format": "carryon-carry-on-weights", "format_version": "1"})
     cfg_path = os.path.splitext(path)[0] + ".config.json"
-    with open(cfg_path, "w", encoding="utf-8") as f:
-        json.dump(model.config.to_build_config(carry_on_id, description), f, indent=2)
+    atomic_write_json(cfg_path, model.config.to_build_config(carry_on_id, description))
     return cfg_path
 
 

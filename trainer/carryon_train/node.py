@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
+# The checkout this package sits in when it runs from the repository (trainer/carryon_train/..);
+# an installed copy (site-packages) has no gateway next to it and finds it as gateway_command says.
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
@@ -14,18 +17,40 @@ class NodeError(RuntimeError):
     pass
 
 
+def _has_cli(root: str) -> bool:
+    return os.path.exists(os.path.join(root, "bin", "carryon.js"))
+
+
 def repo_root() -> str:
+    """The gateway checkout: $CARRYON_REPO, else the one this package sits in."""
     root = os.environ.get("CARRYON_REPO", REPO_ROOT)
-    if not os.path.exists(os.path.join(root, "bin", "carryon.js")):
+    if not _has_cli(root):
         raise NodeError(f"{root} has no bin/carryon.js: set CARRYON_REPO to the gateway checkout")
     return root
 
 
+def gateway_command() -> Tuple[List[str], Optional[str]]:
+    """(argv prefix, cwd) that runs the gateway's CLI. In order: $CARRYON_REPO (a checkout); the
+    checkout this package sits in (running from the repo); a `carryon` on PATH (the gateway's npm
+    bin, e.g. after `npm install -g` or `npm link` of the checkout), which is how an installed
+    trainer on a training node finds it. `node` is $CARRYON_NODE or node."""
+    node = os.environ.get("CARRYON_NODE", "node")
+    if os.environ.get("CARRYON_REPO") or _has_cli(REPO_ROOT):
+        return [node, "bin/carryon.js"], repo_root()
+    found = shutil.which("carryon")
+    if found:
+        # Run the script's target through $CARRYON_NODE rather than its `#!/usr/bin/env node` line.
+        return [node, os.path.realpath(found)], None
+    raise NodeError("the gateway's CLI is needed (harvest, and the export's build + parity check): set CARRYON_REPO "
+                    "to a gateway checkout with node_modules installed, or put its `carryon` command on PATH")
+
+
 def carryon(args: List[str], check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
-    """`node bin/carryon.js ARGS` from the repo root (paths in ARGS should be absolute)."""
-    cmd = [os.environ.get("CARRYON_NODE", "node"), "bin/carryon.js", *args]
+    """The gateway's `carryon ARGS` (paths in ARGS should be absolute)."""
+    prefix, cwd = gateway_command()
+    cmd = [*prefix, *args]
     try:
-        proc = subprocess.run(cmd, cwd=repo_root(), text=True, capture_output=capture)
+        proc = subprocess.run(cmd, cwd=cwd, text=True, capture_output=capture)
     except FileNotFoundError as err:
         raise NodeError(f"cannot run node ({err}); set CARRYON_NODE") from err
     if check and proc.returncode != 0:

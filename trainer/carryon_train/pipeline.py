@@ -1,7 +1,6 @@
 """Shards in, verified carry-on package + report out: the whole of `carryon_train train`."""
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -10,8 +9,10 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from .atomic import atomic_write_json
 from .base import BasePackage, carry_on_graph
 from .data import Corpus, Window
+from .distributed import Dist
 from .evaluate import DEFAULT_ALPHAS, alpha_report
 from .export import export_package
 from .model import CarryOn, CarryOnConfig
@@ -55,8 +56,12 @@ def train_carry_on(
     export: bool = True,
     resume: bool = True,
     init_seed: Optional[int] = None,
+    dist: Optional[Dist] = None,
 ) -> Dict:
-    """Trains, evaluates (base vs carry-on, α sweep), exports + verifies; writes run_dir/report.json."""
+    """Trains, evaluates (base vs carry-on, α sweep), exports + verifies; writes run_dir/report.json.
+    With `dist` (torchrun), every process trains its slice of each batch; rank 0 alone then
+    evaluates, exports and writes the report, and the other ranks return {"rank", "train"}."""
+    dist = dist or Dist()
     os.makedirs(run_dir, exist_ok=True)
     base = BasePackage.open(base_dir)
     config = CarryOnConfig.for_base(base.config, **arch)
@@ -86,13 +91,16 @@ def train_carry_on(
     torch.manual_seed(options.seed)
     model = CarryOn(config, seed=options.seed if init_seed is None else init_seed)
     head = torch.from_numpy(base.lm_head())
-    trainer = Trainer(model, head, corpus, train_w, held, options, run_dir)
-    resumed_from = None
-    if resume and trainer.latest_checkpoint():
-        resumed_from = trainer.latest_checkpoint()
+    trainer = Trainer(model, head, corpus, train_w, held, options, run_dir, dist)
+    # Every process loads the checkpoint rank 0 found (same file, so the same state everywhere;
+    # rank 0 only writes new ones once training has started).
+    resumed_from = dist.broadcast(trainer.latest_checkpoint() if resume and dist.main else None)
+    if resumed_from:
         trainer.load_checkpoint(resumed_from)
     t0 = time.time()
     summary = trainer.fit()
+    if not dist.main:
+        return {"rank": dist.rank, "train": summary}
     if options.checkpoint_every and trainer.step % options.checkpoint_every != 0:
         trainer.save_checkpoint()  # the final state, so `--resume` after completion is a no-op
 
@@ -109,6 +117,8 @@ def train_carry_on(
             "loss_rows": "completion" if options.completion_only else "all",
         },
         "train": {**summary, "options": asdict(options), "resumed_from": resumed_from},
+        "distributed": {"processes": dist.world, "global_batch_size": options.batch_size,
+                        "per_process_batch": options.batch_size // dist.world},
     }
     alphas = sorted({float(a) for a in alphas} | {0.0, float(options.alpha)})
     if held:
@@ -128,6 +138,5 @@ def train_carry_on(
         report["export"] = {"package": exp["package"], "sha256": exp["manifest"]["sha256"],
                             "bytes": os.path.getsize(carry_on_graph(exp["package"])), "verify": exp["verify"]}
     report["wall_seconds"] = round(time.time() - t0, 3)
-    with open(os.path.join(run_dir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    atomic_write_json(os.path.join(run_dir, "report.json"), report)
     return report

@@ -15,6 +15,8 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .atomic import atomic_write
+
 DTYPES: Dict[str, np.dtype] = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
@@ -127,15 +129,14 @@ def save(path: str, tensors: Mapping[str, np.ndarray], metadata: Optional[Mappin
         offset += a.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+
+    def write(f) -> None:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for k in order:
             f.write(arrays[k].astype(DTYPES[names[k]], copy=False).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
 
 
 def _dtype_name(name: str, dt: np.dtype) -> str:

@@ -3,6 +3,9 @@
 Determinism: the data order is a pure function of (seed, step) (data.BatchOrder), the model has no
 dropout, and a checkpoint holds the model, the optimizer, the step and every RNG state, so a run
 resumed from step k computes exactly what the uninterrupted run computes (tested on CPU).
+
+Data-parallel (torchrun, distributed.py): the same loop on every process, each on its slice of the
+global batch, through DistributedDataParallel; rank 0 alone checkpoints, logs and evaluates.
 """
 from __future__ import annotations
 
@@ -12,13 +15,17 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from .atomic import atomic_write, atomic_write_text
 from .data import BatchOrder, Corpus, Window, make_batch
+from .distributed import Dist, DistError, per_process_batch
 from .evaluate import evaluate
 from .loss import head_cross_entropy
 from .model import CarryOn, combine
@@ -94,14 +101,6 @@ def to_device(batch, device: torch.device, layers: Sequence) -> Dict[str, torch.
     }
 
 
-def batch_loss(model: CarryOn, head: torch.Tensor, t: Dict[str, torch.Tensor], alpha: float, chunk_rows: Optional[int]) -> torch.Tensor:
-    """Mean CE over the masked rows of head(x + α·g⊙Δx)."""
-    delta, gate = model(t["hidden"], t["positions"], t["input_ids"] if model.config.reads_token_ids else None)
-    mask = t["mask"]
-    z = combine(t["final"][mask], delta[mask], gate[mask], alpha)
-    return head_cross_entropy(z, head, t["targets"][mask], chunk_rows).mean()
-
-
 def _load(path: str, device: torch.device) -> Dict:
     """torch.load of our own checkpoint. It holds NumPy / Python RNG states and plain dicts, which
     torch ≥ 2.6's default `weights_only=True` refuses; torch < 1.13 has no such argument."""
@@ -113,10 +112,22 @@ def _load(path: str, device: torch.device) -> Dict:
 
 class Trainer:
     def __init__(self, model: CarryOn, head: torch.Tensor, corpus: Corpus, train: List[Window], held_out: List[Window],
-                 options: TrainOptions, run_dir: str) -> None:
+                 options: TrainOptions, run_dir: str, dist: Optional[Dist] = None) -> None:
         self.model, self.corpus, self.o, self.run_dir = model, corpus, options, run_dir
+        self.dist = dist or Dist()
         self.device = torch.device(options.device)
         self.model.to(self.device)
+        # `net` runs the training forward: the model itself, or its DDP wrapper, whose backward
+        # averages the gradients over the processes. Checkpoints, evaluation and export use the bare
+        # model, so their names and contents do not depend on the process count.
+        self.net: torch.nn.Module = self.model
+        if self.dist.enabled:
+            per_process_batch(options.batch_size, self.dist.world)
+            if len(train) < self.dist.world:
+                raise DistError(f"{len(train)} training windows cannot be split over {self.dist.world} processes")
+            # broadcast_buffers off: the only buffers are the RoPE tables, the same constants everywhere.
+            self.net = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False)
         self.head = head.to(self.device).requires_grad_(False)
         self.train_windows, self.held_out = train, held_out
         self.order = BatchOrder(train, options.batch_size, options.seed)
@@ -139,6 +150,10 @@ class Trainer:
             "format": "carryon-train-checkpoint",
             "version": 1,
             "step": self.step,
+            # Where the data stream stands, in global batches: BatchOrder is a function of (seed,
+            # step, global batch size) alone, so a run with any process count resumes from here.
+            "data_position": {"step": self.step, "global_batch_size": self.o.batch_size, "seed": self.o.seed,
+                              "written_by_processes": self.dist.world},
             "elapsed_s": self.elapsed,
             "pending_log": {"losses": list(self.pending_losses), "tokens": self.pending_tokens},
             "config": self.model.config.to_dict(),
@@ -156,9 +171,8 @@ class Trainer:
     def save_checkpoint(self) -> str:
         os.makedirs(self.ckpt_dir, exist_ok=True)
         path = os.path.join(self.ckpt_dir, f"step-{self.step:08d}.pt")
-        tmp = path + ".tmp"
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)  # a crash mid-save never leaves a torn "latest" checkpoint
+        state = self.state()
+        atomic_write(path, lambda f: torch.save(state, f))  # a crash mid-save never leaves a torn "latest" checkpoint
         for old in sorted(glob.glob(os.path.join(self.ckpt_dir, "step-*.pt")))[: -self.o.keep_checkpoints]:
             os.remove(old)
         return path
@@ -173,6 +187,10 @@ class Trainer:
             raise ValueError(f"{path} is not a carry-on training checkpoint")
         if state["config"] != self.model.config.to_dict():
             raise ValueError(f"{path} was written for another carry-on shape: {state['config']}")
+        pos = state.get("data_position")
+        if pos and (pos["global_batch_size"], pos["seed"]) != (self.o.batch_size, self.o.seed):
+            warnings.warn(f"{path}: written with global batch {pos['global_batch_size']} and seed {pos['seed']}, resumed with "
+                          f"{self.o.batch_size} and {self.o.seed}: the data order from step {state['step']} on is not the original run's")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
@@ -184,7 +202,8 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
-        self._truncate_log(self.step)
+        if self.dist.main:
+            self._truncate_log(self.step)
 
     def _truncate_log(self, step: int) -> None:
         """Drops log lines past the checkpoint, so a resumed run's log reads as one run's."""
@@ -192,8 +211,7 @@ class Trainer:
             return
         with open(self.log_path, encoding="utf-8") as f:
             keep = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
-        with open(self.log_path, "w", encoding="utf-8") as f:
-            f.writelines(keep)
+        atomic_write_text(self.log_path, "".join(keep))
 
     def log(self, entry: Dict) -> None:
         with open(self.log_path, "a", encoding="utf-8") as f:
@@ -202,28 +220,54 @@ class Trainer:
     # -- loop ---------------------------------------------------------------------------------
 
     def train_step(self) -> Dict[str, float]:
+        """One optimizer step on the global batch of this step. With several processes each one
+        takes its slice of the batch and the update equals the one-process one, up to summation
+        order (distributed.py)."""
         self.model.train()
-        windows = self.order.batch(self.step)
+        windows = self.dist.shard(self.order.batch(self.step))  # the whole batch in one process
         batch = make_batch(self.corpus, windows, self.o.completion_only, self.model.config.max_positions)
-        if batch.tokens == 0:  # e.g. no completion rows in these windows: nothing to learn
+        total = batch.tokens
+        if self.dist.enabled:
+            # The global batch's loss-row count, before any backward: it scales every process's
+            # loss, and all processes must agree on skipping a step (no collective left half-done).
+            total = int(self.dist.all_reduce_sum(torch.tensor([float(total)], dtype=torch.float64, device=self.device)).item())
+        if total == 0:  # e.g. no completion rows in these windows: nothing to learn
             self.step += 1
             return {"loss": float("nan"), "tokens": 0, "grad_norm": 0.0}
         t = to_device(batch, self.device, self.input_layers)
         lr = lr_at(self.step, self.o)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        loss = batch_loss(self.model, self.head, t, self.o.alpha, self.o.chunk_rows)
+        delta, gate = self.net(t["hidden"], t["positions"], t["input_ids"] if self.model.config.reads_token_ids else None)
+        mask = t["mask"]
+        if batch.tokens:
+            losses = head_cross_entropy(combine(t["final"][mask], delta[mask], gate[mask], self.o.alpha), self.head,
+                                        t["targets"][mask], self.o.chunk_rows)
+        if not self.dist.enabled:
+            objective = losses.mean()  # mean CE over the batch's loss rows
+        elif batch.tokens:
+            # DDP divides the summed gradients by the process count: × world / total makes the
+            # result the gradient of (all processes' CE rows summed) / total, the one-process mean.
+            objective = losses.sum() * (self.dist.world / total)
+        else:
+            # No loss rows in this slice, some elsewhere: a zero that still reaches every parameter,
+            # so this process's backward joins DDP's gradient all-reduce with a zero share.
+            objective = (delta.sum() + gate.sum()) * 0.0
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.o.grad_clip if self.o.grad_clip > 0 else float("inf"))
         self.opt.step()
         self.step += 1
-        return {"loss": float(loss.detach()), "tokens": batch.tokens, "grad_norm": float(norm), "lr": lr}
+        loss = float(objective.detach())
+        if self.dist.enabled:  # Σ over processes of (their CE sum × world / total), ÷ world: the batch mean
+            loss = float(self.dist.all_reduce_sum(objective.detach().double().reshape(1)).item()) / self.dist.world
+        return {"loss": loss, "tokens": total, "grad_norm": float(norm), "lr": lr}
 
     def fit(self, stop_at: Optional[int] = None) -> Dict:
         """Trains to `o.steps` (or stops early at `stop_at`, for tests of resuming)."""
         end = min(self.o.steps, stop_at) if stop_at is not None else self.o.steps
-        bar = progress(self.o.steps, self.step, "carry-on", self.o.progress)
+        main = self.dist.main  # only rank 0 logs, evaluates, checkpoints and shows progress
+        bar = progress(self.o.steps, self.step, "carry-on", self.o.progress and main)
         t0 = time.time()
         try:
             while self.step < end:
@@ -234,17 +278,19 @@ class Trainer:
                     self.pending_tokens += r["tokens"]
                 if self.step % self.o.log_every == 0 or self.step == self.o.steps:
                     mean = float(np.mean(self.pending_losses)) if self.pending_losses else float("nan")
-                    self.log({"step": self.step, "loss": mean, "lr": r.get("lr", 0.0), "grad_norm": r["grad_norm"],
-                              "tokens": self.pending_tokens, "elapsed_s": round(self.elapsed + time.time() - t0, 3)})
-                    bar.set_postfix({"loss": f"{mean:.4f}"})
+                    if main:
+                        self.log({"step": self.step, "loss": mean, "lr": r.get("lr", 0.0), "grad_norm": r["grad_norm"],
+                                  "tokens": self.pending_tokens, "elapsed_s": round(self.elapsed + time.time() - t0, 3)})
+                        bar.set_postfix({"loss": f"{mean:.4f}"})
                     self.pending_losses, self.pending_tokens = [], 0
-                if self.o.eval_every and self.step % self.o.eval_every == 0 and self.held_out:
+                if main and self.o.eval_every and self.step % self.o.eval_every == 0 and self.held_out:
                     ev = self.evaluate([0.0, self.o.alpha])
                     self.log({"step": self.step, "eval": {str(a): v for a, v in ev["loss"].items()}})
                 if self.o.checkpoint_every and self.step % self.o.checkpoint_every == 0:
                     self.elapsed += time.time() - t0
                     t0 = time.time()
-                    self.save_checkpoint()
+                    if main:
+                        self.save_checkpoint()
         finally:
             bar.close()
         self.elapsed += time.time() - t0
