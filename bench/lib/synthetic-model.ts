@@ -29,8 +29,9 @@ export const SMOL_CONFIG: LlamaConfig = {
 
 const WEIGHT_STD = 0.02;
 
-export function smolCheckpoint(seed: number): ImportedCheckpoint {
-  const c = SMOL_CONFIG;
+/** `config`: another shape on the same recipe (bench/structured-output.ts: the 152k vocabulary). */
+export function smolCheckpoint(seed: number, config: LlamaConfig = SMOL_CONFIG): ImportedCheckpoint {
+  const c = config;
   const normal = normalSampler(seed);
   const randomMatrix = (rows: number, cols: number): Matrix => ({ kind: 'f32', rows, cols, data: normal(rows * cols) });
   const ones = () => new Float32Array(c.hidden_size).fill(1);

@@ -163,7 +163,7 @@ describe('response_format through the openai SDK', () => {
   });
 
   it('an unsupported keyword is a 400 naming its path; so is a strict schema that leaves a property optional', async () => {
-    const bad = (schema: object) =>
+    const bad = (schema: Record<string, unknown>) =>
       client.chat.completions.create({ model, messages, response_format: { type: 'json_schema', json_schema: { name: 'x', schema, strict: true } } });
     await expect(
       bad({ type: 'object', properties: { x: { type: 'string', pattern: '^a+$' } }, required: ['x'], additionalProperties: false }),

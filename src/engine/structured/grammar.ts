@@ -102,6 +102,28 @@ class StrFrame implements Frame {
 }
 const STR = Array.from({ length: 9 }, (_, m) => new StrFrame(m));
 
+/** The string mode (0–8) of a stack whose top is inside a string; −1 otherwise. */
+export function stringMode(s: Stack): number {
+  return s !== null && s.f instanceof StrFrame ? STR.indexOf(s.f) : -1;
+}
+
+/**
+ * Marks where a string ends, in place of what follows it: a stack made of string mode `mode` over
+ * this sentinel reaches exactly the sentinel's cell after the closing quote, and dies on any byte
+ * after that. Walking the vocabulary with it once finds, for every string position of every
+ * schema, the tokens that stay inside the string (allowed whatever follows) and the trie nodes
+ * right after a closing quote (the only places where what follows matters).
+ */
+class EndOfString implements Frame {
+  readonly key = 'E';
+  step(): void {}
+  canEnd(): boolean {
+    return false;
+  }
+}
+export const END_OF_STRING: Cell = cell(new EndOfString(), null);
+export const insideString = (mode: number): Cell => cell(STR[mode], END_OF_STRING);
+
 /** A number: st 0 after '-', 1 after a leading 0, 2 integer digits (n so far), 3 after '.', 4 fraction digits (n). */
 class NumFrame implements Frame {
   readonly key: string;

@@ -1,4 +1,4 @@
-import { advance, advanceAll, Automaton, canEnd, dedupe, stateKey, type Grammar, type Stack } from './grammar.js';
+import { advance, advanceAll, Automaton, canEnd, dedupe, END_OF_STRING, insideString, stateKey, stringMode, type Grammar, type Stack } from './grammar.js';
 
 /**
  * Structured outputs, the token side: which vocabulary tokens an automaton state allows. A state's
@@ -14,94 +14,129 @@ export interface VocabularyBytes {
   offsets: Uint32Array;
 }
 
-/** The vocabulary as a byte trie, flattened into arrays (a 152k vocabulary is ~400k nodes). */
+/**
+ * The vocabulary as a byte trie in flat arrays (first child / next sibling), built from the tokens
+ * sorted by their bytes in one pass: a 152k vocabulary is ~400k nodes, built without a map per node.
+ */
 export class VocabTrie {
-  /** Children of node n: childByte/childNode[childStart[n] .. childStart[n + 1]). */
-  private readonly childStart: Uint32Array;
-  private readonly childByte: Uint8Array;
-  private readonly childNode: Uint32Array;
-  /** Tokens whose bytes end at node n: tokenIds[tokenStart[n] .. tokenStart[n + 1]). */
-  private readonly tokenStart: Uint32Array;
-  private readonly tokenIds: Uint32Array;
+  /** Node n's edge byte (from its parent), first child and next sibling (−1: none); node 0 is the root. */
+  private readonly edgeByte: Uint8Array;
+  private readonly firstChild: Int32Array;
+  private readonly nextSibling: Int32Array;
+  /** Tokens whose bytes end at node n: sortedIds[tokenFirst[n] .. + tokenCount[n]). */
+  private readonly tokenFirst: Uint32Array;
+  private readonly tokenCount: Uint16Array;
+  private readonly sortedIds: Uint32Array;
+  /** Per string mode: the tokens that stay inside a string, and the nodes just after its closing quote. */
+  private readonly strings = new Map<number, { body: Uint32Array; exits: number[] }>();
   readonly size: number;
+  readonly nodes: number;
 
   constructor(readonly vocab: VocabularyBytes) {
     this.size = vocab.offsets.length - 1;
-    // Build with maps, then flatten (children in byte order) for a walk without allocation.
-    const kids: Array<Map<number, number>> = [new Map<number, number>()];
-    const ends: number[][] = [[]];
-    for (let id = 0; id < this.size; id++) {
-      const from = vocab.offsets[id];
-      const to = vocab.offsets[id + 1];
-      if (to === from) continue;
-      let n = 0;
-      for (let i = from; i < to; i++) {
-        const b = vocab.bytes[i];
-        let c = kids[n].get(b);
-        if (c === undefined) {
-          c = kids.length;
-          kids[n].set(b, c);
-          kids.push(new Map<number, number>());
-          ends.push([]);
-        }
-        n = c;
+    const bytesOf = (id: number) => vocab.bytes.subarray(vocab.offsets[id], vocab.offsets[id + 1]);
+    const ids: number[] = [];
+    for (let id = 0; id < this.size; id++) if (vocab.offsets[id + 1] > vocab.offsets[id]) ids.push(id);
+    const views: Uint8Array[] = [];
+    for (let id = 0; id < this.size; id++) views.push(bytesOf(id));
+    ids.sort((a, b) => Buffer.compare(views[a], views[b]) || a - b);
+    const cap = vocab.bytes.length + 1;
+    this.edgeByte = new Uint8Array(cap);
+    this.firstChild = new Int32Array(cap).fill(-1);
+    this.nextSibling = new Int32Array(cap).fill(-1);
+    this.tokenFirst = new Uint32Array(cap);
+    this.tokenCount = new Uint16Array(cap);
+    this.sortedIds = Uint32Array.from(ids);
+    const lastChild = new Int32Array(cap).fill(-1);
+    const path = [0];
+    let nodes = 1;
+    let prev: Uint8Array = new Uint8Array(0);
+    ids.forEach((id, k) => {
+      const b = views[id];
+      let lcp = 0;
+      while (lcp < b.length && lcp < prev.length && b[lcp] === prev[lcp]) lcp++;
+      // Sorted order: a new node is always its parent's last (greatest) child so far.
+      for (let i = lcp; i < b.length; i++) {
+        const n = nodes++;
+        const parent = path[i];
+        this.edgeByte[n] = b[i];
+        if (lastChild[parent] < 0) this.firstChild[parent] = n;
+        else this.nextSibling[lastChild[parent]] = n;
+        lastChild[parent] = n;
+        path[i + 1] = n;
       }
-      ends[n].push(id);
-    }
-    const nodes = kids.length;
-    this.childStart = new Uint32Array(nodes + 1);
-    this.tokenStart = new Uint32Array(nodes + 1);
-    let edges = 0;
-    let toks = 0;
-    for (let n = 0; n < nodes; n++) {
-      edges += kids[n].size;
-      toks += ends[n].length;
-    }
-    this.childByte = new Uint8Array(edges);
-    this.childNode = new Uint32Array(edges);
-    this.tokenIds = new Uint32Array(toks);
-    let e = 0;
-    let t = 0;
-    for (let n = 0; n < nodes; n++) {
-      this.childStart[n] = e;
-      for (const [b, c] of [...kids[n]].sort((x, y) => x[0] - y[0])) {
-        this.childByte[e] = b;
-        this.childNode[e++] = c;
-      }
-      this.tokenStart[n] = t;
-      for (const id of ends[n]) this.tokenIds[t++] = id;
-    }
-    this.childStart[nodes] = e;
-    this.tokenStart[nodes] = t;
+      const end = path[b.length];
+      if (this.tokenCount[end] === 0) this.tokenFirst[end] = k;
+      this.tokenCount[end]++;
+      prev = b;
+    });
+    this.nodes = nodes;
   }
 
   tokenBytes(id: number): Uint8Array {
     return this.vocab.bytes.subarray(this.vocab.offsets[id], this.vocab.offsets[id + 1]);
   }
 
-  /** Sets in `mask` every token whose bytes `states` accept in full; returns how many. */
+  /** Sets in `mask` every token whose bytes `states` accept in full; returns how many tokens the mask holds. */
   fill(states: Stack[], mask: Uint32Array): number {
+    const mode = states.length === 1 ? stringMode(states[0]) : -1;
+    if (mode < 0) this.walk(0, states, mask, 0, null);
+    else {
+      // Inside a string: the tokens that stay in it are the same wherever the string is, so only
+      // the subtrees after a closing quote are walked with what follows the string.
+      const table = this.stringTable(mode);
+      mask.set(table.body);
+      const rest = [states[0]!.next];
+      for (const e of table.exits) this.walk(e, rest, mask, 0, null);
+    }
     let count = 0;
-    const outs: Stack[][] = [];
-    const walk = (node: number, cur: Stack[], depth: number): void => {
-      const out = (outs[depth] ??= []);
-      for (let e = this.childStart[node]; e < this.childStart[node + 1]; e++) {
-        out.length = 0;
-        const b = this.childByte[e];
-        for (const s of cur) advance(s, b, out);
-        if (out.length === 0) continue;
-        const child = this.childNode[e];
-        for (let t = this.tokenStart[child]; t < this.tokenStart[child + 1]; t++) {
-          const id = this.tokenIds[t];
-          mask[id >>> 5] |= 1 << (id & 31);
-          count++;
-        }
-        if (this.childStart[child + 1] > this.childStart[child]) walk(child, out.length > 1 ? dedupe(out) : out, depth + 1); // `out` is this depth's: the child writes the next one's
-      }
-    };
-    walk(0, states, 0);
+    for (const w of mask) count += popcount(w);
     return count;
   }
+
+  /** Builds the string tables up front (the vocabulary's arrival), so no request's first string pays for them. */
+  prepare(): void {
+    for (let mode = 0; mode <= 8; mode++) this.stringTable(mode);
+  }
+
+  private stringTable(mode: number): { body: Uint32Array; exits: number[] } {
+    let t = this.strings.get(mode);
+    if (!t) {
+      t = { body: new Uint32Array(Math.ceil(this.size / 32)), exits: [] };
+      this.walk(0, [insideString(mode)], t.body, 0, t.exits);
+      this.strings.set(mode, t);
+    }
+    return t;
+  }
+
+  private readonly outs: Stack[][] = [];
+
+  /** Depth-first below `node`; `exits` (string tables only) collects the nodes where the string has just ended. */
+  private walk(node: number, cur: Stack[], mask: Uint32Array, depth: number, exits: number[] | null): void {
+    const out = (this.outs[depth] ??= []);
+    for (let c = this.firstChild[node]; c >= 0; c = this.nextSibling[c]) {
+      out.length = 0;
+      const b = this.edgeByte[c];
+      for (const s of cur) advance(s, b, out);
+      if (out.length === 0) continue;
+      for (let t = this.tokenFirst[c], end = t + this.tokenCount[c]; t < end; t++) {
+        const id = this.sortedIds[t];
+        mask[id >>> 5] |= 1 << (id & 31);
+      }
+      if (exits && out.length === 1 && out[0] === END_OF_STRING) {
+        exits.push(c);
+        continue;
+      }
+      // `out` is this depth's array, read-only below: the child writes the next depth's.
+      if (this.firstChild[c] >= 0) this.walk(c, out.length > 1 ? dedupe(out) : out, mask, depth + 1, exits);
+    }
+  }
+}
+
+function popcount(w: number): number {
+  w -= (w >>> 1) & 0x55555555;
+  w = (w & 0x33333333) + ((w >>> 2) & 0x33333333);
+  return (((w + (w >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
 }
 
 /** Cached masks, least recently used first out, bounded by bytes (each mask is vocab/8 bytes). */
@@ -154,6 +189,7 @@ export class StructuredOutputs {
     private readonly maxAutomata = 256,
   ) {
     this.masks = new MaskCache(maxMaskBytes);
+    trie.prepare();
   }
 
   /** A new sequence's constraint; `stopTokenIds` may end it once the value is complete. */
@@ -208,7 +244,8 @@ export class TokenConstraint {
     let count = trie.fill(this.states, mask);
     if (this.complete) {
       for (const id of this.stopTokenIds) {
-        if (id < trie.size && !(mask[id >>> 5] & (1 << (id & 31)))) count++;
+        if (id >= trie.size) continue;
+        if (!(mask[id >>> 5] & (1 << (id & 31)))) count++;
         mask[id >>> 5] |= 1 << (id & 31);
       }
     }
@@ -220,7 +257,14 @@ export class TokenConstraint {
   /** Sets every refused token's logit to −∞; returns how many tokens remain. */
   restrict(logits: Float32Array): number {
     const { mask, count } = this.mask();
-    for (let i = 0; i < logits.length; i++) if (!(mask[i >>> 5] & (1 << (i & 31)))) logits[i] = -Infinity;
+    // A word at a time: whole runs of 32 allowed (inside strings) or refused (elsewhere) are the common case.
+    const n = logits.length;
+    for (let w = 0, base = 0; base < n; w++, base += 32) {
+      const m = w < mask.length ? mask[w] : 0;
+      if (m === 0xffffffff) continue;
+      if (m === 0) logits.fill(-Infinity, base, Math.min(n, base + 32));
+      else for (let i = base, end = Math.min(n, base + 32); i < end; i++) if (!(m & (1 << (i - base)))) logits[i] = -Infinity;
+    }
     return count;
   }
 

@@ -1,0 +1,244 @@
+/**
+ * Structured outputs (response_format) at a 152k vocabulary: what the token mask costs, and what it
+ * does to decode throughput.
+ *
+ *   node --import tsx bench/structured-output.ts [--walks 20] [--concurrency 1,32] [--decode 32]
+ *        [--layers 30] [--threads 1] [--skip-engine]
+ *
+ * 1. Mask cost, no model: the real Qwen3 vocabulary (151,669 tokens, byte-level BPE, read from
+ *    ../shared/tokenizers/qwen3/tokenizer.json through @huggingface/tokenizers) as the vocabulary
+ *    trie the worker builds; random walks through each test schema taking random allowed tokens.
+ *    Per token: the check of a proposed token (the sampler's try-first path), a cold mask (a state
+ *    seen for the first time: the trie walk), a warm mask (cache hit) applied to 151,936 logits.
+ * 2. Decode tokens/s, the engine worker as the gateway drives it, on a SmolLM2-135M-shaped model
+ *    with the 151,936-entry vocabulary (seeded random weights, so the model never "wants" JSON: the
+ *    try-first path fails often and masks are built and applied: a worst case), temperature 1, C
+ *    concurrent streams, with each schema vs without; ratio constrained / unconstrained.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+
+import { Engine } from '../src/engine/engine.js';
+import { Automaton } from '../src/engine/structured/grammar.js';
+import { StructuredOutputs, VocabTrie, type ResponseFormatSpec, type VocabularyBytes } from '../src/engine/structured/token-mask.js';
+import type { SamplingParams } from '../src/engine/worker-messages.js';
+import { writeLlamaGguf } from '../src/model/gguf.js';
+import { HfTokenizer } from '../src/model/tokenizer.js';
+import { responseFormatOf } from '../src/openai/response-format.js';
+import { BENCH_OUT, modelPackage } from './lib/artifacts.js';
+import { intOption } from './lib/options.js';
+import { mulberry32 } from './lib/rng.js';
+import { percentile, table } from './lib/stats.js';
+import { SMOL_CONFIG, smolCheckpoint } from './lib/synthetic-model.js';
+
+const { values } = parseArgs({
+  options: {
+    walks: { type: 'string', default: '20' },
+    concurrency: { type: 'string', default: '1,32' },
+    decode: { type: 'string', default: '32' },
+    layers: { type: 'string', default: String(SMOL_CONFIG.num_hidden_layers) },
+    threads: { type: 'string', default: '1' },
+    'skip-engine': { type: 'boolean', default: false },
+  },
+});
+const WALKS = intOption('walks', values.walks, 1);
+const CONCURRENCY = values.concurrency.split(',').map((c) => intOption('concurrency', c, 1));
+const DECODE = intOption('decode', values.decode, 2);
+const LAYERS = intOption('layers', values.layers, 1);
+const THREADS = intOption('threads', values.threads, 1);
+const QWEN = path.resolve(import.meta.dirname, '../../shared/tokenizers/qwen3/tokenizer.json');
+const VOCAB_SIZE = 151_936; // Qwen2.5/3's logits (the tokenizer's 151,669 ids, padded)
+const IM_END = 151_645;
+const log = (m: string) => process.stderr.write(`[structured ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
+
+const obj = (properties: Record<string, unknown>, extra: object = {}) => ({ type: 'object', properties, required: Object.keys(properties), additionalProperties: false, ...extra });
+const SCHEMAS: Record<string, object | null> = {
+  story: obj({ title: { type: 'string' }, story: { type: 'string' } }),
+  character: obj(
+    {
+      name: { type: 'string' },
+      age: { type: 'integer' },
+      mood: { enum: ['happy', 'sad', 'sleepy'] },
+      friends: { type: 'array', items: { $ref: '#/$defs/friend' }, maxItems: 2 },
+      home: obj({ town: { type: 'string' }, size: { anyOf: [{ type: 'number' }, { type: 'null' }, { enum: ['big', 'small'] }] } }),
+      good: { type: 'boolean' },
+    },
+    { $defs: { friend: obj({ name: { type: 'string' }, kind: { enum: ['cat', 'dog'] } }) } },
+  ),
+  json_object: null,
+};
+
+function formatOf(name: string): ResponseFormatSpec {
+  const schema = SCHEMAS[name];
+  const f = schema ? { type: 'json_schema', json_schema: { name, schema, strict: true } } : { type: 'json_object' };
+  return responseFormatOf(f, 'response_format')!;
+}
+
+/** GPT-2's byte ↔ character table, which byte-level BPE vocabularies are written in. */
+function byteDecoder(): Map<string, number> {
+  const bs: number[] = [];
+  for (let b = 0x21; b <= 0x7e; b++) bs.push(b);
+  for (let b = 0xa1; b <= 0xac; b++) bs.push(b);
+  for (let b = 0xae; b <= 0xff; b++) bs.push(b);
+  const cs = [...bs];
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n++);
+    }
+  }
+  return new Map(bs.map((b, i) => [String.fromCodePoint(cs[i]), b]));
+}
+
+/** Qwen3's tokens as bytes, padded to the logits' width; special tokens get none (as src/serving/vocabulary.ts does). */
+function qwenVocabulary(): VocabularyBytes {
+  const json = JSON.parse(fs.readFileSync(QWEN, 'utf8')) as { added_tokens: Array<{ id: number; special: boolean }> };
+  const tok = new HfTokenizer(json, {});
+  const special = new Set(json.added_tokens.filter((t) => t.special).map((t) => t.id));
+  const table = byteDecoder();
+  const pieces: number[][] = [];
+  for (let id = 0; id < VOCAB_SIZE; id++) {
+    const s = tok.id_to_token(id);
+    pieces.push(s === undefined || special.has(id) ? [] : [...s].map((c) => table.get(c) ?? 0));
+  }
+  const offsets = new Uint32Array(VOCAB_SIZE + 1);
+  pieces.forEach((p, i) => (offsets[i + 1] = offsets[i] + p.length));
+  const bytes = new Uint8Array(offsets[VOCAB_SIZE]);
+  pieces.forEach((p, i) => bytes.set(p, offsets[i]));
+  return { bytes, offsets };
+}
+
+/**
+ * CPU milliseconds of one call of `fn` (the mean of `times` calls): CPU time, not wall time, so
+ * other processes on a shared machine do not inflate it.
+ */
+function cpuMs(fn: () => void, times = 1): number {
+  const start = process.cpuUsage();
+  for (let i = 0; i < times; i++) fn();
+  const d = process.cpuUsage(start);
+  return (d.user + d.system) / 1000 / times;
+}
+
+const us = (ms: number) => `${(ms * 1000).toFixed(1)} µs`;
+const msf = (ms: number) => `${ms.toFixed(2)} ms`;
+
+/** Part 1: the mask's own cost per token, per schema. */
+function maskCost(vocab: VocabularyBytes): void {
+  let trie: VocabTrie | null = null;
+  const buildMs = cpuMs(() => (trie = new VocabTrie(vocab)));
+  const prepareMs = cpuMs(() => trie!.prepare());
+  log(`vocabulary trie of ${trie!.size} tokens (${trie!.nodes} nodes): built in ${msf(buildMs)} CPU, string tables in ${msf(prepareMs)} CPU`);
+  const rows: string[][] = [];
+  for (const name of Object.keys(SCHEMAS)) {
+    const outputs = new StructuredOutputs(trie!);
+    const format = formatOf(name);
+    const compileMs = cpuMs(() => void new Automaton(format.grammar));
+    const cold: number[] = [];
+    const warm: number[] = [];
+    const check: number[] = [];
+    const logits = new Float32Array(VOCAB_SIZE);
+    let tokens = 0;
+    for (let w = 0; w < WALKS; w++) {
+      const rnd = mulberry32(w + 1);
+      const c = outputs.constrain(format, [IM_END]);
+      for (let step = 0; step < 200 && !c.finished; step++) {
+        const misses = outputs.masks.misses;
+        let mask: Uint32Array = new Uint32Array(0);
+        const dt = cpuMs(() => (mask = c.mask().mask));
+        if (outputs.masks.misses > misses) cold.push(dt);
+        warm.push(cpuMs(() => c.restrict(logits), 20));
+        // A random allowed token, favouring ones that close strings and values after a while, so walks end.
+        const allowed: number[] = [];
+        for (let i = 0; i < mask.length; i++) for (let m = mask[i]; m !== 0; m &= m - 1) allowed.push(i * 32 + 31 - Math.clz32(m & -m));
+        const closing = step > 30 ? allowed.filter((id) => id === IM_END || vocab.bytes.subarray(vocab.offsets[id], vocab.offsets[id + 1]).some((b) => b === 0x22 || b === 0x7d || b === 0x5d)) : [];
+        const pool = closing.length > 0 && rnd() < 0.5 ? closing : allowed;
+        const id = pool[Math.floor(rnd() * pool.length)];
+        check.push(cpuMs(() => c.allows(id), 20));
+        if (id === IM_END) break;
+        c.accept(id);
+        tokens++;
+      }
+    }
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+    rows.push([
+      name,
+      msf(compileMs),
+      String(tokens),
+      us(mean(check)),
+      `${cold.length}`,
+      `${msf(percentile(cold, 50))} / ${msf(percentile(cold, 99))}`,
+      us(mean(warm)),
+      `${((100 * outputs.masks.hits) / Math.max(1, outputs.masks.hits + outputs.masks.misses)).toFixed(0)}%`,
+    ]);
+  }
+  console.log(`\n## Mask cost per token (CPU time), Qwen3 vocabulary (${VOCAB_SIZE} logits), ${WALKS} random walks per schema\n`);
+  console.log(`Vocabulary trie: ${msf(buildMs)} to build, ${msf(prepareMs)} for the string tables (once per worker, when the vocabulary arrives).\n`);
+  console.log(table(['format', 'automaton', 'tokens', 'token check (try-first)', 'cold masks', 'cold p50 / p99', 'warm mask + apply', 'cache hits'], rows));
+}
+
+/** Part 2: decode tokens/s with a format vs without, C streams. */
+async function decodeRatio(vocab: VocabularyBytes): Promise<void> {
+  const config = { ...SMOL_CONFIG, vocab_size: VOCAB_SIZE, num_hidden_layers: LAYERS };
+  const name = `smollm2-shape-vocab${VOCAB_SIZE}-l${LAYERS}`;
+  const gguf = path.join(BENCH_OUT, 'gguf', `${name}.gguf`);
+  if (!fs.existsSync(gguf)) {
+    fs.mkdirSync(path.dirname(gguf), { recursive: true });
+    log(`writing ${gguf} (seeded random weights)`);
+    await writeLlamaGguf(gguf, smolCheckpoint(135, config), { quant: 'f32', name });
+  }
+  const dir = await modelPackage(gguf, name, log);
+  const engine = await Engine.start({ modelDir: dir, provider: 'cpu', threads: THREADS, prefillChunk: 256 });
+  engine.useVocabulary(() => vocab);
+  const params = (seed: number, stop: number[]): SamplingParams => ({
+    temperature: 1, topP: 1, topK: 0, seed, presencePenalty: 0, frequencyPenalty: 0, maxTokens: DECODE, stopTokenIds: stop, topLogprobs: -1,
+  });
+  const rnd = mulberry32(7);
+  const prompt = () => [1, ...Array.from({ length: 15 }, () => 2 + Math.floor(rnd() * 50_000))];
+  /** Aggregate decode tokens/s of C streams: tokens after each stream's first, over first-first to last token. */
+  const run = (c: number, format: ResponseFormatSpec | null): Promise<number> =>
+    new Promise((resolve, reject) => {
+      let first = Infinity;
+      let last = 0;
+      let tokens = 0;
+      let open = c;
+      for (let i = 0; i < c; i++) {
+        let seen = 0;
+        engine.submit(prompt(), params(i + 1, format ? [IM_END] : []), {
+          onEvent(ev) {
+            const now = performance.now();
+            if (ev.token >= 0) {
+              if (seen++ === 0) first = Math.min(first, now);
+              else tokens++;
+              last = now;
+            }
+            if (ev.finish && --open === 0) resolve(tokens / ((last - first) / 1000));
+          },
+          onError: (m) => reject(new Error(m)),
+        }, null, null, format);
+      }
+    });
+  const rows: string[][] = [];
+  await run(1, null); // warm-up: sessions, allocations
+  for (const c of CONCURRENCY) {
+    const base = await run(c, null);
+    const row = [String(c), base.toFixed(1)];
+    for (const name of Object.keys(SCHEMAS)) {
+      const format = formatOf(name);
+      await run(c, format); // first contact: cold masks of the states this schema reaches
+      const tps = await run(c, format);
+      row.push(`${tps.toFixed(1)} (${(tps / base).toFixed(2)}×)`);
+    }
+    rows.push(row);
+    log(`C=${c} done`);
+  }
+  await engine.close();
+  console.log(`\n## Decode tokens/s, ${LAYERS}-layer SmolLM2 shape, ${VOCAB_SIZE}-entry vocabulary, ${THREADS} thread(s), temperature 1, ${DECODE} tokens per stream (second run of each schema: warm masks)\n`);
+  console.log(table(['streams', 'unconstrained', ...Object.keys(SCHEMAS).map((s) => `${s} (ratio)`)], rows));
+}
+
+const vocab = qwenVocabulary();
+maskCost(vocab);
+if (!values['skip-engine']) await decodeRatio(vocab);
