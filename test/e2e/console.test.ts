@@ -1,5 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Browser, Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -338,6 +340,58 @@ describe.skipIf(!RUN)('admin console in a browser', () => {
     await nav('carry-ons');
     await page.waitForSelector('[data-carry-on=style]');
     await screenshot(page, '12-tenant-admin');
+  });
+
+  it('works behind a path prefix: a reverse proxy serving the gateway under /gw/', async () => {
+    // A real proxy (bytes forwarded as they come, streams included) that strips the prefix, as nginx's
+    // `location /gw/ { proxy_pass http://gateway/; }` does.
+    const upstream = new URL(gw.url);
+    const proxy = http.createServer((req, res) => {
+      if (!req.url?.startsWith('/gw/')) {
+        res.writeHead(404).end('outside the prefix');
+        return;
+      }
+      const up = http.request({ host: upstream.hostname, port: upstream.port, path: req.url.slice(3), method: req.method, headers: req.headers }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      req.pipe(up);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const prefixed = await browser.newPage();
+    const seen = new PageProblems(prefixed);
+    const paths: string[] = [];
+    prefixed.on('request', (r) => paths.push(new URL(r.url()).pathname));
+    try {
+      const base = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}/gw`;
+      await prefixed.goto(`${base}/console`, { waitUntil: 'networkidle0' });
+      expect(prefixed.url()).toBe(`${base}/console/`);
+      await prefixed.type('#key-input', ADMIN_KEY);
+      await prefixed.click('#login-form button[type=submit]');
+      await prefixed.waitForSelector('#who');
+      await prefixed.waitForFunction(() => Number(document.querySelector('[data-plot=tokens]')?.getAttribute('data-points')) >= 1, { timeout: 20_000 });
+      await prefixed.click('#nav-carry-ons');
+      await prefixed.waitForSelector('#tenant-select');
+      await prefixed.select('#tenant-select', 'acme');
+      await prefixed.waitForSelector('[data-carry-on=style]');
+      // The playground's streams pass through the prefix too.
+      await prefixed.select('#playground-model', 'style@1');
+      await prefixed.click('#playground-run');
+      await prefixed.waitForSelector('#playground-status[data-status=done]', { timeout: 60_000 });
+      expect((await prefixed.$eval('#out-base', (e) => e.textContent ?? '')).length).toBeGreaterThan(10);
+      await screenshot(prefixed, '13-behind-prefix');
+      expect(paths.length).toBeGreaterThan(5);
+      expect(paths.filter((p) => !p.startsWith('/gw/'))).toEqual([]);
+      expect(paths).toContain('/gw/admin/metrics');
+      expect(paths).toContain('/gw/v1/completions');
+      expect(seen.pageErrors).toEqual([]);
+      expect(seen.failedRequests).toEqual([]);
+      expect(seen.errorResponses).toEqual([]);
+      expect(seen.consoleErrors).toEqual([]);
+    } finally {
+      await prefixed.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
   });
 
   it('logged no console error, and no request failed except the ones the steps provoked', () => {
