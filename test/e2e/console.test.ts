@@ -211,6 +211,29 @@ describe.skipIf(!RUN)('admin console in a browser', () => {
     expect(await text('[data-carry-on=style] [data-alias=stable]')).toContain('stable → v1');
     const stored = await api<{ aliases: Record<string, number> }>(gw, 'GET', '/admin/tenants/acme/carry-ons/style', ADMIN_KEY);
     expect(stored.json.aliases).toEqual({ stable: 1 });
+
+    // Drag and drop: files dropped on the form are sorted into their fields by name; an ONNX graph
+    // is refused on the spot (the gateway builds graphs itself), the package's two files upload.
+    const drop = (files: Array<{ name: string; base64: string }>) =>
+      page.$eval(
+        '#upload-form',
+        (form, list) => {
+          const dt = new DataTransfer();
+          for (const f of list) dt.items.add(new File([Uint8Array.from(atob(f.base64), (c) => c.charCodeAt(0))], f.name));
+          form.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+          form.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+        },
+        files,
+      );
+    const file = (name: string) => ({ name, base64: fs.readFileSync(path.join(work, 'style', name)).toString('base64') });
+    await drop([file(CARRYON_FILES.graph)]);
+    await page.waitForSelector('#error-weights');
+    expect(await text('#error-weights')).toContain('model.onnx');
+    await drop([file(CARRYON_FILES.manifest), file(CARRYON_FILES.weights)]);
+    await page.waitForFunction(() => document.querySelector('#error-weights') === null);
+    await page.click('#upload-submit');
+    await page.waitForFunction(() => document.querySelector('#upload-done')?.textContent?.includes('style version 2'));
+    await page.waitForSelector('[data-carry-on=style] tr[data-version="2"]');
     await screenshot(page, '5-carry-ons');
   });
 
