@@ -50,6 +50,10 @@ export function responseFormatOf(format: { type: string; [k: string]: unknown } 
   if (js.strict != null && typeof js.strict !== 'boolean') throw new ApiError('invalid_type', `${at}.strict must be a boolean.`, { param: `${at}.strict` });
   const strict = js.strict === true;
   const schema = js.schema ?? {};
+  // Before anything recursive (hashing stringifies it): a body may nest far deeper than a stack.
+  if (nestedDeeper(schema, 4 * SCHEMA_LIMITS.depth + 8)) {
+    throw new ApiError('invalid_value', `${at}.schema nests too deeply (schemas may nest at most ${SCHEMA_LIMITS.depth} levels).`, { param: `${at}.schema` });
+  }
   const text = JSON.stringify(schema);
   if (text.length > SCHEMA_LIMITS.bytes) {
     throw new ApiError('invalid_value', `${at}.schema is over ${SCHEMA_LIMITS.bytes} bytes.`, { param: `${at}.schema` });
@@ -67,6 +71,18 @@ export function responseFormatOf(format: { type: string; [k: string]: unknown } 
   compiled.set(key, spec);
   if (compiled.size > MAX_COMPILED) compiled.delete(compiled.keys().next().value!);
   return spec;
+}
+
+/** Whether JSON value `v` nests more than `max` arrays/objects deep; iterative, so any depth is safe. */
+function nestedDeeper(v: unknown, max: number): boolean {
+  const stack: Array<[unknown, number]> = [[v, 0]];
+  while (stack.length > 0) {
+    const [x, d] = stack.pop()!;
+    if (typeof x !== 'object' || x === null) continue;
+    if (d >= max) return true;
+    for (const child of Object.values(x)) stack.push([child, d + 1]);
+  }
+  return false;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {

@@ -158,6 +158,9 @@ describe('structured outputs: schema errors name the path', () => {
     let deep: object = { type: 'string' };
     for (let i = 0; i < 12; i++) deep = obj({ a: deep });
     expect(bad(deep).status).toBe(400);
+    let abyss: object = {};
+    for (let i = 0; i < 100_000; i++) abyss = { a: abyss };
+    expect(bad(abyss)).toEqual({ param: 'response_format.json_schema.schema', status: 400 });
     expect(bad(obj({ a: { type: 'array', items: { type: 'string' }, maxItems: 100000 } })).param).toBe('response_format.json_schema.schema.properties.a.maxItems');
   });
 
