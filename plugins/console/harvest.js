@@ -21,6 +21,11 @@ async function download(shard) {
   setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
 }
 
+function fmtDuration(ms) {
+  const h = ms / 3_600_000;
+  return h >= 48 ? `${(h / 24).toFixed(1)} days` : h >= 1 ? `${h.toFixed(1)} h` : `${Math.round(ms / 60_000)} min`;
+}
+
 /** Cumulative rows and bytes (MiB) at each shard's creation time, oldest first. */
 function cumulative(shards) {
   let rows = 0;
@@ -73,9 +78,11 @@ export function HarvestPage({ me, tenant }) {
       </tr>`)}</tbody>
     </table>
     ${me.global && stats &&
-    html`<h3>Writer (all tenants)</h3>
-      <p class="hint">Retention runs after each finished shard, by CARRYON_HARVEST_MAX_BYTES and CARRYON_HARVEST_MAX_AGE_MS (docs/harvest-format.md); shards it deleted since start: <b id="retention-deleted">${stats.retention_deleted}</b>.</p>
+    html`<h3>Writer and retention (all tenants)</h3>
       <table id="harvest-stats"><tbody>
+        <tr><th>retention: total bytes</th><td id="retention-max-bytes">${stats.retention.max_bytes === null ? 'not limited' : fmtBytes(stats.retention.max_bytes)}</td></tr>
+        <tr><th>retention: age</th><td id="retention-max-age">${stats.retention.max_age_ms === null ? 'not limited' : fmtDuration(stats.retention.max_age_ms)}</td></tr>
+        <tr><th>deleted by retention since start</th><td id="retention-deleted">${stats.retention_deleted}</td></tr>
         <tr><th>enabled</th><td>${String(stats.enabled)}</td></tr>
         ${Object.entries(stats.writer).map(([k, v]) => html`<tr><th>${k}</th><td>${v}</td></tr>`)}
         <tr><th>index</th><td>${stats.index.shards} shards, ${stats.index.rows} rows, ${fmtBytes(stats.index.bytes)}</td></tr>

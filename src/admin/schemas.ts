@@ -184,6 +184,8 @@ export const HarvestStatsObject = z.object({
   index: z.object({ shards: z.number().int(), bytes: z.number().int(), rows: z.number().int(), sequences: z.number().int() }),
   dropped_deleted_tenant: z.number().int(),
   retention_deleted: z.number().int(),
+  /** The retention settings; null fields are not limited. */
+  retention: z.object({ max_bytes: z.number().int().nullable(), max_age_ms: z.number().int().nullable() }),
   push: z.object({ pushed: z.number().int(), failed_attempts: z.number().int(), pending: z.number().int() }).nullable(),
 });
 export type HarvestStatsObject = z.infer<typeof HarvestStatsObject>;

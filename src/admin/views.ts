@@ -91,6 +91,7 @@ export const view = {
     index: s.index,
     dropped_deleted_tenant: s.droppedDeletedTenant,
     retention_deleted: s.retentionDeleted,
+    retention: { max_bytes: s.retention?.maxTotalBytes ?? null, max_age_ms: s.retention?.maxAgeMs ?? null },
     push: s.push && { pushed: s.push.pushed, failed_attempts: s.push.failedAttempts, pending: s.push.pending },
   }),
 };

@@ -51,6 +51,8 @@ export interface HarvestServiceStats {
   droppedDeletedTenant: number;
   /** Shards deleted by retention since start. */
   retentionDeleted: number;
+  /** The retention settings (CARRYON_HARVEST_MAX_BYTES, CARRYON_HARVEST_MAX_AGE_MS); null when neither is set. */
+  retention: RetentionPolicy | null;
   /** null when no push URL is configured. */
   push: PushStats | null;
 }
@@ -152,6 +154,7 @@ export class HarvestService implements HarvestSink {
       index: this.opts.shards.totals(),
       droppedDeletedTenant: this.droppedDeletedTenant,
       retentionDeleted: this.retentionDeleted,
+      retention: this.policy(),
       push: this.pusher?.stats() ?? null,
     };
   }

@@ -82,7 +82,7 @@ async function runPlayground(): Promise<{ base: string; carryOn: string }> {
 
 describe.skipIf(!RUN)('admin console in a browser', () => {
   beforeAll(async () => {
-    gw = await startTestGateway({ CARRYON_DATA_DIR: freshDataDir('carryon-console-'), CARRYON_HARVEST: 'on' });
+    gw = await startTestGateway({ CARRYON_DATA_DIR: freshDataDir('carryon-console-'), CARRYON_HARVEST: 'on', CARRYON_HARVEST_MAX_BYTES: String(1 << 30) });
     work = freshDataDir('carryon-console-packages-');
     // A carry-on that visibly changes the base, made as test/helpers/carry-on.ts makes them, and a
     // broken copy: its manifest names another base.
@@ -265,6 +265,10 @@ describe.skipIf(!RUN)('admin console in a browser', () => {
     expect(Number(await text('#harvest-rows'))).toBeGreaterThan(0);
     expect(await page.$$eval('#shards-table tbody tr', (rows) => rows.length)).toBeGreaterThanOrEqual(1);
     expect(await page.$('[data-plot=harvest-rows] canvas')).not.toBeNull();
+    // The retention settings, as configured (GET /admin/harvest/stats).
+    await page.waitForSelector('#retention-max-bytes');
+    expect(await text('#retention-max-bytes')).toBe('1.0 GiB');
+    expect(await text('#retention-max-age')).toBe('not limited');
     await screenshot(page, '8-harvest');
   });
 
