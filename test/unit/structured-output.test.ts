@@ -86,9 +86,11 @@ describe('structured outputs: automaton and token masks', () => {
           const { mask, count } = c.mask();
           const allowed: number[] = [];
           const mismatched: number[] = [];
+          const logits = new Float32Array(n).fill(1);
+          c.restrict(logits);
           for (let id = 0; id < n; id++) {
             const inMask = (mask[id >>> 5] & (1 << (id & 31))) !== 0;
-            if (inMask !== c.allows(id)) mismatched.push(id);
+            if (inMask !== c.allows(id) || inMask !== (logits[id] === 1)) mismatched.push(id);
             if (inMask) allowed.push(id);
           }
           expect(mismatched, `step ${step}`).toEqual([]);

@@ -139,16 +139,27 @@ function popcount(w: number): number {
   return (((w + (w >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
 }
 
-/** Cached masks, least recently used first out, bounded by bytes (each mask is vocab/8 bytes). */
+/**
+ * A state's allowed tokens: the bitmask, how many, and, when one side is small, that side's ids
+ * (`allowed` says which side), so applying it touches those entries rather than the whole vocabulary.
+ */
+export interface TokenMask {
+  mask: Uint32Array;
+  count: number;
+  ids: Uint32Array | null;
+  allowed: boolean;
+}
+
+/** Cached masks, least recently used first out, bounded by bytes (a mask is vocab/8 bytes, plus its id list). */
 export class MaskCache {
-  private readonly map = new Map<string, { mask: Uint32Array; count: number }>();
+  private readonly map = new Map<string, TokenMask>();
   private bytes = 0;
   hits = 0;
   misses = 0;
 
   constructor(private readonly maxBytes = 64 * 1024 ** 2) {}
 
-  get(key: string): { mask: Uint32Array; count: number } | undefined {
+  get(key: string): TokenMask | undefined {
     const v = this.map.get(key);
     if (v) {
       this.map.delete(key);
@@ -158,13 +169,14 @@ export class MaskCache {
     return v;
   }
 
-  set(key: string, v: { mask: Uint32Array; count: number }): void {
+  set(key: string, v: TokenMask): void {
+    const size = (m: TokenMask) => m.mask.byteLength + (m.ids?.byteLength ?? 0);
     this.map.set(key, v);
-    this.bytes += v.mask.byteLength;
+    this.bytes += size(v);
     for (const [k, old] of this.map) {
       if (this.bytes <= this.maxBytes || k === key) break;
       this.map.delete(k);
-      this.bytes -= old.mask.byteLength;
+      this.bytes -= size(old);
     }
   }
 }
@@ -230,12 +242,13 @@ export class TokenConstraint {
 
   allows(token: number): boolean {
     if (this.stopTokenIds.includes(token)) return this.complete;
+    if (token >= this.outputs.trie.size) return false;
     const bytes = this.outputs.trie.tokenBytes(token);
     return bytes.length > 0 && advanceAll(this.states, bytes).length > 0;
   }
 
-  /** The allowed tokens as a bitmask (cached by state), and how many there are. */
-  mask(): { mask: Uint32Array; count: number } {
+  /** The allowed tokens (cached by state). */
+  mask(): TokenMask {
     const cacheKey = `${this.formatKey}\n${this.key}`;
     const cached = this.outputs.masks.get(cacheKey);
     if (cached) return cached;
@@ -249,22 +262,40 @@ export class TokenConstraint {
         mask[id >>> 5] |= 1 << (id & 31);
       }
     }
-    const v = { mask, count };
+    const v: TokenMask = { mask, count, ids: null, allowed: count * 2 < trie.size };
+    // The smaller side's ids, when small enough to be worth their bytes (a sixteenth of the vocabulary).
+    const side = v.allowed ? count : trie.size - count;
+    if (side <= trie.size / 16) {
+      const ids = new Uint32Array(side);
+      for (let i = 0, k = 0; i < trie.size; i++) if (((mask[i >>> 5] & (1 << (i & 31))) !== 0) === v.allowed) ids[k++] = i;
+      v.ids = ids;
+    }
     this.outputs.masks.set(cacheKey, v);
     return v;
   }
 
   /** Sets every refused token's logit to −∞; returns how many tokens remain. */
   restrict(logits: Float32Array): number {
-    const { mask, count } = this.mask();
-    // A word at a time: whole runs of 32 allowed (inside strings) or refused (elsewhere) are the common case.
+    const { mask, count, ids, allowed } = this.mask();
     const n = logits.length;
-    for (let w = 0, base = 0; base < n; w++, base += 32) {
-      const m = w < mask.length ? mask[w] : 0;
-      if (m === 0xffffffff) continue;
-      if (m === 0) logits.fill(-Infinity, base, Math.min(n, base + 32));
-      else for (let i = base, end = Math.min(n, base + 32); i < end; i++) if (!(m & (1 << (i - base)))) logits[i] = -Infinity;
+    if (ids && allowed) {
+      // Few allowed: keep their logits, clear everything, put them back.
+      const keep = Float32Array.from(ids, (id) => logits[id]);
+      logits.fill(-Infinity);
+      ids.forEach((id, k) => (logits[id] = keep[k]));
+    } else if (ids) {
+      for (const id of ids) logits[id] = -Infinity; // few refused (inside a string)
+    } else {
+      // A word at a time: runs of 32 allowed or refused skip the per-token test.
+      for (let w = 0, base = 0; base < n; w++, base += 32) {
+        const m = w < mask.length ? mask[w] : 0;
+        if (m === 0xffffffff) continue;
+        if (m === 0) logits.fill(-Infinity, base, Math.min(n, base + 32));
+        else for (let i = base, end = Math.min(n, base + 32); i < end; i++) if (!(m & (1 << (i - base)))) logits[i] = -Infinity;
+      }
     }
+    // Logits past the vocabulary's tokens (padding) are never allowed.
+    if (n > this.outputs.trie.size) logits.fill(-Infinity, this.outputs.trie.size);
     return count;
   }
 
