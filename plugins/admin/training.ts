@@ -22,6 +22,10 @@ const trainingRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { adm
     const { bytes } = parseAdmin(TrainingLogQuery, request.query);
     return reply.type('text/plain; charset=utf-8').send(admin.training.logs(adminContext(request), id, bytes));
   });
+  app.get('/training-jobs/:id/loss', async (request) => {
+    const { id } = parseAdmin(TrainingJobParams, request.params);
+    return admin.training.loss(adminContext(request), id);
+  });
   app.post('/training-jobs/:id/cancel', async (request) => {
     const { id } = parseAdmin(TrainingJobParams, request.params);
     return admin.training.cancel(adminContext(request), id);

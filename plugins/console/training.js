@@ -1,7 +1,7 @@
-// Training jobs: start one from the tenant's harvested shards, follow its loss while it runs (the
-// job's progress, sampled twice a second), its held-out evaluation and log tail; cancel; a finished
-// job links to the carry-on version it registered.
-import { html, useEffect, useRef, useState } from './vendor/htm-preact.js';
+// Training jobs: start one from the tenant's harvested shards, follow its loss curve while it runs
+// (the trainer's loss log, read again twice a second), its held-out evaluation with the α sweep and
+// its log tail; cancel; a finished job links to the carry-on version it registered.
+import { html, useEffect, useState } from './vendor/htm-preact.js';
 import { call, fmtTime, get, q } from './api.js';
 import { Plot } from './plot.js';
 import { ErrorLine, guarded } from './ui.js';
@@ -45,35 +45,35 @@ function StartForm({ tenant, onStarted }) {
   </form>`;
 }
 
-function JobDetail({ job, curve, onCancel }) {
+function JobDetail({ job, onCancel }) {
   const [log, setLog] = useState('');
+  const [curve, setCurve] = useState([]);
   useEffect(() => {
     let stopped = false;
+    const id = encodeURIComponent(job.id);
     const tail = async () => {
       try {
-        const res = await call('GET', `admin/training-jobs/${encodeURIComponent(job.id)}/logs${q({ bytes: 8192 })}`, { raw: true });
+        const loss = await get(`admin/training-jobs/${id}/loss`);
+        const res = await call('GET', `admin/training-jobs/${id}/logs${q({ bytes: 8192 })}`, { raw: true });
         const text = await res.text();
-        if (!stopped) setLog(text);
+        if (stopped) return;
+        setCurve(loss.data);
+        setLog(text);
       } catch {
-        // No log yet (a queued job): the next poll tries again.
+        // Gone between two polls (the page's job list shows why): keep what is drawn.
       }
     };
     void tail();
     if (!ACTIVE.includes(job.status)) return () => { stopped = true; };
-    const timer = setInterval(tail, 2000);
+    const timer = setInterval(tail, POLL_MS);
     return () => {
       stopped = true;
       clearInterval(timer);
     };
   }, [job.id, job.status]);
   const ev = job.eval;
-  // The α points the job reports: α = 0 is the base, and the best α of the trainer's sweep (the
-  // loss at the training α is in the table: the job does not say which α that was).
-  const sweep = ev
-    ? [[0, ev.base_loss], [ev.best_alpha, ev.best_alpha_loss]]
-        .sort((a, b) => a[0] - b[0])
-        .filter((p, i, a) => i === 0 || p[0] !== a[i - 1][0])
-    : [];
+  // Held-out loss against α (α = 0 is the base), as the trainer swept it.
+  const sweep = ev ? ev.sweep : [];
   const v = job.carry_on_version;
   return html`<div class="card-block" id="job-detail" data-job=${job.id} data-status=${job.status}>
     <h3>${job.id} <small>${job.carry_on}, ${job.shards} shards</small></h3>
@@ -82,12 +82,12 @@ function JobDetail({ job, curve, onCancel }) {
       ${ACTIVE.includes(job.status) && html` <button class="danger" id="job-cancel" onClick=${onCancel}>Cancel</button>`}</p>
     ${job.error && html`<p class="error" id="job-failure">${job.error}</p>`}
     <div class="plots">
-      <${Plot} id="loss" title="Training loss" time=${false} series=${['loss']} data=${[curve.map((p) => p[0]), curve.map((p) => p[1])]} />
-      ${ev && html`<${Plot} id="alpha-sweep" title="Held-out loss by α" time=${false} series=${['loss']} data=${[sweep.map((p) => p[0]), sweep.map((p) => p[1])]} />`}
+      <${Plot} id="loss" title="Training loss" time=${false} series=${['loss']} data=${[curve.map((p) => p.step), curve.map((p) => p.loss)]} />
+      ${sweep.length > 0 && html`<${Plot} id="alpha-sweep" title="Held-out loss by α" time=${false} series=${['loss']} data=${[sweep.map((p) => p.alpha), sweep.map((p) => p.loss)]} />`}
     </div>
     ${ev && html`<table id="job-eval"><tbody>
       <tr><th>held-out loss, base</th><td>${ev.base_loss.toFixed(4)}</td></tr>
-      <tr><th>held-out loss, carry-on at the training α</th><td>${ev.carry_on_loss.toFixed(4)}</td></tr>
+      <tr><th>held-out loss, carry-on at the trained α${ev.trained_alpha === null ? '' : ` (${ev.trained_alpha})`}</th><td>${ev.carry_on_loss.toFixed(4)}</td></tr>
       <tr><th>best α</th><td>${ev.best_alpha} (${ev.best_alpha_loss.toFixed(4)})</td></tr>
       ${ev.parity_max_abs_diff !== null && html`<tr><th>export parity (max |Δ|)</th><td>${ev.parity_max_abs_diff}</td></tr>`}
     </tbody></table>`}
@@ -101,23 +101,10 @@ export function TrainingPage({ tenant }) {
   const [jobs, setJobs] = useState([]);
   const [selected, setSelected] = useState(null);
   const [error, setError] = useState(null);
-  // Loss points per job, gathered from each poll of the job's progress.
-  const curves = useRef({});
-  const [, setTick] = useState(0);
-  const record = (list) => {
-    for (const j of list) {
-      if (j.progress.loss === null) continue;
-      const c = (curves.current[j.id] ||= []);
-      if (!c.length || c[c.length - 1][0] !== j.progress.step) c.push([j.progress.step, j.progress.loss]);
-    }
-    setTick((t) => t + 1);
-  };
   const reload = async () => {
     if (!tenant) return;
     try {
-      const list = (await get(`admin/training-jobs${q({ tenant })}`)).data;
-      record(list);
-      setJobs(list);
+      setJobs((await get(`admin/training-jobs${q({ tenant })}`)).data);
     } catch (err) {
       setError(err);
     }
@@ -149,6 +136,6 @@ export function TrainingPage({ tenant }) {
         <td>${j.progress.step}/${j.progress.steps}</td><td>${fmtTime(j.created_at)}</td><td>${fmtTime(j.finished_at)}</td>
       </tr>`)}</tbody>
     </table>
-    ${job && html`<${JobDetail} job=${job} curve=${curves.current[job.id] || []} onCancel=${cancel} />`}
+    ${job && html`<${JobDetail} key=${job.id} job=${job} onCancel=${cancel} />`}
   </section>`;
 }

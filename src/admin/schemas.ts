@@ -216,10 +216,27 @@ export const TrainingJobObject = z.object({
   progress: z.object({ step: z.number().int(), steps: z.number().int(), loss: z.number().nullable() }),
   /** Held-out evaluation from the trainer's report (base vs carry-on), once it has run. */
   eval: z
-    .object({ base_loss: z.number(), carry_on_loss: z.number(), best_alpha: z.number(), best_alpha_loss: z.number(), parity_max_abs_diff: z.number().nullable() })
+    .object({
+      base_loss: z.number(),
+      carry_on_loss: z.number(),
+      /** The α the job trained with, at which carry_on_loss was measured. */
+      trained_alpha: z.number().nullable(),
+      best_alpha: z.number(),
+      best_alpha_loss: z.number(),
+      /** Held-out loss at each α the trainer swept (α = 0 is the base), ascending α. */
+      sweep: z.array(z.object({ alpha: z.number(), loss: z.number() })),
+      parity_max_abs_diff: z.number().nullable(),
+    })
     .nullable(),
   /** The registered version, when the job succeeded. */
   carry_on_version: CarryOnVersionObject.nullable(),
   error: z.string().nullable(),
 });
 export type TrainingJobObject = z.infer<typeof TrainingJobObject>;
+
+/** GET /admin/training-jobs/{id}/loss: every step the trainer logged, oldest first. */
+export interface TrainingLossObject {
+  object: 'training_job.loss';
+  id: string;
+  data: Array<{ step: number; loss: number }>;
+}

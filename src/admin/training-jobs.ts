@@ -5,7 +5,7 @@ import path from 'node:path';
 import { managedTenant } from './access.js';
 import { audit, type AdminContext } from './audit.js';
 import type { CarryOnAdmin } from './carry-on-admin.js';
-import type { CarryOnVersionObject, CreateTrainingJobBody, List, TrainingJobObject, TrainingJobStatus } from './schemas.js';
+import type { CarryOnVersionObject, CreateTrainingJobBody, List, TrainingJobObject, TrainingJobStatus, TrainingLossObject } from './schemas.js';
 import { ApiError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 import type { HarvestService } from '../harvest/service.js';
@@ -113,6 +113,28 @@ export class TrainingJobs {
 
   get(ctx: AdminContext, id: string): TrainingJobObject {
     return this.view(this.managed(ctx, id));
+  }
+
+  /** The training loss at every step the trainer logged (its loss log), for a plot of the whole run. */
+  loss(ctx: AdminContext, id: string): TrainingLossObject {
+    const job = this.managed(ctx, id);
+    const data: TrainingLossObject['data'] = [];
+    let text = '';
+    try {
+      text = fs.readFileSync(path.join(this.dir(job.id), 'run', 'train-log.jsonl'), 'utf8');
+    } catch {
+      // no log yet (queued, or the trainer has not logged a step)
+    }
+    for (const line of text.split('\n')) {
+      let entry: { step?: unknown; loss?: unknown };
+      try {
+        entry = JSON.parse(line) as { step?: unknown; loss?: unknown };
+      } catch {
+        continue; // a line being written, or a NaN loss (not JSON): skipped
+      }
+      if (typeof entry.step === 'number' && typeof entry.loss === 'number') data.push({ step: entry.step, loss: entry.loss });
+    }
+    return { object: 'training_job.loss', id: job.id, data };
   }
 
   /** The end of the job's trainer output (stdout and stderr, as written). */
@@ -312,8 +334,10 @@ export class TrainingJobs {
         ? {
             base_loss: ev.base.loss,
             carry_on_loss: ev.carry_on.loss,
+            trained_alpha: ev.carry_on.alpha,
             best_alpha: ev.best_alpha,
             best_alpha_loss: ev.best.loss,
+            sweep: (ev.sweep ?? []).map((r) => ({ alpha: r.alpha, loss: r.loss })),
             parity_max_abs_diff: report?.export ? maxNumber(report.export.verify.maxAbsDiff) : null,
           }
         : null,
@@ -334,7 +358,8 @@ export class TrainingJobs {
       finished_at: job.finishedAt,
       shards: job.shardPaths.length,
       progress,
-      eval: ev,
+      // A job that ended before the sweep was reported has it persisted without these fields.
+      eval: ev && { ...ev, trained_alpha: ev.trained_alpha ?? null, sweep: ev.sweep ?? [] },
       carry_on_version: job.carryOnVersion,
       error: job.error,
     };

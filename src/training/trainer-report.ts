@@ -14,7 +14,7 @@ const NestedNumbers: z.ZodType<Nested> = z.lazy(() => z.union([z.number(), z.rec
 
 export const TrainerReport = z.looseObject({
   eval: z
-    .looseObject({ base: LossRow.nullable(), carry_on: LossRow.nullable(), best_alpha: z.number(), best: LossRow })
+    .looseObject({ base: LossRow.nullable(), carry_on: LossRow.nullable(), best_alpha: z.number(), best: LossRow, sweep: z.array(LossRow).optional() })
     .optional(),
   export: z
     .looseObject({

@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Browser, Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CreatedApiKeyObject } from '../../src/admin/schemas.js';
+import type { CreatedApiKeyObject, TrainingJobObject } from '../../src/admin/schemas.js';
 import { CARRYON_FILES } from '../../src/carryon/manifest.js';
 import { api } from '../helpers/admin.js';
 import { browserAvailable, launchBrowser, PageProblems, screenshot } from '../helpers/browser.js';
@@ -299,13 +299,22 @@ describe.skipIf(!RUN)('admin console in a browser', () => {
     await screenshot(page, '9-training-running');
     await page.waitForFunction(() => !['queued', 'running', 'registering'].includes(document.querySelector('#job-status')?.textContent ?? ''), { timeout: 400_000 });
     expect(await text('#job-status'), await text('#job-detail')).toBe('succeeded');
+    // The whole run's curve: the trainer logs every 10 steps (GET /admin/training-jobs/{id}/loss).
+    const gsmJob = await page.$eval('#job-detail', (e) => e.getAttribute('data-job') ?? '');
+    await page.waitForFunction(() => Number(document.querySelector('[data-plot=loss]')?.getAttribute('data-points')) === 10, { timeout: 10_000 });
     expect(await points()).toBeGreaterThan(whileRunning);
+    const loss = await api<{ data: Array<{ step: number; loss: number }> }>(gw, 'GET', `/admin/training-jobs/${gsmJob}/loss`, ADMIN_KEY);
+    expect(loss.json.data.map((p) => p.step)).toEqual([10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
     expect(await text('#job-eval')).toContain('best α');
-    expect(await page.$('[data-plot=alpha-sweep] canvas')).not.toBeNull();
+    // The α sweep: one point per α the trainer evaluated, α = 0 (the base) among them.
+    const job = await api<TrainingJobObject>(gw, 'GET', `/admin/training-jobs/${gsmJob}`, ADMIN_KEY);
+    expect(job.json.eval!.sweep.length).toBeGreaterThanOrEqual(2);
+    expect(job.json.eval!.sweep[0]).toEqual({ alpha: 0, loss: job.json.eval!.base_loss });
+    expect(job.json.eval!.trained_alpha).toBe(1);
+    expect(await page.$eval('[data-plot=alpha-sweep]', (e) => Number(e.getAttribute('data-points')))).toBe(job.json.eval!.sweep.length);
     expect(await text('#job-version')).toContain('gsm version 1');
     await page.waitForFunction(() => document.querySelector('#job-log')?.textContent?.includes('held-out loss'), { timeout: 10_000 });
     await screenshot(page, '10-training-done');
-    const gsmJob = await page.$eval('#job-detail', (e) => e.getAttribute('data-job') ?? '');
 
     // A long job, cancelled from the page once it runs: nothing is registered.
     await fill('#training-form input[name=carry_on]', 'long');
