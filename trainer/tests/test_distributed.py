@@ -12,12 +12,14 @@ rank training on the wrong rows, an optimizer out of step) moves the loss by per
 token count per step is the number of loss rows in the global batch: equal means the processes
 together saw exactly the one-process batch."""
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import unittest
 
+from carryon_train.data import BatchOrder, Corpus, make_batch
 from carryon_train.distributed import Dist, DistError, per_process_batch
 from carryon_train.pipeline import train_carry_on
 from carryon_train.train import TrainOptions
@@ -66,11 +68,23 @@ class DataParallelTest(unittest.TestCase):
         worst = 0.0
         for a, b in zip(ref, got):
             self.assertEqual(b["tokens"], a["tokens"], f"step {a['step']}: not the same rows")
+            if a["tokens"] == 0:  # a batch without loss rows: skipped by every process alike
+                self.assertTrue(math.isnan(a["loss"]) and math.isnan(b["loss"]), (a, b))
+                continue
             for key in ("loss", "grad_norm"):
                 rel = abs(b[key] - a[key]) / abs(a[key])
                 worst = max(worst, rel)
                 self.assertLess(rel, RTOL, f"step {a['step']} {key}: {a[key]} vs {b[key]}")
         return worst
+
+    def torchrun(self, *args: str) -> subprocess.CompletedProcess:
+        # carryon_train.torchrun = torchrun, fixed for torch 1.13 on Python ≥ 3.11.
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        proc = subprocess.run([sys.executable, "-m", "carryon_train.torchrun", "--standalone", "--nproc_per_node", "2",
+                               "--monitor_interval", "0.5", "-m", "carryon_train", "train", "--base", self.base, *args],
+                              capture_output=True, text=True, env=env, timeout=600)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-4000:])
+        return proc
 
     def test_two_processes_follow_one_and_resume_on_one(self) -> None:
         # One process, STEPS steps, in this process (the same code path as `carryon-train train`).
@@ -79,15 +93,9 @@ class DataParallelTest(unittest.TestCase):
         ref_curve = curve(one)
         self.assertEqual(len(ref_curve), STEPS)
 
-        # Two processes under torchrun (carryon_train.torchrun = torchrun, fixed for torch 1.13 on
-        # Python ≥ 3.11), the first HALF steps, with the export and its parity check.
+        # Two processes under torchrun, the first HALF steps, with the export and its parity check.
         two = os.path.join(self.tmp, "two")
-        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        proc = subprocess.run([sys.executable, "-m", "carryon_train.torchrun", "--standalone", "--nproc_per_node", "2",
-                               "--monitor_interval", "0.5", "-m", "carryon_train", "train", "--base", self.base,
-                               "--shards", self.shards, "--out", two, "--id", "ddp", "--steps", str(HALF), *FLAGS],
-                              capture_output=True, text=True, env=env, timeout=600)
-        self.assertEqual(proc.returncode, 0, proc.stderr[-4000:])
+        proc = self.torchrun("--shards", self.shards, "--out", two, "--id", "ddp", "--steps", str(HALF), *FLAGS)
         # Rank 0 alone prints the result line, writes the report, the log and the checkpoint.
         lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
         self.assertEqual(len(lines), 1, proc.stdout)
@@ -109,6 +117,31 @@ class DataParallelTest(unittest.TestCase):
             lb = next(x["loss"] for x in g if x["alpha"] == a)
             self.assertLess(abs(la - lb) / la, RTOL, f"held-out loss at α={a}: {la} vs {lb}")
         print(f"\n1 vs 2 processes, {STEPS} steps: max relative difference {worst:.2e} (tolerance {RTOL:g})", file=sys.stderr)
+
+    def test_a_process_without_loss_rows_still_steps(self) -> None:
+        # Chat shards train on completion rows only; cut into 16-row windows, many windows are all
+        # prompt. With a global batch of 2 over 2 processes, step 1 gives one process no loss row
+        # (it must still join the gradient all-reduce, with a zero share) and step 7 gives none to
+        # either (both skip it): a process out of step would hang or diverge here.
+        chat = fixtures.gsm8k_shards("train", 30, fmt="chat")
+        flags = ["--width", "32", "--layers", "1", "--heads", "4", "--seq-len", "16", "--batch-size", "2", "--lr", "3e-3",
+                 "--warmup", "2", "--schedule", "constant", "--log-every", "1", "--checkpoint-every", "0", "--no-progress",
+                 "--no-export", "--steps", "8", "--device", "cpu"]
+        opts = TrainOptions(steps=8, batch_size=2, lr=3e-3, warmup=2, schedule="constant", log_every=1, checkpoint_every=0,
+                            device="cpu", progress=False)
+        one = os.path.join(self.tmp, "chat-one")
+        arch = dict(width=32, layers=1, heads=4, kv_heads=0, intermediate=0, input_layers=["final"], reads_token_ids=False)
+        train_carry_on(self.base, [chat], one, "chat", arch, opts, seq_len=16, export=False)
+        two = os.path.join(self.tmp, "chat-two")
+        self.torchrun("--shards", chat, "--out", two, "--id", "chat", *flags)
+        ref = curve(one)
+        self.assertIn(0, [e["tokens"] for e in ref], "the data no longer has a step without loss rows")
+        # ... and a step where exactly one of the two halves has none (the batch order the run used).
+        corpus = Corpus.open([chat], ["final"], 16)
+        order = BatchOrder(corpus.split(0.1, 0)[0], 2, 0)
+        halves = [[make_batch(corpus, [w], True, 512).tokens for w in order.batch(step)] for step in range(8)]
+        self.assertTrue(any(min(h) == 0 < max(h) for h in halves), halves)
+        self.assert_same_curve(ref, curve(two))
 
 
 if __name__ == "__main__":
