@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreatedApiKeyObject, TrainingJobObject } from '../../src/admin/schemas.js';
 import { CARRYON_FILES } from '../../src/carryon/manifest.js';
 import { api } from '../helpers/admin.js';
-import { browserAvailable, launchBrowser, PageProblems, screenshot } from '../helpers/browser.js';
+import { ARTIFACTS, browserAvailable, launchBrowser, PageProblems, screenshot } from '../helpers/browser.js';
 import { makeCarryOn } from '../helpers/carry-on.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { gsm8kTrainProblems } from '../helpers/gsm8k.js';
@@ -82,6 +82,8 @@ async function runPlayground(): Promise<{ base: string; carryOn: string }> {
 
 describe.skipIf(!RUN)('admin console in a browser', () => {
   beforeAll(async () => {
+    // This run's screenshots only, none left from an earlier run's page names.
+    fs.rmSync(ARTIFACTS, { recursive: true, force: true });
     gw = await startTestGateway({ CARRYON_DATA_DIR: freshDataDir('carryon-console-'), CARRYON_HARVEST: 'on', CARRYON_HARVEST_MAX_BYTES: String(1 << 30) });
     work = freshDataDir('carryon-console-packages-');
     // A carry-on that visibly changes the base, made as test/helpers/carry-on.ts makes them, and a
