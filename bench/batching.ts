@@ -1,8 +1,8 @@
 /**
- * Continuous batching on the SmolLM2-135M shape (CPU): the engine worker exactly as the gateway
+ * Continuous batching on the SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B shapes (CPU): the engine worker exactly as the gateway
  * drives it, against node-llama-cpp serving the same GGUF with its own batching.
  *
- *   node --import tsx bench/batching.ts [--models smol-f32,smol-q4] [--concurrency 1,8,32]
+ *   node --import tsx bench/batching.ts [--models smol-f32,smol-q4,qwen-f32,qwen-q4,llama3-f32,llama3-q4] [--concurrency 1,8,32]
  *        [--decode 48] [--prompt 32] [--threads 1] [--long 2000] [--short 24] [--prefill-chunk 256] [--skip-llama]
  *
  * 1. Aggregate decode tokens/s with C concurrent streams (C prompts submitted together, greedy,
@@ -22,7 +22,8 @@ import type { Token } from 'node-llama-cpp';
 
 import { CarryOnRegistry } from '../src/serving/carry-on-registry.js';
 import { Engine } from '../src/engine/engine.js';
-import { BENCH_OUT, modelPackage, smolGguf } from './lib/artifacts.js';
+import { BENCH_OUT, modelPackage, releaseSyntheticCheckpoint, shapeGguf } from './lib/artifacts.js';
+import type { ShapeName } from './lib/synthetic-model.js';
 import { makeBenchCarryOns } from './lib/carry-ons.js';
 import { intOption, modelsOption } from './lib/options.js';
 import { mulberry32 } from './lib/rng.js';
@@ -42,8 +43,15 @@ const { values } = parseArgs({
     'skip-llama': { type: 'boolean', default: false },
   },
 });
-const QUANT = { 'smol-f32': 'f32', 'smol-q4': 'q4_0' } as const;
-const MODELS = modelsOption(values.models, QUANT) as Array<keyof typeof QUANT>;
+const SPECS: Record<string, { shape: ShapeName; quant: 'f32' | 'q4_0' }> = {
+  'smol-f32': { shape: 'smollm2-135m', quant: 'f32' },
+  'smol-q4': { shape: 'smollm2-135m', quant: 'q4_0' },
+  'qwen-f32': { shape: 'qwen2.5-0.5b', quant: 'f32' },
+  'qwen-q4': { shape: 'qwen2.5-0.5b', quant: 'q4_0' },
+  'llama3-f32': { shape: 'llama3.2-1b', quant: 'f32' },
+  'llama3-q4': { shape: 'llama3.2-1b', quant: 'q4_0' },
+};
+const MODELS = modelsOption(values.models, SPECS);
 const CONCURRENCY = values.concurrency.split(',').map((c) => intOption('concurrency', c, 1));
 const DECODE = intOption('decode', values.decode, 2);
 const PROMPT = intOption('prompt', values.prompt, 2);
@@ -165,8 +173,9 @@ async function llamaDecode(modelPath: string, ps: number[][]): Promise<number> {
 async function main(): Promise<void> {
   const lines: string[] = [];
   for (const key of MODELS) {
-    const quant = QUANT[key];
-    const gguf = await smolGguf(quant, log);
+    const { shape, quant } = SPECS[key];
+    const gguf = await shapeGguf(shape, quant, log);
+    releaseSyntheticCheckpoint();
     const pkg = await modelPackage(gguf, key, log);
     const engine = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: THREADS, prefillChunk: PREFILL });
     const vocab = engine.info.vocabSize;

@@ -38,7 +38,7 @@ import { CarryOnSession, mergeRow } from '../src/engine/carry-on-session.js';
 import { Engine } from '../src/engine/engine.js';
 import type { SamplingParams } from '../src/engine/worker-messages.js';
 import { readModelConfig } from '../src/model/package-files.js';
-import { BENCH_OUT, STORIES_GGUF, modelPackage, releaseSmolCheckpoint, smolGguf } from './lib/artifacts.js';
+import { BENCH_OUT, STORIES_GGUF, modelPackage, releaseSyntheticCheckpoint, smolGguf } from './lib/artifacts.js';
 import { openRunner } from './lib/breakdown.js';
 import { makeBenchCarryOns, type BenchCarryOn, type CarryOnShape } from './lib/carry-ons.js';
 import { randomIds } from './lib/rng.js';
@@ -732,7 +732,7 @@ async function main(): Promise<void> {
   log(`artifacts under ${path.relative(process.cwd(), BENCH_OUT) || BENCH_OUT}`);
   const ggufs = new Map<string, string>();
   for (const key of opts.models) ggufs.set(key, await MODELS[key].gguf(log));
-  releaseSmolCheckpoint();
+  releaseSyntheticCheckpoint();
   const pkgs = new Map<string, string>();
   for (const key of opts.models) pkgs.set(key, await modelPackage(ggufs.get(key)!, key, log));
 

@@ -2,7 +2,8 @@
  * Decode benchmark: our engine (ONNX Runtime, through the real engine worker) against llama.cpp
  * (node-llama-cpp) on the same GGUF weights, the same thread count and the same prompts.
  *
- *   npm run bench:decode -- [--models stories,smol-f32,smol-q4] [--contexts 128,512] [--decode 64]
+ *   npm run bench:decode -- [--models stories,smol-f32,smol-q4,qwen-f32,qwen-q4,llama3-f32,llama3-q4]
+ *                           [--contexts 128,512] [--decode 64]
  *                           [--runs 3] [--threads N] [--batch 512] [--breakdown]
  *
  * "ctx N" means an N-token prompt (BOS + random ids), prefilled, then `--decode` greedy tokens.
@@ -16,7 +17,7 @@ import { getLlama, LlamaLogLevel, type Llama } from 'node-llama-cpp';
 import * as ort from 'onnxruntime-node';
 
 import { readModelConfig } from '../src/model/package-files.js';
-import { BENCH_OUT, STORIES_GGUF, modelPackage, releaseSmolCheckpoint, smolGguf } from './lib/artifacts.js';
+import { BENCH_OUT, STORIES_GGUF, modelPackage, releaseSyntheticCheckpoint, shapeGguf, smolGguf } from './lib/artifacts.js';
 import { decodeBreakdown, openRunner } from './lib/breakdown.js';
 import { randomIds } from './lib/rng.js';
 import { startLlamaCpp, startOurs, type DecodeRunner, type RunResult } from './lib/runners.js';
@@ -34,6 +35,10 @@ const MODELS: Record<string, ModelSpec> = {
   stories: { label: 'stories260K', quant: 'f32', gguf: async () => STORIES_GGUF, mustAgree: true },
   'smol-f32': { label: 'SmolLM2-135M-shape', quant: 'f32', gguf: (log) => smolGguf('f32', log), mustAgree: false },
   'smol-q4': { label: 'SmolLM2-135M-shape', quant: 'q4_0', gguf: (log) => smolGguf('q4_0', log), mustAgree: false },
+  'qwen-f32': { label: 'Qwen2.5-0.5B-shape', quant: 'f32', gguf: (log) => shapeGguf('qwen2.5-0.5b', 'f32', log), mustAgree: false },
+  'qwen-q4': { label: 'Qwen2.5-0.5B-shape', quant: 'q4_0', gguf: (log) => shapeGguf('qwen2.5-0.5b', 'q4_0', log), mustAgree: false },
+  'llama3-f32': { label: 'Llama-3.2-1B-shape', quant: 'f32', gguf: (log) => shapeGguf('llama3.2-1b', 'f32', log), mustAgree: false },
+  'llama3-q4': { label: 'Llama-3.2-1B-shape', quant: 'q4_0', gguf: (log) => shapeGguf('llama3.2-1b', 'q4_0', log), mustAgree: false },
 };
 
 interface Options {
@@ -86,7 +91,7 @@ function parseOptions(): Options {
 async function prepare(opts: Options): Promise<Map<string, { gguf: string; pkg: string }>> {
   const files = new Map<string, { gguf: string; pkg: string }>();
   for (const key of opts.models) files.set(key, { gguf: await MODELS[key].gguf(log), pkg: '' });
-  releaseSmolCheckpoint();
+  releaseSyntheticCheckpoint();
   for (const [key, f] of files) f.pkg = await modelPackage(f.gguf, key, log);
   return files;
 }

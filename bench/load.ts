@@ -25,7 +25,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import OpenAI from 'openai';
 
-import { BENCH_OUT, STORIES_GGUF, modelPackage, smolGguf, releaseSmolCheckpoint } from './lib/artifacts.js';
+import { BENCH_OUT, STORIES_GGUF, modelPackage, smolGguf, releaseSyntheticCheckpoint } from './lib/artifacts.js';
 import { metricValue, procCpuSeconds, procMemory, scrapeMetrics, startGateway, type GatewayProcess } from './lib/gateway-process.js';
 import { linearFit, percentile, table } from './lib/stats.js';
 import { modelsOption, numOption } from './lib/options.js';
@@ -575,7 +575,7 @@ async function main(): Promise<void> {
   const keys = opts.skipMatrix ? [] : opts.models;
   const ggufs = new Map<string, string>();
   for (const key of new Set([...keys, ...(opts.soakS > 0 ? ['stories'] : [])])) ggufs.set(key, await MODELS[key].gguf(log));
-  releaseSmolCheckpoint();
+  releaseSyntheticCheckpoint();
   const pkgs = new Map<string, string>();
   for (const [key, gguf] of ggufs) pkgs.set(key, await modelPackage(gguf, key, log));
 

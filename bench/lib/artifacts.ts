@@ -11,30 +11,35 @@ import { writeLlamaGguf } from '../../src/model/gguf.js';
 import { importModel } from '../../src/model/import.js';
 import { PACKAGE_FILES } from '../../src/model/package-files.js';
 import type { ImportedCheckpoint } from '../../src/model/types.js';
-import { smolCheckpoint } from './synthetic-model.js';
+import { SHAPES, syntheticCheckpoint, type ShapeName } from './synthetic-model.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const BENCH_OUT = path.join(repoRoot, 'bench', 'out');
 export const STORIES_GGUF = path.resolve(repoRoot, '../shared/models/stories260K/stories260K.gguf');
 
-const SMOL_SEED = 135;
+const SEED = 135;
 
-/** Building the random checkpoint takes a while and ~0.6 GB; do it at most once per process. */
-let smolCache: ImportedCheckpoint | null = null;
+/** Building a random checkpoint takes a while and 0.6–5 GB; do it at most once per process and shape. */
+let cache: { shape: ShapeName; ckpt: ImportedCheckpoint } | null = null;
 
-export async function smolGguf(quant: 'f32' | 'q4_0', log: (msg: string) => void): Promise<string> {
-  const file = path.join(BENCH_OUT, 'gguf', `smollm2-135m-shape-random-${quant}.gguf`);
+/** The GGUF of a benchmark shape (see SHAPES) with seeded random weights, written once. */
+export async function shapeGguf(shape: ShapeName, quant: 'f32' | 'q4_0', log: (msg: string) => void): Promise<string> {
+  const file = path.join(BENCH_OUT, 'gguf', `${shape}-shape-random-${quant}.gguf`);
   if (fs.existsSync(file)) return file;
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  log(`writing ${path.relative(repoRoot, file)} (seeded random weights)`);
-  smolCache ??= smolCheckpoint(SMOL_SEED);
-  await writeLlamaGguf(file, smolCache, { quant, name: `smollm2-135m-shape-random-${quant}` });
+  log(`writing ${path.relative(repoRoot, file)} (${SHAPES[shape].label}, seeded random weights)`);
+  if (cache?.shape !== shape) cache = { shape, ckpt: syntheticCheckpoint(shape, SEED) };
+  await writeLlamaGguf(file, cache.ckpt, { quant, name: `${shape}-shape-random-${quant}` });
   return file;
 }
 
-/** Drops the in-memory checkpoint once both GGUFs exist, before the engines need the RAM. */
-export function releaseSmolCheckpoint(): void {
-  smolCache = null;
+export function smolGguf(quant: 'f32' | 'q4_0', log: (msg: string) => void): Promise<string> {
+  return shapeGguf('smollm2-135m', quant, log);
+}
+
+/** Drops the in-memory checkpoint once the GGUFs exist, before the engines need the RAM. */
+export function releaseSyntheticCheckpoint(): void {
+  cache = null;
 }
 
 /**

@@ -1,12 +1,23 @@
 /**
- * A SmolLM2-135M-shaped Llama checkpoint with seeded random weights, for benchmarking only.
- * Throughput depends on the shapes, not on the values, so random weights make a faithful
- * stand-in for the real model without downloading it.
+ * Seeded random-weight checkpoints of real models' exact shapes, for benchmarking only: SmolLM2-135M
+ * (llama), Qwen2.5-0.5B (qwen2: q/k/v biases, 152k vocabulary, tied) and Llama-3.2-1B (llama with
+ * llama3 RoPE scaling, 128k vocabulary, tied). Throughput depends on the shapes, not on the values,
+ * so random weights make a faithful stand-in for the real models without downloading them.
  */
 import type { ImportedCheckpoint, LlamaConfig, LlamaLayer, Matrix, SentencePieceVocab } from '../../src/model/types.js';
 import { mulberry32 } from './rng.js';
 
+const COMMON = {
+  rope_style: 'interleaved',
+  rope_scaling: null,
+  attention_bias: false,
+  qk_norm: false,
+  bos_token_id: 1,
+  eos_token_id: 2,
+} as const;
+
 export const SMOL_CONFIG: LlamaConfig = {
+  ...COMMON,
   architecture: 'llama',
   hidden_size: 576,
   intermediate_size: 1536,
@@ -17,30 +28,66 @@ export const SMOL_CONFIG: LlamaConfig = {
   vocab_size: 49152,
   max_position_embeddings: 2048,
   rope_theta: 100000,
-  rope_style: 'interleaved',
-  rope_scaling: null,
-  attention_bias: false,
-  qk_norm: false,
   rms_norm_eps: 1e-5,
   tie_word_embeddings: true,
-  bos_token_id: 1,
-  eos_token_id: 2,
 };
+
+/** Qwen/Qwen2.5-0.5B's config.json. */
+export const QWEN25_05B_CONFIG: LlamaConfig = {
+  ...COMMON,
+  architecture: 'qwen2',
+  hidden_size: 896,
+  intermediate_size: 4864,
+  num_hidden_layers: 24,
+  num_attention_heads: 14,
+  num_key_value_heads: 2,
+  head_dim: 64,
+  vocab_size: 151936,
+  max_position_embeddings: 32768,
+  rope_theta: 1000000,
+  rms_norm_eps: 1e-6,
+  attention_bias: true,
+  tie_word_embeddings: true,
+};
+
+/** meta-llama/Llama-3.2-1B's config.json. */
+export const LLAMA32_1B_CONFIG: LlamaConfig = {
+  ...COMMON,
+  architecture: 'llama',
+  hidden_size: 2048,
+  intermediate_size: 8192,
+  num_hidden_layers: 16,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  head_dim: 64,
+  vocab_size: 128256,
+  max_position_embeddings: 131072,
+  rope_theta: 500000,
+  rope_scaling: { rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+  rms_norm_eps: 1e-5,
+  tie_word_embeddings: true,
+};
+
+export const SHAPES = {
+  'smollm2-135m': { label: 'SmolLM2-135M-shape', config: SMOL_CONFIG },
+  'qwen2.5-0.5b': { label: 'Qwen2.5-0.5B-shape', config: QWEN25_05B_CONFIG },
+  'llama3.2-1b': { label: 'Llama-3.2-1B-shape', config: LLAMA32_1B_CONFIG },
+} as const;
+export type ShapeName = keyof typeof SHAPES;
 
 const WEIGHT_STD = 0.02;
 
-/** `config`: another shape on the same recipe (bench/structured-output.ts: the 152k vocabulary). */
-export function smolCheckpoint(seed: number, config: LlamaConfig = SMOL_CONFIG): ImportedCheckpoint {
-  const c = config;
+export function syntheticCheckpoint(shape: ShapeName, seed: number): ImportedCheckpoint {
+  const c = SHAPES[shape].config;
   const normal = normalSampler(seed);
   const randomMatrix = (rows: number, cols: number): Matrix => ({ kind: 'f32', rows, cols, data: normal(rows * cols) });
-  const ones = () => new Float32Array(c.hidden_size).fill(1);
+  const ones = (n = c.hidden_size) => new Float32Array(n).fill(1);
   const qDim = c.num_attention_heads * c.head_dim;
   const kvDim = c.num_key_value_heads * c.head_dim;
 
   const layers: LlamaLayer[] = [];
   for (let i = 0; i < c.num_hidden_layers; i++) {
-    layers.push({
+    const layer: LlamaLayer = {
       attnNorm: ones(),
       wq: randomMatrix(qDim, c.hidden_size),
       wk: randomMatrix(kvDim, c.hidden_size),
@@ -50,13 +97,21 @@ export function smolCheckpoint(seed: number, config: LlamaConfig = SMOL_CONFIG):
       gate: randomMatrix(c.intermediate_size, c.hidden_size),
       down: randomMatrix(c.hidden_size, c.intermediate_size),
       up: randomMatrix(c.intermediate_size, c.hidden_size),
-    });
+    };
+    if (c.attention_bias) Object.assign(layer, { qBias: normal(qDim), kBias: normal(kvDim), vBias: normal(kvDim) });
+    if (c.qk_norm) Object.assign(layer, { qNorm: ones(c.head_dim), kNorm: ones(c.head_dim) });
+    layers.push(layer);
   }
   return {
     weights: { config: c, tokEmbeddings: normal(c.vocab_size * c.hidden_size), layers, finalNorm: ones(), output: null },
     vocab: syntheticVocab(c.vocab_size),
-    source: { format: 'gguf', path: `synthetic:smollm2-135m-shape:seed=${seed}`, sha256: '' },
+    source: { format: 'gguf', path: `synthetic:${shape}-shape:seed=${seed}`, sha256: '' },
   };
+}
+
+/** The SmolLM2-135M shape (the default benchmark model). */
+export function smolCheckpoint(seed: number): ImportedCheckpoint {
+  return syntheticCheckpoint('smollm2-135m', seed);
 }
 
 /** Box-Muller over a seeded uniform source: N(0, WEIGHT_STD^2) values. */
