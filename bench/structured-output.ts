@@ -3,15 +3,15 @@
  * does to decode throughput.
  *
  *   node --import tsx bench/structured-output.ts [--walks 20] [--concurrency 1,32] [--decode 32]
- *        [--layers 30] [--threads 1] [--skip-engine]
+ *        [--shape qwen2.5-0.5b] [--threads 1] [--skip-engine]
  *
  * 1. Mask cost, no model: the real Qwen3 vocabulary (151,669 tokens, byte-level BPE, read from
  *    ../shared/tokenizers/qwen3/tokenizer.json through @huggingface/tokenizers) as the vocabulary
  *    trie the worker builds; random walks through each test schema taking random allowed tokens.
  *    Per token: the check of a proposed token (the sampler's try-first path), a cold mask (a state
  *    seen for the first time: the trie walk), a warm mask (cache hit) applied to 151,936 logits.
- * 2. Decode tokens/s, the engine worker as the gateway drives it, on a SmolLM2-135M-shaped model
- *    with the 151,936-entry vocabulary (seeded random weights, so the model never "wants" JSON: the
+ * 2. Decode tokens/s, the engine worker as the gateway drives it, on a model of `--shape` (default
+ *    Qwen2.5-0.5B's, whose vocabulary is Qwen3's 151,936) with seeded random weights (so it never "wants" JSON: the
  *    try-first path fails often and masks are built and applied: a worst case), temperature 1, C
  *    concurrent streams, with each schema vs without; ratio constrained / unconstrained.
  */
@@ -31,14 +31,14 @@ import { BENCH_OUT, modelPackage } from './lib/artifacts.js';
 import { intOption } from './lib/options.js';
 import { mulberry32 } from './lib/rng.js';
 import { percentile, table } from './lib/stats.js';
-import { SMOL_CONFIG, smolCheckpoint } from './lib/synthetic-model.js';
+import { SHAPES, syntheticCheckpoint, type ShapeName } from './lib/synthetic-model.js';
 
 const { values } = parseArgs({
   options: {
     walks: { type: 'string', default: '20' },
     concurrency: { type: 'string', default: '1,32' },
     decode: { type: 'string', default: '32' },
-    layers: { type: 'string', default: String(SMOL_CONFIG.num_hidden_layers) },
+    shape: { type: 'string', default: 'qwen2.5-0.5b' },
     threads: { type: 'string', default: '1' },
     'skip-engine': { type: 'boolean', default: false },
   },
@@ -46,7 +46,8 @@ const { values } = parseArgs({
 const WALKS = intOption('walks', values.walks, 1);
 const CONCURRENCY = values.concurrency.split(',').map((c) => intOption('concurrency', c, 1));
 const DECODE = intOption('decode', values.decode, 2);
-const LAYERS = intOption('layers', values.layers, 1);
+if (!(values.shape in SHAPES)) throw new Error(`--shape: one of ${Object.keys(SHAPES).join(', ')}`);
+const SHAPE = values.shape as ShapeName;
 const THREADS = intOption('threads', values.threads, 1);
 const QWEN = path.resolve(import.meta.dirname, '../../shared/tokenizers/qwen3/tokenizer.json');
 const VOCAB_SIZE = 151_936; // Qwen2.5/3's logits (the tokenizer's 151,669 ids, padded)
@@ -191,17 +192,18 @@ function maskCost(vocab: VocabularyBytes): void {
 
 /** Part 2: decode tokens/s with a format vs without, C streams. */
 async function decodeRatio(vocab: VocabularyBytes): Promise<void> {
-  const config = { ...SMOL_CONFIG, vocab_size: VOCAB_SIZE, num_hidden_layers: LAYERS };
-  const name = `smollm2-shape-vocab${VOCAB_SIZE}-l${LAYERS}`;
+  const name = `${SHAPE}-shape-random-f32`;
   const gguf = path.join(BENCH_OUT, 'gguf', `${name}.gguf`);
   if (!fs.existsSync(gguf)) {
     fs.mkdirSync(path.dirname(gguf), { recursive: true });
     log(`writing ${gguf} (seeded random weights)`);
-    await writeLlamaGguf(gguf, smolCheckpoint(135, config), { quant: 'f32', name });
+    await writeLlamaGguf(gguf, syntheticCheckpoint(SHAPE, 135), { quant: 'f32', name });
   }
   const dir = await modelPackage(gguf, name, log);
   const engine = await Engine.start({ modelDir: dir, provider: 'cpu', threads: THREADS, prefillChunk: 256 });
-  engine.useVocabulary(() => vocab);
+  // The structured vocabulary is Qwen3's, padded to this model's logits (a shape with fewer logits takes its first ones).
+  const n = engine.info.vocabSize;
+  engine.useVocabulary(() => ({ bytes: vocab.bytes, offsets: n <= VOCAB_SIZE ? vocab.offsets.slice(0, n + 1) : Uint32Array.from({ length: n + 1 }, (_, i) => vocab.offsets[Math.min(i, VOCAB_SIZE)]) }));
   const params = (seed: number, stop: number[]): SamplingParams => ({
     temperature: 1, topP: 1, topK: 0, seed, presencePenalty: 0, frequencyPenalty: 0, maxTokens: DECODE, stopTokenIds: stop, topLogprobs: -1,
   });
@@ -257,7 +259,7 @@ async function decodeRatio(vocab: VocabularyBytes): Promise<void> {
   }
   await engine.close();
   console.log(
-    `\n## Decode, ${LAYERS}-layer SmolLM2 shape, ${VOCAB_SIZE}-entry vocabulary, ${THREADS} thread(s), temperature 1, ${DECODE} tokens per stream at most ` +
+    `\n## Decode, ${SHAPES[SHAPE].label} (${n} logits), ${THREADS} thread(s), temperature 1, ${DECODE} tokens per stream at most ` +
       `(a format's stream ends once its value is complete); second run of each schema (warm masks). Each cell: wall tokens/s / tokens per CPU second (ratios to unconstrained)\n`,
   );
   console.log(table(['streams', 'unconstrained', ...Object.keys(SCHEMAS)], rows));

@@ -5,6 +5,8 @@ export interface SamplingConstraint {
   allows(token: number): boolean;
   /** Sets every refused token's logit to −∞; returns how many tokens remain allowed. */
   restrict(logits: Float32Array): number;
+  /** After restrict: the allowed ids (ascending) when they are few, else null. */
+  allowedIds(): Uint32Array | null;
 }
 
 /**
@@ -39,7 +41,9 @@ export class Sampler {
       token = tryFirst ? pick() : -1;
       if (token < 0 || !constraint.allows(token)) {
         if (constraint.restrict(logits) === 0) throw new Error('no token of the vocabulary can continue the response format here');
-        token = pick();
+        // Few allowed (punctuation, keys, enums): draw over those alone instead of the whole vocabulary.
+        const ids = p.topK <= 0 && p.topP >= 1 ? constraint.allowedIds() : null;
+        token = ids ? this.pickAmong(logits, ids) : pick();
         // Rounding can leave a draw on a zero-weight (refused) entry: the best allowed token instead.
         if (logits[token] === -Infinity) token = argmax(logits);
       }
@@ -51,6 +55,26 @@ export class Sampler {
     const logZ = logSumExp(logits);
     const top = p.topLogprobs > 0 ? topK(logits, p.topLogprobs).map(([id, l]) => [id, l - logZ] as [number, number]) : [];
     return { token, logprob: logits[token] - logZ, top };
+  }
+
+  /**
+   * What argmax or drawFull would pick from logits whose only finite entries are `ids` (ascending):
+   * the same token for the same draw, in a pass over those entries only.
+   */
+  private pickAmong(logits: Float32Array, ids: Uint32Array): number {
+    let best = ids[0];
+    for (const id of ids) if (logits[id] > logits[best]) best = id;
+    const temperature = this.params.temperature;
+    if (temperature === 0) return best;
+    const max = logits[best];
+    let total = 0;
+    for (const id of ids) total += Math.exp((logits[id] - max) / temperature);
+    let r = this.rng() * total;
+    for (const id of ids) {
+      r -= Math.exp((logits[id] - max) / temperature);
+      if (r < 0) return id;
+    }
+    return ids[ids.length - 1];
   }
 
   private applyPenalties(logits: Float32Array): void {

@@ -299,6 +299,11 @@ export class TokenConstraint {
     return count;
   }
 
+  allowedIds(): Uint32Array | null {
+    const m = this.mask();
+    return m.ids && m.allowed ? m.ids : null;
+  }
+
   /** Takes a token the constraint allowed (a stop token ends the sequence and changes nothing). */
   accept(token: number): void {
     if (this.stopTokenIds.includes(token)) return;
