@@ -46,6 +46,8 @@ const variants: Record<string, Partial<HfFolderOptions>> = {
     generationConfig: { bos_token_id: 1, eos_token_id: [2, 0], temperature: 0.7, transformers_version: '4.46.0' },
   },
   'stories-bf16': { dtype: 'BF16' },
+  // MistralConfig: the Llama graph plus a sliding window, here shorter than the 512 positions.
+  'stories-mistral': { config: { architectures: ['MistralForCausalLM'], model_type: 'mistral', sliding_window: 128 } },
 };
 
 /** The checkpoint with every weight rounded through f16 / bf16, kept f32: what the half folders must import to. */
@@ -159,6 +161,13 @@ describe('Hugging Face folder import (Llama)', () => {
       expect(await greedy(runner('stories-f16-sharded'), prompt, 24)).toEqual(want);
       expect(await greedy(runner('stories-bf16'), prompt, 24)).toEqual(want);
     }
+  });
+
+  it('MistralForCausalLM: the Llama graph, with the served context capped at sliding_window (so attention stays exact)', async () => {
+    expect(readModelConfig(pkgOf('stories-mistral'))).toEqual({ ...readModelConfig(pkgBin), max_position_embeddings: 128 });
+    const ids = tokenizer.encode(PROMPTS[1], true);
+    expect(maxAbsDiff(await fullLogits(runner('bin'), ids), await fullLogits(runner('stories-mistral'), ids))).toBeLessThan(1e-5);
+    await expect(runner('stories-mistral').forwardBody(new Array<number>(129).fill(5), runner('stories-mistral').newCache())).rejects.toThrow(/exceed the model's context of 128/);
   });
 
   it('copies the tokenizer, takes chat_template.jinja, keeps generation_config.json with its eos_token_id list', () => {
