@@ -208,7 +208,7 @@ async function decodeRatio(vocab: VocabularyBytes): Promise<void> {
     temperature: 1, topP: 1, topK: 0, seed, presencePenalty: 0, frequencyPenalty: 0, maxTokens: DECODE, stopTokenIds: stop, topLogprobs: -1,
   });
   const rnd = mulberry32(7);
-  const prompt = () => [1, ...Array.from({ length: 15 }, () => 2 + Math.floor(rnd() * 50_000))];
+  const prompt = () => [1, ...Array.from({ length: 15 }, () => 2 + Math.floor(rnd() * (Math.min(n, 50_000) - 2)))];
   /**
    * C streams at once: aggregate decode tokens/s (tokens after each stream's first, over the first
    * first token to the last token), and tokens per CPU second of the whole process (engine worker
