@@ -10,10 +10,6 @@ import { architectureMetadata, architectureOf, architectureTensors, configFromGg
 import { vocabFromGguf, vocabMetadata } from './gguf-tokenizer.js';
 import type { ImportedCheckpoint } from './types.js';
 
-// hf-folder.ts decodes safetensors F16/BF16 with these; kept here until it imports them from
-// src/formats/ggml-quants.ts (or half.ts) itself.
-export { dequantize, GgmlType } from '../formats/ggml-quants.js';
-
 export async function ggufToCheckpoint(path: string): Promise<ImportedCheckpoint> {
   const file = await readGguf(path);
   architectureOf(file); // refuses an unknown architecture before anything else is read
