@@ -138,10 +138,17 @@ function generator(seed: number): () => number {
  * magnitude (std 0.02 matrices, norms near 1) times `scale`, so logits are spread enough that greedy
  * decoding is not a sequence of near-ties between engines.
  */
-export function randomFamilyWeights(family: Family, seed = 1, scale = 4, vocabSize?: number): LlamaWeights {
+export function randomFamilyWeights(
+  family: Family,
+  seed = 1,
+  scale = 4,
+  vocabSize?: number,
+  /** Other sizes (K-quants need rows of 256 values); the family's features stay. */
+  geometry: { [K in keyof typeof GEOMETRY]?: number } = {},
+): LlamaWeights {
   const spec = FAMILIES[family];
   // A smaller vocabulary (the graph alone, no tokenizer) keeps a unit test quick.
-  const c = { ...spec.config, vocab_size: vocabSize ?? spec.config.vocab_size };
+  const c = { ...spec.config, ...geometry, vocab_size: vocabSize ?? spec.config.vocab_size };
   const rand = generator(seed * 7919 + family.length);
   const normal = (): number => {
     const u = Math.max(rand(), 1e-12);
