@@ -17,6 +17,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { getLlama, LlamaLogLevel, type Llama, type LlamaModel } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { gguf as ggufValue, readGguf, writeGguf } from '../../src/formats/gguf-file.js';
+import { ggufToCheckpoint } from '../../src/model/gguf.js';
+import { packageTokenizerFiles } from '../../src/model/gguf-tokenizer.js';
 import { importModel } from '../../src/model/import.js';
 import { PACKAGE_FILES } from '../../src/model/package-files.js';
 import { HfTokenizer, ModelTokenizer } from '../../src/model/tokenizer.js';
@@ -156,5 +159,35 @@ describe.each([
     expect(s.ours.eosToken).toBe(eos);
     expect([...s.ours.stopTokenIds].sort()).toEqual([...stop].sort());
     for (const id of stop) expect(s.model.isEogToken(id as never), `llama.cpp EOG ${id}`).toBe(true);
+  });
+});
+
+/**
+ * The other pre-tokenizer names the importer accepts (SmolLM2's `smollm`, GPT-2's `gpt-2`; no real
+ * file of theirs is here): the Qwen vocabulary written under each name, tokenized by our rebuilt
+ * tokenizer.json and by llama.cpp, which applies its own regexes for the name. Equal ids mean the
+ * Hugging Face pre-tokenizer we write for a name splits text as llama.cpp's does.
+ */
+describe.each(['smollm', 'gpt-2'])('pre-tokenizer %s', (pre) => {
+  it('splits as llama.cpp does for that name', async () => {
+    const qwen = path.join(tmp, 'qwen3.gguf');
+    if (!fs.existsSync(qwen)) await writeFamilyGguf('qwen3', qwen);
+    const source = await readGguf(qwen);
+    const metadata = new Map(source.typedMetadata).set('tokenizer.ggml.pre', ggufValue.str(pre));
+    const file = path.join(tmp, `qwen3-${pre}.gguf`);
+    const tensors = source.tensors.map((t) => ({ name: t.name, dims: t.dims, type: t.type, data: source.tensorBytes(t) }));
+    await writeGguf(file, { metadata, tensors });
+    const { vocab } = await ggufToCheckpoint(file);
+    const files = packageTokenizerFiles(vocab, { modelMaxLength: 2048 });
+    const ours = new HfTokenizer(JSON.parse(JSON.stringify(files.tokenizerJson)) as object, JSON.parse(JSON.stringify(files.tokenizerConfig)) as object);
+    const model = await llama.loadModel({ modelPath: file, vocabOnly: true });
+    try {
+      const texts = [...paragraphs.slice(0, 100), ...EDGE_CASES];
+      expect(mismatches(texts, (t) => ours.encode(t, { add_special_tokens: false }).ids, (t) => llamaCpp(model, t, true))).toEqual([]);
+      // Digits: smollm splits every digit, gpt-2 keeps runs: the names really tokenize differently.
+      expect(ours.encode('12345', { add_special_tokens: false }).ids.length).toBe(pre === 'smollm' ? 5 : llamaCpp(model, '12345', true).length);
+    } finally {
+      await model.dispose();
+    }
   });
 });
