@@ -97,3 +97,55 @@ describe('a byte-level model through the openai SDK', () => {
     });
   });
 });
+
+/**
+ * The same model with one change: every token's embedding carries +50 in dimension 0 (so the final
+ * state always leans that way) and the LM head row of <|eot_id|> reads that dimension (+1.3), so
+ * sampling ends a turn after a few tokens at random, as a chat model does. The generation config is
+ * Llama-3-Instruct's: end on <|end_of_text|> or <|eot_id|>.
+ */
+describe('a Llama-3-shaped chat model that ends its turns with <|eot_id|>', () => {
+  const EOT = 128009;
+  let eotGateway: TestGateway;
+  let eotClient: OpenAI;
+  let eotModel: string;
+
+  beforeAll(async () => {
+    const w = randomFamilyWeights('llama3', 2);
+    const d = w.config.hidden_size;
+    for (let v = 0; v < w.config.vocab_size; v++) w.tokEmbeddings[v * d] = 50;
+    if (w.output?.kind !== 'f32') throw new Error('the llama3 fixture has an untied f32 head');
+    w.output.data[EOT * d] = 1.3;
+    const folder = path.join(tmp, 'llama3-eot');
+    writeHfFolder(folder, w, {
+      dtype: 'F32',
+      shards: 1,
+      tokenizerFrom: FAMILIES.llama3.tokenizerDir,
+      generationConfig: { bos_token_id: 128000, eos_token_id: [128001, EOT] },
+    });
+    eotGateway = await startTestGateway({ CARRYON_MODEL: folder, CARRYON_DATA_DIR: freshDataDir('carryon-eot-data-') });
+    eotClient = new OpenAI({ apiKey: USER_KEY, baseURL: `${eotGateway.url}/v1`, maxRetries: 0 });
+    eotModel = (await eotClient.models.list()).data[0].id;
+  }, 240_000);
+  afterAll(async () => {
+    await eotGateway?.close();
+  });
+
+  it('stops at <|eot_id|> with finish_reason stop, the end token not in the text, streamed alike', async () => {
+    const request = { model: eotModel, messages: MESSAGES, max_tokens: 200, temperature: 1, n: 4, seed: 3 };
+    const r = await eotClient.chat.completions.create(request);
+    for (const choice of r.choices) {
+      expect(choice.finish_reason).toBe('stop');
+      for (const s of SPECIALS) expect(choice.message.content ?? '').not.toContain(s);
+    }
+    expect(r.usage!.completion_tokens).toBeLessThan(4 * 200);
+    // At least one turn says something before it ends (each token ends it with probability ~0.2).
+    expect(r.choices.some((c) => (c.message.content ?? '').length > 0)).toBe(true);
+    const finishes: string[] = [];
+    for await (const chunk of await eotClient.chat.completions.create({ ...request, n: 1, stream: true })) {
+      const f = chunk.choices[0]?.finish_reason;
+      if (f) finishes.push(f);
+    }
+    expect(finishes).toEqual(['stop']);
+  });
+});
