@@ -59,6 +59,8 @@ export class ModelTokenizer {
    */
   readonly stopTokenIds: number[];
   private readonly pieces: TokenPiece[];
+  /** Special added tokens: decode drops them, so they add nothing to a reply's text. */
+  private readonly specialIds: Set<number>;
 
   constructor(
     private readonly tok: HfTokenizer,
@@ -79,6 +81,7 @@ export class ModelTokenizer {
     // read as before: their byte pieces (`<0x0A>`) may be listed as added tokens.
     const added = this.vocabKind === 'byte-level' ? tok.get_added_tokens_decoder() : new Map<number, { content: string }>();
     const pieceOf = this.vocabKind === 'byte-level' ? byteLevelPiece : sentencePiecePiece;
+    this.specialIds = new Set([...tok.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
     this.pieces = raw.map((r, id) => {
       const a = added.get(id);
       return a ? textPiece(a.content) : pieceOf(r);
@@ -121,6 +124,11 @@ export class ModelTokenizer {
 
   piece(id: number): TokenPiece {
     return this.pieces[id] ?? { text: '', bytes: [] };
+  }
+
+  /** Whether `id` is a special token, which a reply's text never shows (decode skips it). */
+  isSpecial(id: number): boolean {
+    return this.specialIds.has(id);
   }
 }
 

@@ -126,12 +126,19 @@ async function promptsToIds(m: ModelServices, prompt: CompletionRequest['prompt'
   return out;
 }
 
+/**
+ * text_offset: where each token's text starts in the choice's text. A token adds the characters its
+ * bytes complete (a token holding half a character adds nothing, the one finishing it adds the
+ * character) and a special token adds none, as the reply's text is built; a piece's logprob `text`
+ * (`bytes:\xNN`, `<|eot_id|>`) is not what the reply shows.
+ */
 function completionLogprobs(m: ModelServices, tokens: TokenDetail[], offset: number) {
   const text_offset: number[] = [];
+  const utf8 = new TextDecoder('utf-8');
   let at = offset;
   for (const t of tokens) {
     text_offset.push(at);
-    at += m.tokenizer.piece(t.id).text.length;
+    if (!m.tokenizer.isSpecial(t.id)) at += utf8.decode(Uint8Array.from(m.tokenizer.piece(t.id).bytes), { stream: true }).length;
   }
   return {
     tokens: tokens.map((t) => m.tokenizer.piece(t.id).text),

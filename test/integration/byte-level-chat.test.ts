@@ -73,6 +73,28 @@ describe('a byte-level model through the openai SDK', () => {
     expect(partial).toBeGreaterThan(0);
   });
 
+  it("gives /v1/completions text_offset as positions in the reply's text, special tokens and split characters included", async () => {
+    const r = await client.completions.create({ model, prompt: 'Bonjour 😀 世界', max_tokens: 64, n: 3, seed: 4, temperature: 1, logprobs: 1 });
+    let checked = 0;
+    for (const choice of r.choices) {
+      const lp = choice.logprobs!;
+      const offsets = lp.text_offset!;
+      expect(offsets).toHaveLength(lp.tokens!.length);
+      lp.tokens!.forEach((token, i) => {
+        const next = offsets[i + 1] ?? choice.text.length;
+        expect(next).toBeGreaterThanOrEqual(offsets[i]);
+        // A whole printed token's text sits at its offset; specials and character parts add nothing of
+        // their own (a part the next token does not continue shows as U+FFFD where that token starts).
+        if (!SPECIALS.includes(token) && !token.startsWith('bytes:')) {
+          expect(choice.text.slice(offsets[i], next).replace(/^\ufffd+/, '')).toBe(token);
+          checked++;
+        }
+      });
+      expect(offsets.at(-1)! <= choice.text.length).toBe(true);
+    }
+    expect(checked).toBeGreaterThan(0);
+  });
+
   it('streams the same text, split characters and all', async () => {
     const request = { model, messages: MESSAGES, max_tokens: 48, seed: 5, temperature: 1 };
     const whole = await client.chat.completions.create(request);
