@@ -16,10 +16,12 @@ const DEFAULT_BASE_CACHE = path.join(os.tmpdir(), 'carryon-base-cache');
 const USAGE = `usage:
   carryon import SRC OUT [--tokenizer TOKENIZER_BIN] [--name NAME] [--layers 2,4] [--quantize q4_0]
       Build a model package folder OUT from a llama2.c checkpoint (.bin, with its tokenizer.bin),
-      a llama-architecture GGUF file (F32, F16, Q8_0, Q4_0 tensors) or a Hugging Face model folder
-      as save_pretrained writes it (LlamaForCausalLM / MistralForCausalLM: config.json, safetensors
-      in F32/F16/BF16, one file or sharded, tokenizer.json + tokenizer_config.json). --quantize q4_0 stores
-      the projection matrices and LM head 4-bit (MatMulNBits, accuracy_level 4).
+      a GGUF file (architectures llama, qwen2, qwen3; tokenizers llama and gpt2; F32, F16, BF16,
+      Q4_0, Q8_0, Q4_K, Q6_K tensors, the quantized ones kept quantized) or a Hugging Face model
+      folder as save_pretrained writes it (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+      Qwen3ForCausalLM: config.json, safetensors in F32/F16/BF16, one file or sharded,
+      tokenizer.json + tokenizer_config.json). --quantize q4_0 stores the f32 projection matrices and
+      LM head 4-bit (MatMulNBits, accuracy_level 4).
   carryon carry-on init --base MODEL --out DIR --id ID [--width 64] [--layers 2] [--heads 4]
       [--kv-heads N] [--intermediate N] [--alpha 1] [--layers-in final,3] [--token-ids] [--seed 0]
       [--description TEXT] [--tenant TENANT] [--tokenizer TOKENIZER_BIN] [--data-dir DIR]
