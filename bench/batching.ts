@@ -10,7 +10,9 @@
  *    last token, so it is decode only; ratio against C = 1 in the same run.
  * 2. 32 streams each on a different carry-on (1 MB-class, 2 blocks) vs 32 streams on the base.
  * 3. Time to first token of `--short`-token prompts sent one after another while a `--long`-token
- *    prompt is being prefilled (budget `--prefill-chunk` prompt tokens per step), vs an idle engine.
+ *    prompt is being prefilled (budget `--prefill-chunk` prompt tokens per step), vs an idle engine,
+ *    with chunks in slices of `--prefill-slice-ms` and with whole chunks (slice 0), each on its own
+ *    engine; and the long prompt's own prefill tokens/s in each.
  * 4. llama.cpp (node-llama-cpp 3, one context with C sequences, each decoding concurrently, which
  *    node-llama-cpp batches into one llama_decode per step) at the same C: ratio ours / llama.cpp.
  */
@@ -22,7 +24,7 @@ import type { Token } from 'node-llama-cpp';
 
 import { CarryOnRegistry } from '../src/serving/carry-on-registry.js';
 import { Engine } from '../src/engine/engine.js';
-import { BENCH_OUT, modelPackage, releaseSyntheticCheckpoint, shapeGguf } from './lib/artifacts.js';
+import { BENCH_OUT, shapeModel } from './lib/artifacts.js';
 import type { ShapeName } from './lib/synthetic-model.js';
 import { makeBenchCarryOns } from './lib/carry-ons.js';
 import { intOption, modelsOption } from './lib/options.js';
@@ -40,6 +42,7 @@ const { values } = parseArgs({
     long: { type: 'string', default: '2000' },
     short: { type: 'string', default: '24' },
     'prefill-chunk': { type: 'string', default: '256' },
+    'prefill-slice-ms': { type: 'string', default: '100' },
     'skip-llama': { type: 'boolean', default: false },
   },
 });
@@ -59,6 +62,7 @@ const THREADS = intOption('threads', values.threads, 1);
 const LONG = intOption('long', values.long, 2);
 const SHORT = intOption('short', values.short, 2);
 const PREFILL = intOption('prefill-chunk', values['prefill-chunk'], 1);
+const SLICE_MS = intOption('prefill-slice-ms', values['prefill-slice-ms'], 0);
 const log = (m: string) => process.stderr.write(`[batching ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 
 function prompts(count: number, length: number, vocab: number, seed: number): number[][] {
@@ -174,9 +178,7 @@ async function main(): Promise<void> {
   const lines: string[] = [];
   for (const key of MODELS) {
     const { shape, quant } = SPECS[key];
-    const gguf = await shapeGguf(shape, quant, log);
-    releaseSyntheticCheckpoint();
-    const pkg = await modelPackage(gguf, key, log);
+    const { gguf, pkg } = await shapeModel(shape, quant, key, log);
     const engine = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: THREADS, prefillChunk: PREFILL });
     const vocab = engine.info.vocabSize;
     try {
@@ -220,15 +222,32 @@ async function main(): Promise<void> {
         [`${n} different carry-ons`, coTps.toFixed(1), `${(coTps / baseMean).toFixed(2)}x`],
       ]), '');
 
-      // TTFT under a long prefill.
+      // TTFT under a long prefill, sliced chunks vs whole ones.
       const shorts = prompts(60, SHORT, vocab, 5);
-      const idle = await probeTtfts(engine, shorts.slice(0, 20), null);
-      const busy = await probeTtfts(engine, shorts, prompts(1, LONG, vocab, 6)[0]);
+      const long = prompts(1, LONG, vocab, 6)[0];
+      const ttftRows: string[][] = [];
+      for (const sliceMs of [...new Set([0, SLICE_MS])]) {
+        const e = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: THREADS, prefillChunk: PREFILL, prefillSliceMs: sliceMs });
+        try {
+          await oursDecode(e, prompts(2, PROMPT, vocab, 99), [null, null]);
+          const idle = await probeTtfts(e, shorts.slice(0, 20), null);
+          const t0 = performance.now();
+          const busy = await probeTtfts(e, shorts, long);
+          const wall = (performance.now() - t0) / 1000;
+          const longTps = LONG / wall;
+          const allTps = (LONG + busy.length * SHORT) / wall;
+          const label = sliceMs === 0 ? 'whole chunks' : `slices of ${sliceMs} ms`;
+          log(`${key} ${label}: idle p50 ${percentile(idle, 50).toFixed(1)} ms, busy p99 ${percentile(busy, 99).toFixed(1)} ms, long prefill ${longTps.toFixed(1)} tok/s, all prompts ${allTps.toFixed(1)} tok/s`);
+          ttftRows.push([label, 'idle', String(idle.length), percentile(idle, 50).toFixed(1), percentile(idle, 99).toFixed(1), '–', '–']);
+          ttftRows.push([
+            label, `while a ${LONG}-token prompt is prefilled`, String(busy.length), percentile(busy, 50).toFixed(1), percentile(busy, 99).toFixed(1), longTps.toFixed(1), allTps.toFixed(1),
+          ]);
+        } finally {
+          await e.close();
+        }
+      }
       lines.push(`### ${key}: TTFT of ${SHORT}-token prompts, sent one after another (prefill budget ${PREFILL} tokens per step)`, '');
-      lines.push(table(['engine state', 'probes', 'p50 ms', 'p99 ms'], [
-        ['idle', String(idle.length), percentile(idle, 50).toFixed(1), percentile(idle, 99).toFixed(1)],
-        [`while a ${LONG}-token prompt is prefilled`, String(busy.length), percentile(busy, 50).toFixed(1), percentile(busy, 99).toFixed(1)],
-      ]), '');
+      lines.push(table(['chunks', 'engine state', 'probes', 'p50 ms', 'p99 ms', 'long prompt tok/s', 'all prompt tok/s'], ttftRows, 2), '');
     } finally {
       await engine.close();
     }

@@ -17,7 +17,11 @@
  *    per-step split body / carry-on / merge / head, in-process.
  * 3. Memory per resident carry-on: process RSS (the engine worker shares the process) before and
  *    after loading `--memory` distinct carry-ons, after one request through each, and after
- *    unloading them, GC'd first, against the .onnx size.
+ *    unloading them, GC'd first, against the .onnx size. The baseline is read after a base-only
+ *    `--ctx`-token request (the base's buffers grow with the prompt; that growth is reported apart),
+ *    and a second set of `--memory` carry-ons, loaded and run the same way, gives the marginal cost
+ *    of one more once every fixed cost is paid. In the child process the engine worker's heap is
+ *    collected before each read too (bench/lib/worker-gc.ts).
  *
  * Bases: stories260K (real weights, hidden 64) and bench/lib's SmolLM2-135M-shaped random model
  * (hidden 576, 30 layers, vocab 49152) in F32 and Q4_0; artifacts are cached under bench/out/.
@@ -43,6 +47,7 @@ import { openRunner } from './lib/breakdown.js';
 import { makeBenchCarryOns, type BenchCarryOn, type CarryOnShape } from './lib/carry-ons.js';
 import { randomIds } from './lib/rng.js';
 import { intOption, modelsOption } from './lib/options.js';
+import { WORKER_GC_ARGS, collectWorkerGarbage } from './lib/worker-gc.js';
 
 // ---------------------------------------------------------------------------------------------
 // Setup
@@ -241,12 +246,27 @@ interface MemoryResult {
   rssUnloaded: number;
   /** After loading the same N again (no requests). */
   rssReloaded: number;
+  /** RSS growth of a base-only `longPrompt`-token request before any carry-on: the base's, read into rssBefore. */
+  baseLongDelta: number;
+  /**
+   * After loading N more carry-ons and one short and one long request through each: their RSS over
+   * rssUsedLong is the marginal cost of N more resident carry-ons, with every fixed cost (the base's
+   * buffers, the worker's garbage high-water) already paid.
+   */
+  rssMoreUsedLong: number | null;
+  /** Worker threads whose heaps were collected before each read (see bench/lib/worker-gc.ts); 0: none. */
+  workersCollected: number;
 }
 
 // ---------------------------------------------------------------------------------------------
 // 1. Cold load and first-request overhead; 3. memory (both on one fresh engine per base)
 
+/** Set in the memory child (started with WORKER_GC_ARGS): how many worker heaps the last read collected. */
+let workerGc = false;
+let workersCollected = 0;
+
 async function rss(): Promise<number> {
+  if (workerGc) workersCollected = await collectWorkerGarbage();
   gc();
   await sleep(150);
   gc();
@@ -260,9 +280,14 @@ async function rss(): Promise<number> {
 
 async function measureMemory(engine: Engine, registry: CarryOnRegistry, cos: BenchCarryOn[], n: number, longPrompt: number, vocab: number, bos: number, model: string, allocator: string): Promise<MemoryResult> {
   const set = cos.slice(0, n);
+  const more = cos.slice(n, 2 * n);
   const prompt = promptFor(7, 8, vocab, bos);
   const long = promptFor(8, longPrompt, vocab, bos);
+  // The base's own buffers grow with the prompt: pay that before the baseline, and report it apart.
+  const rssBaseShort = await rss();
+  await request(engine, long, 2, null);
   const rssBefore = await rss();
+  const baseLongDelta = rssBefore - rssBaseShort;
   for (const c of set) (await registry.acquire(c.record)).release();
   const rssLoaded = await rss();
   // One short request through each: ORT sizes its per-session arena and prepacks on first run.
@@ -278,6 +303,20 @@ async function measureMemory(engine: Engine, registry: CarryOnRegistry, cos: Ben
     lease.release();
   }
   const rssUsedLong = await rss();
+  // N more, the same way: fixed costs were paid by the first N, so this is what one more costs.
+  let rssMoreUsedLong: number | null = null;
+  if (more.length === n) {
+    for (const c of more) (await registry.acquire(c.record)).release();
+    for (const p of [prompt, long]) {
+      for (const c of more) {
+        const lease = await registry.acquire(c.record);
+        await request(engine, p, 2, { key: lease.key, alpha: 1 });
+        lease.release();
+      }
+    }
+    rssMoreUsedLong = await rss();
+    for (const c of more) registry.retireVersion(c.record);
+  }
   for (const c of set) registry.retireVersion(c.record);
   await sleep(300); // unloads are fire-and-forget messages to the worker
   const rssUnloaded = await rss();
@@ -287,7 +326,10 @@ async function measureMemory(engine: Engine, registry: CarryOnRegistry, cos: Ben
   const rssReloaded = await rss();
   for (const c of set) registry.retireVersion(c.record);
   await sleep(300);
-  return { model, allocator, n, fileBytes: median(set.map((c) => c.graphBytes)), rssBefore, rssLoaded, rssUsed, rssUsedLong, longPrompt, rssUnloaded, rssReloaded };
+  return {
+    model, allocator, n, fileBytes: median(set.map((c) => c.graphBytes)), rssBefore, rssLoaded, rssUsed, rssUsedLong, longPrompt, rssUnloaded, rssReloaded,
+    baseLongDelta, rssMoreUsedLong, workersCollected,
+  };
 }
 
 async function measureLoads(engine: Engine, registry: CarryOnRegistry, cos: BenchCarryOn[], opts: Options, vocab: number, bos: number, spec: ModelSpec, firstInProcessMs: number): Promise<LoadResult> {
@@ -494,7 +536,7 @@ async function stepSplit(pkg: string, c: BenchCarryOn, opts: Options, spec: Mode
  * near 0. With the fixed threshold, a carry-on's tensors are fresh mappings and RSS counts them.
  */
 async function measureMemoryInChild(key: string, opts: Options): Promise<MemoryResult> {
-  const args = [...process.execArgv, fileURLToPath(import.meta.url), '--memory-child', key, '--memory', String(opts.memory), '--threads', String(opts.threads), '--ctx', String(opts.ctx)];
+  const args = [...process.execArgv, ...WORKER_GC_ARGS, fileURLToPath(import.meta.url), '--memory-child', key, '--memory', String(opts.memory), '--threads', String(opts.threads), '--ctx', String(opts.ctx)];
   const env = { ...process.env, MALLOC_MMAP_THRESHOLD_: String(128 * 1024) };
   const { stdout } = await execFileAsync(process.execPath, args, { env, maxBuffer: 1 << 20 });
   const line = stdout.trim().split('\n').pop() ?? '';
@@ -505,12 +547,13 @@ async function memoryChild(key: string, opts: Options): Promise<void> {
   const spec = MODELS[key];
   const pkg = await modelPackage(await spec.gguf(log), key, log);
   const cfg = readModelConfig(pkg);
-  const cos = await makeBenchCarryOns(pkg, path.join(BENCH_OUT, 'carry-ons', `${key}-memory`), spec.shape, opts.memory + 1);
+  const cos = await makeBenchCarryOns(pkg, path.join(BENCH_OUT, 'carry-ons', `${key}-memory`), spec.shape, 2 * opts.memory + 1);
+  workerGc = true;
   const engine = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: opts.threads, prefillChunk: 256 });
   const registry = new CarryOnRegistry({ loader: engine, budgetBytes: 2 ** 40, pinned: new Set(), log: () => {} });
   try {
     await warmEngine(engine, registry, cos[cos.length - 1], cfg.vocab_size, cfg.bos_token_id);
-    const allocator = `MALLOC_MMAP_THRESHOLD_=128K, child`;
+    const allocator = `MALLOC_MMAP_THRESHOLD_=128K, child, worker GC'd`;
     const m = await measureMemory(engine, registry, cos, opts.memory, opts.ctx, cfg.vocab_size, cfg.bos_token_id, spec.label, allocator);
     process.stdout.write(`${JSON.stringify(m)}\n`);
   } finally {
@@ -686,19 +729,24 @@ function printMemory(mem: MemoryResult[], loads: LoadResult[]): void {
   console.log(`\n## 3. Memory per resident carry-on: process RSS (engine worker included), GC'd, median of 5 reads\n`);
   const long = mem[0]?.longPrompt ?? 0;
   console.log(`Δ per carry-on = (RSS - RSS before) / N, KiB, and as a multiple of the .onnx size: right after loading; after one 8-token`);
-  console.log(`request through each (first runs); after one ${long}-token request through each (session arenas grow with the prefill chunk)\n`);
+  console.log(`request through each (first runs); after one ${long}-token request through each (buffers grow with the prefill chunk);`);
+  console.log(`"N more": N more carry-ons loaded and run the same way, their RSS over the "after ${long}-token" read, per carry-on: what one`);
+  console.log(`more resident carry-on costs once the fixed costs are paid. "base ${long}-token MiB": what a base-only ${long}-token request added`);
+  console.log(`before the baseline (the base's buffers, not a carry-on's; the baseline includes it)\n`);
   const cell = (delta: number, m: MemoryResult) => `${kib(delta / m.n)} (${(delta / m.n / m.fileBytes).toFixed(2)}x)`;
   table(
-    ['base', 'allocator', 'N', '.onnx KiB', 'RSS before MiB', 'loaded', 'after 8-token req', `after ${long}-token req`, 'after unload: Δ MiB total', 'N loaded again: Δ/co KiB'],
+    ['base', 'allocator', 'N', '.onnx KiB', 'RSS before MiB', `base ${long}-token MiB`, 'loaded', 'after 8-token req', `after ${long}-token req`, `N more, after ${long}-token req`, 'after unload: Δ MiB total', 'N loaded again: Δ/co KiB'],
     [...mem].sort((a, b) => a.model.localeCompare(b.model) || a.allocator.localeCompare(b.allocator)).map((m) => [
       m.model,
       m.allocator,
       String(m.n),
       kib(m.fileBytes),
       mib(m.rssBefore),
+      mib(m.baseLongDelta),
       cell(m.rssLoaded - m.rssBefore, m),
       cell(m.rssUsed - m.rssBefore, m),
       cell(m.rssUsedLong - m.rssBefore, m),
+      m.rssMoreUsedLong === null ? '–' : cell(m.rssMoreUsedLong - m.rssUsedLong, m),
       mib(m.rssUnloaded - m.rssBefore),
       kib((m.rssReloaded - m.rssUnloaded) / m.n),
     ]),
@@ -706,7 +754,9 @@ function printMemory(mem: MemoryResult[], loads: LoadResult[]): void {
   );
   console.log(`\n"glibc default, this process": the benchmark's own process, after the base's load freed its parse buffers; glibc keeps`);
   console.log(`that memory and hands it to the carry-ons, so for a large base RSS hardly moves. The child process fixes glibc's mmap`);
-  console.log(`threshold at 128 KiB, so a carry-on's large tensors are fresh mappings and RSS counts them: the per-carry-on cost.`);
+  console.log(`threshold at 128 KiB, so a carry-on's large tensors are fresh mappings and RSS counts them: the per-carry-on cost. It also`);
+  console.log(`collects the engine worker's heap before each read ("worker GC'd"): ONNX Runtime's outputs are copied into new ArrayBuffers`);
+  console.log(`every run and stay in RSS until V8 next collects that thread, which the main thread's gc() does not reach.`);
   console.log(`"N loaded again": RSS growth from loading the same N after the unload, relative to after the unload (≈ 0: freed memory is reused).`);
   if (loads.length === 0) return;
   console.log(`\nRSS over the cold-load measurements (each load unloaded again): growth there means unloads do not give memory back\n`);

@@ -16,6 +16,7 @@ import { ShardWriter } from '../src/harvest/shard-writer.js';
 import { Sigma, decodeRows, reconstructionError, SIGMA_CODECS } from '../src/harvest/sigma.js';
 import type { HarvestedSequence } from '../src/harvest/types.js';
 import { importModel } from '../src/model/import.js';
+import { concatFloat32 } from '../src/core/float-arrays.js';
 import { readManifest } from '../src/model/package-files.js';
 import { mulberry32 } from './lib/rng.js';
 
@@ -99,7 +100,7 @@ function errorTable(sets: Rows[]): void {
   console.log('| data | σ | rel RMS | worst row rel | max abs err | max abs x |');
   console.log('| --- | --- | --- | --- | --- | --- |');
   for (const set of sets) {
-    const x = concat(set.seqs);
+    const x = concatFloat32(set.seqs);
     const rows = x.length / set.D;
     const variants: Array<[string, Sigma, Float32Array]> = SIGMA_CODECS.map((c) => [c, new Sigma(c), x]);
     // With a projection the error is measured in the projected space (σ does not invert it).
@@ -202,15 +203,6 @@ async function throughput(sets: Rows[]): Promise<void> {
   }
 }
 
-function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
 
 function fmt(n: number): string {
   return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : `${(n / 1e3).toFixed(0)}k`;

@@ -10,10 +10,14 @@
  *    trie the worker builds; random walks through each test schema taking random allowed tokens.
  *    Per token: the check of a proposed token (the sampler's try-first path), a cold mask (a state
  *    seen for the first time: the trie walk), a warm mask (cache hit) applied to 151,936 logits.
+ *    Then the sampler's own CPU time per token at that width, with each format vs without.
  * 2. Decode tokens/s, the engine worker as the gateway drives it, on a model of `--shape` (default
  *    Qwen2.5-0.5B's, whose vocabulary is Qwen3's 151,936) with seeded random weights (so it never "wants" JSON: the
  *    try-first path fails often and masks are built and applied: a worst case), temperature 1, C
- *    concurrent streams, with each schema vs without; ratio constrained / unconstrained.
+ *    concurrent streams, with each schema vs without; ratio constrained / unconstrained, where the
+ *    unconstrained run that each schema's run is compared with (run right after it) stops each
+ *    stream at the length the constrained one reached, so both batches thin out alike.
+ *    `--shape smollm2-135m`: SmolLM2-135M's shape (49,152 logits; the vocabulary is Qwen3's first ids).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,6 +25,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 
 import { Engine } from '../src/engine/engine.js';
+import { Sampler } from '../src/engine/sampler.js';
 import { Automaton } from '../src/engine/structured/grammar.js';
 import { StructuredOutputs, VocabTrie, type ResponseFormatSpec, type VocabularyBytes } from '../src/engine/structured/token-mask.js';
 import type { SamplingParams } from '../src/engine/worker-messages.js';
@@ -190,6 +195,46 @@ function maskCost(vocab: VocabularyBytes): void {
   console.log(table(['format', 'automaton', 'tokens', 'token check (try-first)', 'cold masks', 'cold p50 / p99', 'warm mask + apply', 'tokens with a cached mask'], rows));
 }
 
+/**
+ * Part 1b: the sampler's CPU time per token at the full width (151,936 logits), with each format vs
+ * without: random logits (a model with no wish to write JSON, as the engine part's), temperature 1,
+ * the same logits for both, the constraint advanced with each token as the worker does.
+ */
+function samplingCost(vocab: VocabularyBytes): void {
+  const outputs = new StructuredOutputs(new VocabTrie(vocab));
+  const rows: string[][] = [];
+  const params: SamplingParams = { temperature: 1, topP: 1, topK: 0, seed: 1, presencePenalty: 0, frequencyPenalty: 0, maxTokens: 64, stopTokenIds: [IM_END], topLogprobs: -1 };
+  const pool = Array.from({ length: 8 }, (_, k) => {
+    const rnd = mulberry32(100 + k);
+    return Float32Array.from({ length: VOCAB_SIZE }, () => 8 * rnd());
+  });
+  for (const name of Object.keys(SCHEMAS)) {
+    const format = formatOf(name);
+    const free: number[] = [];
+    const held: number[] = [];
+    for (let w = 0; w < WALKS; w++) {
+      const c = outputs.constrain(format, [IM_END]);
+      const [a, b] = [new Sampler({ ...params, seed: w + 1 }), new Sampler({ ...params, seed: w + 1 })];
+      for (let step = 0; step < 64 && !c.finished; step++) {
+        const logits = pool[(w + step) % pool.length];
+        const x = logits.slice();
+        const y = logits.slice();
+        free.push(cpuMs(() => a.sample(x)));
+        let token = -1;
+        held.push(cpuMs(() => {
+          token = b.sample(y, c).token;
+          if (token !== IM_END) c.accept(token);
+        }));
+        if (token === IM_END) break;
+      }
+    }
+    const mean = (xs: number[]) => xs.reduce((u, v) => u + v, 0) / Math.max(1, xs.length);
+    rows.push([name, String(held.length), us(mean(free)), us(mean(held)), `${(mean(free) / mean(held)).toFixed(2)}×`]);
+  }
+  console.log(`\n## Sampling per token (CPU time), ${VOCAB_SIZE} random logits, temperature 1, ${WALKS} walks per format (masks warm after the first)\n`);
+  console.log(table(['format', 'tokens', 'unconstrained', 'with the format (+ accept)', 'ratio'], rows));
+}
+
 /** Part 2: decode tokens/s with a format vs without, C streams. */
 async function decodeRatio(vocab: VocabularyBytes): Promise<void> {
   const name = `${SHAPE}-shape-random-f32`;
@@ -214,8 +259,9 @@ async function decodeRatio(vocab: VocabularyBytes): Promise<void> {
    * first token to the last token), and tokens per CPU second of the whole process (engine worker
    * and ONNX Runtime threads included), which other load on a shared machine does not distort.
    */
-  const run = (c: number, format: ResponseFormatSpec | null): Promise<{ tps: number; cpuTps: number }> =>
+  const run = (c: number, format: ResponseFormatSpec | null, lengths?: number[]): Promise<{ tps: number; cpuTps: number; lengths: number[] }> =>
     new Promise((resolve, reject) => {
+      const got: number[] = new Array<number>(c).fill(0);
       let first = Infinity;
       let last = 0;
       let tokens = 0;
@@ -224,18 +270,19 @@ async function decodeRatio(vocab: VocabularyBytes): Promise<void> {
       const cpu = process.cpuUsage();
       for (let i = 0; i < c; i++) {
         let seen = 0;
-        engine.submit(prompt(), params(i + 1, format ? [IM_END] : []), {
+        engine.submit(prompt(), { ...params(i + 1, format ? [IM_END] : []), ...(lengths ? { maxTokens: Math.max(1, lengths[i]) } : {}) }, {
           onEvent(ev) {
             const now = performance.now();
             if (ev.token >= 0) {
               all++;
+              got[i]++;
               if (seen++ === 0) first = Math.min(first, now);
               else tokens++;
               last = now;
             }
             if (ev.finish && --open === 0) {
               const d = process.cpuUsage(cpu);
-              resolve({ tps: tokens / ((last - first) / 1000), cpuTps: all / ((d.user + d.system) / 1e6) });
+              resolve({ tps: tokens / ((last - first) / 1000), cpuTps: all / ((d.user + d.system) / 1e6), lengths: got });
             }
           },
           onError: (m) => reject(new Error(m)),
@@ -252,7 +299,10 @@ async function decodeRatio(vocab: VocabularyBytes): Promise<void> {
       const format = formatOf(name);
       await run(c, format); // first contact: cold masks of the states this schema reaches
       const r = await run(c, format);
-      row.push(`${r.tps.toFixed(1)} / ${r.cpuTps.toFixed(1)} (${(r.tps / base.tps).toFixed(2)}× / ${(r.cpuTps / base.cpuTps).toFixed(2)}×)`);
+      // Unconstrained again, each stream as long as its constrained run was: a format's streams end
+      // when their value does, and a batch that thins out decodes fewer tokens/s whatever the mask.
+      const m = await run(c, null, r.lengths);
+      row.push(`${r.tps.toFixed(1)} / ${r.cpuTps.toFixed(1)} (${(r.tps / m.tps).toFixed(2)}× / ${(r.cpuTps / m.cpuTps).toFixed(2)}×)`);
     }
     rows.push(row);
     log(`C=${c} done`);
@@ -260,11 +310,13 @@ async function decodeRatio(vocab: VocabularyBytes): Promise<void> {
   await engine.close();
   console.log(
     `\n## Decode, ${SHAPES[SHAPE].label} (${n} logits), ${THREADS} thread(s), temperature 1, ${DECODE} tokens per stream at most ` +
-      `(a format's stream ends once its value is complete); second run of each schema (warm masks). Each cell: wall tokens/s / tokens per CPU second (ratios to unconstrained)\n`,
+      `(a format's stream ends once its value is complete); second run of each schema (warm masks). Each cell: wall tokens/s / tokens per CPU second ` +
+      `(ratios to an unconstrained run right after it whose streams stop at the same lengths)\n`,
   );
   console.log(table(['streams', 'unconstrained', ...Object.keys(SCHEMAS)], rows));
 }
 
 const vocab = qwenVocabulary();
 maskCost(vocab);
+samplingCost(vocab);
 if (!values['skip-engine']) await decodeRatio(vocab);

@@ -42,6 +42,13 @@ export function releaseSyntheticCheckpoint(): void {
   cache = null;
 }
 
+/** A shape's GGUF and our package of it, named `name` (the random checkpoint is let go in between). */
+export async function shapeModel(shape: ShapeName, quant: 'f32' | 'q4_0', name: string, log: (msg: string) => void): Promise<{ gguf: string; pkg: string }> {
+  const gguf = await shapeGguf(shape, quant, log);
+  releaseSyntheticCheckpoint();
+  return { gguf, pkg: await modelPackage(gguf, name, log) };
+}
+
 /**
  * Our model package for `gguf`, re-imported when the GGUF or the importer's sources changed, so a
  * cached package never benchmarks a graph that src/model no longer builds.

@@ -4,6 +4,7 @@ import type { AdminServices } from '../../src/admin/services.js';
 import carryOnRoutes from './carry-ons.js';
 import harvestRoutes from './harvest.js';
 import keyRoutes from './keys.js';
+import prefixCacheRoutes from './prefix-cache.js';
 import tenantRoutes from './tenants.js';
 import trainingRoutes from './training.js';
 
@@ -25,6 +26,7 @@ const adminRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, opts) =>
   await app.register(carryOnRoutes, deps);
   await app.register(harvestRoutes, deps);
   await app.register(trainingRoutes, deps);
+  await app.register(prefixCacheRoutes, deps);
 };
 
 export default adminRoutes;

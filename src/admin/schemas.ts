@@ -73,6 +73,7 @@ export const CarryOnIdParams = z.object({
 /** The `tenant` form field of `POST /admin/carry-ons`. */
 export const UploadTenantField = TenantId;
 
+export const PrefixCacheQuery = z.strictObject({ tenant: TenantId.optional() });
 export const ListHarvestShardsQuery = z.strictObject({ tenant: TenantId.optional() });
 export const HarvestShardParams = z.object({ id: z.string() });
 

@@ -6,6 +6,7 @@ import { CarryOnBuilder } from './carry-on-build.js';
 import { CarryOnFiles } from './carry-on-files.js';
 import { HarvestAdmin } from './harvest-admin.js';
 import { KeyAdmin } from './key-admin.js';
+import { PrefixCacheAdmin, type PrefixCacheControl } from './prefix-cache-admin.js';
 import { TenantAdmin } from './tenant-admin.js';
 import { TrainingJobs, type TrainingJobsOptions } from './training-jobs.js';
 
@@ -15,6 +16,7 @@ export interface AdminServices {
   carryOns: CarryOnAdmin;
   harvest: HarvestAdmin;
   training: TrainingJobs;
+  prefixCache: PrefixCacheAdmin;
   /** Kills running carry-on builds (shutdown never waits for one). */
   close(): Promise<void>;
 }
@@ -29,6 +31,8 @@ export interface AdminOptions {
   /** Harvested shards; deleting a tenant forgets its harvest data through it. */
   harvest: HarvestService;
   training: Omit<TrainingJobsOptions, 'dataDir'>;
+  /** The engine's prefix cache; a deleted tenant's blocks are dropped through it too. */
+  prefixCache: PrefixCacheControl;
   /** Why the data disk counts as full, or null. */
   diskFull?: () => string | null;
 }
@@ -42,11 +46,12 @@ export function createAdminServices(store: Store, opts: AdminOptions): AdminServ
   const carryOns = new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxWeightsBytes: opts.maxCarryOnBytes, builder, diskFull: opts.diskFull });
   const training = new TrainingJobs(store, opts.harvest, carryOns, { dataDir: opts.dataDir, ...opts.training });
   return {
-    tenants: new TenantAdmin(store, files, opts.harvest),
+    tenants: new TenantAdmin(store, files, opts.harvest, opts.prefixCache),
     keys: new KeyAdmin(store),
     carryOns,
     harvest: new HarvestAdmin(store, opts.harvest),
     training,
+    prefixCache: new PrefixCacheAdmin(opts.prefixCache),
     async close() {
       builder.close();
       await training.close();

@@ -4,6 +4,7 @@ import type { Store } from '../store/store.js';
 import { managedTenant, requireGlobalAdmin } from './access.js';
 import { audit, type AdminContext } from './audit.js';
 import type { CarryOnFiles } from './carry-on-files.js';
+import type { PrefixCacheControl } from './prefix-cache-admin.js';
 import type { DeletedObject, List, TenantObject } from './schemas.js';
 import { view } from './views.js';
 
@@ -13,6 +14,8 @@ export class TenantAdmin {
     private readonly files: CarryOnFiles,
     /** Deletes a tenant's harvested shards, journals and index rows. */
     private readonly harvest: { forgetTenant(tenantId: string): Promise<ForgetSummary> },
+    /** The engine's prefix cache, which holds the tenant's prompt blocks. */
+    private readonly prefixCache: PrefixCacheControl,
   ) {}
 
   create(ctx: AdminContext, body: { id: string; name?: string }): TenantObject {
@@ -48,6 +51,7 @@ export class TenantAdmin {
     } catch (err) {
       ctx.log.warn({ err, tenant: tenantId }, 'could not remove the deleted tenant’s carry-on folder');
     }
+    this.prefixCache.clear(tenantId);
     audit(ctx, { action: 'tenant.delete', tenant: tenantId, target: tenantId });
     try {
       const forgotten = await this.harvest.forgetTenant(tenantId);

@@ -45,6 +45,12 @@ export const ConfigSchema = z.object({
   /** Prompt tokens prefilled per engine step, so a long prompt does not stall other sequences. */
   CARRYON_PREFILL_CHUNK: int(1, 65536).default(256),
   /**
+   * A long prompt chunk runs in slices of about this many milliseconds, after the step's short
+   * prompts have sampled; a request arriving meanwhile waits one slice, not the whole chunk.
+   * 0: whole chunks (the most prefill throughput, the longest waits behind a long prompt).
+   */
+  CARRYON_PREFILL_SLICE_MS: int(0, 60_000).default(100),
+  /**
    * Longest sequence (prompt + completion) served; 0: the model's own context length
    * (max_position_embeddings). Lower it to bound KV memory per sequence; it cannot exceed the model's.
    */
@@ -55,6 +61,15 @@ export const ConfigSchema = z.object({
    * while admitting one more would pass this many bytes (running ones may still grow past it).
    */
   CARRYON_KV_CACHE_BYTES: int(1 << 20, Number.MAX_SAFE_INTEGER).default(2 * 1024 ** 3),
+  /**
+   * Prefix cache of the base (KV and final hidden states of prompt blocks), within what the live KV
+   * pool leaves of CARRYON_KV_CACHE_BYTES; 0: off.
+   */
+  CARRYON_PREFIX_CACHE_BYTES: int(0, Number.MAX_SAFE_INTEGER).default(512 * 1024 ** 2),
+  /** Tokens per prefix-cache block: prompts share cached prefixes in whole blocks. */
+  CARRYON_PREFIX_CACHE_BLOCK_TOKENS: int(1, 4096).default(16),
+  /** Share cached prefixes across tenants (a hit reveals, through timing, that another tenant sent that prefix). */
+  CARRYON_PREFIX_CACHE_SHARED: bool.default(false),
   CARRYON_MAX_WAITING: int(0, 1_000_000).default(256),
   CARRYON_MAX_BODY_BYTES: int(1024, 1 << 30).default(1 << 20),
   /** The most a whole request (headers and body) may take to arrive; a large upload over a slow link needs it long. */

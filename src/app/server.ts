@@ -13,7 +13,7 @@ import { ApiError, isDiskFull } from '../core/errors.js';
 import { DiskSpace } from '../core/disk-space.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 import { Gateway } from '../serving/gateway.js';
-import { Inference } from '../serving/inference.js';
+import { Inference, prefixCacheNamespace } from '../serving/inference.js';
 import { createHarvestService, type HarvestService } from '../harvest/service.js';
 import { createHttpServer } from '../http/app.js';
 import routes from '../../plugins/index.js';
@@ -101,6 +101,7 @@ async function startWithStore(
       headers: { 'retry-after': '5' },
     });
   };
+  const prefixCacheScope = config.CARRYON_PREFIX_CACHE_SHARED ? 'shared' : 'tenant';
   const scheduler = new Scheduler({ maxLive: config.CARRYON_MAX_LIVE_SEQUENCES, maxWaiting: config.CARRYON_MAX_WAITING });
   const modelName = config.CARRYON_MODEL_NAME || nameFromSetting(config.CARRYON_MODEL);
   const gateway: Gateway = new Gateway(
@@ -119,6 +120,12 @@ async function startWithStore(
     checkTimeoutMs: config.CARRYON_CARRYON_CHECK_TIMEOUT_MS,
     diskFull: () => disk.full,
     harvest,
+    prefixCache: {
+      clear: (tenantId) => {
+        if (gateway.status !== 'ready') return; // no engine yet: nothing cached
+        gateway.model().engine.clearPrefixCache(tenantId === undefined ? undefined : prefixCacheNamespace(tenantId, prefixCacheScope));
+      },
+    },
     training: {
       base: () => (base && baseDir ? { dir: baseDir, fingerprint: base.fingerprint } : null),
       maxQueued: config.CARRYON_TRAINING_MAX_QUEUED,
@@ -177,18 +184,16 @@ async function startWithStore(
       provider: config.CARRYON_EXECUTION_PROVIDER,
       threads: config.CARRYON_THREADS,
       prefillChunk: config.CARRYON_PREFILL_CHUNK,
+      prefillSliceMs: config.CARRYON_PREFILL_SLICE_MS,
       contextLength: config.CARRYON_CONTEXT_LENGTH,
       kvBudgetBytes: config.CARRYON_KV_CACHE_BYTES,
+      prefixCache: { blockTokens: config.CARRYON_PREFIX_CACHE_BLOCK_TOKENS, budgetBytes: config.CARRYON_PREFIX_CACHE_BYTES },
     });
     engine.watchSteps(config.CARRYON_ENGINE_STEP_TIMEOUT_MS, (message) => {
       gateway.setFailed(message);
       app.log.error(message);
     });
-    engine.onStep((step) => {
-      metrics.engineDecodeBatch.observe(step.decodeRows);
-      metrics.enginePrefillRows.observe(step.prefillRows);
-      metrics.kvCacheBytes.set(step.kvBytes);
-    });
+    engine.onStep((step) => metrics.observeStep(step));
     const tokenizer = ModelTokenizer.load(dir, engine.info.vocabSize);
     const chatTemplate = new ChatTemplate(tokenizer.chatTemplate, tokenizer.specialTokens);
     const contextLength = engine.info.contextLength;
@@ -212,6 +217,7 @@ async function startWithStore(
       harvestSink,
       rateLimiter: gateway.rateLimiter,
       metrics,
+      prefixCacheScope,
     });
     encoder = new PromptEncoder(tokenizer, { modelDir: dir, contextLength });
     gateway.setReady({

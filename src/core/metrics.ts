@@ -1,5 +1,14 @@
 import client from 'prom-client';
 
+/** What an engine step reports (the engine's StepStats; core cannot import the engine). */
+export interface EngineStepFigures {
+  decodeRows: number;
+  prefillRows: number;
+  prefillTokens: number;
+  kvBytes: number;
+  prefixCache: { bytes: number; blocks: number; queries: number; hits: number; evictions: number } | null;
+}
+
 /**
  * Prometheus metrics, named after vLLM's (`vllm:num_requests_running` → `carryon:num_requests_running`)
  * so existing dashboards translate. Labels only ever take values from bounded sets: finish reasons,
@@ -27,6 +36,12 @@ export class Metrics {
   readonly engineDecodeBatch: client.Histogram;
   readonly enginePrefillRows: client.Histogram;
   readonly kvCacheBytes: client.Gauge;
+  readonly basePrefillTokens: client.Counter;
+  readonly prefixCacheQueries: client.Counter;
+  readonly prefixCacheHits: client.Counter;
+  readonly prefixCacheBytes: client.Gauge;
+  readonly prefixCacheBlocks: client.Gauge;
+  readonly prefixCacheEvictions: client.Counter;
   readonly harvestBytesWritten: client.Gauge;
   readonly harvestSequencesDropped: client.Gauge;
   readonly harvestSequencesAccepted: client.Gauge;
@@ -61,10 +76,35 @@ export class Metrics {
     this.engineDecodeBatch = new client.Histogram({ name: 'carryon:engine_decode_batch_rows', help: 'Sequences decoded together per engine step.', buckets: rows, registers: r });
     this.enginePrefillRows = new client.Histogram({ name: 'carryon:engine_prefill_rows', help: 'Sequences reading a prompt chunk per engine step.', buckets: rows, registers: r });
     this.kvCacheBytes = new client.Gauge({ name: 'carryon:kv_cache_bytes', help: 'Bytes held by the base model KV pool.', registers: r });
+    this.basePrefillTokens = new client.Counter({
+      name: 'carryon:base_prefill_tokens_total',
+      help: 'Prompt tokens the base model computed (those served by the prefix cache are not).',
+      registers: r,
+    });
+    this.prefixCacheQueries = new client.Counter({ name: 'carryon:prefix_cache_queries_total', help: 'Prompt tokens looked up in the prefix cache.', registers: r });
+    this.prefixCacheHits = new client.Counter({ name: 'carryon:prefix_cache_hits_total', help: 'Prompt tokens served from the prefix cache.', registers: r });
+    this.prefixCacheBytes = new client.Gauge({ name: 'carryon:prefix_cache_bytes', help: 'Bytes held by the prefix cache.', registers: r });
+    this.prefixCacheBlocks = new client.Gauge({ name: 'carryon:prefix_cache_blocks', help: 'Blocks held by the prefix cache.', registers: r });
+    this.prefixCacheEvictions = new client.Counter({ name: 'carryon:prefix_cache_evictions_total', help: 'Prefix-cache blocks evicted for space.', registers: r });
     this.harvestBytesWritten = new client.Gauge({ name: 'carryon:harvest_bytes_written_total', help: 'Harvest shard bytes written.', registers: r });
     this.harvestSequencesDropped = new client.Gauge({ name: 'carryon:harvest_sequences_dropped_total', help: 'Harvested sequences dropped (queue full).', registers: r });
     this.harvestSequencesAccepted = new client.Gauge({ name: 'carryon:harvest_sequences_accepted_total', help: 'Harvested sequences accepted.', registers: r });
     client.collectDefaultMetrics({ register: this.registry, prefix: 'carryon_process_', eventLoopMonitoringPrecision: 10 });
+  }
+
+  /** One engine step's report (batching, KV and prefix-cache figures). */
+  observeStep(step: EngineStepFigures): void {
+    this.engineDecodeBatch.observe(step.decodeRows);
+    this.enginePrefillRows.observe(step.prefillRows);
+    this.kvCacheBytes.set(step.kvBytes);
+    this.basePrefillTokens.inc(step.prefillTokens);
+    const cache = step.prefixCache;
+    if (!cache) return;
+    this.prefixCacheQueries.inc(cache.queries);
+    this.prefixCacheHits.inc(cache.hits);
+    this.prefixCacheEvictions.inc(cache.evictions);
+    this.prefixCacheBytes.set(cache.bytes);
+    this.prefixCacheBlocks.set(cache.blocks);
   }
 
   /** A carry-on label value from a bounded set: `base`, known ids up to the cap, then `other`. */

@@ -83,11 +83,18 @@ export class Engine {
     carryOn: CarryOnUse | null = null,
     harvestLayers: Array<'final' | number> | null = null,
     format: ResponseFormatSpec | null = null,
+    /** Prefix-cache namespace: sequences share cached prompt blocks only within one; null: not cached. */
+    cacheNamespace: string | null = null,
   ): number {
     return this.start(handlers, (seqId) => {
       if (harvestLayers && handlers.onCapture) this.captureSinks.set(seqId, handlers.onCapture);
-      return { type: 'add', seqId, promptIds, params, carryOn, harvestLayers: handlers.onCapture ? harvestLayers : null, format };
+      return { type: 'add', seqId, promptIds, params, carryOn, harvestLayers: handlers.onCapture ? harvestLayers : null, format, cacheNamespace };
     });
+  }
+
+  /** Drops the prefix cache, or one namespace of it, before any sequence submitted after this call. */
+  clearPrefixCache(namespace?: string): void {
+    if (!this.dead) this.post({ type: 'clearPrefixCache', namespace });
   }
 
   private vocabularySent = false;

@@ -175,6 +175,44 @@ export class KvPool {
     }
   }
 
+  /** Floats `readPositions` fills for `n` positions: every layer's keys and values. */
+  positionFloats(n: number): number {
+    return this.geometry.layers * 2 * this.geometry.kvHeads * n * this.geometry.headDim;
+  }
+
+  /**
+   * Copies positions start..start+n-1 of `slot` out, laid out [layer][key, value][kv_head][n][head_dim]
+   * (a prefix-cache block).
+   */
+  readPositions(slot: number, start: number, n: number): Float32Array {
+    if (start + n > this.lengths[slot]) throw new Error(`KV slot ${slot} holds ${this.lengths[slot]} positions; ${start + n} read`);
+    // Uninitialised: the runs below write every float (zero-filling it first measured as a cost).
+    const floats = this.positionFloats(n);
+    const out = new Float32Array(Buffer.allocUnsafeSlow(floats * 4).buffer, 0, floats);
+    this.eachRun(slot, start, n, (buf, at, o) => out.set(buf.subarray(at, at + n * this.geometry.headDim), o));
+    return out;
+  }
+
+  /** Writes what readPositions produced at positions start..start+n-1 of `slot` (lengths are the caller's). */
+  writePositions(slot: number, start: number, n: number, data: Float32Array): void {
+    if (start + n > this.cap) throw new Error(`KV slot ${slot} holds ${this.cap} positions; ${start + n} written`);
+    this.eachRun(slot, start, n, (buf, at, o) => buf.set(data.subarray(o, o + n * this.geometry.headDim), at));
+  }
+
+  /** Visits each (layer, key/value, head) run of `n` positions: its pool buffer, offset there, and offset in a block. */
+  private eachRun(slot: number, start: number, n: number, visit: (buf: Float32Array, at: number, blockOffset: number) => void): void {
+    const { layers, kvHeads, headDim } = this.geometry;
+    let o = 0;
+    for (let l = 0; l < layers; l++) {
+      for (const buf of [this.keys[l], this.values[l]]) {
+        for (let h = 0; h < kvHeads; h++) {
+          visit(buf, this.offset(slot, h) + start * headDim, o);
+          o += n * headDim;
+        }
+      }
+    }
+  }
+
   private offset(slot: number, head: number): number {
     return (slot * this.geometry.kvHeads + head) * this.cap * this.geometry.headDim;
   }

@@ -5,7 +5,7 @@ export interface SamplingConstraint {
   allows(token: number): boolean;
   /** Sets every refused token's logit to −∞; returns how many tokens remain allowed. */
   restrict(logits: Float32Array): number;
-  /** After restrict: the allowed ids (ascending) when they are few, else null. */
+  /** The allowed ids (ascending) when they are few, else null; restrict need not have run. */
   allowedIds(): Uint32Array | null;
 }
 
@@ -40,12 +40,24 @@ export class Sampler {
       const tryFirst = p.topLogprobs < 0 && p.topK <= 0 && p.topP >= 1;
       token = tryFirst ? pick() : -1;
       if (token < 0 || !constraint.allows(token)) {
-        if (constraint.restrict(logits) === 0) throw new Error('no token of the vocabulary can continue the response format here');
-        // Few allowed (punctuation, keys, enums): draw over those alone instead of the whole vocabulary.
+        // Few allowed (punctuation, keys, enums): draw over those alone instead of the whole
+        // vocabulary, without writing −∞ over the rest unless logprobs read them.
         const ids = p.topK <= 0 && p.topP >= 1 ? constraint.allowedIds() : null;
-        token = ids ? this.pickAmong(logits, ids) : pick();
+        if (!ids || ids.length === 0 || p.topLogprobs >= 0) {
+          if (constraint.restrict(logits) === 0) throw new Error('no token of the vocabulary can continue the response format here');
+        }
+        if (ids) token = this.pickAmong(logits, ids);
+        else {
+          // Many allowed, after a refused first draw: its weights are still in WEIGHTS, and reused
+          // when the best token is still allowed (the second draw's weights are then the same numbers).
+          const again = token >= 0 && p.temperature > 0 ? this.redrawMasked(logits) : -1;
+          token = again >= 0 ? again : pick();
+        }
         // Rounding can leave a draw on a zero-weight (refused) entry: the best allowed token instead.
-        if (logits[token] === -Infinity) token = argmax(logits);
+        if (logits[token] === -Infinity) {
+          constraint.restrict(logits);
+          token = argmax(logits);
+        }
       }
     }
     this.counts.set(token, (this.counts.get(token) ?? 0) + 1);
@@ -53,7 +65,8 @@ export class Sampler {
     // Logprobs describe the model's distribution (after penalties, before temperature and truncation),
     // as vLLM reports them by default.
     const logZ = logSumExp(logits);
-    const top = p.topLogprobs > 0 ? topK(logits, p.topLogprobs).map(([id, l]) => [id, l - logZ] as [number, number]) : [];
+    // Refused tokens (−∞ under a format) are no alternatives: fewer than asked when fewer are allowed.
+    const top = p.topLogprobs > 0 ? topK(logits, p.topLogprobs).flatMap(([id, l]) => (l > -Infinity ? [[id, l - logZ] as [number, number]] : [])) : [];
     return { token, logprob: logits[token] - logZ, top };
   }
 
@@ -123,21 +136,63 @@ export class Sampler {
     return cands[keep - 1][0];
   }
 
+  /**
+   * One draw from softmax(logits / T): the weights are computed once, kept in WEIGHTS for the walk
+   * (which used to compute each again) and for a redraw under a mask (redrawMasked).
+   */
   private drawFull(logits: Float32Array, temperature: number): number {
+    const n = logits.length;
     let max = -Infinity;
-    for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
-    const total = fullMass(logits, max, temperature);
+    for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
+    if (WEIGHTS.length < n) WEIGHTS = new Float64Array(n);
+    const w = WEIGHTS;
+    let total = 0;
+    for (let i = 0; i < n; i++) total += w[i] = Math.exp((logits[i] - max) / temperature);
+    this.drawn = { logits, max, temperature };
     let r = this.rng() * total;
     let last = 0;
-    for (let i = 0; i < logits.length; i++) {
-      const w = Math.exp((logits[i] - max) / temperature);
-      if (w > 0) last = i;
-      r -= w;
+    for (let i = 0; i < n; i++) {
+      if (w[i] > 0) last = i;
+      r -= w[i];
       if (r < 0) return i;
     }
     return last; // rounding left a sliver of mass: the last token with any weight
   }
+
+  /** What the last drawFull left in WEIGHTS (null: nothing reusable). */
+  private drawn: { logits: Float32Array; max: number; temperature: number } | null = null;
+
+  /**
+   * drawFull again on the same logits after a constraint set refused ones to −∞, with the weights of
+   * the first draw: when the largest logit is still allowed they are the same numbers (an allowed
+   * token's exp((l − max) / T) has not changed, a refused one's is 0), so this draws exactly what
+   * drawFull would, without the exponentials. −1: the largest was refused (drawFull must run).
+   */
+  private redrawMasked(logits: Float32Array): number {
+    const d = this.drawn;
+    this.drawn = null;
+    const n = logits.length;
+    if (!d || d.logits !== logits || d.temperature !== this.params.temperature) return -1;
+    let max = -Infinity;
+    for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
+    if (max !== d.max) return -1;
+    const w = WEIGHTS;
+    let total = 0;
+    for (let i = 0; i < n; i++) if (logits[i] !== -Infinity) total += w[i];
+    let r = this.rng() * total;
+    let last = 0;
+    for (let i = 0; i < n; i++) {
+      if (logits[i] === -Infinity) continue;
+      if (w[i] > 0) last = i;
+      r -= w[i];
+      if (r < 0) return i;
+    }
+    return last;
+  }
 }
+
+/** The weights of the latest drawFull (one sampler runs at a time in the engine's thread). */
+let WEIGHTS = new Float64Array(0);
 
 /** Σ exp((l − max) / T) over the whole vocabulary. */
 function fullMass(logits: Float32Array, max: number, temperature: number): number {

@@ -7,6 +7,9 @@ import type { SamplingParams, StepStats, TokenEvent } from './worker-messages.js
 import { Sampler } from './sampler.js';
 import { normalizeMean } from './pooling.js';
 import type { ResponseFormatSpec, StructuredOutputs, TokenConstraint } from './structured/token-mask.js';
+import { PrefixCache } from './prefix-cache.js';
+import { PromptBlocks, type RestoredPrefix } from './prompt-blocks.js';
+import { CarryOnPrefixStates } from './carry-on-states.js';
 
 interface SequenceCarryOn {
   session: CarryOnSession;
@@ -36,6 +39,24 @@ interface LiveSequence {
   pooled: Float64Array | null;
   /** The response format's position, applied to the final logits (after any carry-on); null: free text. */
   constraint: TokenConstraint | null;
+  /** The prompt as prefix-cache blocks, until it is read; null: this sequence does not use the cache. */
+  prompt: PromptBlocks | null;
+  /** Cached positions the carry-on, capture or pooling must still read (the base skipped them). */
+  restored: RestoredPrefix | null;
+  /** Prompt tokens served from the prefix cache (reported with the first token). */
+  cachedTokens: number;
+  /** Its own running cost of a prompt token in the body (a token costs more the further it is). */
+  msPerToken: number | null;
+}
+
+/** What a sequence brings besides its prompt and sampling parameters. */
+export interface SequenceOptions {
+  /** null: the base alone. With α = 0 the carry-on is not run at all: the base, exactly. */
+  carryOn?: { session: CarryOnSession; alpha: number } | null;
+  harvestLayers?: Array<'final' | number> | null;
+  format?: ResponseFormatSpec | null;
+  /** The prefix-cache namespace (the tenant's, or a shared one); null: no prefix caching. */
+  cacheNamespace?: string | null;
 }
 
 export interface StepLoopOptions {
@@ -45,6 +66,16 @@ export interface StepLoopOptions {
    * admitted may still grow past it: a running sequence is never stopped for memory.
    */
   kvBudgetBytes: number;
+  /**
+   * The prefix cache: prompts' blocks of `blockTokens` tokens kept within `budgetBytes` and within
+   * what the live pool leaves of kvBudgetBytes. Absent or budget 0: off.
+   */
+  prefixCache?: { blockTokens: number; budgetBytes: number };
+  /**
+   * A prompt chunk runs in slices of about this many milliseconds, and a newcomer cuts it short
+   * after the current slice (see prefillRow); 0: each chunk in one body call.
+   */
+  prefillSliceMs?: number;
 }
 
 /** An embedding never samples; its sampler exists only so every live sequence has one. */
@@ -89,7 +120,17 @@ export class StepLoop {
     private readonly onCapture: (capture: CaptureResult) => void = () => {},
   ) {
     this.slots = new BatchSlots(runner.newPool(), runner.config.max_position_embeddings);
+    const pc = options.prefixCache;
+    // A cached position costs its keys and values plus the hidden rows a carry-on reads instead of the base.
+    const rowBytes = runner.config.hidden_size * 4 * (1 + runner.extraLayers.length);
+    this.prefixCache = pc && pc.budgetBytes > 0 ? new PrefixCache(pc.blockTokens, this.pool.bytesPerPosition + rowBytes, pc.budgetBytes) : null;
+    // Carry-on states are small beside the base's blocks (a few carry-on blocks against the base's layers).
+    this.carryOnStates = this.prefixCache ? new CarryOnPrefixStates(pc!.budgetBytes / 4) : null;
   }
+
+  /** Null when prefix caching is off. */
+  readonly prefixCache: PrefixCache | null;
+  private readonly carryOnStates: CarryOnPrefixStates | null;
 
   private get pool(): KvPool {
     return this.slots.pool;
@@ -98,15 +139,8 @@ export class StepLoop {
   /** Structured outputs' vocabulary and caches; set once the main thread sends the vocabulary. */
   structured: StructuredOutputs | null = null;
 
-  /** `carryOn` null: the base alone. With α = 0 the carry-on is not run at all: the base, exactly. */
-  add(
-    seqId: number,
-    promptIds: number[],
-    params: SamplingParams,
-    carryOn: { session: CarryOnSession; alpha: number } | null,
-    harvestLayers: Array<'final' | number> | null = null,
-    format: ResponseFormatSpec | null = null,
-  ): void {
+  add(seqId: number, promptIds: number[], params: SamplingParams, options: SequenceOptions = {}): void {
+    const { carryOn = null, harvestLayers = null, format = null, cacheNamespace = null } = options;
     this.checkLength(promptIds, 'prompt');
     if (format && !this.structured) throw new Error('a response format needs the vocabulary, which was not sent');
     // Built here, at admission, not in a step: the automaton, and the first token's mask (cached per schema).
@@ -115,7 +149,7 @@ export class StepLoop {
     // A key's harvest policy may name blocks this base does not output (keys outlive model changes):
     // capture the layers that exist; harvesting must never fail the request itself.
     const layers = harvestLayers?.filter((l) => l === 'final' || this.runner.extraLayers.includes(l)) ?? [];
-    this.enqueue(seqId, promptIds, params, {
+    this.enqueue(seqId, promptIds, params, cacheNamespace, {
       carryOn: carryOn && carryOn.alpha !== 0 ? { ...carryOn, cache: carryOn.session.newCache() } : null,
       capture: layers.length > 0 ? new SequenceCapture(layers, promptIds.length, this.runner.config.hidden_size) : null,
       pooled: null,
@@ -126,7 +160,8 @@ export class StepLoop {
   /** An embedding: the base alone reads `promptIds`; the sequence ends with their pooled hidden state. */
   addEmbedding(seqId: number, promptIds: number[]): void {
     this.checkLength(promptIds, 'input');
-    this.enqueue(seqId, promptIds, EMBEDDING_PARAMS, { carryOn: null, capture: null, pooled: new Float64Array(this.runner.config.hidden_size), constraint: null });
+    // Not prefix-cached: embedding inputs (documents, not chats) seldom share a prefix.
+    this.enqueue(seqId, promptIds, EMBEDDING_PARAMS, null, { carryOn: null, capture: null, pooled: new Float64Array(this.runner.config.hidden_size), constraint: null });
   }
 
   private checkLength(ids: number[], what: string): void {
@@ -134,8 +169,21 @@ export class StepLoop {
     if (ids.length > this.contextLength) throw new Error(`${what} of ${ids.length} tokens exceeds the context of ${this.contextLength}`);
   }
 
-  private enqueue(seqId: number, promptIds: number[], params: SamplingParams, extra: Pick<LiveSequence, 'carryOn' | 'capture' | 'pooled' | 'constraint'>): void {
-    this.waiting.push({ seqId, params, sampler: new Sampler(params), slot: -1, pending: promptIds.slice(), last: -1, generated: 0, ...extra });
+  private enqueue(
+    seqId: number,
+    promptIds: number[],
+    params: SamplingParams,
+    cacheNamespace: string | null,
+    extra: Pick<LiveSequence, 'carryOn' | 'capture' | 'pooled' | 'constraint'>,
+  ): void {
+    const prompt = this.prefixCache && cacheNamespace !== null
+      ? new PromptBlocks(this.prefixCache, cacheNamespace, promptIds, this.runner.config.hidden_size)
+      : null;
+    this.arrivals++;
+    this.waiting.push({
+      seqId, params, sampler: new Sampler(params), slot: -1, pending: promptIds.slice(), last: -1, generated: 0,
+      prompt, restored: null, cachedTokens: 0, msPerToken: null, ...extra,
+    });
     this.kick();
   }
 
@@ -223,7 +271,9 @@ export class StepLoop {
   private admit(): void {
     while (this.waiting.length > 0) {
       const seq = this.waiting[0];
-      const capacity = this.slots.roundCapacity(Math.min(seq.pending.length, this.options.prefillChunk));
+      // Cached prompt positions arrive in the slot at once; the first chunk is read after them.
+      const cached = seq.prompt?.cachedTokens() ?? 0;
+      const capacity = this.slots.roundCapacity(cached + Math.min(seq.pending.length - cached, this.options.prefillChunk));
       const slots = Math.max(this.pool.slots, this.slots.size + 1);
       if (this.slots.size > 0 && slots * capacity * this.pool.bytesPerPosition > this.options.kvBudgetBytes) return;
       // Grow only when the pool is full, and then double the slot count, so a burst of N arrivals
@@ -242,18 +292,78 @@ export class StepLoop {
       }
       this.waiting.shift();
       this.slots.push(seq);
+      this.restore(seq);
+    }
+    this.fitPrefixCache();
+  }
+
+  /** Starts an admitted sequence from its cached prefix: the base never runs over those positions. */
+  private restore(seq: LiveSequence): void {
+    const restored = seq.prompt?.restore(this.pool, seq.slot) ?? null;
+    if (!restored) return;
+    seq.pending.splice(0, restored.ids.length);
+    seq.cachedTokens = restored.ids.length;
+    seq.restored = restored;
+  }
+
+  /** The cache keeps only what the live pool leaves of the KV budget: it never delays admission. */
+  private fitPrefixCache(): void {
+    this.carryOnStates?.shrinkTo(this.stateRoom());
+    this.prefixCache?.shrinkTo(this.blockRoom());
+  }
+
+  /**
+   * The prefix cache's room: its budget, within what the live pool leaves of the KV budget; base
+   * blocks and carry-on states share it (each may use what the other does not).
+   */
+  private cacheRoom(): number {
+    return Math.min(this.options.kvBudgetBytes - this.pool.bytes, this.options.prefixCache?.budgetBytes ?? 0);
+  }
+
+  private blockRoom(): number {
+    return this.cacheRoom() - (this.carryOnStates?.bytes ?? 0);
+  }
+
+  private stateRoom(): number {
+    return this.cacheRoom() - (this.prefixCache?.bytes ?? 0);
+  }
+
+  /**
+   * The cached prefix a sequence started from, read by what the base's rows feed besides the
+   * LM head: capture and the carry-on (its own KV over those positions).
+   */
+  private async replayRestored(seq: LiveSequence): Promise<void> {
+    const restored = seq.restored;
+    if (!restored) return;
+    seq.restored = null;
+    seq.capture?.recordForward(restored.ids, restored.body);
+    if (seq.carryOn) await this.replayCarryOn(seq.carryOn, restored);
+  }
+
+  /** The carry-on's own KV over a cached prefix: from a kept state where there is one, then over the rest. */
+  private async replayCarryOn(carryOn: SequenceCarryOn, restored: RestoredPrefix): Promise<void> {
+    const states = this.carryOnStates;
+    const from = states?.restore(carryOn.session, restored.names, this.prefixCache!.blockTokens, carryOn.cache) ?? 0;
+    if (from < restored.ids.length) {
+      const d = this.runner.config.hidden_size;
+      const layers = new Map<number, Float32Array>();
+      for (const [k, rows] of restored.body.layers) layers.set(k, rows.subarray(from * d));
+      await carryOn.session.forward(restored.ids.slice(from), { hidden: restored.body.hidden.subarray(from * d), layers }, carryOn.cache);
+      states?.keep(carryOn.session, restored.names[restored.names.length - 1], carryOn.cache, this.stateRoom());
     }
   }
 
   private async step(): Promise<void> {
     const heads: HeadRow[] = [];
     const failed = new Map<LiveSequence, string>();
-    const fail = (seq: LiveSequence, err: unknown) => failed.set(seq, err instanceof Error ? err.message : String(err));
+    const fail = (seq: LiveSequence, err: unknown) => noteFailure(failed, seq, err);
 
+    this.arrivalsAtStep = this.arrivals;
     const decoders = this.slots.decoders;
     const prefillers = this.slots.prefillers;
     const plan = this.planPrefill(prefillers);
     if (!this.reserveForStep(plan)) return;
+    this.fitPrefixCache();
 
     if (decoders.length > 0) {
       try {
@@ -272,28 +382,45 @@ export class StepLoop {
       }
     }
 
+    // Short prompts this step finishes are read first and sample with the decoders. Longer work
+    // runs after those tokens are out, one row at a time, each sampled as soon as it finishes, in
+    // slices that a newcomer cuts short: a newcomer's first token waits for one slice of it at most.
+    // A carry-on still to read a cached prefix is not quick: it runs over every cached row first.
+    const isQuick = ([seq, take]: [LiveSequence, number]) =>
+      take === seq.pending.length && take <= this.prefillSlice(seq) && !(seq.restored && seq.carryOn);
+    const quick = [...plan].filter(isQuick);
+    const sliced = [...plan].filter((entry) => !isQuick(entry));
+    await this.prefillPhase(quick, heads, failed, decoders.length, false);
+    // One row at a time, each sampled as soon as it finishes; a newcomer ends the step early.
+    for (const entry of sliced) {
+      if (this.arrivals !== this.arrivalsAtStep) break;
+      await this.prefillPhase([entry], [], new Map(), 0, true);
+    }
+  }
+
+  /**
+   * Reads prompt rows (then samples every row in `heads` that finished, decoders' included),
+   * settles who ended or failed, and reports. `sliced`: rows yield to newcomers between slices.
+   */
+  private async prefillPhase(
+    rows: Array<[LiveSequence, number]>,
+    heads: HeadRow[],
+    failed: Map<LiveSequence, string>,
+    decodeRows: number,
+    sliced: boolean,
+  ): Promise<void> {
+    const fail = (seq: LiveSequence, err: unknown) => noteFailure(failed, seq, err);
     const events: TokenEvent[] = [];
     const ended: LiveSequence[] = [];
-    for (const [seq, take] of plan) {
+    for (const [seq, take] of rows) {
+      if (!this.slots.holds(seq)) continue;
       try {
-        const feed = seq.pending.splice(0, take);
-        const body = await this.runner.forwardRows(this.pool, seq.slot, 1, feed);
-        if (seq.pooled) {
-          const done = this.pool.length(seq.slot);
-          accumulateRows(seq.pooled, body.hidden, feed.length);
-          if (seq.pending.length === 0) {
-            events.push({ seqId: seq.seqId, token: -1, finish: 'stop', embedding: normalizeMean(seq.pooled, done) });
-            ended.push(seq);
-          }
-          continue;
-        }
-        const x = await this.compose(seq, feed, body, feed.length - 1);
-        if (seq.pending.length === 0) heads.push({ seq, x });
+        await this.replayRestored(seq);
+        await this.prefillRow(seq, take, heads, events, ended, sliced);
       } catch (err) {
         fail(seq, err);
       }
     }
-
     if (heads.length > 0) {
       const d = this.runner.config.hidden_size;
       const v = this.runner.config.vocab_size;
@@ -314,18 +441,90 @@ export class StepLoop {
         for (const h of heads) fail(h.seq, err);
       }
     }
+    this.settle(failed, ended, rows.map(([seq]) => seq));
+    if (events.length > 0 || rows.length > 0) this.report(events, decodeRows, rows.length);
+  }
 
+  /** Sends a step's events and figures (a prompt chunk that sampled nothing too: step metrics count it). */
+  private report(events: TokenEvent[], decodeRows: number, prefillRows: number): void {
+    const prefillTokens = this.prefillTokens;
+    this.prefillTokens = 0;
+    this.emit(events, { decodeRows, prefillRows, prefillTokens, kvBytes: this.pool.bytes, prefixCache: this.prefixCacheStats() });
+  }
+
+  /** Ends the rows that failed or finished in a step, then moves prompts read in full into the decode range. */
+  private settle(failed: Map<LiveSequence, string>, ended: LiveSequence[], prefillers: LiveSequence[]): void {
     for (const [seq, message] of failed) {
       this.remove(seq);
       this.onSeqError(seq.seqId, message);
     }
     for (const seq of ended) if (!failed.has(seq)) this.remove(seq);
-    // Prompts read in full this step decode from the next one on: move them into the decode range.
     for (const seq of prefillers) {
       if (seq.pending.length === 0 && this.slots.holds(seq) && !this.slots.isDecoding(seq)) this.slots.promote(seq);
     }
-    // Every step that ran is reported, a prompt chunk that sampled nothing too (step metrics count it).
-    if (events.length > 0 || plan.size > 0) this.emit(events, { decodeRows: decoders.length, prefillRows: plan.size, kvBytes: this.pool.bytes });
+  }
+
+  /** Sequences added so far, and when the running step began: a newcomer cuts sliced chunks short. */
+  private arrivals = 0;
+  private arrivalsAtStep = 0;
+  /** Prompt tokens the base computed since the last report. */
+  private prefillTokens = 0;
+  /** Running estimate of a prompt token's cost in the body, for a sequence not measured yet (null until measured). */
+  private msPerPrefillToken: number | null = null;
+
+  /**
+   * Reads up to `take` of a sequence's prompt tokens, in slices (see prefillSlice). Between slices
+   * the worker takes its messages; when `yieldToNewcomers`, a sequence that arrived meanwhile ends
+   * the chunk early, so it waits for one slice, not for the whole chunk (the rest stays pending).
+   */
+  private async prefillRow(
+    seq: LiveSequence,
+    take: number,
+    heads: HeadRow[],
+    events: TokenEvent[],
+    ended: LiveSequence[],
+    yieldToNewcomers: boolean,
+  ): Promise<void> {
+    let left = take;
+    while (left > 0) {
+      const feed = seq.pending.splice(0, yieldToNewcomers ? Math.min(left, this.prefillSlice(seq)) : left);
+      left -= feed.length;
+      const started = performance.now();
+      const body = await this.runner.forwardRows(this.pool, seq.slot, 1, feed);
+      const perToken = (performance.now() - started) / feed.length;
+      const ema = (old: number | null) => (old === null ? perToken : 0.7 * old + 0.3 * perToken);
+      this.msPerPrefillToken = ema(this.msPerPrefillToken);
+      seq.msPerToken = ema(seq.msPerToken);
+      this.prefillTokens += feed.length;
+      seq.prompt?.afterChunk(this.pool, seq.slot, body, feed.length, this.blockRoom());
+      if (seq.pending.length === 0) seq.prompt = null;
+      if (seq.pooled) {
+        accumulateRows(seq.pooled, body.hidden, feed.length);
+        if (seq.pending.length === 0) {
+          events.push({ seqId: seq.seqId, token: -1, finish: 'stop', embedding: normalizeMean(seq.pooled, this.pool.length(seq.slot)) });
+          ended.push(seq);
+        }
+      } else {
+        const x = await this.compose(seq, feed, body, feed.length - 1);
+        if (seq.pending.length === 0) heads.push({ seq, x });
+      }
+      if (left === 0 || !yieldToNewcomers) continue;
+      await new Promise<void>((r) => setImmediate(r));
+      if (this.arrivals !== this.arrivalsAtStep) return;
+    }
+  }
+
+  /**
+   * Tokens per body call of a prompt chunk: as many as take prefillSliceMs by the running estimate
+   * (at least 16, where a CPU matmul is still efficient), so the wait a newcomer sees follows the
+   * hardware: a GPU or a small model reads whole chunks, a slow CPU a few dozen tokens at a time.
+   */
+  private prefillSlice(seq: LiveSequence): number {
+    const ms = this.options.prefillSliceMs ?? 0;
+    const chunk = this.options.prefillChunk;
+    const cost = seq.msPerToken ?? this.msPerPrefillToken;
+    if (ms <= 0 || cost === null) return chunk;
+    return Math.max(Math.min(16, chunk), Math.min(chunk, Math.floor(ms / Math.max(cost, 1e-6))));
   }
 
   /**
@@ -377,6 +576,7 @@ export class StepLoop {
     seq.last = pick.token;
     seq.capture?.recordSample(pick.token);
     const ev: TokenEvent = { seqId: seq.seqId, token: pick.token, logprob: pick.logprob, top: pick.top };
+    if (seq.generated === 1) ev.cachedTokens = seq.cachedTokens;
     // A value nothing can extend ends the output here, as the stop token it would be forced to take next.
     const stop = seq.params.stopTokenIds.includes(pick.token) || seq.constraint?.finished === true;
     if (stop || seq.generated >= seq.params.maxTokens || this.pool.length(seq.slot) >= this.contextLength) {
@@ -398,6 +598,23 @@ export class StepLoop {
     return mergeRow(x, delta.subarray(at * d, (at + 1) * d), gate.subarray(at * d, (at + 1) * d), seq.carryOn.alpha);
   }
 
+  private prefixCacheStats(): StepStats['prefixCache'] {
+    const cache = this.prefixCache;
+    return cache ? { bytes: cache.bytes + (this.carryOnStates?.bytes ?? 0), blocks: cache.size, ...cache.takeCounters() } : null;
+  }
+
+  /** Drops the prefix cache, or one namespace of it (a deleted tenant's). */
+  clearPrefixCache(namespace?: string): void {
+    this.prefixCache?.clear(namespace);
+    // States are found through base blocks' names, so a tenant's go unreachable with its blocks; all go on a full clear.
+    if (namespace === undefined) this.carryOnStates?.clear();
+  }
+
+  /** A carry-on session is being released: its states go with it. */
+  forgetCarryOn(session: CarryOnSession): void {
+    this.carryOnStates?.forget(session);
+  }
+
   /** Frees a sequence's slot (its pool rows go with it) and hands over its capture. */
   private remove(seq: LiveSequence): void {
     if (this.slots.remove(seq)) this.finish(seq);
@@ -409,6 +626,11 @@ export class StepLoop {
     const result = seq.capture?.finish(seq.seqId);
     if (result) this.onCapture(result);
   }
+}
+
+/** Records why a sequence failed this step; it is removed, and its request told, when the step settles. */
+function noteFailure(failed: Map<LiveSequence, string>, seq: LiveSequence, err: unknown): void {
+  failed.set(seq, err instanceof Error ? err.message : String(err));
 }
 
 /** Adds each of `rows` hidden rows into `sum` (float64, so a long input loses no precision). */

@@ -37,6 +37,8 @@ export interface TokenEvent {
   finish?: FinishReason;
   /** An embedding sequence's result (it ends with this event and produces no tokens). */
   embedding?: Float32Array;
+  /** On a sequence's first token: how many of its prompt tokens came from the prefix cache. */
+  cachedTokens?: number;
 }
 
 /** What one engine step did: for batching metrics and tests that must see batching happen. */
@@ -45,8 +47,20 @@ export interface StepStats {
   decodeRows: number;
   /** Sequences that read a prompt chunk in this step. */
   prefillRows: number;
+  /** Prompt tokens the base body computed in this step (cached ones are not computed). */
+  prefillTokens: number;
   /** Bytes held by the shared KV pool after the step. */
   kvBytes: number;
+  /** The prefix cache after the step, with its counters since the last report; null: caching is off. */
+  prefixCache: {
+    bytes: number;
+    blocks: number;
+    /** Prompt tokens looked up. */
+    queries: number;
+    /** Prompt tokens found cached. */
+    hits: number;
+    evictions: number;
+  } | null;
 }
 
 export interface EngineInit {
@@ -58,6 +72,10 @@ export interface EngineInit {
   contextLength?: number;
   /** Admission bound on the shared KV cache (see StepLoopOptions); default 2 GiB. */
   kvBudgetBytes?: number;
+  /** Milliseconds per prompt-chunk slice (see StepLoopOptions); absent or 0: whole chunks. */
+  prefillSliceMs?: number;
+  /** Prefix caching of the base (see StepLoopOptions); absent: off. */
+  prefixCache?: { blockTokens: number; budgetBytes: number };
 }
 
 export interface ModelInfo {
@@ -85,6 +103,8 @@ export type ToWorker =
       harvestLayers: Array<'final' | number> | null;
       /** Structured output: the grammar the sampled tokens must follow; null: free text. */
       format: ResponseFormatSpec | null;
+      /** Prefix-cache namespace (the tenant's, or the shared one); null: not cached. */
+      cacheNamespace: string | null;
     }
   /** The tokens' bytes, sent once before the first sequence with a response format. */
   | { type: 'vocab'; vocab: VocabularyBytes }
@@ -93,6 +113,8 @@ export type ToWorker =
   | { type: 'cancel'; seqId: number }
   /** One embedding input: read through the step loop like a prompt, then pooled (see pooling.ts). */
   | { type: 'addEmbedding'; seqId: number; promptIds: number[] }
+  /** Drops the prefix cache (every namespace, or one). */
+  | { type: 'clearPrefixCache'; namespace?: string }
   | { type: 'close' };
 
 export type FromWorker =

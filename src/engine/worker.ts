@@ -30,7 +30,7 @@ async function handle(msg: ToWorker): Promise<void> {
       runner = await ModelRunner.create(msg.init);
       loop = new StepLoop(
         runner,
-        { prefillChunk: msg.init.prefillChunk, kvBudgetBytes: msg.init.kvBudgetBytes ?? 2 * 1024 ** 3 },
+        { prefillChunk: msg.init.prefillChunk, kvBudgetBytes: msg.init.kvBudgetBytes ?? 2 * 1024 ** 3, prefixCache: msg.init.prefixCache, prefillSliceMs: msg.init.prefillSliceMs },
         (events, step) => post({ type: 'tokens', events, step }),
         (seqId, message) => post({ type: 'seqError', seqId, message }),
         () => void releaseIdleCarryOns(),
@@ -62,7 +62,9 @@ async function handle(msg: ToWorker): Promise<void> {
           if (!session) throw new Error(`carry-on ${msg.carryOn.key} is not loaded`);
           carryOn = { session, alpha: msg.carryOn.alpha };
         }
-        requireLoop().add(msg.seqId, msg.promptIds, msg.params, carryOn, msg.harvestLayers, msg.format);
+        requireLoop().add(msg.seqId, msg.promptIds, msg.params, {
+          carryOn, harvestLayers: msg.harvestLayers, format: msg.format, cacheNamespace: msg.cacheNamespace,
+        });
       } catch (err) {
         post({ type: 'seqError', seqId: msg.seqId, message: errorMessage(err) });
       }
@@ -94,6 +96,9 @@ async function handle(msg: ToWorker): Promise<void> {
         post({ type: 'seqError', seqId: msg.seqId, message: errorMessage(err) });
       }
       return;
+    case 'clearPrefixCache':
+      loop?.clearPrefixCache(msg.namespace);
+      return;
     case 'close':
       // Let a step in flight finish first: releasing a session under a running step aborts the process.
       loop?.cancelAll();
@@ -110,6 +115,7 @@ async function releaseIdleCarryOns(): Promise<void> {
     pendingUnloads.delete(key);
     const session = carryOns.get(key);
     carryOns.delete(key);
+    if (session) loop?.forgetCarryOn(session);
     await session?.release();
   }
 }

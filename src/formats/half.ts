@@ -24,7 +24,14 @@ export function f16ToF32(bits: number): number {
  */
 export function f32ToF16(value: number): number {
   scratchF32[0] = value;
-  const x = scratchU32[0];
+  return f32BitsToF16(scratchU32[0]);
+}
+
+/**
+ * `f32ToF16` on an f32's raw bits (0..0xffffffff): array encoders read the bits through a Uint32Array
+ * view and skip the per-element round trip through the scratch f32.
+ */
+export function f32BitsToF16(x: number): number {
   const sign = (x >>> 16) & 0x8000;
   const f32Exponent = (x >>> 23) & 0xff;
   const f32Mantissa = x & 0x7fffff;

@@ -25,7 +25,20 @@ export interface ChatMessage {
   role: string;
   content: string;
   name?: string;
+  /** An assistant turn's calls, as transformers expects them: `arguments` an object, not a JSON string. */
+  tool_calls?: TemplateToolCall[];
+  /** A `tool` turn: the id of the call it answers. */
+  tool_call_id?: string;
 }
+
+export interface TemplateToolCall {
+  id?: string;
+  type: 'function';
+  function: { name: string; arguments: unknown };
+}
+
+/** A tool as `apply_chat_template(tools=...)` takes it: `{type: 'function', function: {name, description, parameters}}`. */
+export type TemplateTool = Record<string, unknown>;
 
 /**
  * The tokenizer's special tokens as transformers hands them to a chat template
@@ -56,6 +69,8 @@ export interface RenderOptions {
    * reply); transformers' own default is false, so the parity test renders both ways.
    */
   addGenerationPrompt?: boolean;
+  /** The request's tools (transformers' `tools` argument); none when absent or empty. */
+  tools?: TemplateTool[] | null;
 }
 
 /**
@@ -63,8 +78,8 @@ export interface RenderOptions {
  * it (`render_jinja_template`), so a prompt here is byte-for-byte the prompt the model was trained on:
  * - @huggingface/jinja's Template already lexes with trim_blocks and lstrip_blocks (transformers' settings),
  *   and has loop controls, `{% generation %}` and a `tojson` that is json.dumps with ensure_ascii=False;
- * - `tools` and `documents` are passed as none, as transformers passes them when a request has none
- *   (`tools is defined` is true there, `tools is none` too);
+ * - `tools` is the request's list of tools, or none as transformers passes it when a request has none
+ *   (`tools is defined` is true there, `tools is none` too); `documents` is always none;
  * - the globals are the library's own, two replaced: `raise_exception` throws a TemplateRaisedError
  *   carrying the template's message (which the 400 names), and `strftime_now` is Python's strftime in
  *   the C locale (the library's knows eight directives and names months in the process's locale);
@@ -77,13 +92,31 @@ export interface RenderOptions {
 export class ChatTemplate {
   private readonly template: Template;
   readonly isFallback: boolean;
+  private toolsReferenced: boolean | undefined;
+
+  private readonly sourceText: string;
 
   constructor(
     source: string | null,
     private readonly specials: SpecialTokens,
   ) {
     this.isFallback = source === null;
+    this.sourceText = source ?? PLAIN_CHAT_TEMPLATE;
     this.template = new Template(source ?? PLAIN_CHAT_TEMPLATE);
+  }
+
+  /** The template's source (the fallback's when the model has none). */
+  get source(): string {
+    return this.sourceText;
+  }
+
+  /**
+   * Whether the template reads the `tools` variable anywhere (an identifier in its syntax tree, not a
+   * word in its text): the templates that render tools (Llama 3.1+, Qwen2.5, Qwen3) all do.
+   */
+  get referencesTools(): boolean {
+    this.toolsReferenced ??= mentionsIdentifier(this.template.parsed, 'tools');
+    return this.toolsReferenced;
   }
 
   /** Throws TemplateRaisedError when the template refuses the messages, or the library's Error when it fails on them. */
@@ -94,11 +127,24 @@ export class ChatTemplate {
     for (const [name, value] of Object.entries(GLOBALS)) env.set(name, value);
     for (const [name, value] of Object.entries(this.specials)) env.set(name, value);
     env.set('messages', messages);
-    env.set('tools', null);
+    env.set('tools', opts.tools && opts.tools.length > 0 ? opts.tools : null);
     env.set('documents', null);
     env.set('add_generation_prompt', opts.addGenerationPrompt ?? true);
     return String(new LoopFaithfulInterpreter(env).run(this.template.parsed).value);
   }
+}
+
+/** Whether a parsed template's tree holds an identifier named `name` (iterative: trees can be deep). */
+function mentionsIdentifier(tree: unknown, name: string): boolean {
+  const stack: unknown[] = [tree];
+  while (stack.length > 0) {
+    const node = stack.pop();
+    if (typeof node !== 'object' || node === null) continue;
+    const n = node as { type?: unknown; value?: unknown };
+    if (n.type === 'Identifier' && n.value === name) return true;
+    for (const child of Object.values(node)) if (typeof child === 'object' && child !== null) stack.push(child);
+  }
+  return false;
 }
 
 /** The library's BreakControl / ContinueControl (not exported), carrying what its iteration printed before it. */

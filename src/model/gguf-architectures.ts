@@ -32,13 +32,11 @@ const NEOX_ORDER: Record<ModelArchitecture, boolean> = { llama: false, qwen2: tr
  * Types kept quantized in memory, as the file has them: the graph multiplies with them directly
  * (src/model/quantized-linear.ts), so a Q4_K_M file is served at 4–6 bits, not expanded to f32.
  */
-const KEEP_QUANTIZED: ReadonlyMap<number, QuantKind> = new Map([
-  [GgmlType.Q4_0, 'q4_0'],
-  [GgmlType.Q8_0, 'q8_0'],
-  [GgmlType.Q4_K, 'q4_k'],
-  [GgmlType.Q6_K, 'q6_k'],
-]);
-const GGML_TYPE_OF: Record<QuantKind, number> = { q4_0: GgmlType.Q4_0, q8_0: GgmlType.Q8_0, q4_k: GgmlType.Q4_K, q6_k: GgmlType.Q6_K };
+export const GGML_TYPE_OF: Readonly<Record<QuantKind, number>> = { q4_0: GgmlType.Q4_0, q8_0: GgmlType.Q8_0, q4_k: GgmlType.Q4_K, q6_k: GgmlType.Q6_K };
+/** The same pairs read the other way: a tensor's ggml type to the kind it is kept as. */
+const KEEP_QUANTIZED: ReadonlyMap<number, QuantKind> = new Map(
+  (Object.entries(GGML_TYPE_OF) as [QuantKind, number][]).map(([kind, type]) => [type, kind]),
+);
 
 /** general.architecture, refused by name unless it is one the graph builds. */
 export function architectureOf(file: GgufFile): ModelArchitecture {

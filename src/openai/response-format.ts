@@ -48,15 +48,22 @@ export function responseFormatOf(format: { type: string; [k: string]: unknown } 
     throw new ApiError('invalid_value', `${at}.name must be 1–64 characters of a–z, A–Z, 0–9, '_' or '-'.`, { param: `${at}.name` });
   }
   if (js.strict != null && typeof js.strict !== 'boolean') throw new ApiError('invalid_type', `${at}.strict must be a boolean.`, { param: `${at}.strict` });
-  const strict = js.strict === true;
-  const schema = js.schema ?? {};
+  return schemaFormat(js.schema ?? {}, js.strict === true, `${at}.schema`);
+}
+
+/**
+ * A JSON Schema → the engine's format (its grammar and a key naming it), compiled once per distinct
+ * schema (least recently used out). `at` is where the schema sits in the request; errors name paths below it.
+ * Tool calling builds on this for a tool's `parameters`.
+ */
+export function schemaFormat(schema: unknown, strict: boolean, at: string): ResponseFormatSpec {
   // Before anything recursive (hashing stringifies it): a body may nest far deeper than a stack.
   if (nestedDeeper(schema, 4 * SCHEMA_LIMITS.depth + 8)) {
-    throw new ApiError('invalid_value', `${at}.schema nests too deeply (schemas may nest at most ${SCHEMA_LIMITS.depth} levels).`, { param: `${at}.schema` });
+    throw new ApiError('invalid_value', `${at} nests too deeply (schemas may nest at most ${SCHEMA_LIMITS.depth} levels).`, { param: at });
   }
   const text = JSON.stringify(schema);
   if (text.length > SCHEMA_LIMITS.bytes) {
-    throw new ApiError('invalid_value', `${at}.schema is over ${SCHEMA_LIMITS.bytes} bytes.`, { param: `${at}.schema` });
+    throw new ApiError('invalid_value', `${at} is over ${SCHEMA_LIMITS.bytes} bytes.`, { param: at });
   }
   const key = createHash('sha256').update(`${strict}\n${text}`).digest('hex');
   const hit = compiled.get(key);
@@ -65,9 +72,9 @@ export function responseFormatOf(format: { type: string; [k: string]: unknown } 
     compiled.set(key, hit);
     return hit;
   }
-  if (!isObject(schema)) throw new ApiError('invalid_type', `${at}.schema must be an object.`, { param: `${at}.schema` });
+  if (!isObject(schema)) throw new ApiError('invalid_type', `${at} must be an object.`, { param: at });
   const defs = { ...(isObject(schema.definitions) ? schema.definitions : {}), ...(isObject(schema.$defs) ? schema.$defs : {}) };
-  const spec = { key, grammar: compile(schema, `${at}.schema`, 0, { strict, defs, nodes: 0, expanding: new Set() }) };
+  const spec = { key, grammar: compile(schema, at, 0, { strict, defs, nodes: 0, expanding: new Set() }) };
   compiled.set(key, spec);
   if (compiled.size > MAX_COMPILED) compiled.delete(compiled.keys().next().value!);
   return spec;

@@ -33,11 +33,20 @@ const sampling = {
 const textPart = z.object({ type: z.literal('text'), text: z.string() });
 const contentPart = z.union([textPart, z.object({ type: z.string() }).passthrough()]);
 
+/** An assistant turn's call, as OpenAI sends it back: `arguments` a JSON string. */
+const messageToolCall = z.object({
+  id: z.string(),
+  type: z.literal('function'),
+  function: z.object({ name: z.string(), arguments: z.string() }),
+});
+
 export const ChatMessageSchema = z
   .object({
     role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
     content: z.union([z.string(), z.array(contentPart)]).nullish(),
     name: z.string().nullish(),
+    tool_calls: z.array(messageToolCall).nullish(),
+    tool_call_id: z.string().nullish(),
   })
   // As OpenAI: only an assistant turn (one that called tools) may leave its content out.
   .refine((m) => m.role === 'assistant' || m.content != null, {
@@ -45,14 +54,40 @@ export const ChatMessageSchema = z
     path: ['content'],
   });
 
+/**
+ * A function tool. Other fields (e.g. `strict`) pass through to the chat template as the client gave
+ * them, as transformers' apply_chat_template passes its `tools`.
+ */
+export const ChatTool = z
+  .object({
+    type: z.literal('function'),
+    function: z
+      .object({
+        name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, 'function names are 1–64 characters of a–z, A–Z, 0–9, _ or -'),
+        description: z.string().nullish(),
+        parameters: z.record(z.string(), z.unknown()).nullish(),
+        strict: z.boolean().nullish(),
+      })
+      .passthrough(),
+  })
+  .passthrough();
+export type ChatTool = z.infer<typeof ChatTool>;
+
+export const ToolChoice = z.union([
+  z.enum(['none', 'auto', 'required']),
+  z.object({ type: z.literal('function'), function: z.object({ name: z.string() }) }),
+]);
+export type ToolChoice = z.infer<typeof ToolChoice>;
+
 export const ChatCompletionRequest = z.object({
   ...sampling,
   messages: z.array(ChatMessageSchema).min(1),
   max_completion_tokens: z.number().int().min(1).nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(20).nullish(),
-  tools: z.array(z.unknown()).nullish(),
-  tool_choice: z.unknown().optional(),
+  tools: z.array(ChatTool).max(128).nullish(),
+  tool_choice: ToolChoice.nullish(),
+  parallel_tool_calls: z.boolean().nullish(),
   response_format: z.object({ type: z.string() }).passthrough().nullish(),
 });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;

@@ -100,11 +100,13 @@ async function startAll(starts: Array<() => Promise<GenerationRun>>): Promise<Ge
 }
 
 function sumUsage(all: Usage[]): Usage {
-  return all.reduce((a, u) => ({ prompt_tokens: a.prompt_tokens + u.prompt_tokens, completion_tokens: a.completion_tokens + u.completion_tokens, total_tokens: a.total_tokens + u.total_tokens }), {
-    prompt_tokens: 0,
-    completion_tokens: 0,
-    total_tokens: 0,
-  });
+  const sum = (pick: (u: Usage) => number) => all.reduce((n, u) => n + pick(u), 0);
+  return {
+    prompt_tokens: sum((u) => u.prompt_tokens),
+    completion_tokens: sum((u) => u.completion_tokens),
+    total_tokens: sum((u) => u.total_tokens),
+    prompt_tokens_details: { cached_tokens: sum((u) => u.prompt_tokens_details.cached_tokens) },
+  };
 }
 
 /** The request's prompts as token ids: a string, token ids, or an array of either (at most `max`). */

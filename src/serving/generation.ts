@@ -33,6 +33,8 @@ export interface GenerationPlan {
   choiceOffset?: number;
   /** Structured output: every choice follows this grammar (see src/engine/structured); absent or null: free text. */
   format?: ResponseFormatSpec | null;
+  /** Prompts share prefix-cache blocks only within one namespace (see Inference); null: not cached. */
+  cacheNamespace: string | null;
 }
 
 export interface TokenDetail {
@@ -53,6 +55,8 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** OpenAI's field: prompt tokens served from the prefix cache. */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
 /** What a run needs of the engine side; admission and leases are the inference service's. */
@@ -93,7 +97,7 @@ export class GenerationRun {
   ) {
     const { carryOn } = binding;
     const maxTokens = req.maxTokens;
-    this.usage = { prompt_tokens: req.promptIds.length, completion_tokens: 0, total_tokens: req.promptIds.length };
+    this.usage = { prompt_tokens: req.promptIds.length, completion_tokens: 0, total_tokens: req.promptIds.length, prompt_tokens_details: { cached_tokens: 0 } };
     this.open = req.n;
     const context = req.promptIds.slice(-6);
     const stopTokenIds = deps.tokenizer.stopTokenIds;
@@ -106,7 +110,7 @@ export class GenerationRun {
         onEvent: (ev) => this.onToken(index, ev, assembler, stopTokenIds),
         onError: (message) => this.fail(new ApiError('internal_error', message)),
         onCapture: (capture) => this.harvest(capture, index),
-      }, carryOn, deps.harvestSink && req.harvest ? req.harvest.policy.layers : null, req.format ?? null);
+      }, carryOn, deps.harvestSink && req.harvest ? req.harvest.policy.layers : null, req.format ?? null, req.cacheNamespace);
       this.seqIds.push(seqId);
     }
     this.timer = setTimeout(() => this.expire(), deps.timeoutMs);
@@ -119,6 +123,9 @@ export class GenerationRun {
   private onToken(index: number, ev: TokenEvent, assembler: TextAssembler, stopTokenIds: number[]): void {
     this.observeToken(index, ev.token >= 0, ev.finish);
     const delta: ChoiceDelta = { index: this.choiceIndex(index), text: '', tokens: [] };
+    // Choices share one prompt, counted once: its cached part is the most any choice found cached.
+    const details = this.usage.prompt_tokens_details;
+    if (ev.cachedTokens !== undefined) details.cached_tokens = Math.max(details.cached_tokens, ev.cachedTokens);
     if (ev.token >= 0) {
       this.usage.completion_tokens++;
       this.usage.total_tokens++;

@@ -11,7 +11,7 @@ import type { Scheduler } from './scheduler.js';
 import { vocabularyOf } from './vocabulary.js';
 
 /** A generation as the protocol layer asks for it: token ids in, names and numbers only. */
-export interface GenerateRequest extends Omit<GenerationPlan, 'carryOn' | 'harvest' | 'tenant' | 'maxTokens'> {
+export interface GenerateRequest extends Omit<GenerationPlan, 'carryOn' | 'harvest' | 'tenant' | 'maxTokens' | 'cacheNamespace'> {
   /** The request's `model` field: the base, or one of the caller's carry-ons (see model-routing). */
   model: string;
   /** null: as many as the context allows. */
@@ -56,6 +56,17 @@ export interface InferenceDeps {
   metrics: Metrics | null;
   /** The harvest sample draw; injectable so tests can decide it. */
   random?: () => number;
+  /**
+   * Whose prompts may share prefix-cache blocks: each tenant only its own (a hit across tenants
+   * would tell one, through timing, what another sent), or everyone. Default 'tenant'.
+   */
+  prefixCacheScope?: 'tenant' | 'shared';
+}
+
+/** The prefix-cache namespace of a tenant's requests (see InferenceDeps.prefixCacheScope). */
+export function prefixCacheNamespace(tenantId: string | null, scope: 'tenant' | 'shared'): string {
+  if (scope === 'shared') return 'shared';
+  return tenantId === null ? 'anonymous' : `tenant:${tenantId}`;
 }
 
 /**
@@ -76,6 +87,8 @@ export class Inference {
   constructor(private readonly deps: InferenceDeps) {
     const { engine, tokenizer, timeoutMs, harvestSink, hiddenSize, metrics } = deps;
     this.runDeps = { engine, tokenizer, timeoutMs, harvestSink, hiddenSize, metrics };
+    // The tokens' bytes for structured outputs, sent to the engine once, now: no request waits for them.
+    engine.useVocabulary(() => vocabularyOf(tokenizer));
   }
 
   get activeRuns(): number {
@@ -104,9 +117,8 @@ export class Inference {
       carryOn: record ? { record, alpha: req.alpha ?? record.manifest.default_alpha } : null,
       harvest: this.harvestDecision(req),
       tenant: req.caller.tenantId,
+      cacheNamespace: this.cacheNamespace(req.caller),
     };
-    // Once per engine: the worker needs the tokens' bytes before its first structured sequence.
-    if (req.format) this.deps.engine.useVocabulary(() => vocabularyOf(this.deps.tokenizer));
     const queuedAt = performance.now();
     const release = await this.deps.scheduler.acquire(req.n, req.signal, req.caller.tenantId);
     this.deps.metrics?.queueTime.observe((performance.now() - queuedAt) / 1000);
@@ -204,6 +216,10 @@ export class Inference {
       if (signal.aborted) onAbort();
       else launch();
     });
+  }
+
+  private cacheNamespace(caller: Caller): string {
+    return prefixCacheNamespace(caller.tenantId, this.deps.prefixCacheScope ?? 'tenant');
   }
 
   /** Harvested only when the caller's key opted in, the sample draw says so, and the request did not opt out. */

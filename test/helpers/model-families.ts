@@ -7,6 +7,7 @@
  * Deterministic (a seeded generator), so a test that writes the same family twice gets the same bytes.
  */
 import path from 'node:path';
+import { mulberry32 } from '../../bench/lib/rng.js';
 import type { LlamaConfig, LlamaLayer, LlamaWeights, Matrix } from '../../src/model/types.js';
 import { SHARED } from './paths.js';
 
@@ -121,18 +122,6 @@ export const FAMILIES: Record<Family, FamilySpec> = {
   },
 };
 
-/** mulberry32: a tiny seeded generator, so fixtures are reproducible without a dependency. */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * Random weights of the family's architecture. Scales are those of a trained model's order of
  * magnitude (std 0.02 matrices, norms near 1) times `scale`, so logits are spread enough that greedy
@@ -149,7 +138,7 @@ export function randomFamilyWeights(
   const spec = FAMILIES[family];
   // A smaller vocabulary (the graph alone, no tokenizer) keeps a unit test quick.
   const c = { ...spec.config, ...geometry, vocab_size: vocabSize ?? spec.config.vocab_size };
-  const rand = generator(seed * 7919 + family.length);
+  const rand = mulberry32(seed * 7919 + family.length);
   const normal = (): number => {
     const u = Math.max(rand(), 1e-12);
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rand());

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CarryOnRegistry, type CarryOnLease } from '../../src/serving/carry-on-registry.js';
 import type { CarryOnVersionRecord } from '../../src/carryon/catalog.js';
 import { Engine } from '../../src/engine/engine.js';
-import type { SamplingParams, TokenEvent } from '../../src/engine/worker-messages.js';
+import type { SamplingParams, StepStats, TokenEvent } from '../../src/engine/worker-messages.js';
 import { importModel } from '../../src/model/import.js';
 import { makeCarryOn } from '../helpers/carry-on.js';
 import { STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
@@ -40,8 +40,8 @@ function makeJobs(count: number): Job[] {
   });
 }
 
-async function startEngine(kvBudgetBytes?: number): Promise<{ engine: Engine; registry: CarryOnRegistry }> {
-  const engine = await Engine.start({ modelDir: baseDir, provider: 'cpu', threads: 1, prefillChunk: 16, kvBudgetBytes });
+async function startEngine(kvBudgetBytes?: number, chunks: { prefillChunk: number; prefillSliceMs: number } = { prefillChunk: 16, prefillSliceMs: 0 }): Promise<{ engine: Engine; registry: CarryOnRegistry }> {
+  const engine = await Engine.start({ modelDir: baseDir, provider: 'cpu', threads: 1, kvBudgetBytes, ...chunks });
   const registry = new CarryOnRegistry({ loader: engine, budgetBytes: 1 << 30, pinned: new Set(), log: () => {} });
   return { engine, registry };
 }
@@ -112,6 +112,42 @@ describe('continuous batching', () => {
       // Logprobs agree too (batched GEMMs may round differently in the last bits).
       const soloEvents = await run(solo, soloRegistry, jobs[2]);
       batched[2].forEach((ev, t) => expect(ev.logprob!).toBeCloseTo(soloEvents[t].logprob!, 4));
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('with chunks read in slices (a newcomer cuts one short and gets its first token before others\' chunks), every output stays exact', async () => {
+    const jobs = makeJobs(16);
+    // stories260K reads a token in well under a millisecond: a 1 ms slice is about 16 to 20 tokens of a 128-token chunk.
+    const { engine, registry } = await startEngine(undefined, { prefillChunk: 128, prefillSliceMs: 1 });
+    try {
+      let lastStep: StepStats | null = null;
+      engine.onStep((st) => (lastStep = st));
+      const long: Job = { prompt: jobs[2].prompt.concat(jobs[6].prompt, jobs[2].prompt), maxTokens: 4, carryOn: -1, alpha: 1 };
+      const short: Job = { prompt: [1, 40, 41, 42, 43], maxTokens: 4, carryOn: -1, alpha: 1 };
+      let stepOfFirst: StepStats | null = null;
+      const longRun = run(engine, registry, long);
+      const shortRun = new Promise<void>((resolve, reject) =>
+        engine.submit(short.prompt, greedy(1), {
+          onEvent: () => {
+            stepOfFirst = lastStep;
+            resolve();
+          },
+          onError: (m) => reject(new Error(m)),
+        }),
+      );
+      await shortRun;
+      // The step that gave the newcomer its first token read its prompt and nothing of the long one.
+      expect(stepOfFirst!.prefillTokens).toBe(short.prompt.length);
+      expect(tokens(await longRun)).toEqual(await aloneTokens(long));
+      const batched = await Promise.all(
+        jobs.map(async (job, i) => {
+          if (i % 4 !== 0) await new Promise((r) => setTimeout(r, (i % 7) * 3));
+          return run(engine, registry, job);
+        }),
+      );
+      for (const [i, job] of jobs.entries()) expect(tokens(batched[i]), `job ${i}`).toEqual(await aloneTokens(job));
     } finally {
       await engine.close();
     }

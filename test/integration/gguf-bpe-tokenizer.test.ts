@@ -15,7 +15,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { getLlama, LlamaLogLevel, type Llama, type LlamaModel } from 'node-llama-cpp';
+import type { Llama, LlamaModel } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { gguf as ggufValue, readGguf, writeGguf } from '../../src/formats/gguf-file.js';
 import { ggufToCheckpoint } from '../../src/model/gguf.js';
@@ -25,42 +25,13 @@ import { PACKAGE_FILES } from '../../src/model/package-files.js';
 import { HfTokenizer, ModelTokenizer } from '../../src/model/tokenizer.js';
 import { writeFamilyGguf } from '../helpers/family-gguf.js';
 import { FAMILIES, type Family } from '../helpers/model-families.js';
+import { llamaCppTokenize, loadLlamaCpp } from '../helpers/llama-cpp.js';
 import { SHARED } from '../helpers/paths.js';
+import { EDGE_CASES as TEXT_EDGE_CASES, mismatches, SPECIAL_TOKEN_TEXTS } from '../helpers/tokenizer-cases.js';
 
 const PARAGRAPHS = 300;
 
-const EDGE_CASES = [
-  '',
-  ' ',
-  '   ',
-  'a',
-  ' a',
-  'a ',
-  '  leading spaces',
-  'trailing spaces  ',
-  'multiple   inner    spaces',
-  '\n',
-  'line1\nline2\n\nline3\n',
-  ' \n \n\n  x',
-  '\tTab\tseparated\t\t',
-  '\r\nwindows\r\n',
-  '1234567890 3.14 -42 1,000,000 007',
-  '12345678901234567890',
-  "I'm sure you'll see it's John's DON'T",
-  'café 😀 日本 👩‍👩‍👧 🤖🤖',
-  '中文字符，标点。日本語のテキスト 한국어 텍스트',
-  'Ω≈ç√∫ ñ ü ß Привет мир',
-  'Hello, World! What?! (yes) [no] {maybe} a-b_c/d\\e',
-  '"quoted" \u201ccurly\u201d \u2018single\u2019 \u2014 dash\u2026',
-  'def f(x):\n    return x ** 2  # square\n',
-  'Once upon a time, there was a little girl named Lily.',
-  '<|begin_of_text|>Hi<|eot_id|>',
-  '<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>',
-  '<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n',
-  '<think>\n\n</think>\n\nAnswer <tool_call>',
-  '<|endoftext|> <|end_of_text|> <|im_end|>x<|eot_id|>y',
-  'not special: <|im_end  <|eot_id| <|',
-];
+const EDGE_CASES = [...TEXT_EDGE_CASES, ...SPECIAL_TOKEN_TEXTS];
 
 interface Setup {
   ours: ModelTokenizer;
@@ -75,7 +46,7 @@ let llama: Llama;
 let paragraphs: string[];
 
 beforeAll(async () => {
-  llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
+  llama = await loadLlamaCpp();
   const text = fs.readFileSync(path.join(SHARED, 'data/tinystories/tinystories_val.txt'), 'utf8');
   const all = text.split('\n\n').filter((p) => p.length > 0);
   const step = all.length / PARAGRAPHS;
@@ -103,15 +74,6 @@ async function setUp(family: Family): Promise<Setup> {
   return { ours, oursPlain, hf, model };
 }
 
-/** Every text whose results differ, so a failure lists them all. */
-function mismatches(texts: string[], actual: (t: string) => unknown, expected: (t: string) => unknown) {
-  return texts
-    .map((text) => ({ text, actual: actual(text), expected: expected(text) }))
-    .filter((r) => JSON.stringify(r.actual) !== JSON.stringify(r.expected));
-}
-
-const llamaCpp = (model: LlamaModel, text: string, parseSpecial: boolean): number[] => Array.from(model.tokenize(text, parseSpecial), Number);
-
 describe.each([
   // Llama 3: GGUF `llama-bpe`; llama.cpp adds BOS (<|begin_of_text|>) for it. The original
   // tokenizer.json (Meta's first release) does not, so BOS is compared with llama.cpp only.
@@ -135,16 +97,16 @@ describe.each([
 
   it('encodes them as llama.cpp does on the GGUF (special-token text parsed, BOS as llama.cpp adds it)', () => {
     const texts = [...paragraphs, ...EDGE_CASES];
-    expect(mismatches(texts, (t) => s.ours.encode(t, false), (t) => llamaCpp(s.model, t, true))).toEqual([]);
+    expect(mismatches(texts, (t) => s.ours.encode(t, false), (t) => llamaCppTokenize(s.model, t, true))).toEqual([]);
     expect(s.model.tokens.shouldPrependBosToken).toBe(bos.length > 0);
-    expect(mismatches(texts, (t) => s.ours.encode(t, true), (t) => [...bos, ...llamaCpp(s.model, t, true)])).toEqual([]);
+    expect(mismatches(texts, (t) => s.ours.encode(t, true), (t) => [...bos, ...llamaCppTokenize(s.model, t, true)])).toEqual([]);
   });
 
   it('without special parsing, special-token text is plain text on both sides (user-defined tokens still whole)', () => {
     const specials = EDGE_CASES.filter((t) => t.includes('<'));
-    expect(mismatches(specials, (t) => s.oursPlain.encode(t, { add_special_tokens: false }).ids, (t) => llamaCpp(s.model, t, false))).toEqual([]);
+    expect(mismatches(specials, (t) => s.oursPlain.encode(t, { add_special_tokens: false }).ids, (t) => llamaCppTokenize(s.model, t, false))).toEqual([]);
     // The two semantics really differ on these texts.
-    expect(specials.filter((t) => JSON.stringify(llamaCpp(s.model, t, false)) !== JSON.stringify(llamaCpp(s.model, t, true))).length).toBeGreaterThan(1);
+    expect(specials.filter((t) => JSON.stringify(llamaCppTokenize(s.model, t, false)) !== JSON.stringify(llamaCppTokenize(s.model, t, true))).length).toBeGreaterThan(1);
   });
 
   it('decodes back to the text, as Hugging Face decodes', () => {
@@ -183,9 +145,9 @@ describe.each(['smollm', 'gpt-2'])('pre-tokenizer %s', (pre) => {
     const model = await llama.loadModel({ modelPath: file, vocabOnly: true });
     try {
       const texts = [...paragraphs.slice(0, 100), ...EDGE_CASES];
-      expect(mismatches(texts, (t) => ours.encode(t, { add_special_tokens: false }).ids, (t) => llamaCpp(model, t, true))).toEqual([]);
+      expect(mismatches(texts, (t) => ours.encode(t, { add_special_tokens: false }).ids, (t) => llamaCppTokenize(model, t, true))).toEqual([]);
       // Digits: smollm splits every digit, gpt-2 keeps runs: the names really tokenize differently.
-      expect(ours.encode('12345', { add_special_tokens: false }).ids.length).toBe(pre === 'smollm' ? 5 : llamaCpp(model, '12345', true).length);
+      expect(ours.encode('12345', { add_special_tokens: false }).ids.length).toBe(pre === 'smollm' ? 5 : llamaCppTokenize(model, '12345', true).length);
     } finally {
       await model.dispose();
     }

@@ -21,12 +21,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { getLlama, LlamaLogLevel, type Llama, type LlamaModel } from 'node-llama-cpp';
+import type { Llama, LlamaModel } from 'node-llama-cpp';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SamplingParams } from '../../src/engine/worker-messages.js';
 import { writeFamilyGguf } from '../helpers/family-gguf.js';
 import { freshDataDir, startTestGateway, USER_KEY, type TestGateway } from '../helpers/gateway.js';
+import { llamaCppGreedy, loadLlamaCpp, promptIdsWithBos } from '../helpers/llama-cpp.js';
 import type { Family } from '../helpers/model-families.js';
 import { SHARED } from '../helpers/paths.js';
 
@@ -62,32 +63,12 @@ let llama: Llama;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gguf-family-parity-'));
 
 beforeAll(async () => {
-  llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
+  llama = await loadLlamaCpp();
 });
 afterAll(async () => {
   await llama?.dispose();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
-
-async function llamaCppGreedy(model: LlamaModel, promptIds: number[], steps: number): Promise<number[]> {
-  const ctx = await model.createContext({
-    contextSize: 1024,
-    threads: 1,
-    flashAttention: false,
-    experimentalKvCacheKeyType: 'F32',
-    experimentalKvCacheValueType: 'F32',
-  });
-  try {
-    const out: number[] = [];
-    for await (const t of ctx.getSequence().evaluate(promptIds as never, { temperature: 0 })) {
-      out.push(t);
-      if (out.length >= steps) break;
-    }
-    return out;
-  } finally {
-    await ctx.dispose();
-  }
-}
 
 interface Case {
   family: Family;
@@ -118,13 +99,8 @@ describe.each(CASES)('$family $quant GGUF: greedy decoding equals llama.cpp', ({
     await model?.dispose();
   });
 
-  const promptIds = (prompt: string): number[] => {
-    const bos = model.tokens.shouldPrependBosToken && model.tokens.bos !== null ? [Number(model.tokens.bos)] : [];
-    return [...bos, ...Array.from(model.tokenize(prompt, true), Number)];
-  };
-
   it.each(prompts(family))(`%s prompt: engine token ids (${steps} steps)`, async (_what, prompt) => {
-    const ids = promptIds(prompt);
+    const ids = promptIdsWithBos(model, prompt);
     const { engine } = gw.gateway.model();
     const ours = await new Promise<number[]>((resolve, reject) => {
       const out: number[] = [];
@@ -136,17 +112,17 @@ describe.each(CASES)('$family $quant GGUF: greedy decoding equals llama.cpp', ({
         onError: (m) => reject(new Error(m)),
       });
     });
-    const theirs = await llamaCppGreedy(model, ids, steps);
+    const theirs = await llamaCppGreedy(model, ids, steps, 1024);
     expect(ours).toHaveLength(steps);
     expect(ours).toEqual(theirs);
   });
 
   it.each(prompts(family))('%s prompt: /v1/completions text, stopping where llama.cpp reaches an end token', async (_what, prompt) => {
-    const ids = promptIds(prompt);
+    const ids = promptIdsWithBos(model, prompt);
     const res = await client.completions.create({ model: name, prompt, max_tokens: steps, temperature: 0 });
     const { tokenizer } = gw.gateway.model();
     expect(res.usage!.prompt_tokens).toBe(ids.length);
-    const theirs = await llamaCppGreedy(model, ids, steps);
+    const theirs = await llamaCppGreedy(model, ids, steps, 1024);
     const end = theirs.findIndex((t) => model.isEogToken(t as never));
     const expected = end >= 0 ? theirs.slice(0, end) : theirs;
     expect(res.usage!.completion_tokens).toBe(expected.length);

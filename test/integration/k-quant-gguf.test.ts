@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { getLlama, LlamaLogLevel, type Llama, type LlamaModel } from 'node-llama-cpp';
+import type { Llama, LlamaModel } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelRunner } from '../../src/engine/model-runner.js';
 import { dequantize, GgmlType } from '../../src/formats/ggml-quants.js';
@@ -21,6 +21,7 @@ import { PACKAGE_FILES, readManifest } from '../../src/model/package-files.js';
 import type { LlamaWeights, Matrix } from '../../src/model/types.js';
 import { writeFamilyGguf } from '../helpers/family-gguf.js';
 import { quantizeQ4_K, quantizeQ6_K } from '../helpers/k-quants.js';
+import { llamaCppGreedy, loadLlamaCpp, promptIdsWithBos } from '../helpers/llama-cpp.js';
 import { randomFamilyWeights, type Family } from '../helpers/model-families.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'k-quant-gguf-'));
@@ -38,11 +39,6 @@ const PROMPTS = [
   'The quick brown fox jumps over the lazy dog.',
   'def add(a, b):\n    return a + b\n',
 ];
-
-function promptIds(model: LlamaModel, text: string): number[] {
-  const bos = model.tokens.shouldPrependBosToken && model.tokens.bos !== null ? [Number(model.tokens.bos)] : [];
-  return [...bos, ...Array.from(model.tokenize(text, true), Number)];
-}
 
 const q4k = (m: Matrix): Matrix => ({ kind: 'q4_k', rows: m.rows, cols: m.cols, data: quantizeQ4_K(m.data as Float32Array) });
 const q6k = (m: Matrix): Matrix => ({ kind: 'q6_k', rows: m.rows, cols: m.cols, data: quantizeQ6_K(m.data as Float32Array) });
@@ -68,26 +64,12 @@ function dequantized(w: LlamaWeights): LlamaWeights {
 
 let llama: Llama;
 beforeAll(async () => {
-  llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
+  llama = await loadLlamaCpp();
 });
 afterAll(async () => {
   await llama?.dispose();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
-
-async function llamaCppGreedy(model: LlamaModel, ids: number[], steps: number): Promise<number[]> {
-  const ctx = await model.createContext({ contextSize: 256, threads: 1, flashAttention: false, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32' });
-  try {
-    const out: number[] = [];
-    for await (const t of ctx.getSequence().evaluate(ids as never, { temperature: 0 })) {
-      out.push(t);
-      if (out.length >= steps) break;
-    }
-    return out;
-  } finally {
-    await ctx.dispose();
-  }
-}
 
 async function logitsAndGreedy(r: ModelRunner, ids: number[], steps: number): Promise<{ logits: Float32Array; tokens: number[] }> {
   const cache = r.newCache();
@@ -157,7 +139,7 @@ describe.each(['llama2', 'qwen2'] as const)('%s as a Q4_K_M-style GGUF', (family
   });
 
   it('computes what the file holds: logits of its weights run in f32 (cosine ≥ 0.999 everywhere), the same greedy tokens', async () => {
-    const prompt = promptIds(model, PROMPTS[0]);
+    const prompt = promptIdsWithBos(model, PROMPTS[0]);
     const ours = await logitsAndGreedy(quantized, prompt, STEPS);
     const ref = await logitsAndGreedy(exact, prompt, STEPS);
     const vocab = quantized.config.vocab_size;
@@ -174,9 +156,9 @@ describe.each(['llama2', 'qwen2'] as const)('%s as a Q4_K_M-style GGUF', (family
 
   it('agrees with llama.cpp on the same file: the first greedy tokens of three prompts', async () => {
     for (const text of PROMPTS) {
-      const prompt = promptIds(model, text);
+      const prompt = promptIdsWithBos(model, text);
       const ours = await logitsAndGreedy(quantized, prompt, LLAMA_CPP_STEPS);
-      expect(ours.tokens).toEqual(await llamaCppGreedy(model, prompt, LLAMA_CPP_STEPS));
+      expect(ours.tokens).toEqual(await llamaCppGreedy(model, prompt, LLAMA_CPP_STEPS, 256));
     }
   });
 });

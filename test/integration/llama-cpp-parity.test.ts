@@ -1,9 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { getLlama, type Llama, type LlamaModel } from 'node-llama-cpp';
+import type { Llama, LlamaModel } from 'node-llama-cpp';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, USER_KEY, type TestGateway } from '../helpers/gateway.js';
+import { llamaCppGreedy, loadLlamaCpp, promptIdsWithBos } from '../helpers/llama-cpp.js';
 import { SHARED, STORIES_GGUF as GGUF } from '../helpers/paths.js';
 
 /**
@@ -21,7 +22,7 @@ let gw: TestGateway;
 let client: OpenAI;
 
 beforeAll(async () => {
-  llama = await getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
+  llama = await loadLlamaCpp();
   ref = await llama.loadModel({ modelPath: GGUF });
   gw = await startTestGateway();
   client = new OpenAI({ apiKey: USER_KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
@@ -32,25 +33,8 @@ afterAll(async () => {
   await llama?.dispose();
 });
 
-async function llamaCppGreedy(promptIds: number[], steps: number): Promise<number[]> {
-  const ctx = await ref.createContext({ contextSize: 512, threads: 1,
-    // Exact f32 attention, as ours: no f16 KV cache, no flash attention (it rounds through f16 too).
-    flashAttention: false,
-    experimentalKvCacheKeyType: 'F32',
-    experimentalKvCacheValueType: 'F32',
-  });
-  try {
-    const seq = ctx.getSequence();
-    const out: number[] = [];
-    for await (const t of seq.evaluate(promptIds as never, { temperature: 0 })) {
-      out.push(t);
-      if (out.length >= steps) break;
-    }
-    return out;
-  } finally {
-    await ctx.dispose();
-  }
-}
+/** stories260K's context is 512 tokens: the longest prompt and its continuation fit. */
+const greedy = (promptIds: number[]): Promise<number[]> => llamaCppGreedy(ref, promptIds, STEPS, 512);
 
 function prompts(): string[] {
   const text = fs.readFileSync(path.join(SHARED, 'data/tinystories/tinystories_val.txt'), 'utf8');
@@ -70,9 +54,9 @@ describe('greedy decoding equals llama.cpp on stories260K', () => {
     });
     const ours = res.choices[0];
     // Token ids: same tokenizer on both sides (checked here too), then llama.cpp's greedy continuation.
-    const promptIds = [1, ...ref.tokenize(prompt, false).map(Number)];
+    const promptIds = promptIdsWithBos(ref, prompt, false);
     expect(res.usage!.prompt_tokens).toBe(promptIds.length);
-    const theirs = await llamaCppGreedy(promptIds, STEPS);
+    const theirs = await greedy(promptIds);
     const eos = theirs.indexOf(2);
     const expected = eos >= 0 ? theirs.slice(0, eos) : theirs;
     const tokenizer = gw.gateway.model().tokenizer;
@@ -86,7 +70,7 @@ describe('greedy decoding equals llama.cpp on stories260K', () => {
   it('token ids are identical when driving the engine directly', async () => {
     const { engine } = gw.gateway.model();
     for (const prompt of prompts()) {
-      const promptIds = [1, ...ref.tokenize(prompt, false).map(Number)];
+      const promptIds = promptIdsWithBos(ref, prompt, false);
       const ours = await new Promise<number[]>((resolve, reject) => {
         const ids: number[] = [];
         engine.submit(
@@ -101,7 +85,7 @@ describe('greedy decoding equals llama.cpp on stories260K', () => {
           },
         );
       });
-      expect(ours).toEqual(await llamaCppGreedy(promptIds, STEPS));
+      expect(ours).toEqual(await greedy(promptIds));
     }
   });
 });

@@ -26,7 +26,7 @@ describe('chat completions through the official SDK', () => {
     expect(res.choices[0].message.role).toBe('assistant');
     expect(res.choices[0].message.content!.length).toBeGreaterThan(10);
     expect(res.choices[0].finish_reason).toBe('length');
-    expect(res.usage).toEqual({ prompt_tokens: 5, completion_tokens: 20, total_tokens: 25 });
+    expect(res.usage).toEqual({ prompt_tokens: 5, completion_tokens: 20, total_tokens: 25, prompt_tokens_details: { cached_tokens: 0 } });
   });
 
   it('streams chunks with one id, a role first, a finish_reason last, and usage when asked', async () => {
@@ -46,7 +46,7 @@ describe('chat completions through the official SDK', () => {
     expect(chunks[0].choices[0].delta.role).toBe('assistant');
     const last = chunks.at(-1)!;
     expect(last.choices).toEqual([]);
-    expect(last.usage).toEqual({ prompt_tokens: 5, completion_tokens: 12, total_tokens: 17 });
+    expect(last.usage).toEqual({ prompt_tokens: 5, completion_tokens: 12, total_tokens: 17, prompt_tokens_details: { cached_tokens: 0 } });
     const withChoices = chunks.filter((c) => c.choices.length > 0);
     expect(withChoices.at(-1)!.choices[0].finish_reason).toBe('length');
     expect(withChoices.slice(0, -1).every((c) => c.choices[0].finish_reason === null)).toBe(true);
@@ -155,7 +155,7 @@ describe('legacy completions through the official SDK', () => {
     const res = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 30, temperature: 0 });
     expect(res.object).toBe('text_completion');
     expect(res.choices[0].text.startsWith(', there was a little girl named Lily')).toBe(true);
-    expect(res.usage).toEqual({ prompt_tokens: 5, completion_tokens: 30, total_tokens: 35 });
+    expect(res.usage).toEqual({ prompt_tokens: 5, completion_tokens: 30, total_tokens: 35, prompt_tokens_details: { cached_tokens: 0 } });
     const chat = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Once upon a time' }], max_tokens: 30, temperature: 0 });
     expect(chat.choices[0].message.content).toBe(res.choices[0].text);
   });
@@ -178,7 +178,7 @@ describe('legacy completions through the official SDK', () => {
     }
     const whole = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 10, temperature: 0 });
     expect(text).toBe(whole.choices[0].text);
-    expect(usage).toEqual({ prompt_tokens: 5, completion_tokens: 10, total_tokens: 15 });
+    expect(usage).toEqual({ prompt_tokens: 5, completion_tokens: 10, total_tokens: 15, prompt_tokens_details: { cached_tokens: 0 } });
   });
 
   it('accepts token ids as the prompt and echoes when asked', async () => {

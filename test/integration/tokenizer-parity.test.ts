@@ -5,44 +5,22 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { getLlama, LlamaLogLevel, type Llama, type LlamaModel, type Token } from 'node-llama-cpp';
+import type { Llama, LlamaModel, Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ggufToCheckpoint } from '../../src/model/gguf.js';
 import { llama2cToCheckpoint } from '../../src/model/llama2c.js';
 import { buildTokenizerFiles, sentencePieceMerges, type TokenizerFiles } from '../../src/model/tokenizer-json.js';
 import { HfTokenizer } from '../../src/model/tokenizer.js';
 import type { SentencePieceVocab } from '../../src/model/types.js';
+import { llamaCppTokenize, loadLlamaCpp } from '../helpers/llama-cpp.js';
 import { SHARED, STORIES_BIN, STORIES_GGUF as GGUF, STORIES_TOK as TOK_BIN } from '../helpers/paths.js';
+import { EDGE_CASES as TEXT_EDGE_CASES, mismatches, NOT_NFC_TEXT } from '../helpers/tokenizer-cases.js';
 
 const VAL_TEXT = path.join(SHARED, 'data/tinystories/tinystories_val.txt');
 
 const BOS = 1;
 
-/** Plain text edge cases on which every implementation must agree. */
-const EDGE_CASES = [
-  '',
-  ' ',
-  '  ',
-  'a',
-  ' a',
-  'a ',
-  '  leading spaces',
-  'trailing spaces  ',
-  'multiple   inner    spaces',
-  '\n',
-  'line1\nline2\n\nline3\n',
-  '\tTab\tseparated',
-  '\r\nwindows\r\n',
-  'café 😀 日本',
-  'Ω≈ç√∫ ñ ü ß',
-  'e\u0301 (combining accent)',
-  '1234567890 3.14 -42 1,000,000',
-  'Hello, World! What?! (yes) [no] {maybe} a-b_c/d\\e',
-  '"quoted" \u201ccurly\u201d \u2018single\u2019 \u2014 dash\u2026',
-  'Once upon a time',
-  'Once upon a time, there was a little girl named Lily.',
-  '<0x41> is not a byte token in text',
-];
+const EDGE_CASES = [...TEXT_EDGE_CASES, NOT_NFC_TEXT];
 
 let vocab: SentencePieceVocab;
 let files: TokenizerFiles;
@@ -58,7 +36,7 @@ beforeAll(async () => {
   files = buildTokenizerFiles(vocab, { modelMaxLength: 2048 });
   // Through JSON, as the package files are read back from disk.
   tokenizer = new HfTokenizer(JSON.parse(JSON.stringify(files.tokenizerJson)) as object, JSON.parse(JSON.stringify(files.tokenizerConfig)) as object);
-  llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
+  llama = await loadLlamaCpp();
   model = await llama.loadModel({ modelPath: GGUF });
   paragraphs = readFileSync(VAL_TEXT, 'utf8')
     .split('\n\n')
@@ -76,20 +54,13 @@ afterAll(async () => {
 const hfIds = (text: string): number[] => tokenizer.encode(text).ids;
 const hfIdsNoBos = (text: string): number[] => tokenizer.encode(text, { add_special_tokens: false }).ids;
 /** node-llama-cpp's tokenize never adds BOS; specialTokens=false is llama.cpp parse_special=false. */
-const llamaCppIds = (text: string, parseSpecial = false): number[] => Array.from(model.tokenize(text, parseSpecial), Number);
+const llamaCppIds = (text: string, parseSpecial = false): number[] => llamaCppTokenize(model, text, parseSpecial);
 const hfDecode = (ids: number[]): string => (ids.length === 0 ? '' : tokenizer.decode(ids, { skip_special_tokens: true }));
 
 /** Evenly spaced sample, deterministic. */
 function sample<T>(items: T[], n: number): T[] {
   const step = items.length / n;
   return Array.from({ length: n }, (_, i) => items[Math.floor(i * step)]);
-}
-
-/** Collects mismatches so a failure lists every offending text instead of the first one. */
-function mismatches(texts: string[], actual: (t: string) => unknown, expected: (t: string) => unknown) {
-  return texts
-    .map((text) => ({ text, actual: actual(text), expected: expected(text) }))
-    .filter((r) => JSON.stringify(r.actual) !== JSON.stringify(r.expected));
 }
 
 /**

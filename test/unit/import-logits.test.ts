@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { concatFloat32 } from '../../src/core/float-arrays.js';
 import { ModelRunner } from '../../src/engine/model-runner.js';
 import { importModel } from '../../src/model/import.js';
 import { PACKAGE_FILES, readManifest, readModelConfig } from '../../src/model/package-files.js';
@@ -40,13 +41,7 @@ async function stepLogits(r: ModelRunner, tokens: number[], chunk: number): Prom
     const piece = tokens.slice(i, i + chunk);
     parts.push(await r.forwardHead((await r.forwardBody(piece, cache)).hidden, piece.length));
   }
-  const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concatFloat32(parts);
 }
 
 const maxAbsDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);

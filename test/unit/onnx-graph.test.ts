@@ -1,5 +1,6 @@
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dequantizeQ4_0, quantizeQ4_0 } from '../../src/formats/ggml-quants.js';
 import { summarizeModel } from '../../src/formats/onnx-builder.js';
 import {
   ATTENTION_MASK,
@@ -16,6 +17,7 @@ import {
   presentValueName,
   type BodyModelOptions,
 } from '../../src/model/onnx-graph.js';
+import { concatFloat32 } from '../../src/core/float-arrays.js';
 import type { LlamaWeights, Matrix } from '../../src/model/types.js';
 import { readLlama2cCheckpoint } from '../helpers/stories-bin.js';
 
@@ -125,15 +127,6 @@ function maxAbs(a: ArrayLike<number>): number {
   return m;
 }
 
-function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
 
 const weights = readLlama2cCheckpoint();
 const cfg = weights.config;
@@ -188,7 +181,7 @@ describe('Llama ONNX graphs on stories260K', () => {
 
   it('gives the same logits for full-sequence, chunked and step-by-step prefill', async () => {
     expect(stepLogits).toHaveLength(SEQUENCE.length);
-    const stepwise = concat(stepLogits);
+    const stepwise = concatFloat32(stepLogits);
 
     const full = await runner.logits((await runner.forwardOne(SEQUENCE, 0, runner.emptyPast(1))).hidden);
     const fullVsStep = maxAbsDiff(full, stepwise);
@@ -200,7 +193,7 @@ describe('Llama ONNX graphs on stories260K', () => {
       chunks.push(await runner.logits(r.hidden));
       past = r.past;
     }
-    const chunked = concat(chunks);
+    const chunked = concatFloat32(chunks);
     const chunkVsFull = maxAbsDiff(chunked, full);
     const chunkVsStep = maxAbsDiff(chunked, stepwise);
     console.log(`prefill max|diff|: full-vs-step ${fullVsStep}, chunk-vs-full ${chunkVsFull}, chunk-vs-step ${chunkVsStep}`);
@@ -294,86 +287,16 @@ describe('Llama ONNX graphs on stories260K', () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Q4_0: an independent ggml-style quantizer/dequantizer, so the builder's repacking is checked
-// against code that does not share its bit twiddling.
-
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-/** GGML_FP32_TO_FP16: round to nearest even. */
-function f32ToF16Bits(x: number): number {
-  f32Scratch[0] = x;
-  const bits = u32Scratch[0];
-  const sign = (bits >>> 16) & 0x8000;
-  const exp = (bits >>> 23) & 0xff;
-  const mant = bits & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  const roundShift = (m: number, shift: number): number => {
-    const kept = Math.floor(m / 2 ** shift);
-    const rem = m - kept * 2 ** shift;
-    const halfway = 2 ** (shift - 1);
-    return rem > halfway || (rem === halfway && kept % 2 === 1) ? kept + 1 : kept;
-  };
-  if (e <= 0) return e < -10 ? sign : sign | roundShift(mant | 0x800000, 14 - e);
-  return sign | ((e << 10) + roundShift(mant, 13)); // a mantissa carry correctly bumps the exponent
-}
-
-function f16BitsToF32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 0x1f) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
-
-/** ggml quantize_row_q4_0_ref, in float32 arithmetic. */
-function quantizeQ4_0(m: Matrix & { kind: 'f32' }): Matrix & { kind: 'q4_0' } {
-  const f = Math.fround;
-  const nBlocks = (m.rows * m.cols) / 32;
-  const out = new Uint8Array(nBlocks * 18);
-  for (let blk = 0; blk < nBlocks; blk++) {
-    const x = m.data.subarray(blk * 32, blk * 32 + 32);
-    let amax = 0;
-    let max = 0;
-    for (const v of x) {
-      if (amax < Math.abs(v)) {
-        amax = Math.abs(v);
-        max = v;
-      }
-    }
-    const d = f(max / -8);
-    const id = d ? f(1 / d) : 0;
-    const h = f32ToF16Bits(d);
-    out[blk * 18] = h & 0xff;
-    out[blk * 18 + 1] = h >> 8;
-    const q = (v: number): number => Math.min(15, Math.trunc(f(f(v * id) + 8.5)));
-    for (let j = 0; j < 16; j++) out[blk * 18 + 2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
-  }
-  return { kind: 'q4_0', rows: m.rows, cols: m.cols, data: out };
-}
-
-function dequantizeQ4_0(m: Matrix & { kind: 'q4_0' }): Matrix & { kind: 'f32' } {
-  const data = new Float32Array(m.rows * m.cols);
-  for (let blk = 0; blk < data.length / 32; blk++) {
-    const src = m.data.subarray(blk * 18, blk * 18 + 18);
-    const d = f16BitsToF32(src[0] | (src[1] << 8));
-    for (let j = 0; j < 16; j++) {
-      data[blk * 32 + j] = ((src[2 + j] & 0x0f) - 8) * d;
-      data[blk * 32 + j + 16] = ((src[2 + j] >> 4) - 8) * d;
-    }
-  }
-  return { kind: 'f32', rows: m.rows, cols: m.cols, data };
-}
+// Q4_0: the ggml codec (src/formats/ggml-quants.ts, ggml's quantize_row_q4_0_ref and dequantize_row_q4_0
+// bit for bit) makes the blocks and their f32 meaning; the builder's MatMulNBits repacking
+// (src/model/quantized-linear.ts) shares none of its code.
 
 /** Quantizes every matrix whose rows split into 32-blocks; the others stay f32 (a mixed model). */
 function quantizedVariants(w: LlamaWeights): { q4: LlamaWeights; dequantized: LlamaWeights } {
   const convert = (m: Matrix): { q: Matrix; dq: Matrix } => {
     if (m.kind !== 'f32' || m.cols % 32 !== 0) return { q: m, dq: m };
-    const q = quantizeQ4_0(m);
-    return { q, dq: dequantizeQ4_0(q) };
+    const q: Matrix = { kind: 'q4_0', rows: m.rows, cols: m.cols, data: quantizeQ4_0(m.data) };
+    return { q, dq: { kind: 'f32', rows: m.rows, cols: m.cols, data: dequantizeQ4_0(q.data, m.rows * m.cols) } };
   };
   const head = convert({ kind: 'f32', rows: w.config.vocab_size, cols: w.config.hidden_size, data: w.tokEmbeddings });
   const keys = ['wq', 'wk', 'wv', 'wo', 'gate', 'down', 'up'] as const;

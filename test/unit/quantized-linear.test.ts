@@ -1,8 +1,10 @@
 import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
+import { mulberry32 } from '../../bench/lib/rng.js';
 import { dequantize, GgmlType } from '../../src/formats/ggml-quants.js';
 import { f32ToF16 } from '../../src/formats/half.js';
 import { DataType, GraphBuilder } from '../../src/formats/onnx-builder.js';
+import { GGML_TYPE_OF } from '../../src/model/gguf-architectures.js';
 import { GGML_BLOCKS, quantizedLinear, type GgmlQuantKind } from '../../src/model/quantized-linear.js';
 import { quantizeQ4_K, quantizeQ6_K } from '../helpers/k-quants.js';
 
@@ -12,26 +14,12 @@ import { quantizeQ4_K, quantizeQ6_K } from '../helpers/k-quants.js';
  * against ggml's C code elsewhere) followed by an f64 matmul here. Blocks are random bytes with
  * sane f16 scales, so every bit pattern of the scale/min/nibble fields is exercised.
  */
-const GGML_TYPE: Record<GgmlQuantKind, number> = {
-  q4_0: GgmlType.Q4_0,
-  q8_0: GgmlType.Q8_0,
-  q4_k: GgmlType.Q4_K,
-  q6_k: GgmlType.Q6_K,
-};
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 4294967296;
-  };
-}
 
 /** Random blocks whose f16 fields (d, dmin) are small positive numbers, the rest random bytes. */
 function randomBlocks(kind: GgmlQuantKind, rows: number, cols: number, seed: number): Uint8Array {
   const { elements, bytes } = GGML_BLOCKS[kind];
   const n = (rows * cols) / elements;
-  const rand = rng(seed);
+  const rand = mulberry32(seed);
   const data = Uint8Array.from({ length: n * bytes }, () => Math.floor(rand() * 256));
   const setF16 = (at: number, v: number) => {
     const h = f32ToF16(v);
@@ -97,7 +85,7 @@ describe('ggml-quantized linear layers through MatMulNBits', () => {
   for (const kind of ['q4_0', 'q8_0', 'q4_k', 'q6_k'] as const) {
     it(`${kind}: equals the dequantized weights' matmul`, async () => {
       const data = randomBlocks(kind, rows, cols, 7 + kind.length);
-      const w = dequantize(GGML_TYPE[kind], data, rows * cols, kind);
+      const w = dequantize(GGML_TYPE_OF[kind], data, rows * cols, kind);
       const ref = reference(w, rows, cols, x, seqLen);
       // 4-bit with fp32 activations (accuracy_level 1) is the exact path; 8-bit always runs level 4.
       const exact = await runLinear(kind, rows, cols, data, x, seqLen, 1);

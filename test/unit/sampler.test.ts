@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { SamplingParams } from '../../src/engine/worker-messages.js';
-import { Sampler, topK } from '../../src/engine/sampler.js';
+import { Sampler, topK, type SamplingConstraint } from '../../src/engine/sampler.js';
+import { mulberry32 } from '../../bench/lib/rng.js';
 
 const params = (p: Partial<SamplingParams>): SamplingParams => ({
   temperature: 1, topP: 1, topK: 0, seed: 1, presencePenalty: 0, frequencyPenalty: 0, maxTokens: 10, stopTokenIds: [], topLogprobs: -1, ...p,
@@ -86,5 +87,55 @@ describe('sampler', () => {
 
   it('topK returns the k largest, best first', () => {
     expect(topK(Float32Array.from([0.1, 5, -2, 5, 3]), 3)).toEqual([[1, 5], [3, 5], [4, 3]]);
+  });
+
+  /** A constraint allowing the ids `ok` says (dense: no id list, so a refused draw is drawn again). */
+  const only = (ok: (id: number) => boolean, list = false): SamplingConstraint => ({
+    allows: ok,
+    restrict(l) {
+      let n = 0;
+      for (let i = 0; i < l.length; i++) if (ok(i)) n++;
+      else l[i] = -Infinity;
+      return n;
+    },
+    allowedIds: () => (list ? Uint32Array.from({ length: 4096 }, (_, i) => i).filter(ok) : null),
+  });
+
+  it('under a constraint, a refused draw is drawn again exactly as from the masked logits (the first draw\'s weights reused)', () => {
+    const random = mulberry32(3);
+    let redrawn = 0;
+    for (let seed = 1; seed <= 200; seed++) {
+      const l = Float32Array.from({ length: 4096 }, () => 6 * random());
+      // Refused: a third of the ids, sometimes the best one too (its weights cannot be reused then).
+      const top = l.indexOf(Math.max(...l));
+      const ok = (id: number) => id % 3 !== seed % 3 && !(seed % 4 === 0 && id === top);
+      const held = new Sampler(params({ seed, temperature: 0.9 }));
+      const a = held.sample(l.slice(), only(ok)).token;
+      // The same draws by hand: the full distribution first, then, if refused, the masked one.
+      const ref = new Sampler(params({ seed, temperature: 0.9 }));
+      let b = ref.sample(l.slice()).token;
+      if (!ok(b)) {
+        const masked = l.slice();
+        only(ok).restrict(masked);
+        b = ref.sample(masked).token;
+        redrawn++;
+      }
+      expect(a, `seed ${seed}`).toBe(b);
+      expect(ok(a)).toBe(true);
+    }
+    expect(redrawn).toBeGreaterThan(40);
+  });
+
+  it('under a constraint with few allowed ids: greedy is the best allowed, draws stay allowed, logprobs list allowed tokens only', () => {
+    const l = Float32Array.from({ length: 4096 }, (_, i) => Math.sin(i));
+    const ok = (id: number) => id % 512 === 7;
+    const best = [...Array(4096).keys()].filter(ok).reduce((x, y) => (l[y] > l[x] ? y : x));
+    expect(new Sampler(params({ temperature: 0 })).sample(l.slice(), only(ok, true)).token).toBe(best);
+    const s = new Sampler(params({ seed: 4 }));
+    for (let i = 0; i < 50; i++) expect(ok(s.sample(l.slice(), only(ok, true)).token)).toBe(true);
+    const r = new Sampler(params({ temperature: 0, topLogprobs: 20 })).sample(l.slice(), only(ok, true));
+    expect(r.token).toBe(best);
+    expect(r.top!.length).toBe(8); // 8 allowed of the 20 asked: the refused (−∞) are not alternatives
+    for (const [id, lp] of r.top!) expect(ok(id) && Number.isFinite(lp)).toBe(true);
   });
 });

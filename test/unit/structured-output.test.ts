@@ -4,6 +4,14 @@ import { advanceAll } from '../../src/engine/structured/grammar.js';
 import { StructuredOutputs, VocabTrie, type VocabularyBytes } from '../../src/engine/structured/token-mask.js';
 import { responseFormatOf } from '../../src/openai/response-format.js';
 import { ApiError } from '../../src/core/errors.js';
+import { mulberry32 } from '../../bench/lib/rng.js';
+import { ggufToCheckpoint } from '../../src/model/gguf.js';
+import { buildTokenizerFiles } from '../../src/model/tokenizer-json.js';
+import { HfTokenizer, ModelTokenizer } from '../../src/model/tokenizer.js';
+import { vocabularyOf } from '../../src/serving/vocabulary.js';
+import { STORIES_GGUF } from '../helpers/paths.js';
+import { Sampler } from '../../src/engine/sampler.js';
+import type { SamplingParams } from '../../src/engine/worker-messages.js';
 
 /** A small vocabulary with the awkward cases: multi-byte characters split over tokens, tokens spanning several JSON parts, a special token (no bytes). */
 function vocabulary(): { vocab: VocabularyBytes; stop: number } {
@@ -51,17 +59,6 @@ const SCHEMAS: Record<string, object> = {
   },
 };
 
-/** Deterministic PRNG for the random walks. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 describe('structured outputs: automaton and token masks', () => {
   const { vocab, stop } = vocabulary();
   const outputs = new StructuredOutputs(new VocabTrie(vocab));
@@ -79,7 +76,7 @@ describe('structured outputs: automaton and token masks', () => {
     it(`${name}: the trie mask equals a token-by-token brute force, and every random walk parses and validates`, () => {
       let walks = 0;
       for (let seed = 1; seed <= 40; seed++) {
-        const random = rng(seed);
+        const random = mulberry32(seed);
         const c = outputs.constrain(format, [stop]);
         const taken: number[] = [];
         for (let step = 0; step < 200 && !c.finished; step++) {
@@ -131,6 +128,52 @@ describe('structured outputs: automaton and token masks', () => {
   });
 });
 
+/**
+ * "Greedy output under a schema that allows everything the model would say equals the unconstrained
+ * output", at the sampler, where a format can allow every token: inside a JSON string over a
+ * vocabulary of letters, spaces and the quote, nothing is refused, so each sampling path (greedy,
+ * seeded draws, top-k, top-p, logprobs) must give the same tokens and the same logprobs as no
+ * constraint at all (test/integration/structured-outputs.test.ts does it on stories260K).
+ */
+describe('a constraint that refuses nothing changes nothing', () => {
+  const words = ['"', ...'abcdefghijklmnopqrstuvwxyz'.split(''), ' ', ' the', ' cat', 'ing', ' Lily', 'ed', ' and', 'Th', 'um', ' '.repeat(4)];
+  const pieces = words.map((w) => Buffer.from(w));
+  // Padded past 512 with more letter pairs, so the vocabulary is wide enough for the bitmask paths.
+  for (let a = 0; pieces.length < 700; a++) pieces.push(Buffer.from(String.fromCharCode(97 + (a % 26), 97 + (Math.floor(a / 26) % 26))));
+  const offsets = new Uint32Array(pieces.length + 1);
+  pieces.forEach((p, i) => (offsets[i + 1] = offsets[i] + p.length));
+  const outputs = new StructuredOutputs(new VocabTrie({ bytes: new Uint8Array(Buffer.concat(pieces)), offsets }));
+  const format = responseFormatOf({ type: 'json_schema', json_schema: { name: 's', schema: { type: 'string' }, strict: true } }, 'response_format')!;
+  const n = pieces.length + 4; // logits past the vocabulary (padding), as Qwen's have
+  const cases: Array<Partial<SamplingParams>> = [
+    { temperature: 0 },
+    { temperature: 0, topLogprobs: 3 },
+    { temperature: 1 },
+    { temperature: 0.7, topLogprobs: 0 },
+    { temperature: 1, topK: 5 },
+    { temperature: 1, topP: 0.8, topLogprobs: 2 },
+  ];
+  for (const p of cases) {
+    it(`${JSON.stringify(p)}: the same tokens and logprobs`, () => {
+      const params: SamplingParams = { temperature: 1, topP: 1, topK: 0, seed: 9, presencePenalty: 0, frequencyPenalty: 0, maxTokens: 100, stopTokenIds: [], topLogprobs: -1, ...p };
+      const c = outputs.constrain(format, []);
+      c.accept(0); // the opening quote: from here every token of the vocabulary stays in the string
+      const [held, free] = [new Sampler(params), new Sampler(params)];
+      const random = mulberry32(5);
+      for (let step = 0; step < 60; step++) {
+        const logits = Float32Array.from({ length: n }, () => 6 * random());
+        logits[0] = -40; // the closing quote: allowed, but never the pick, so the string goes on
+        logits.fill(-Infinity, pieces.length);
+        expect(c.mask().count).toBe(pieces.length);
+        const a = held.sample(logits.slice(), c);
+        const b = free.sample(logits.slice());
+        expect(a, `step ${step}`).toEqual(b);
+        c.accept(a.token);
+      }
+    });
+  }
+});
+
 describe('structured outputs: schema errors name the path', () => {
   const bad = (schema: unknown, strict = true) => {
     try {
@@ -169,5 +212,24 @@ describe('structured outputs: schema errors name the path', () => {
   it('the same schema compiles once', () => {
     const f = { type: 'json_schema', json_schema: { name: 'x', schema: SCHEMAS.nested, strict: true } };
     expect(responseFormatOf(f, 'response_format')).toBe(responseFormatOf(structuredClone(f), 'response_format'));
+  });
+});
+
+describe('the vocabulary structured outputs read (vocabularyOf)', () => {
+  it('on stories260K: SentencePiece spaces are a space, control tokens have no bytes', async () => {
+    const vocab = (await ggufToCheckpoint(STORIES_GGUF)).vocab;
+    if ('model' in vocab) throw new Error('stories260K.gguf has a SentencePiece vocabulary');
+    // Through JSON, as the package's files are read back from disk.
+    const files = JSON.parse(JSON.stringify(buildTokenizerFiles(vocab, { modelMaxLength: 2048 }))) as { tokenizerJson: object; tokenizerConfig: Record<string, unknown> };
+    const hf = new HfTokenizer(files.tokenizerJson, files.tokenizerConfig);
+    const tokenizer = new ModelTokenizer(hf, files.tokenizerConfig, 512);
+    const { bytes, offsets } = vocabularyOf(tokenizer);
+    const bytesOf = (id: number) => Array.from(bytes.subarray(offsets[id], offsets[id + 1]));
+    expect(offsets).toHaveLength(513);
+    // The lone `▁` and the byte piece <0x20> decode to '' on their own (decode drops a text's leading
+    // space), yet a constrained output writes its spaces with them.
+    for (const piece of ['▁', '<0x20>']) expect(bytesOf(hf.token_to_id(piece)!), piece).toEqual([0x20]);
+    for (const piece of ['<unk>', '<s>', '</s>']) expect(bytesOf(hf.token_to_id(piece)!), piece).toEqual([]);
+    for (let id = 0; id < 512; id++) expect(bytesOf(id)).toEqual(tokenizer.isSpecial(id) ? [] : tokenizer.piece(id).bytes);
   });
 });

@@ -22,7 +22,14 @@ export type Grammar =
   | { t: 'any' }
   /** Any JSON object: `json_object`'s root. */
   | { t: 'anyobj' }
-  | { t: 'or'; options: Grammar[] };
+  | { t: 'or'; options: Grammar[] }
+  /** These, one after another (tool calls: fixed text around a schema's value). */
+  | { t: 'seq'; items: Grammar[] }
+  /**
+   * One of these texts, then the grammar that goes with it (a tool's name, then its arguments): one
+   * choice however many cases, where an `or` of sequences would keep a stack per case alive.
+   */
+  | { t: 'switch'; cases: Array<{ text: string; then: Grammar }> };
 
 /** Nesting bound of free-form JSON (json_object), so its states stay few. */
 export const MAX_GENERIC_DEPTH = 8;
@@ -228,7 +235,9 @@ type Node =
   | { t: 'lit'; id: number; choice: Choice }
   | { t: 'any'; id: number }
   | { t: 'anyobj'; id: number }
-  | { t: 'or'; id: number; options: Node[] };
+  | { t: 'or'; id: number; options: Node[] }
+  | { t: 'seq'; id: number; items: Node[] }
+  | { t: 'switch'; id: number; choice: Choice };
 
 /** Expects a value of `node` next. */
 class ValueFrame implements Frame {
@@ -335,6 +344,7 @@ function enterAny(d: number, b: number, rest: Stack, out: Stack[]): void {
 function enter(node: Node, b: number, rest: Stack, out: Stack[]): void {
   switch (node.t) {
     case 'lit':
+    case 'switch':
       return enterChoice(node.choice, b, rest, out);
     case 'str':
       if (b === Q) out.push(cell(STR[0], rest));
@@ -355,6 +365,13 @@ function enter(node: Node, b: number, rest: Stack, out: Stack[]): void {
       return;
     case 'or':
       for (const o of node.options) enter(o, b, rest, out);
+      return;
+    case 'seq': {
+      // The items after the first wait on the stack, each as a value still expected.
+      let after = rest;
+      for (let i = node.items.length - 1; i > 0; i--) after = cell(valueFrame(node.items[i]), after);
+      if (node.items.length > 0) enter(node.items[0], b, after, out);
+    }
   }
 }
 
@@ -412,6 +429,13 @@ export class Automaton {
           return { t: 'lit', id, choice: { id: `${id}`, cands: g.values.map(utf8), complete: (_k, rest) => rest } };
         case 'or':
           return { t: 'or', id, options: g.options.map(build) };
+        case 'seq':
+          return { t: 'seq', id, items: g.items.map(build) };
+        case 'switch': {
+          const then = g.cases.map((c) => build(c.then));
+          const choice: Choice = { id: `${id}`, cands: g.cases.map((c) => utf8(c.text)), complete: (k, rest) => cell(valueFrame(then[k]), rest) };
+          return { t: 'switch', id, choice };
+        }
         case 'num':
           return { t: 'num', id, int: g.int };
         default:

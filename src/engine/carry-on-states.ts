@@ -1,0 +1,89 @@
+import type { CarryOnCache, CarryOnSession } from './carry-on-session.js';
+
+interface State {
+  sessionId: number;
+  length: number;
+  tensors: CarryOnCache['tensors'];
+  bytes: number;
+}
+
+/**
+ * A carry-on's own attention cache over a cached prefix, kept per carry-on session and prefix
+ * block name, so a carry-on's second request on a warm prefix runs neither the base nor itself over
+ * it. Keyed by the session object (one per loaded carry-on version), never by name: a new version,
+ * or a carry-on deleted and uploaded again under the same name and number, is a new session and
+ * can never meet an old one's state. States are the carry-on's output tensors, which later runs
+ * only read (each run returns new ones), so keeping and reusing one copies nothing.
+ */
+export class CarryOnPrefixStates {
+  private readonly ids = new WeakMap<CarryOnSession, number>();
+  private nextId = 1;
+  /** Insertion order is recency order. */
+  private readonly states = new Map<string, State>();
+  private used = 0;
+
+  constructor(private readonly budgetBytes: number) {}
+
+  get bytes(): number {
+    return this.used;
+  }
+
+  /**
+   * Starts `cache` from the longest kept state along `names` (the prefix's block names, in order;
+   * block i ends at position (i + 1) · blockTokens). Returns the positions it covers (0: none).
+   */
+  restore(session: CarryOnSession, names: string[], blockTokens: number, cache: CarryOnCache): number {
+    const id = this.ids.get(session);
+    if (id === undefined) return 0;
+    for (let i = names.length - 1; i >= 0; i--) {
+      const key = `${id}:${names[i]}`;
+      const state = this.states.get(key);
+      if (!state) continue;
+      this.states.delete(key);
+      this.states.set(key, state);
+      cache.length = state.length;
+      cache.tensors = new Map(state.tensors);
+      return (i + 1) * blockTokens;
+    }
+    return 0;
+  }
+
+  /** Keeps `cache` (which covers exactly the prefix ending with block `name`) within `limit` bytes. */
+  keep(session: CarryOnSession, name: string, cache: CarryOnCache, limit: number): void {
+    let id = this.ids.get(session);
+    if (id === undefined) this.ids.set(session, (id = this.nextId++));
+    const key = `${id}:${name}`;
+    if (this.states.has(key)) return;
+    let bytes = 0;
+    for (const t of cache.tensors.values()) bytes += (t.data as Float32Array).byteLength;
+    const cap = Math.min(this.budgetBytes, limit);
+    if (bytes > cap) return;
+    this.shrinkTo(cap - bytes);
+    this.states.set(key, { sessionId: id, length: cache.length, tensors: new Map(cache.tensors), bytes });
+    this.used += bytes;
+  }
+
+  /** Drops a released session's states. */
+  forget(session: CarryOnSession): void {
+    const id = this.ids.get(session);
+    if (id === undefined) return;
+    for (const [key, state] of this.states) if (state.sessionId === id) this.drop(key, state);
+  }
+
+  shrinkTo(bytes: number): void {
+    for (const [key, state] of this.states) {
+      if (this.used <= Math.max(0, bytes)) return;
+      this.drop(key, state);
+    }
+  }
+
+  clear(): void {
+    this.states.clear();
+    this.used = 0;
+  }
+
+  private drop(key: string, state: State): void {
+    this.states.delete(key);
+    this.used -= state.bytes;
+  }
+}
