@@ -1,10 +1,10 @@
+import { ByteBudgetLru } from './byte-budget-lru.js';
 import type { CarryOnCache, CarryOnSession } from './carry-on-session.js';
 
 interface State {
   sessionId: number;
   length: number;
   tensors: CarryOnCache['tensors'];
-  bytes: number;
 }
 
 /**
@@ -18,14 +18,14 @@ interface State {
 export class CarryOnPrefixStates {
   private readonly ids = new WeakMap<CarryOnSession, number>();
   private nextId = 1;
-  /** Insertion order is recency order. */
-  private readonly states = new Map<string, State>();
-  private used = 0;
+  private readonly states: ByteBudgetLru<State>;
 
-  constructor(private readonly budgetBytes: number) {}
+  constructor(budgetBytes: number) {
+    this.states = new ByteBudgetLru(budgetBytes);
+  }
 
   get bytes(): number {
-    return this.used;
+    return this.states.bytes;
   }
 
   /**
@@ -36,11 +36,8 @@ export class CarryOnPrefixStates {
     const id = this.ids.get(session);
     if (id === undefined) return 0;
     for (let i = names.length - 1; i >= 0; i--) {
-      const key = `${id}:${names[i]}`;
-      const state = this.states.get(key);
+      const state = this.states.get(`${id}:${names[i]}`);
       if (!state) continue;
-      this.states.delete(key);
-      this.states.set(key, state);
       cache.length = state.length;
       cache.tensors = new Map(state.tensors);
       return (i + 1) * blockTokens;
@@ -52,38 +49,23 @@ export class CarryOnPrefixStates {
   keep(session: CarryOnSession, name: string, cache: CarryOnCache, limit: number): void {
     let id = this.ids.get(session);
     if (id === undefined) this.ids.set(session, (id = this.nextId++));
-    const key = `${id}:${name}`;
-    if (this.states.has(key)) return;
     let bytes = 0;
     for (const t of cache.tensors.values()) bytes += (t.data as Float32Array).byteLength;
-    const cap = Math.min(this.budgetBytes, limit);
-    if (bytes > cap) return;
-    this.shrinkTo(cap - bytes);
-    this.states.set(key, { sessionId: id, length: cache.length, tensors: new Map(cache.tensors), bytes });
-    this.used += bytes;
+    this.states.insert(`${id}:${name}`, { sessionId: id, length: cache.length, tensors: new Map(cache.tensors) }, bytes, limit);
   }
 
   /** Drops a released session's states. */
   forget(session: CarryOnSession): void {
     const id = this.ids.get(session);
     if (id === undefined) return;
-    for (const [key, state] of this.states) if (state.sessionId === id) this.drop(key, state);
+    this.states.deleteWhere((state) => state.sessionId === id);
   }
 
   shrinkTo(bytes: number): void {
-    for (const [key, state] of this.states) {
-      if (this.used <= Math.max(0, bytes)) return;
-      this.drop(key, state);
-    }
+    this.states.shrinkTo(bytes);
   }
 
   clear(): void {
-    this.states.clear();
-    this.used = 0;
-  }
-
-  private drop(key: string, state: State): void {
-    this.states.delete(key);
-    this.used -= state.bytes;
+    this.states.deleteWhere();
   }
 }

@@ -24,6 +24,8 @@ export class KvPool {
   private keys: Float32Array[] = [];
   private values: Float32Array[] = [];
   private slotCount = 0;
+  /** Slots the buffers have room for (≥ slotCount): slots up to it are added without a copy. */
+  private reserved = 0;
   private cap = 0;
   /** Valid positions per slot. */
   private lengths = new Int32Array(0);
@@ -59,22 +61,49 @@ export class KvPool {
   /**
    * Grows to at least `slots` slots of at least `capacity` positions, keeping every slot's valid
    * positions. Never shrinks: `release()` does, when the pool is empty.
+   *
+   * When it must reallocate it makes room for `reserve` slots: a slot is [kv_heads, capacity,
+   * head_dim] and slots are laid end to end, so at a fixed capacity more slots are only more
+   * buffer, and a burst of arrivals then costs one allocation instead of a copy of the pool per
+   * arrival. The room is zero-filled lazily by the OS (untouched pages take no memory), and only
+   * `slots` count in `bytes`.
    */
-  ensure(slots: number, capacity: number): void {
+  ensure(slots: number, capacity: number, reserve = slots): void {
     if (slots <= this.slotCount && capacity <= this.cap) return;
-    this.reshape(Math.max(slots, this.slotCount), Math.max(capacity, this.cap));
+    const newSlots = Math.max(slots, this.slotCount);
+    if (capacity <= this.cap && newSlots <= this.reserved) {
+      const lengths = new Int32Array(newSlots);
+      lengths.set(this.lengths.subarray(0, this.slotCount));
+      this.lengths = lengths;
+      this.slotCount = newSlots;
+      return;
+    }
+    this.reshape(newSlots, Math.max(capacity, this.cap), Math.max(reserve, newSlots));
   }
 
   /**
-   * Reallocates to exactly `slots` × `capacity`, keeping the valid positions of the first `slots`
-   * slots; shrinking below a kept slot's length is refused.
+   * Reallocates to exactly `slots` × `capacity` (with room for `reserve` slots), keeping the valid
+   * positions of the first `slots` slots; shrinking below a kept slot's length is refused. If the
+   * room cannot be had, it falls back to exactly `slots`.
    */
-  reshape(newSlots: number, newCap: number): void {
+  reshape(newSlots: number, newCap: number, reserve = newSlots): void {
     for (let s = 0; s < Math.min(newSlots, this.slotCount); s++) {
       if (this.lengths[s] > newCap) throw new Error(`cannot shrink the KV pool to ${newCap} positions: slot ${s} holds ${this.lengths[s]}`);
     }
+    if (reserve > newSlots) {
+      try {
+        this.allocate(newSlots, newCap, reserve);
+        return;
+      } catch {
+        // Address space or memory for the room refused: the exact size may still fit.
+      }
+    }
+    this.allocate(newSlots, newCap, newSlots);
+  }
+
+  private allocate(newSlots: number, newCap: number, reserve: number): void {
     const { layers, kvHeads, headDim } = this.geometry;
-    const size = newSlots * kvHeads * newCap * headDim;
+    const size = reserve * kvHeads * newCap * headDim;
     const grow = (old: Float32Array | undefined): Float32Array => {
       const next = new Float32Array(size);
       if (old) {
@@ -88,8 +117,11 @@ export class KvPool {
       }
       return next;
     };
-    this.keys = Array.from({ length: layers }, (_, i) => grow(this.keys[i]));
-    this.values = Array.from({ length: layers }, (_, i) => grow(this.values[i]));
+    const keys = Array.from({ length: layers }, (_, i) => grow(this.keys[i]));
+    const values = Array.from({ length: layers }, (_, i) => grow(this.values[i]));
+    this.keys = keys;
+    this.values = values;
+    this.reserved = reserve;
     const lengths = new Int32Array(newSlots);
     lengths.set(this.lengths.subarray(0, Math.min(newSlots, this.slotCount)));
     this.lengths = lengths;
@@ -102,6 +134,7 @@ export class KvPool {
     this.keys = [];
     this.values = [];
     this.slotCount = 0;
+    this.reserved = 0;
     this.cap = 0;
     this.lengths = new Int32Array(0);
   }

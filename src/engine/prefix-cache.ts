@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { ByteBudgetLru } from './byte-budget-lru.js';
 
 /**
  * What one cached block holds for its `blockTokens` positions: the base's keys and values (every
@@ -35,22 +36,21 @@ export interface PrefixCacheCounters {
  * live KV pool leaves of the engine's budget: the cache only ever uses memory admission does not.
  */
 export class PrefixCache {
-  /** Insertion order is recency order: the first entry is the least recently used. */
-  private readonly blocks = new Map<string, PrefixBlock>();
-  private used = 0;
+  private readonly blocks: ByteBudgetLru<PrefixBlock>;
   private counters: PrefixCacheCounters = { queries: 0, hits: 0, evictions: 0 };
 
   constructor(
     readonly blockTokens: number,
     /** Bytes one cached position costs: keys and values of every layer, plus the hidden rows. */
     readonly bytesPerToken: number,
-    private readonly budgetBytes: number,
+    budgetBytes: number,
   ) {
     if (!Number.isInteger(blockTokens) || blockTokens < 1) throw new Error(`prefix cache block of ${blockTokens} tokens`);
+    this.blocks = new ByteBudgetLru(budgetBytes, () => this.counters.evictions++);
   }
 
   get bytes(): number {
-    return this.used;
+    return this.blocks.bytes;
   }
 
   get size(): number {
@@ -91,13 +91,10 @@ export class PrefixCache {
   lookup(namespace: string, ids: number[]): { blocks: PrefixBlock[]; names: string[] } {
     this.counters.queries += ids.length;
     const names = this.chain(namespace, ids, Math.floor((ids.length - 1) / this.blockTokens));
-    const blocks: PrefixBlock[] = [];
-    for (const name of names) {
-      const block = this.blocks.get(name);
-      if (!block) break;
-      blocks.push(block);
-    }
-    for (let i = blocks.length - 1; i >= 0; i--) this.touch(blocks[i]);
+    let found = 0;
+    while (found < names.length && this.blocks.has(names[found])) found++;
+    const blocks = new Array<PrefixBlock>(found);
+    for (let i = found - 1; i >= 0; i--) blocks[i] = this.blocks.get(names[i])!;
     this.counters.hits += blocks.length * this.blockTokens;
     return { blocks, names };
   }
@@ -111,43 +108,16 @@ export class PrefixCache {
    * leaves), evicting least recently used blocks for it; a block that cannot fit is not kept.
    */
   insert(block: PrefixBlock, limit: number): boolean {
-    const cap = Math.min(this.budgetBytes, limit);
-    if (this.blockBytes > cap) return false;
-    const old = this.blocks.get(block.hash);
-    if (old) {
-      this.touch(old);
-      return true;
-    }
-    this.shrinkTo(cap - this.blockBytes);
-    this.blocks.set(block.hash, block);
-    this.used += this.blockBytes;
-    return true;
+    return this.blocks.insert(block.hash, block, this.blockBytes, limit);
   }
 
   /** Evicts least recently used blocks until at most `bytes` are held. */
   shrinkTo(bytes: number): void {
-    for (const [name] of this.blocks) {
-      if (this.used <= Math.max(0, bytes)) return;
-      this.blocks.delete(name);
-      this.used -= this.blockBytes;
-      this.counters.evictions++;
-    }
+    this.blocks.shrinkTo(bytes);
   }
 
   /** Drops every block, or a namespace's (a deleted tenant's, say). Returns how many went. */
   clear(namespace?: string): number {
-    let dropped = 0;
-    for (const [name, block] of this.blocks) {
-      if (namespace !== undefined && block.namespace !== namespace) continue;
-      this.blocks.delete(name);
-      this.used -= this.blockBytes;
-      dropped++;
-    }
-    return dropped;
-  }
-
-  private touch(block: PrefixBlock): void {
-    this.blocks.delete(block.hash);
-    this.blocks.set(block.hash, block);
+    return this.blocks.deleteWhere(namespace === undefined ? undefined : (block) => block.namespace === namespace);
   }
 }

@@ -276,12 +276,12 @@ export class StepLoop {
       const capacity = this.slots.roundCapacity(cached + Math.min(seq.pending.length - cached, this.options.prefillChunk));
       const slots = Math.max(this.pool.slots, this.slots.size + 1);
       if (this.slots.size > 0 && slots * capacity * this.pool.bytesPerPosition > this.options.kvBudgetBytes) return;
-      // Grow only when the pool is full, and then double the slot count, so a burst of N arrivals
-      // regrows the pool log N times (growing on every arrival reallocated and copied it each time).
+      // When the pool must reallocate, make room for everyone waiting (at least double), so a burst
+      // of arrivals costs one allocation, not a copy of the pool per arrival.
       const within = Math.max(1, Math.floor(this.options.kvBudgetBytes / (capacity * this.pool.bytesPerPosition)));
-      const full = this.slots.size + 1 > this.pool.slots;
+      const room = Math.min(within, Math.max(2 * this.pool.slots, this.slots.size + this.waiting.length));
       try {
-        this.pool.ensure(full ? Math.max(slots, Math.min(2 * this.pool.slots, within)) : this.pool.slots, capacity);
+        this.pool.ensure(slots, capacity, Math.max(slots, room));
       } catch (err) {
         // Out of memory for a bigger pool: wait for running rows to end; with none, this one cannot run.
         if (this.slots.size > 0) return;
