@@ -32,12 +32,12 @@ const carryOnRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { admi
   app.get('/carry-ons/:id', async (request) => {
     const { id } = parseAdmin(CarryOnIdParams, request.params);
     const ctx = adminContext(request);
-    return admin.carryOns.get(ctx, admin.carryOns.tenantFor(ctx, parseAdmin(CarryOnTenantQuery, request.query).tenant), id);
+    return admin.carryOns.get(ctx, await admin.carryOns.tenantFor(ctx, parseAdmin(CarryOnTenantQuery, request.query).tenant), id);
   });
   app.delete('/carry-ons/:id', async (request) => {
     const { id } = parseAdmin(CarryOnIdParams, request.params);
     const ctx = adminContext(request);
-    return admin.carryOns.deleteCarryOn(ctx, admin.carryOns.tenantFor(ctx, parseAdmin(CarryOnTenantQuery, request.query).tenant), id);
+    return admin.carryOns.deleteCarryOn(ctx, await admin.carryOns.tenantFor(ctx, parseAdmin(CarryOnTenantQuery, request.query).tenant), id);
   });
 
   // Tenant-scoped routes: the tenant is in the path.

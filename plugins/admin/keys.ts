@@ -8,7 +8,7 @@ const keyRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { admin })
   app.post('/keys', async (request, reply) => {
     const body = parseAdmin(CreateKeyBody, request.body);
     // The one response that carries a key: keep it out of every cache on the way.
-    return reply.code(201).header('cache-control', 'no-store').send(admin.keys.create(adminContext(request), body));
+    return reply.code(201).header('cache-control', 'no-store').send(await admin.keys.create(adminContext(request), body));
   });
   app.get('/keys', async (request) => {
     const { tenant } = parseAdmin(ListKeysQuery, request.query);

@@ -7,7 +7,7 @@ import type { AdminPluginOptions } from './index.js';
 const tenantRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { admin }) => {
   app.post('/tenants', async (request, reply) => {
     const body = parseAdmin(CreateTenantBody, request.body);
-    return reply.code(201).send(admin.tenants.create(adminContext(request), body));
+    return reply.code(201).send(await admin.tenants.create(adminContext(request), body));
   });
   app.get('/tenants', async (request) => admin.tenants.list(adminContext(request)));
   app.delete('/tenants/:tenant', async (request) => {

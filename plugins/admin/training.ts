@@ -7,7 +7,7 @@ import type { AdminPluginOptions } from './index.js';
 const trainingRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { admin }) => {
   app.post('/training-jobs', async (request, reply) => {
     const body = parseAdmin(CreateTrainingJobBody, request.body);
-    return reply.code(202).send(admin.training.create(adminContext(request), body));
+    return reply.code(202).send(await admin.training.create(adminContext(request), body));
   });
   app.get('/training-jobs', async (request) => {
     const { tenant } = parseAdmin(ListTrainingJobsQuery, request.query);

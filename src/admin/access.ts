@@ -24,8 +24,8 @@ export function canManageTenant(principal: Principal, tenantId: string | null): 
 }
 
 /** The live tenant `tenantId`, if this admin may manage it; otherwise 404. */
-export function managedTenant(principal: Principal, tenants: TenantRepository, tenantId: string): TenantRecord {
-  const tenant = canManageTenant(principal, tenantId) ? tenants.get(tenantId) : null;
+export async function managedTenant(principal: Principal, tenants: TenantRepository, tenantId: string): Promise<TenantRecord> {
+  const tenant = canManageTenant(principal, tenantId) ? await tenants.get(tenantId) : null;
   if (!tenant) throw new ApiError('not_found', `The tenant '${tenantId}' does not exist or you do not have access to it.`, { param: 'tenant' });
   return tenant;
 }

@@ -52,16 +52,19 @@ export class CarryOnAdmin {
     private readonly opts: CarryOnAdminOptions,
   ) {}
 
-  list(ctx: AdminContext, tenant: string): List<CarryOnObject> {
-    managedTenant(ctx.principal, this.store.tenants, tenant);
-    return view.list(this.store.carryOns.listForTenant(tenant).map((c) => view.carryOn(tenant, c)));
+  async list(ctx: AdminContext, tenant: string): Promise<List<CarryOnObject>> {
+    await managedTenant(ctx.principal, this.store.tenants, tenant);
+    return view.list((await this.store.carryOns.listForTenant(tenant)).map((c) => view.carryOn(tenant, c)));
   }
 
   /** `GET /admin/carry-ons`: one tenant's (named, or the admin key's own), or every tenant's for a global admin. */
-  listManaged(ctx: AdminContext, tenant: string | undefined): List<CarryOnObject> {
+  async listManaged(ctx: AdminContext, tenant: string | undefined): Promise<List<CarryOnObject>> {
     const scope = tenant ?? ctx.principal.tenantId;
     if (scope !== null) return this.list(ctx, scope);
-    const all = this.store.tenants.list().flatMap((t) => this.store.carryOns.listForTenant(t.id).map((c) => view.carryOn(t.id, c)));
+    const all: CarryOnObject[] = [];
+    for (const t of await this.store.tenants.list()) {
+      for (const c of await this.store.carryOns.listForTenant(t.id)) all.push(view.carryOn(t.id, c));
+    }
     return view.list(all);
   }
 
@@ -69,18 +72,18 @@ export class CarryOnAdmin {
    * The tenant an `/admin/carry-ons/{id}` request acts on: `?tenant=`, else the admin key's own.
    * A global admin key implies none, so it must name one (400); a tenant it may not manage is a 404.
    */
-  tenantFor(ctx: AdminContext, tenant: string | undefined): string {
+  async tenantFor(ctx: AdminContext, tenant: string | undefined): Promise<string> {
     const resolved = tenant ?? ctx.principal.tenantId;
     if (resolved === null) {
       throw new ApiError('missing_required_parameter', "This admin key manages every tenant: say which one with '?tenant=<tenant>'.", { param: 'tenant' });
     }
-    managedTenant(ctx.principal, this.store.tenants, resolved);
+    await managedTenant(ctx.principal, this.store.tenants, resolved);
     return resolved;
   }
 
-  get(ctx: AdminContext, tenant: string, id: string): CarryOnObject {
-    managedTenant(ctx.principal, this.store.tenants, tenant);
-    return view.carryOn(tenant, this.summary(tenant, id));
+  async get(ctx: AdminContext, tenant: string, id: string): Promise<CarryOnObject> {
+    await managedTenant(ctx.principal, this.store.tenants, tenant);
+    return view.carryOn(tenant, await this.summary(tenant, id));
   }
 
   /**
@@ -94,7 +97,7 @@ export class CarryOnAdmin {
    * tenant says which (they must agree).
    */
   async upload(ctx: AdminContext, pathTenant: string | null, req: UploadRequest): Promise<CarryOnVersionObject> {
-    if (pathTenant !== null) managedTenant(ctx.principal, this.store.tenants, pathTenant);
+    if (pathTenant !== null) await managedTenant(ctx.principal, this.store.tenants, pathTenant);
     this.opts.baseModel();
     if (this.opts.diskFull?.()) {
       throw diskFullError();
@@ -109,11 +112,11 @@ export class CarryOnAdmin {
         staging,
         { maxWeightsBytes: this.opts.maxWeightsBytes, maxManifestBytes: MAX_MANIFEST_BYTES },
         // A tenant the key may not upload for is refused before weights sent after it are read.
-        { onTenant: (field) => this.uploadTenant(ctx, pathTenant, field, undefined) },
+        { onTenant: async (field) => void (await this.uploadTenant(ctx, pathTenant, field, undefined)) },
       );
       req.onReceived?.();
       const manifest = parseUploadedManifest(received.manifestText);
-      const tenant = this.uploadTenant(ctx, pathTenant, received.tenant, manifest.tenant);
+      const tenant = await this.uploadTenant(ctx, pathTenant, received.tenant, manifest.tenant);
       const weights = { path: received.weightsPath, sha256: received.sha256, bytes: received.bytes };
       return await this.install(ctx, tenant, manifest, weights, staging, 'carry_on.upload');
     } finally {
@@ -126,7 +129,7 @@ export class CarryOnAdmin {
    * next version, through the same checks and build as an upload: its weights and manifest only.
    */
   async installPackage(ctx: AdminContext, tenant: string, packageDir: string): Promise<CarryOnVersionObject> {
-    managedTenant(ctx.principal, this.store.tenants, tenant);
+    await managedTenant(ctx.principal, this.store.tenants, tenant);
     const manifest = parseUploadedManifest(fs.readFileSync(path.join(packageDir, CARRYON_FILES.manifest), 'utf8'));
     if (manifest.tenant !== undefined && manifest.tenant !== tenant) {
       throw new ApiError('invalid_value', `The manifest names tenant '${manifest.tenant}', but the package is for tenant '${tenant}'.`, { param: 'manifest.tenant' });
@@ -180,7 +183,7 @@ export class CarryOnAdmin {
     let recorded = false;
     try {
       // The blob is made durable inside the write transaction, before the row that points at it.
-      const record = this.store.carryOns.addVersion(tenant, manifest.id, (version) => {
+      const record = await this.store.carryOns.addVersion(tenant, manifest.id, (version) => {
         const stored = storedManifest(manifest, version, { sha256: built.sha256, parameterCount: built.parameterCount, weightsSha256: weights.sha256 });
         blob = this.files.installGraph(graphPath, built.sha256, built.bytes);
         return { graphPath: blob, manifest: stored, sha256: built.sha256, bytes: built.bytes };
@@ -191,12 +194,12 @@ export class CarryOnAdmin {
       return view.carryOnVersion(tenant, record.carryOnId, record);
     } finally {
       // The row did not commit: a blob installed for it goes too, unless another version shares it.
-      if (blob !== null && !recorded) this.removeFiles(ctx, [blob]);
+      if (blob !== null && !recorded) await this.removeFiles(ctx, [blob]);
     }
   }
 
   /** The tenant an upload is stored under; every place that names one must name the same. */
-  private uploadTenant(ctx: AdminContext, pathTenant: string | null, field: string | null, manifestTenant: string | undefined): string {
+  private async uploadTenant(ctx: AdminContext, pathTenant: string | null, field: string | null, manifestTenant: string | undefined): Promise<string> {
     if (field !== null) {
       const parsed = UploadTenantField.safeParse(field);
       if (!parsed.success) throw new ApiError('invalid_value', `Invalid 'tenant': ${parsed.error.issues[0].message}.`, { param: 'tenant' });
@@ -216,46 +219,46 @@ export class CarryOnAdmin {
         { param: 'tenant' },
       );
     }
-    managedTenant(ctx.principal, this.store.tenants, tenant);
+    await managedTenant(ctx.principal, this.store.tenants, tenant);
     return tenant;
   }
 
-  setAlias(ctx: AdminContext, tenant: string, id: string, alias: string, version: number): CarryOnObject {
-    managedTenant(ctx.principal, this.store.tenants, tenant);
-    this.summary(tenant, id);
+  async setAlias(ctx: AdminContext, tenant: string, id: string, alias: string, version: number): Promise<CarryOnObject> {
+    await managedTenant(ctx.principal, this.store.tenants, tenant);
+    await this.summary(tenant, id);
     if (alias === LATEST) throw new ApiError('invalid_value', `'${LATEST}' always means the newest version; it cannot be set.`, { param: 'alias' });
     const name = AliasName.safeParse(alias);
     if (!name.success) throw new ApiError('invalid_value', `Invalid alias '${alias}': ${name.error.issues[0].message}.`, { param: 'alias' });
-    if (!this.store.carryOns.setAlias(tenant, id, alias, version)) {
+    if (!(await this.store.carryOns.setAlias(tenant, id, alias, version))) {
       throw new ApiError('invalid_value', `The carry-on '${id}' has no version ${version}.`, { param: 'version' });
     }
     audit(ctx, { action: 'carry_on.alias.set', tenant, target: `${id}@${alias}` });
-    return view.carryOn(tenant, this.summary(tenant, id));
+    return view.carryOn(tenant, await this.summary(tenant, id));
   }
 
-  removeAlias(ctx: AdminContext, tenant: string, id: string, alias: string): DeletedObject {
-    managedTenant(ctx.principal, this.store.tenants, tenant);
-    this.summary(tenant, id);
-    if (!this.store.carryOns.removeAlias(tenant, id, alias)) {
+  async removeAlias(ctx: AdminContext, tenant: string, id: string, alias: string): Promise<DeletedObject> {
+    await managedTenant(ctx.principal, this.store.tenants, tenant);
+    await this.summary(tenant, id);
+    if (!(await this.store.carryOns.removeAlias(tenant, id, alias))) {
       throw new ApiError('not_found', `The carry-on '${id}' has no alias '${alias}'.`, { param: 'alias' });
     }
     audit(ctx, { action: 'carry_on.alias.delete', tenant, target: `${id}@${alias}` });
     return view.deleted('carry_on.alias', alias);
   }
 
-  deleteCarryOn(ctx: AdminContext, tenant: string, id: string): DeletedObject {
-    managedTenant(ctx.principal, this.store.tenants, tenant);
-    const dirs = this.store.carryOns.deleteCarryOn(tenant, id);
+  async deleteCarryOn(ctx: AdminContext, tenant: string, id: string): Promise<DeletedObject> {
+    await managedTenant(ctx.principal, this.store.tenants, tenant);
+    const dirs = await this.store.carryOns.deleteCarryOn(tenant, id);
     if (!dirs) throw this.notFound(id);
-    this.removeFiles(ctx, dirs);
+    await this.removeFiles(ctx, dirs);
     audit(ctx, { action: 'carry_on.delete', tenant, target: id });
     return view.deleted('carry_on', id);
   }
 
-  deleteVersion(ctx: AdminContext, tenant: string, id: string, versionParam: string): DeletedObject {
-    managedTenant(ctx.principal, this.store.tenants, tenant);
+  async deleteVersion(ctx: AdminContext, tenant: string, id: string, versionParam: string): Promise<DeletedObject> {
+    await managedTenant(ctx.principal, this.store.tenants, tenant);
     const version = /^[1-9][0-9]{0,14}$/.test(versionParam) ? Number(versionParam) : null;
-    const result = version === null ? ({ status: 'not-found' } as const) : this.store.carryOns.deleteVersion(tenant, id, version);
+    const result = version === null ? ({ status: 'not-found' } as const) : await this.store.carryOns.deleteVersion(tenant, id, version);
     switch (result.status) {
       case 'not-found':
         throw new ApiError('not_found', `The carry-on '${id}' has no version '${versionParam}'.`, { param: 'version' });
@@ -266,14 +269,14 @@ export class CarryOnAdmin {
           { param: 'version' },
         );
       case 'deleted':
-        this.removeFiles(ctx, [result.files]);
+        await this.removeFiles(ctx, [result.files]);
         audit(ctx, { action: 'carry_on.version.delete', tenant, target: `${id}@${versionParam}` });
         return view.deleted('carry_on.version', `${id}@${versionParam}`);
     }
   }
 
-  private summary(tenant: string, id: string) {
-    const c = this.store.carryOns.get(tenant, id);
+  private async summary(tenant: string, id: string) {
+    const c = await this.store.carryOns.get(tenant, id);
     if (!c) throw this.notFound(id);
     return c;
   }
@@ -286,8 +289,8 @@ export class CarryOnAdmin {
    * The rows are already gone, so a file that cannot be removed is only wasted disk: log it, do not
    * fail. Blobs another live version shares stay.
    */
-  private removeFiles(ctx: AdminContext, files: string[]): void {
-    const failed = this.files.remove(files);
+  private async removeFiles(ctx: AdminContext, files: string[]): Promise<void> {
+    const failed = await this.files.remove(files);
     if (failed.length > 0) ctx.log.warn({ files: failed }, 'could not remove deleted carry-on files');
   }
 }

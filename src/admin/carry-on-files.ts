@@ -90,12 +90,12 @@ export class CarryOnFiles {
    * the store's write lock), a legacy version folder at once. Never throws: returns what it could
    * not remove.
    */
-  remove(files: string[]): string[] {
+  async remove(files: string[]): Promise<string[]> {
     const failed: string[] = [];
     const blobs = files.filter((f) => path.dirname(f) === this.blobs && BLOB_NAME.test(path.basename(f)));
     const legacy = files.filter((f) => !blobs.includes(f) && this.isLegacyVersionDir(f));
     try {
-      this.catalog.dropUnreferencedGraphs(blobs, (blob) => {
+      await this.catalog.dropUnreferencedGraphs(blobs, (blob) => {
         try {
           fs.rmSync(blob, { force: true });
         } catch {
@@ -135,8 +135,8 @@ export class CarryOnFiles {
    * no live version points at (a crash between installing a blob and committing its row).
    * Another live process's uploads (a second gateway on the same data folder) are left alone.
    */
-  sweepAtStart(now = Date.now()): { staging: number; blobs: number } {
-    return { staging: this.sweepStaging(now), blobs: this.sweepBlobs() };
+  async sweepAtStart(now = Date.now()): Promise<{ staging: number; blobs: number }> {
+    return { staging: this.sweepStaging(now), blobs: await this.sweepBlobs() };
   }
 
   private sweepStaging(now: number): number {
@@ -166,12 +166,12 @@ export class CarryOnFiles {
     return !processAlive(pid);
   }
 
-  private sweepBlobs(): number {
+  private async sweepBlobs(): Promise<number> {
     const blobs = readDir(this.blobs)
       .filter((name) => BLOB_NAME.test(name))
       .map((name) => path.join(this.blobs, name));
     if (blobs.length === 0) return 0;
-    const dropped = this.catalog.dropUnreferencedGraphs(blobs, (blob) => fs.rmSync(blob, { force: true }));
+    const dropped = await this.catalog.dropUnreferencedGraphs(blobs, (blob) => fs.rmSync(blob, { force: true }));
     if (dropped.length > 0) fsyncDir(this.blobs);
     return dropped.length;
   }

@@ -35,10 +35,10 @@ export class HarvestAdmin {
     private readonly harvest: HarvestService,
   ) {}
 
-  list(ctx: AdminContext, tenant: string | undefined): List<HarvestShardObject> {
-    if (tenant !== undefined) managedTenant(ctx.principal, this.store.tenants, tenant);
+  async list(ctx: AdminContext, tenant: string | undefined): Promise<List<HarvestShardObject>> {
+    if (tenant !== undefined) await managedTenant(ctx.principal, this.store.tenants, tenant);
     const scope = tenant ?? ctx.principal.tenantId ?? undefined;
-    return view.list(this.harvest.list(scope).map(view.harvestShard));
+    return view.list((await this.harvest.list(scope)).map(view.harvestShard));
   }
 
   /**
@@ -47,7 +47,7 @@ export class HarvestAdmin {
    * so a trainer can check what it got without another request; shard files never change.
    */
   async download(ctx: AdminContext, id: string, req: DownloadRequest): Promise<ShardDownload> {
-    const shard = this.managedShard(ctx, id);
+    const shard = await this.managedShard(ctx, id);
     let file: fs.promises.FileHandle;
     try {
       // Opened before anything is decided: a deletion racing the download cannot tear the response.
@@ -86,20 +86,20 @@ export class HarvestAdmin {
     }
   }
 
-  delete(ctx: AdminContext, id: string): DeletedObject {
-    const shard = this.managedShard(ctx, id);
-    if (this.harvest.deleteShard(shard.id)) audit(ctx, { action: 'harvest.shard.delete', tenant: shard.tenantId, target: shard.id });
+  async delete(ctx: AdminContext, id: string): Promise<DeletedObject> {
+    const shard = await this.managedShard(ctx, id);
+    if (await this.harvest.deleteShard(shard.id)) audit(ctx, { action: 'harvest.shard.delete', tenant: shard.tenantId, target: shard.id });
     return view.deleted('harvest.shard', shard.id);
   }
 
   /** The writer's counters and the index totals: gateway-wide, so a global admin's only. */
-  stats(ctx: AdminContext): HarvestStatsObject {
+  async stats(ctx: AdminContext): Promise<HarvestStatsObject> {
     requireGlobalAdmin(ctx.principal);
-    return view.harvestStats(this.harvest.stats());
+    return view.harvestStats(await this.harvest.freshStats());
   }
 
-  private managedShard(ctx: AdminContext, id: string): HarvestShardRecord {
-    const shard = this.harvest.get(id);
+  private async managedShard(ctx: AdminContext, id: string): Promise<HarvestShardRecord> {
+    const shard = await this.harvest.get(id);
     if (!shard || !canManageTenant(ctx.principal, shard.tenantId)) throw notFound(id);
     return shard;
   }

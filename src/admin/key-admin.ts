@@ -12,13 +12,13 @@ export class KeyAdmin {
   constructor(private readonly store: Store) {}
 
   /** Creates a key; the response is the only place the key ever appears (the store keeps its hash). */
-  create(ctx: AdminContext, body: CreateKeyBody): CreatedApiKeyObject {
+  async create(ctx: AdminContext, body: CreateKeyBody): Promise<CreatedApiKeyObject> {
     const tenantId = body.tenant ?? null;
     if (tenantId === null) requireGlobalAdmin(ctx.principal);
-    else managedTenant(ctx.principal, this.store.tenants, tenantId);
-    if (body.default_carry_on) this.checkDefaultCarryOn(tenantId, body.default_carry_on);
+    else await managedTenant(ctx.principal, this.store.tenants, tenantId);
+    if (body.default_carry_on) await this.checkDefaultCarryOn(tenantId, body.default_carry_on);
     const key = generateApiKey();
-    const record = this.store.apiKeys.insert({
+    const record = await this.store.apiKeys.insert({
       id: newKeyId(),
       tenantId,
       scope: body.scope,
@@ -33,35 +33,35 @@ export class KeyAdmin {
   }
 
   /** Keys this admin manages, revoked ones included; `tenant` narrows to one tenant. */
-  list(ctx: AdminContext, tenant: string | undefined): List<ApiKeyObject> {
+  async list(ctx: AdminContext, tenant: string | undefined): Promise<List<ApiKeyObject>> {
     const own = ctx.principal.tenantId;
-    if (tenant !== undefined) managedTenant(ctx.principal, this.store.tenants, tenant);
-    const keys = this.store.apiKeys.list(tenant ?? own ?? undefined);
+    if (tenant !== undefined) await managedTenant(ctx.principal, this.store.tenants, tenant);
+    const keys = await this.store.apiKeys.list(tenant ?? own ?? undefined);
     return view.list(keys.map(view.apiKey));
   }
 
-  update(ctx: AdminContext, id: string, patch: PatchKeyBody): ApiKeyObject {
-    const key = this.managedKey(ctx, id);
+  async update(ctx: AdminContext, id: string, patch: PatchKeyBody): Promise<ApiKeyObject> {
+    const key = await this.managedKey(ctx, id);
     if (key.revokedAt !== null) throw new ApiError('conflict', `The key '${id}' is revoked.`);
-    if (patch.default_carry_on) this.checkDefaultCarryOn(key.tenantId, patch.default_carry_on);
-    const updated = this.store.apiKeys.update(id, { name: patch.name, defaultCarryOn: patch.default_carry_on, harvest: patch.harvest });
+    if (patch.default_carry_on) await this.checkDefaultCarryOn(key.tenantId, patch.default_carry_on);
+    const updated = await this.store.apiKeys.update(id, { name: patch.name, defaultCarryOn: patch.default_carry_on, harvest: patch.harvest });
     if (Object.values(patch).some((v) => v !== undefined)) audit(ctx, { action: 'key.update', tenant: key.tenantId, target: id });
     return view.apiKey(updated as ApiKeyRecord);
   }
 
   /** Revokes at once: the next request with the key gets a 401. Revoking a revoked key changes nothing. */
-  revoke(ctx: AdminContext, id: string): ApiKeyObject {
-    const key = this.managedKey(ctx, id);
+  async revoke(ctx: AdminContext, id: string): Promise<ApiKeyObject> {
+    const key = await this.managedKey(ctx, id);
     if (key.origin === 'config') {
       throw new ApiError('conflict', `The key '${id}' comes from the server's configuration (${key.name}); remove it there and restart.`);
     }
-    if (this.store.apiKeys.revoke(id)) audit(ctx, { action: 'key.revoke', tenant: key.tenantId, target: id });
-    return view.apiKey(this.store.apiKeys.get(id) as ApiKeyRecord);
+    if (await this.store.apiKeys.revoke(id)) audit(ctx, { action: 'key.revoke', tenant: key.tenantId, target: id });
+    return view.apiKey((await this.store.apiKeys.get(id)) as ApiKeyRecord);
   }
 
   /** A key this admin may manage; others answer 404 like missing ones. */
-  private managedKey(ctx: AdminContext, id: string): ApiKeyRecord {
-    const key = this.store.apiKeys.get(id);
+  private async managedKey(ctx: AdminContext, id: string): Promise<ApiKeyRecord> {
+    const key = await this.store.apiKeys.get(id);
     if (!key || !canManageTenant(ctx.principal, key.tenantId)) {
       throw new ApiError('not_found', `The API key '${id}' does not exist or you do not have access to it.`, { param: 'id' });
     }
@@ -69,12 +69,12 @@ export class KeyAdmin {
   }
 
   /** A default carry-on must resolve now, for the key's own tenant; requests would fail on it otherwise. */
-  private checkDefaultCarryOn(tenantId: string | null, ref: string): void {
+  private async checkDefaultCarryOn(tenantId: string | null, ref: string): Promise<void> {
     if (tenantId === null) {
       throw new ApiError('invalid_value', 'A global admin key has no tenant, so it cannot have a default carry-on.', { param: 'default_carry_on' });
     }
     const parsed = parseCarryOnRef(ref);
-    if (!parsed || !this.store.carryOns.resolve(tenantId, parsed.carryOnId, parsed.versionOrAlias)) {
+    if (!parsed || !(await this.store.carryOns.resolve(tenantId, parsed.carryOnId, parsed.versionOrAlias))) {
       throw new ApiError('invalid_value', `Tenant '${tenantId}' has no carry-on '${ref}'.`, { param: 'default_carry_on' });
     }
   }

@@ -38,10 +38,10 @@ export interface AdminOptions {
 }
 
 /** The admin API's logic, wired to the store; the plugins under plugins/admin only route to it. */
-export function createAdminServices(store: Store, opts: AdminOptions): AdminServices {
+export async function createAdminServices(store: Store, opts: AdminOptions): Promise<AdminServices> {
   const files = new CarryOnFiles(opts.dataDir, store.carryOns);
   // What a crash mid-upload can leave: staging folders, and a blob whose row never committed.
-  files.sweepAtStart();
+  await files.sweepAtStart();
   const builder = new CarryOnBuilder({ timeoutMs: opts.checkTimeoutMs });
   const carryOns = new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxWeightsBytes: opts.maxCarryOnBytes, builder, diskFull: opts.diskFull });
   const training = new TrainingJobs(store, opts.harvest, carryOns, { dataDir: opts.dataDir, ...opts.training });

@@ -18,18 +18,18 @@ export class TenantAdmin {
     private readonly prefixCache: PrefixCacheControl,
   ) {}
 
-  create(ctx: AdminContext, body: { id: string; name?: string }): TenantObject {
+  async create(ctx: AdminContext, body: { id: string; name?: string }): Promise<TenantObject> {
     requireGlobalAdmin(ctx.principal);
-    const tenant = this.store.tenants.create(body.id, body.name ?? body.id);
+    const tenant = await this.store.tenants.create(body.id, body.name ?? body.id);
     if (!tenant) throw new ApiError('conflict', `A tenant '${body.id}' already exists.`, { param: 'id' });
     audit(ctx, { action: 'tenant.create', tenant: tenant.id, target: tenant.id });
     return view.tenant(tenant);
   }
 
   /** A global admin sees every tenant; a tenant's admin key sees its own. */
-  list(ctx: AdminContext): List<TenantObject> {
+  async list(ctx: AdminContext): Promise<List<TenantObject>> {
     const { tenantId } = ctx.principal;
-    const tenants = tenantId === null ? this.store.tenants.list() : [this.store.tenants.get(tenantId)].filter((t) => t !== null);
+    const tenants = tenantId === null ? await this.store.tenants.list() : [await this.store.tenants.get(tenantId)].filter((t) => t !== null);
     return view.list(tenants.map(view.tenant));
   }
 
@@ -40,12 +40,12 @@ export class TenantAdmin {
    */
   async delete(ctx: AdminContext, tenantId: string): Promise<DeletedObject> {
     requireGlobalAdmin(ctx.principal);
-    managedTenant(ctx.principal, this.store.tenants, tenantId);
-    const dirs = this.store.carryOns.deleteForTenant(tenantId, () => {
-      this.store.tenants.markDeleted(tenantId);
-      this.store.apiKeys.revokeForTenant(tenantId);
+    await managedTenant(ctx.principal, this.store.tenants, tenantId);
+    const dirs = await this.store.carryOns.deleteForTenant(tenantId, async (tx) => {
+      await this.store.tenants.markDeleted(tenantId, tx);
+      await this.store.apiKeys.revokeForTenant(tenantId, tx);
     });
-    this.files.remove(dirs);
+    await this.files.remove(dirs);
     try {
       this.files.removeTenant(tenantId);
     } catch (err) {

@@ -73,16 +73,16 @@ export class TrainingJobs {
     return path.join(this.opts.dataDir, 'training');
   }
 
-  create(ctx: AdminContext, body: CreateTrainingJobBody): TrainingJobObject {
+  async create(ctx: AdminContext, body: CreateTrainingJobBody): Promise<TrainingJobObject> {
     if (this.closed) throw new ApiError('shutting_down', 'the server is shutting down');
     const tenant = body.tenant ?? ctx.principal.tenantId;
     if (tenant === null) {
       throw new ApiError('missing_required_parameter', "This admin key manages every tenant: say which one with 'tenant'.", { param: 'tenant' });
     }
-    managedTenant(ctx.principal, this.store.tenants, tenant);
+    await managedTenant(ctx.principal, this.store.tenants, tenant);
     const base = this.opts.base();
     if (!base) throw new ApiError('model_loading', 'The base model is still loading; retry shortly.', { headers: { 'retry-after': '5' } });
-    const shardPaths = this.shardsFor(tenant, base.fingerprint, body.shards);
+    const shardPaths = await this.shardsFor(tenant, base.fingerprint, body.shards);
     if (this.queue.length >= this.opts.maxQueued) {
       throw new ApiError('server_overloaded', `${this.queue.length} training jobs are already queued; retry when one has finished.`, {
         headers: { 'retry-after': '60' },
@@ -103,8 +103,8 @@ export class TrainingJobs {
     return this.view(job);
   }
 
-  list(ctx: AdminContext, tenant: string | undefined): List<TrainingJobObject> {
-    if (tenant !== undefined) managedTenant(ctx.principal, this.store.tenants, tenant);
+  async list(ctx: AdminContext, tenant: string | undefined): Promise<List<TrainingJobObject>> {
+    if (tenant !== undefined) await managedTenant(ctx.principal, this.store.tenants, tenant);
     const scope = tenant ?? ctx.principal.tenantId;
     const jobs = [...this.jobs.values()].filter((j) => scope === null || j.tenant === scope);
     jobs.sort((a, b) => b.createdAt.localeCompare(a.createdAt));
@@ -183,8 +183,8 @@ export class TrainingJobs {
 
   // -------------------------------------------------------------------------------------------
 
-  private shardsFor(tenant: string, fingerprint: string, ids: string[] | undefined): string[] {
-    const all = this.harvest.list(tenant).filter((s) => s.metadata.base_fingerprint === fingerprint);
+  private async shardsFor(tenant: string, fingerprint: string, ids: string[] | undefined): Promise<string[]> {
+    const all = (await this.harvest.list(tenant)).filter((s) => s.metadata.base_fingerprint === fingerprint);
     const chosen = ids ? ids.map((id) => all.find((s) => s.id === id) ?? null) : all;
     const missing = ids?.filter((_, i) => chosen[i] === null) ?? [];
     if (missing.length > 0) {
@@ -246,7 +246,7 @@ export class TrainingJobs {
       if (!report?.export?.package || verify?.ok !== true) throw new Error('the trainer did not export a carry-on that passed its parity check');
       const pkg = report.export.package;
       const version = await this.carryOns.installPackage(ctx, job.tenant, pkg);
-      if (job.body.alias) this.carryOns.setAlias(ctx, job.tenant, version.carry_on, job.body.alias, version.version);
+      if (job.body.alias) await this.carryOns.setAlias(ctx, job.tenant, version.carry_on, job.body.alias, version.version);
       job.carryOnVersion = version;
       this.finishAndNext(job, 'succeeded', null);
     } catch (err) {

@@ -19,7 +19,7 @@ export interface UploadLimits {
 
 export interface UploadHooks {
   /** Called with the `tenant` field as soon as it arrives (before weights sent after it are read); may throw to refuse. */
-  onTenant?: (tenant: string) => void;
+  onTenant?: (tenant: string) => void | Promise<void>;
 }
 
 export interface ReceivedUpload {
@@ -81,7 +81,7 @@ async function receiveParts(
       manifestText = part.type === 'file' ? await readSmallFile(part.file, limits.maxManifestBytes) : fieldText(part.value, part.valueTruncated, 'manifest', limits.maxManifestBytes);
     } else if (part.fieldname === TENANT_FIELD && part.type === 'field' && tenant === null) {
       tenant = fieldText(part.value, part.valueTruncated || String(part.value).length > MAX_TENANT_FIELD_BYTES, TENANT_FIELD, MAX_TENANT_FIELD_BYTES);
-      hooks.onTenant?.(tenant);
+      await hooks.onTenant?.(tenant);
     } else if (part.fieldname === WEIGHTS_PART && part.type === 'file' && weights === null) {
       weights = await streamToFile(part.file, weightsPath, limits.maxWeightsBytes);
     } else {

@@ -2,6 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { HARVEST_CONFIG } from '../harvest/config.js';
+import { POSTGRES_URL_PATTERN } from '../store/database-url.js';
 
 /**
  * Every option is an environment variable; this schema is the single place that names, defaults and
@@ -23,6 +24,17 @@ export const ConfigSchema = z.object({
   /** Name clients use in the `model` field for the base; defaults to the package's name. */
   CARRYON_MODEL_NAME: z.string().default(''),
   CARRYON_DATA_DIR: z.string().default('data'),
+  /**
+   * PostgreSQL for the metadata (tenants, keys, carry-on and harvest indexes) instead of
+   * DATA_DIR/gateway.sqlite. Holds a password: messages show it redacted, never as given.
+   */
+  CARRYON_DATABASE_URL: z
+    .string()
+    // The message never repeats the value: it holds a password.
+    .refine((url) => url === '' || (POSTGRES_URL_PATTERN.test(url) && URL.canParse(url)), 'must be a postgres:// or postgresql:// URL')
+    .default(''),
+  /** Connections to CARRYON_DATABASE_URL this process may hold at once. */
+  CARRYON_DATABASE_POOL_SIZE: int(1, 1000).default(10),
   /** Admin key; also valid on /v1/*. When unset, one is generated into DATA_DIR/admin-key (mode 0600). */
   CARRYON_ADMIN_KEY: z.string().default(''),
   /** Comma-separated inference-scope API keys. */

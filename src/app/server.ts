@@ -31,7 +31,7 @@ import { readSamplingDefaults } from '../model/generation-defaults.js';
 export interface RunningServer {
   app: FastifyInstance;
   gateway: Gateway;
-  /** Tenants, keys and carry-ons (DATA_DIR/gateway.sqlite); `store.carryOns` is the carry-on catalog. */
+  /** Tenants, keys and carry-ons (DATA_DIR/gateway.sqlite or PostgreSQL); `store.carryOns` is the carry-on catalog. */
   store: Store;
   /** Resolves once the model is loaded (or rejects if it failed). */
   ready: Promise<void>;
@@ -54,12 +54,18 @@ export async function startServer(
   const disk = new DiskSpace(config.dataDir, config.CARRYON_DISK_RESERVE_BYTES);
   disk.start();
   const adminKey = config.CARRYON_ADMIN_KEY || ensureGeneratedAdminKey(config.dataDir);
-  const store = Store.open(config.dataDir);
+  let store: Store;
+  try {
+    store = await Store.connect({ dataDir: config.dataDir, url: config.CARRYON_DATABASE_URL || null, poolSize: config.CARRYON_DATABASE_POOL_SIZE });
+  } catch (err) {
+    disk.stop();
+    throw err;
+  }
   try {
     return await startWithStore(config, store, adminKey, disk);
   } catch (err) {
     disk.stop();
-    store.close();
+    await store.end();
     throw err;
   }
 }
@@ -82,7 +88,7 @@ async function startWithStore(
   let syncProblem: string | null = null;
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      synced = sync();
+      synced = await sync();
       syncProblem = null;
       break;
     } catch (err) {
@@ -113,7 +119,7 @@ async function startWithStore(
   gateway.disk = disk;
   // The shard index and admin routes work at once; the writer starts when the base's fingerprint is known.
   const harvest = createHarvestService(config, store, () => app.log);
-  const admin = createAdminServices(store, {
+  const admin = await createAdminServices(store, {
     dataDir: config.dataDir,
     baseModel,
     maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES,
@@ -262,7 +268,7 @@ async function startWithStore(
       await engine?.close();
       await harvest.close(); // after the engine, whose last captures reach the writer before it stops
       disk.stop();
-      store.close();
+      await store.end();
     },
   };
 }

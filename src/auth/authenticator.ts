@@ -60,14 +60,14 @@ export class Authenticator {
     private readonly tenants: TenantRepository,
   ) {}
 
-  authenticate(presented: string): Principal | null {
+  async authenticate(presented: string): Promise<Principal | null> {
     const hash = hashKey(presented);
-    const found = this.keys.findByHash(hash);
+    const found = await this.keys.findByHash(hash);
     if (!found || !timingSafeEqual(hash, found.storedHash)) return null;
     const k = found.record;
     if (k.revokedAt !== null) return null;
     // Deleting a tenant revokes its keys in the same transaction; this holds even if a row was edited by hand.
-    if (k.tenantId !== null && !this.tenants.get(k.tenantId)) return null;
+    if (k.tenantId !== null && !(await this.tenants.get(k.tenantId))) return null;
     return {
       scope: k.scope,
       keyId: k.id,
@@ -81,12 +81,12 @@ export class Authenticator {
    * The principal acting for `tenant` (the TENANT_HEADER). A global admin may act for any live
    * tenant; any other key only for its own tenant, where the header changes nothing.
    */
-  actAs(principal: Principal, tenant: string): Principal {
+  async actAs(principal: Principal, tenant: string): Promise<Principal> {
     if (principal.tenantId === tenant) return principal;
     if (principal.scope !== 'admin' || principal.tenantId !== null) {
       throw new ApiError('permission_denied', `This API key cannot act for tenant '${tenant}'.`, { param: TENANT_HEADER });
     }
-    if (!this.tenants.get(tenant)) {
+    if (!(await this.tenants.get(tenant))) {
       throw new ApiError('invalid_value', `Invalid '${TENANT_HEADER}': there is no tenant '${tenant}'.`, { param: TENANT_HEADER });
     }
     // The admin's own defaults describe no tenant's traffic: acting for one starts from none.
@@ -106,12 +106,16 @@ export interface BootstrapKeys {
  * Brings the configured keys into the store: they are live exactly while configured. The
  * `default` tenant is created (or brought back) when there are inference keys for it.
  */
-export function syncConfigKeys(keys: ApiKeyRepository, tenants: TenantRepository, boot: BootstrapKeys): { inserted: number; revoked: number } {
+export async function syncConfigKeys(
+  keys: ApiKeyRepository,
+  tenants: TenantRepository,
+  boot: BootstrapKeys,
+): Promise<{ inserted: number; revoked: number }> {
   const wanted: ConfigKey[] = [];
   if (boot.adminKey) {
     wanted.push({ hash: hashKey(boot.adminKey), scope: 'admin', tenantId: null, name: boot.adminKeyName, prefix: keyPrefix(boot.adminKey) });
   }
-  if (boot.inferenceKeys.length > 0) tenants.ensure(DEFAULT_TENANT, 'Default tenant');
+  if (boot.inferenceKeys.length > 0) await tenants.ensure(DEFAULT_TENANT, 'Default tenant');
   boot.inferenceKeys.forEach((key, i) => {
     wanted.push({ hash: hashKey(key), scope: 'inference', tenantId: DEFAULT_TENANT, name: `CARRYON_API_KEYS[${i}]`, prefix: keyPrefix(key) });
   });

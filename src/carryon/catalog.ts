@@ -31,11 +31,11 @@ export interface CarryOnChange {
   alias?: string;
 }
 
-/** Where carry-ons are looked up (the metadata store implements it). */
+/** Where carry-ons are looked up (the metadata store implements it: a query per call). */
 export interface CarryOnCatalog {
   /** Latest live version when `versionOrAlias` is absent; null when the tenant has no such carry-on. */
-  resolve(tenantId: string, carryOnId: string, versionOrAlias?: string): CarryOnVersionRecord | null;
-  listForTenant(tenantId: string): CarryOnSummary[];
+  resolve(tenantId: string, carryOnId: string, versionOrAlias?: string): Promise<CarryOnVersionRecord | null>;
+  listForTenant(tenantId: string): Promise<CarryOnSummary[]>;
   onChange(listener: (e: CarryOnChange) => void): void;
 }
 

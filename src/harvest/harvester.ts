@@ -1,7 +1,7 @@
 /**
  * The serving thread's handle on harvesting. It owns the writer worker; `offer` is the only thing the
  * request path calls, and it never blocks or awaits (see producer.ts). Shards the worker finishes come
- * back here to `onShardFinished` (the gateway indexes them in SQLite on this thread); the worker
+ * back here to `onShardFinished` (the gateway indexes them in its metadata store on this thread); the worker
  * deletes a shard's journal only after that callback resolves.
  */
 import { MessageChannel, Worker } from 'node:worker_threads';

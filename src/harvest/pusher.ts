@@ -22,9 +22,9 @@ export interface PushableShard {
 export interface ShardPusherOptions {
   url: string;
   /** The shard as indexed now; null when it was deleted (then it is dropped from the queue). */
-  lookup(id: string): PushableShard | null;
+  lookup(id: string): PushableShard | null | Promise<PushableShard | null>;
   /** Records the push in the index. */
-  markPushed(id: string): void;
+  markPushed(id: string): void | Promise<void>;
   log: { warn(obj: object, msg: string): void };
   /** First retry delay; doubles per failure up to maxDelayMs. */
   baseDelayMs?: number;
@@ -138,11 +138,11 @@ export class ShardPusher {
   private async attempt(entry: Entry): Promise<void> {
     const abort = new AbortController();
     this.inFlight.set(entry.id, abort);
-    const shard = this.opts.lookup(entry.id);
     try {
+      const shard = await this.opts.lookup(entry.id);
       if (!shard) return; // deleted since it was queued: nothing to push any more
       await this.put(shard, abort.signal);
-      this.opts.markPushed(shard.id);
+      await this.opts.markPushed(shard.id);
       this.pushed++;
     } catch (err) {
       if (!this.closed) {

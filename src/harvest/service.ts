@@ -36,7 +36,7 @@ export interface HarvestServiceOptions {
   dataDir: string;
   shards: HarvestShardRepository;
   /** Whether a tenant is live; its sequences still in flight when it is deleted are dropped. */
-  tenantExists(tenantId: string): boolean;
+  tenantExists(tenantId: string): boolean | Promise<boolean>;
   log: HarvestLog;
   /** The clock shard ages are measured on for retention; default Date.now. */
   now?: () => number;
@@ -77,6 +77,9 @@ export class HarvestService implements HarvestSink {
   private droppedDeletedTenant = 0;
   private closed = false;
   private closing: Promise<void> | null = null;
+  private indexTotals = { shards: 0, bytes: 0, rows: 0, sequences: 0 };
+  /** Offers waiting for their tenant check (a database query) before they reach the writer. */
+  private readonly checking = new Set<Promise<void>>();
 
   constructor(private readonly opts: HarvestServiceOptions) {
     this.dir = path.join(opts.dataDir, 'harvest');
@@ -85,7 +88,7 @@ export class HarvestService implements HarvestSink {
       ? new ShardPusher({
           url,
           lookup: (id) => opts.shards.get(id),
-          markPushed: (id) => void opts.shards.markPushed(id),
+          markPushed: async (id) => void (await opts.shards.markPushed(id)),
           log: opts.log,
         })
       : null;
@@ -106,29 +109,49 @@ export class HarvestService implements HarvestSink {
     return this.starting;
   }
 
-  /** The serving path: never blocks, never throws; false when the sequence was dropped. */
+  /**
+   * The serving path: never blocks, never throws; false when the sequence was dropped at once. A
+   * tenant's sequence is checked against the store first (a query), so it reaches the writer, or is
+   * dropped and counted, a little later; `journaled`, `flush` and `forgetTenant` wait for those checks.
+   */
   offer(seq: HarvestedSequence): boolean {
     if (!this.harvester) return false;
-    // Deleting a tenant revokes its keys, but requests already running still finish and offer.
-    if (seq.tenantId !== null && !this.opts.tenantExists(seq.tenantId)) {
-      this.droppedDeletedTenant++;
-      return false;
-    }
-    return this.harvester.offer(seq);
+    if (seq.tenantId === null) return this.harvester.offer(seq);
+    const tenantId = seq.tenantId;
+    const check = (async () => {
+      try {
+        // Deleting a tenant revokes its keys, but requests already running still finish and offer.
+        if (await this.opts.tenantExists(tenantId)) this.harvester?.offer(seq);
+        else this.droppedDeletedTenant++;
+      } catch (err) {
+        this.opts.log.error({ err: (err as Error).message, tenant: tenantId }, 'harvested sequence dropped: the tenant check failed');
+      }
+    })();
+    this.checking.add(check);
+    void check.finally(() => this.checking.delete(check));
+    return true;
   }
 
   /** Resolves once every sequence offered so far is in its shard's journal (tests); at once while harvesting is off. */
   async journaled(): Promise<void> {
     await this.starting?.catch(() => null);
+    await this.offersChecked();
     await this.harvester?.journaled();
+  }
+
+  /** Until the offers made so far have passed (or failed) their tenant check. */
+  private async offersChecked(): Promise<void> {
+    while (this.checking.size > 0) await Promise.all(this.checking);
   }
 
   /** Writes every open shard and waits until each is indexed (SIGTERM, tests). Once closing, waits for `close`, which flushes. */
   async flush(): Promise<void> {
     if (this.closing) return this.closing;
     await this.starting?.catch(() => null);
+    await this.offersChecked();
     await this.harvester?.flush();
     await this.enforceRetention();
+    this.indexTotals = await this.opts.shards.totals();
   }
 
   /** Flushes and stops the writer, the retention timer and pushes in flight (unpushed shards are retried next start). */
@@ -137,6 +160,7 @@ export class HarvestService implements HarvestSink {
       this.closed = true;
       if (this.retentionTimer) clearInterval(this.retentionTimer);
       await this.starting?.catch(() => null);
+      await this.offersChecked();
       try {
         await this.harvester?.close();
       } finally {
@@ -147,11 +171,18 @@ export class HarvestService implements HarvestSink {
     return this.closing;
   }
 
+  /** The statistics, the index's totals read from the store now. */
+  async freshStats(): Promise<HarvestServiceStats> {
+    this.indexTotals = await this.opts.shards.totals();
+    return this.stats();
+  }
+
+  /** The statistics without a query: the index's totals as of the last `flush` or `freshStats`. */
   stats(): HarvestServiceStats {
     return {
       enabled: this.enabled,
       writer: this.harvester?.stats() ?? { ...ZERO_STATS },
-      index: this.opts.shards.totals(),
+      index: { ...this.indexTotals },
       droppedDeletedTenant: this.droppedDeletedTenant,
       retentionDeleted: this.retentionDeleted,
       retention: this.policy(),
@@ -172,17 +203,17 @@ export class HarvestService implements HarvestSink {
     return this.pusher?.settled() ?? Promise.resolve();
   }
 
-  list(tenantId?: string | null): HarvestShardRecord[] {
+  list(tenantId?: string | null): Promise<HarvestShardRecord[]> {
     return this.opts.shards.list(tenantId === undefined ? {} : { tenantId });
   }
 
-  get(id: string): HarvestShardRecord | null {
+  get(id: string): Promise<HarvestShardRecord | null> {
     return this.opts.shards.get(id);
   }
 
   /** Deletes one shard: its file (and journal, if the writer has not removed it yet), then its row. */
-  deleteShard(id: string): boolean {
-    const shard = this.opts.shards.get(id);
+  async deleteShard(id: string): Promise<boolean> {
+    const shard = await this.opts.shards.get(id);
     if (!shard) return false;
     removeFiles([shard]);
     return this.opts.shards.delete(id);
@@ -195,11 +226,13 @@ export class HarvestService implements HarvestSink {
    */
   async forgetTenant(tenantId: string | null): Promise<ForgetSummary> {
     await this.starting?.catch(() => null);
+    // Sequences offered before the delete finish their tenant check first, so none reaches the writer after it forgot.
+    await this.offersChecked();
     const result = await forgetTenant({
       dir: this.dir,
       tenantId,
       shards: () => this.opts.shards.entries({ tenantId }),
-      deleteIndexed: (s) => void this.opts.shards.delete(s.id),
+      deleteIndexed: async (s) => void (await this.opts.shards.delete(s.id)),
       writer: this.harvester ?? undefined,
     });
     return { shards: result.shardIds.length, discardedSequences: result.discardedSequences };
@@ -220,7 +253,7 @@ export class HarvestService implements HarvestSink {
         do {
           this.retentionAgain = false;
           try {
-            this.retentionPass();
+            await this.retentionPass();
           } catch (err) {
             // A disk or database error: the next pass (timer, next shard) tries again.
             this.opts.log.error({ err: (err as Error).message }, 'harvest retention failed');
@@ -236,10 +269,10 @@ export class HarvestService implements HarvestSink {
   }
 
   private async startOnce(baseFingerprint: string): Promise<HarvestSink | null> {
-    this.forgetDeletedTenants();
-    this.dropDanglingRows();
+    await this.forgetDeletedTenants();
+    await this.dropDanglingRows();
     this.startRetentionTimer();
-    for (const s of this.pusher ? this.opts.shards.unpushed() : []) this.pusher?.enqueue(s.id);
+    for (const s of this.pusher ? await this.opts.shards.unpushed() : []) this.pusher?.enqueue(s.id);
     if (!this.enabled) return null;
     const c = this.opts.config;
     const harvester = new Harvester({
@@ -256,7 +289,7 @@ export class HarvestService implements HarvestSink {
     try {
       await harvester.ready();
       const recovery = await harvester.recover();
-      const rescan = await harvester.rescan(this.opts.shards.ids());
+      const rescan = await harvester.rescan(await this.opts.shards.ids());
       const { recovered, ...counts } = recovery;
       if (recovered.length + rescan.reported.length + rescan.invalid.length + counts.lostSequences + counts.tempFilesDeleted > 0) {
         this.opts.log.warn(
@@ -274,11 +307,16 @@ export class HarvestService implements HarvestSink {
   }
 
   /** The writer's onShardFinished: index it (the writer deletes its journal after this returns). */
-  private indexShard(info: ShardInfo): void {
-    this.opts.shards.insert(info);
+  private async indexShard(info: ShardInfo): Promise<void> {
+    await this.opts.shards.insert(info);
     this.pusher?.enqueue(info.id);
     // After the writer has had the chance to delete the journal; retention skips shards that still have one.
     setImmediate(() => void this.enforceRetention());
+  }
+
+  /** Resolves when the retention pass running now (a timer's, say) has finished; at once when none runs (tests). */
+  async retentionSettled(): Promise<void> {
+    await this.retention;
   }
 
   private policy(): RetentionPolicy | null {
@@ -290,17 +328,17 @@ export class HarvestService implements HarvestSink {
     };
   }
 
-  private retentionPass(): void {
+  private async retentionPass(): Promise<void> {
     const policy = this.policy();
     if (!policy) return;
     // A shard whose journal is still there is not yet released by the writer (it deletes the journal
     // right after indexing): deleting its file now would let a crash rebuild it from the journal.
     // The next pass takes it.
     const now = this.opts.now?.() ?? Date.now();
-    const doomed = planRetention(this.opts.shards.entries(), policy, now).filter((s) => !fs.existsSync(journalOf(s)));
+    const doomed = planRetention(await this.opts.shards.entries(), policy, now).filter((s) => !fs.existsSync(journalOf(s)));
     if (doomed.length === 0) return;
     removeFiles(doomed);
-    for (const s of doomed) this.opts.shards.delete(s.id);
+    for (const s of doomed) await this.opts.shards.delete(s.id);
     this.retentionDeleted += doomed.length;
     this.opts.log.info(
       { shards: doomed.length, bytes: doomed.reduce((a, s) => a + s.bytes, 0) },
@@ -318,9 +356,9 @@ export class HarvestService implements HarvestSink {
   }
 
   /** Rows whose file is gone: a crash between deleting a file and its row (files always go first). */
-  private dropDanglingRows(): void {
-    const dangling = this.opts.shards.entries().filter((s) => !fs.existsSync(s.path));
-    for (const s of dangling) this.opts.shards.delete(s.id);
+  private async dropDanglingRows(): Promise<void> {
+    const dangling = (await this.opts.shards.entries()).filter((s) => !fs.existsSync(s.path));
+    for (const s of dangling) await this.opts.shards.delete(s.id);
     if (dangling.length > 0) this.opts.log.warn({ shards: dangling.map((s) => s.id) }, 'harvest index rows without a file removed at start');
   }
 
@@ -328,18 +366,18 @@ export class HarvestService implements HarvestSink {
    * Tenants deleted while their harvest data could not be removed (a crash mid-delete, a failure):
    * their index rows and folders go at start, before the writer could recover their journals.
    */
-  private forgetDeletedTenants(): void {
+  private async forgetDeletedTenants(): Promise<void> {
     const gone = new Set<string>();
-    for (const s of this.opts.shards.entries()) if (s.tenantId !== null && !this.opts.tenantExists(s.tenantId)) gone.add(s.tenantId);
+    for (const s of await this.opts.shards.entries()) if (s.tenantId !== null && !(await this.opts.tenantExists(s.tenantId))) gone.add(s.tenantId);
     if (fs.existsSync(this.dir)) {
       for (const name of fs.readdirSync(this.dir)) {
         const tenantId = tenantOfDirName(name);
-        if (tenantId !== null && !this.opts.tenantExists(tenantId)) gone.add(tenantId);
+        if (tenantId !== null && !(await this.opts.tenantExists(tenantId))) gone.add(tenantId);
       }
     }
     for (const tenantId of gone) {
       fs.rmSync(path.join(this.dir, tenantDirName(tenantId)), { recursive: true, force: true });
-      this.opts.shards.deleteForTenant(tenantId);
+      await this.opts.shards.deleteForTenant(tenantId);
       this.opts.log.warn({ tenant: tenantId }, 'harvest data of a deleted tenant removed at start');
     }
     if (gone.size > 0) fsyncDir(this.dir);
@@ -394,14 +432,14 @@ export function tenantOfDirName(name: string): string | null {
  */
 export function createHarvestService(
   config: HarvestConfig & { dataDir: string; harvestNow?: () => number },
-  store: { harvestShards: HarvestShardRepository; tenants: { get(id: string): object | null } },
+  store: { harvestShards: HarvestShardRepository; tenants: { get(id: string): Promise<object | null> } },
   log: () => HarvestLog,
 ): HarvestService {
   return new HarvestService({
     config,
     dataDir: config.dataDir,
     shards: store.harvestShards,
-    tenantExists: (id) => store.tenants.get(id) !== null,
+    tenantExists: async (id) => (await store.tenants.get(id)) !== null,
     now: config.harvestNow,
     log: {
       info: (obj, msg) => log().info(obj, msg),

@@ -95,10 +95,10 @@ export function createHttpServer(opts: HttpServerOptions): FastifyInstance {
     if (request.routeOptions.config?.public) return;
     const token = bearerToken(request.headers.authorization);
     if (token) {
-      const principal = opts.auth.authenticate(token);
+      const principal = await opts.auth.authenticate(token);
       if (!principal) throw new ApiError('invalid_api_key', 'Incorrect API key provided.');
       const actFor = request.headers[TENANT_HEADER];
-      request.principal = typeof actFor === 'string' && actFor !== '' ? opts.auth.actAs(principal, actFor) : principal;
+      request.principal = typeof actFor === 'string' && actFor !== '' ? await opts.auth.actAs(principal, actFor) : principal;
       return;
     }
     if (!opts.allowAnonymous) {

@@ -13,17 +13,17 @@ interface ModelCard {
 }
 
 /** The base, then the caller's own carry-ons (never another tenant's), each with the base as parent and root. */
-export function listModels(gw: Gateway, caller: Caller): { object: 'list'; data: ModelCard[] } {
+export async function listModels(gw: Gateway, caller: Caller): Promise<{ object: 'list'; data: ModelCard[] }> {
   const base = baseCard(gw);
   const own =
     caller.tenantId && gw.catalog
-      ? gw.catalog.listForTenant(caller.tenantId).map((c) => carryOnCard(gw, c.id, caller.tenantId!, Date.parse(c.createdAt)))
+      ? (await gw.catalog.listForTenant(caller.tenantId)).map((c) => carryOnCard(gw, c.id, caller.tenantId!, Date.parse(c.createdAt)))
       : [];
   return { object: 'list', data: [base, ...own] };
 }
 
-export function retrieveModel(gw: Gateway, model: string, caller: Caller): ModelCard {
-  const record = gw.router.route(model, { ...caller, defaultCarryOn: null });
+export async function retrieveModel(gw: Gateway, model: string, caller: Caller): Promise<ModelCard> {
+  const record = await gw.router.route(model, { ...caller, defaultCarryOn: null });
   return record ? carryOnCard(gw, model, record.tenantId, Date.parse(record.manifest.created_at)) : { ...baseCard(gw), id: model };
 }
 

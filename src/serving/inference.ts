@@ -109,7 +109,7 @@ export class Inference {
 
   /** Routes, validates and admits; throws ApiError before anything is sent to the client. */
   async generate(req: GenerateRequest): Promise<GenerationRun> {
-    const record = this.deps.router.route(req.model, req.caller);
+    const record = await this.deps.router.route(req.model, req.caller);
     const maxTokens = this.resolveMaxTokens(req);
     const plan: GenerationPlan = {
       ...req,

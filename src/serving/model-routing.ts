@@ -39,7 +39,7 @@ export const BASE_ONLY = 'base';
  * - `<id>@<v>`               version `v` (a number or an alias), also after `<base>:`
  * A carry-on of another tenant is a 404 exactly like one that does not exist.
  */
-export function routeModel(model: string, baseName: string, caller: Caller, catalog: CarryOnCatalog | null): CarryOnVersionRecord | null {
+export async function routeModel(model: string, baseName: string, caller: Caller, catalog: CarryOnCatalog | null): Promise<CarryOnVersionRecord | null> {
   if (model === baseName) {
     return caller.defaultCarryOn ? lookup(caller.defaultCarryOn, model, caller, catalog) : null;
   }
@@ -48,11 +48,11 @@ export function routeModel(model: string, baseName: string, caller: Caller, cata
   return lookup(name, model, caller, catalog);
 }
 
-function lookup(name: string, model: string, caller: Caller, catalog: CarryOnCatalog | null): CarryOnVersionRecord {
+async function lookup(name: string, model: string, caller: Caller, catalog: CarryOnCatalog | null): Promise<CarryOnVersionRecord> {
   const at = name.lastIndexOf('@');
   const id = at > 0 ? name.slice(0, at) : name;
   const version = at > 0 ? name.slice(at + 1) : undefined;
-  const record = caller.tenantId && catalog ? catalog.resolve(caller.tenantId, id, version) : null;
+  const record = caller.tenantId && catalog ? await catalog.resolve(caller.tenantId, id, version) : null;
   if (!record) throw notFound(model, caller);
   return record;
 }
@@ -81,7 +81,7 @@ export class ModelRouter {
   ) {}
 
   /** The base (null) or one of the caller's carry-on versions; a 404 otherwise. */
-  route(model: string, caller: Caller): CarryOnVersionRecord | null {
+  route(model: string, caller: Caller): Promise<CarryOnVersionRecord | null> {
     return routeModel(model, this.baseName, caller, this.catalog);
   }
 

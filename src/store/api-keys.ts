@@ -1,5 +1,6 @@
-import { nowIso, statementCache, type Db, type Prepare } from './db.js';
+import { nowIso } from './db.js';
 import { parseStoredHarvestPolicy, type HarvestPolicy } from './harvest-policy.js';
+import type { SqlDriver, SqlExecutor } from './sql-driver.js';
 
 export type Scope = 'admin' | 'inference';
 export type KeyOrigin = 'api' | 'config';
@@ -77,44 +78,40 @@ const toRecord = (r: ApiKeyRow): ApiKeyRecord => ({
 const policyText = (p: HarvestPolicy | null | undefined): string | null => (p ? JSON.stringify(p) : null);
 
 export class ApiKeyRepository {
-  private readonly sql: Prepare;
+  constructor(private readonly db: SqlDriver) {}
 
-  constructor(private readonly db: Db) {
-    this.sql = statementCache(db);
-  }
-
-  insert(k: NewApiKey): ApiKeyRecord {
-    this.sql(
-        `INSERT INTO api_keys (id, tenant_id, scope, name, key_hash, prefix, default_carry_on, harvest_policy, origin, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(k.id, k.tenantId, k.scope, k.name, k.hash, k.prefix, k.defaultCarryOn ?? null, policyText(k.harvest), k.origin ?? 'api', nowIso());
-    return this.get(k.id) as ApiKeyRecord;
+  async insert(k: NewApiKey, q: SqlExecutor = this.db): Promise<ApiKeyRecord> {
+    await q.run(
+      `INSERT INTO api_keys (id, tenant_id, scope, name, key_hash, prefix, default_carry_on, harvest_policy, origin, created_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [k.id, k.tenantId, k.scope, k.name, k.hash, k.prefix, k.defaultCarryOn ?? null, policyText(k.harvest), k.origin ?? 'api', nowIso()],
+    );
+    return (await this.get(k.id, q)) as ApiKeyRecord;
   }
 
   /** The key whose hash this is, with the stored hash for the caller's constant-time comparison. */
-  findByHash(hash: Buffer): { record: ApiKeyRecord; storedHash: Buffer } | null {
-    const row = this.sql<[Buffer], ApiKeyRow>('SELECT * FROM api_keys WHERE key_hash = ?').get(hash);
+  async findByHash(hash: Buffer, q: SqlExecutor = this.db): Promise<{ record: ApiKeyRecord; storedHash: Buffer } | null> {
+    const row = await q.get<ApiKeyRow>('SELECT * FROM api_keys WHERE key_hash = ?', [hash]);
     return row ? { record: toRecord(row), storedHash: row.key_hash } : null;
   }
 
-  get(id: string): ApiKeyRecord | null {
-    const row = this.sql<[string], ApiKeyRow>('SELECT * FROM api_keys WHERE id = ?').get(id);
+  async get(id: string, q: SqlExecutor = this.db): Promise<ApiKeyRecord | null> {
+    const row = await q.get<ApiKeyRow>('SELECT * FROM api_keys WHERE id = ?', [id]);
     return row ? toRecord(row) : null;
   }
 
   /** All keys, or one tenant's (`null`: the global admin keys), oldest first. */
-  list(tenantId?: string | null): ApiKeyRecord[] {
+  async list(tenantId?: string | null): Promise<ApiKeyRecord[]> {
     const rows =
       tenantId === undefined
-        ? this.sql<[], ApiKeyRow>('SELECT * FROM api_keys ORDER BY created_at, id').all()
+        ? await this.db.query<ApiKeyRow>('SELECT * FROM api_keys ORDER BY created_at, id')
         : tenantId === null
-          ? this.sql<[], ApiKeyRow>('SELECT * FROM api_keys WHERE tenant_id IS NULL ORDER BY created_at, id').all()
-          : this.sql<[string], ApiKeyRow>('SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id').all(tenantId);
+          ? await this.db.query<ApiKeyRow>('SELECT * FROM api_keys WHERE tenant_id IS NULL ORDER BY created_at, id')
+          : await this.db.query<ApiKeyRow>('SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id', [tenantId]);
     return rows.map(toRecord);
   }
 
-  update(id: string, patch: ApiKeyPatch): ApiKeyRecord | null {
+  async update(id: string, patch: ApiKeyPatch): Promise<ApiKeyRecord | null> {
     const sets: string[] = [];
     const values: Array<string | null> = [];
     const set = (column: string, value: string | null) => {
@@ -124,17 +121,18 @@ export class ApiKeyRepository {
     if (patch.name !== undefined) set('name', patch.name);
     if (patch.defaultCarryOn !== undefined) set('default_carry_on', patch.defaultCarryOn);
     if (patch.harvest !== undefined) set('harvest_policy', policyText(patch.harvest));
-    if (sets.length > 0) this.sql(`UPDATE api_keys SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
+    if (sets.length > 0) await this.db.run(`UPDATE api_keys SET ${sets.join(', ')} WHERE id = ?`, [...values, id]);
     return this.get(id);
   }
 
   /** Revokes a live key; false when it does not exist or was already revoked. */
-  revoke(id: string): boolean {
-    return this.sql('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(nowIso(), id).changes > 0;
+  async revoke(id: string, q: SqlExecutor = this.db): Promise<boolean> {
+    return (await q.run('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL', [nowIso(), id])).changes > 0;
   }
 
-  revokeForTenant(tenantId: string): number {
-    return this.sql('UPDATE api_keys SET revoked_at = ? WHERE tenant_id = ? AND revoked_at IS NULL').run(nowIso(), tenantId).changes;
+  /** Revokes every live key of the tenant; `q`: the tenant deletion's transaction. */
+  async revokeForTenant(tenantId: string, q: SqlExecutor = this.db): Promise<number> {
+    return (await q.run('UPDATE api_keys SET revoked_at = ? WHERE tenant_id = ? AND revoked_at IS NULL', [nowIso(), tenantId])).changes;
   }
 
   /**
@@ -142,31 +140,34 @@ export class ApiKeyRepository {
    * restored if a previous boot revoked them), config keys no longer listed are revoked. The
    * environment is the source of truth for these keys, so the admin API cannot revoke them.
    */
-  syncConfigKeys(keys: ConfigKey[], newId: () => string): { inserted: number; revoked: number } {
-    return this.db
-      .transaction(() => {
-        let inserted = 0;
-        const wanted = new Set<string>();
-        for (const k of keys) {
-          const hex = k.hash.toString('hex');
-          if (wanted.has(hex)) continue;
-          wanted.add(hex);
-          const found = this.findByHash(k.hash);
-          if (!found) {
-            this.insert({ ...k, id: newId(), origin: 'config' });
-            inserted++;
-          } else if (found.record.origin === 'config') {
-            this.sql('UPDATE api_keys SET scope = ?, tenant_id = ?, name = ?, prefix = ?, revoked_at = NULL WHERE id = ?')
-              .run(k.scope, k.tenantId, k.name, k.prefix, found.record.id);
-          }
-          // An API-created key that is also configured keeps its row: revoking it through the API still works.
+  syncConfigKeys(keys: ConfigKey[], newId: () => string): Promise<{ inserted: number; revoked: number }> {
+    return this.db.transaction(async (tx) => {
+      let inserted = 0;
+      const wanted = new Set<string>();
+      for (const k of keys) {
+        const hex = k.hash.toString('hex');
+        if (wanted.has(hex)) continue;
+        wanted.add(hex);
+        const found = await this.findByHash(k.hash, tx);
+        if (!found) {
+          await this.insert({ ...k, id: newId(), origin: 'config' }, tx);
+          inserted++;
+        } else if (found.record.origin === 'config') {
+          await tx.run('UPDATE api_keys SET scope = ?, tenant_id = ?, name = ?, prefix = ?, revoked_at = NULL WHERE id = ?', [
+            k.scope,
+            k.tenantId,
+            k.name,
+            k.prefix,
+            found.record.id,
+          ]);
         }
-        let revoked = 0;
-        for (const r of this.sql<[], ApiKeyRow>("SELECT * FROM api_keys WHERE origin = 'config' AND revoked_at IS NULL").all()) {
-          if (!wanted.has(r.key_hash.toString('hex'))) revoked += Number(this.revoke(r.id));
-        }
-        return { inserted, revoked };
-      })
-      .immediate();
+        // An API-created key that is also configured keeps its row: revoking it through the API still works.
+      }
+      let revoked = 0;
+      for (const r of await tx.query<ApiKeyRow>("SELECT * FROM api_keys WHERE origin = 'config' AND revoked_at IS NULL")) {
+        if (!wanted.has(r.key_hash.toString('hex'))) revoked += Number(await this.revoke(r.id, tx));
+      }
+      return { inserted, revoked };
+    });
   }
 }

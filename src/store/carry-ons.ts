@@ -6,7 +6,8 @@ import type {
   CarryOnSummary as CatalogSummary,
   CarryOnVersionRecord as CatalogVersionRecord,
 } from '../carryon/catalog.js';
-import { nowIso, statementCache, type Db, type Prepare } from './db.js';
+import { nowIso } from './db.js';
+import type { SqlDriver, SqlExecutor } from './sql-driver.js';
 
 /** Aliases start with a letter, so an alias can never be mistaken for a version number. */
 export const ALIAS_PATTERN = /^[a-z][a-z0-9._-]{0,63}$/;
@@ -102,47 +103,46 @@ const LIVE_VERSIONS = `
  * and the engine may cache sessions by it. Change events fire after the commit, in this process only.
  */
 export class CarryOnRepository {
-  private readonly sql: Prepare;
   private readonly listeners = new Set<(e: CarryOnChange) => void>();
   /** Parsed manifests by (tenant, id, version): versions are immutable, so entries never go stale. */
   private readonly manifests = new Map<string, CarryOnManifest>();
 
   constructor(
-    private readonly db: Db,
+    private readonly db: SqlDriver,
     /** Graph paths are stored relative to it, so the data folder can move (a volume remounted elsewhere). */
     private readonly dataDir: string,
-  ) {
-    this.sql = statementCache(db);
-  }
+  ) {}
 
   /**
    * The version a request names: the newest live one when `versionOrAlias` is absent, '' or
    * 'latest'; a number; or an alias. null when the tenant does not own it or it is deleted.
    */
-  resolve(tenantId: string, carryOnId: string, versionOrAlias?: string): CarryOnVersionRecord | null {
+  async resolve(tenantId: string, carryOnId: string, versionOrAlias?: string, q: SqlExecutor = this.db): Promise<CarryOnVersionRecord | null> {
     const ref = versionOrAlias ?? '';
     const where = `${LIVE_VERSIONS} AND v.tenant_id = ? AND v.carry_on_id = ?`;
     let row: VersionRow | undefined;
     if (ref === '' || ref === LATEST) {
-      row = this.sql<[string, string], VersionRow>(`${where} ORDER BY v.version DESC LIMIT 1`).get(tenantId, carryOnId);
+      row = await q.get<VersionRow>(`${where} ORDER BY v.version DESC LIMIT 1`, [tenantId, carryOnId]);
     } else if (/^[1-9][0-9]{0,14}$/.test(ref)) {
-      row = this.sql<[string, string, number], VersionRow>(`${where} AND v.version = ?`).get(tenantId, carryOnId, Number(ref));
+      row = await q.get<VersionRow>(`${where} AND v.version = ?`, [tenantId, carryOnId, Number(ref)]);
     } else {
-      row = this.sql<[string, string, string], VersionRow>(
+      row = await q.get<VersionRow>(
         `${where} AND v.version = (SELECT a.version FROM carry_on_aliases a
            WHERE a.tenant_id = v.tenant_id AND a.carry_on_id = v.carry_on_id AND a.alias = ?)`,
-      ).get(tenantId, carryOnId, ref);
+        [tenantId, carryOnId, ref],
+      );
     }
     return row ? this.toRecord(row) : null;
   }
 
-  listForTenant(tenantId: string): CarryOnSummary[] {
-    const carryOns = this.sql<[string], CarryOnRow>(
+  async listForTenant(tenantId: string): Promise<CarryOnSummary[]> {
+    const carryOns = await this.db.query<CarryOnRow>(
       `SELECT c.id, c.created_at FROM carry_ons c JOIN tenants t ON t.id = c.tenant_id AND t.deleted_at IS NULL
        WHERE c.tenant_id = ? AND c.deleted_at IS NULL ORDER BY c.id`,
-    ).all(tenantId);
-    const versions = this.sql<[string], VersionRow>(`${LIVE_VERSIONS} AND v.tenant_id = ? ORDER BY v.carry_on_id, v.version`).all(tenantId);
-    const aliases = this.sql<[string], AliasRow>('SELECT carry_on_id, alias, version FROM carry_on_aliases WHERE tenant_id = ? ORDER BY alias').all(tenantId);
+      [tenantId],
+    );
+    const versions = await this.db.query<VersionRow>(`${LIVE_VERSIONS} AND v.tenant_id = ? ORDER BY v.carry_on_id, v.version`, [tenantId]);
+    const aliases = await this.db.query<AliasRow>('SELECT carry_on_id, alias, version FROM carry_on_aliases WHERE tenant_id = ? ORDER BY alias', [tenantId]);
     return carryOns.flatMap((c): CarryOnSummary[] => {
       const own = versions.filter((v) => v.carry_on_id === c.id);
       if (own.length === 0) return [];
@@ -157,8 +157,8 @@ export class CarryOnRepository {
     });
   }
 
-  get(tenantId: string, carryOnId: string): CarryOnSummary | null {
-    return this.listForTenant(tenantId).find((c) => c.id === carryOnId) ?? null;
+  async get(tenantId: string, carryOnId: string): Promise<CarryOnSummary | null> {
+    return (await this.listForTenant(tenantId)).find((c) => c.id === carryOnId) ?? null;
   }
 
   /** Subscribes to changes; returns the unsubscribe function. */
@@ -171,57 +171,61 @@ export class CarryOnRepository {
 
   /**
    * Adds the next version of (tenant, id), creating or reviving the carry-on. `install` runs
-   * inside the write transaction (holding SQLite's write lock) with the assigned number and must
-   * make the graph durable synchronously, so the row is only ever recorded pointing at a complete
-   * file; if it throws, nothing is recorded. null when the tenant does not exist.
+   * inside the write transaction (holding the store's write lock) with the assigned number and
+   * must make the graph durable before it resolves, so the row is only ever recorded pointing at a
+   * complete file; if it throws, nothing is recorded. It must not use the store itself (the
+   * transaction holds it). null when the tenant does not exist.
    */
-  addVersion(tenantId: string, carryOnId: string, install: (version: number) => InstalledVersion): CarryOnVersionRecord | null {
-    const record = this.db
-      .transaction((): CarryOnVersionRecord | null => {
-        if (!this.sql<[string]>('SELECT 1 FROM tenants WHERE id = ? AND deleted_at IS NULL').get(tenantId)) return null;
-        const now = nowIso();
-        this.sql(
-          `INSERT INTO carry_ons (tenant_id, id, created_at) VALUES (?, ?, ?)
-           ON CONFLICT (tenant_id, id) DO UPDATE SET
-             created_at = CASE WHEN deleted_at IS NULL THEN created_at ELSE excluded.created_at END,
-             deleted_at = NULL`,
-        ).run(tenantId, carryOnId, now);
-        const { next } = this.sql<[string, string], { next: number }>(
-          'SELECT COALESCE(MAX(version), 0) + 1 AS next FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ?',
-        ).get(tenantId, carryOnId) as { next: number };
-        const files = install(next);
-        this.sql(
-          `INSERT INTO carry_on_versions (tenant_id, carry_on_id, version, manifest, dir, sha256, bytes, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-        ).run(tenantId, carryOnId, next, JSON.stringify(files.manifest), path.relative(this.dataDir, files.graphPath), files.sha256, files.bytes, now);
-        return { tenantId, carryOnId, version: next, graphPath: files.graphPath, manifest: files.manifest, sha256: files.sha256, bytes: files.bytes, createdAt: now };
-      })
-      .immediate();
+  async addVersion(
+    tenantId: string,
+    carryOnId: string,
+    install: (version: number) => InstalledVersion | Promise<InstalledVersion>,
+  ): Promise<CarryOnVersionRecord | null> {
+    const record = await this.db.transaction(async (tx): Promise<CarryOnVersionRecord | null> => {
+      if (!(await tx.get('SELECT 1 FROM tenants WHERE id = ? AND deleted_at IS NULL', [tenantId]))) return null;
+      const now = nowIso();
+      await tx.run(
+        `INSERT INTO carry_ons (tenant_id, id, created_at) VALUES (?, ?, ?)
+         ON CONFLICT (tenant_id, id) DO UPDATE SET
+           created_at = CASE WHEN carry_ons.deleted_at IS NULL THEN carry_ons.created_at ELSE excluded.created_at END,
+           deleted_at = NULL`,
+        [tenantId, carryOnId, now],
+      );
+      const { next } = (await tx.get<{ next: number }>(
+        'SELECT COALESCE(MAX(version), 0) + 1 AS next FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ?',
+        [tenantId, carryOnId],
+      )) as { next: number };
+      const files = await install(next);
+      await tx.run(
+        `INSERT INTO carry_on_versions (tenant_id, carry_on_id, version, manifest, dir, sha256, bytes, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        [tenantId, carryOnId, next, JSON.stringify(files.manifest), path.relative(this.dataDir, files.graphPath), files.sha256, files.bytes, now],
+      );
+      return { tenantId, carryOnId, version: next, graphPath: files.graphPath, manifest: files.manifest, sha256: files.sha256, bytes: files.bytes, createdAt: now };
+    });
     if (record) this.emit({ tenantId, carryOnId, kind: 'version-added', version: record.version });
     return record;
   }
 
   /** Points `alias` at a live version; false when that version does not exist. */
-  setAlias(tenantId: string, carryOnId: string, alias: string, version: number): boolean {
-    const ok = this.db
-      .transaction((): boolean => {
-        if (!this.resolve(tenantId, carryOnId, String(version))) return false;
-        this.sql(
-          `INSERT INTO carry_on_aliases (tenant_id, carry_on_id, alias, version) VALUES (?, ?, ?, ?)
-           ON CONFLICT (tenant_id, carry_on_id, alias) DO UPDATE SET version = excluded.version`,
-        ).run(tenantId, carryOnId, alias, version);
-        return true;
-      })
-      .immediate();
+  async setAlias(tenantId: string, carryOnId: string, alias: string, version: number): Promise<boolean> {
+    const ok = await this.db.transaction(async (tx): Promise<boolean> => {
+      if (!(await this.resolve(tenantId, carryOnId, String(version), tx))) return false;
+      await tx.run(
+        `INSERT INTO carry_on_aliases (tenant_id, carry_on_id, alias, version) VALUES (?, ?, ?, ?)
+         ON CONFLICT (tenant_id, carry_on_id, alias) DO UPDATE SET version = excluded.version`,
+        [tenantId, carryOnId, alias, version],
+      );
+      return true;
+    });
     if (ok) this.emit({ tenantId, carryOnId, kind: 'alias-changed', alias });
     return ok;
   }
 
-  removeAlias(tenantId: string, carryOnId: string, alias: string): boolean {
-    const removed =
-      this.sql('DELETE FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ? AND alias = ?').run(tenantId, carryOnId, alias).changes > 0;
-    if (removed) this.emit({ tenantId, carryOnId, kind: 'alias-changed', alias });
-    return removed;
+  async removeAlias(tenantId: string, carryOnId: string, alias: string): Promise<boolean> {
+    const { changes } = await this.db.run('DELETE FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ? AND alias = ?', [tenantId, carryOnId, alias]);
+    if (changes > 0) this.emit({ tenantId, carryOnId, kind: 'alias-changed', alias });
+    return changes > 0;
   }
 
   /**
@@ -230,28 +234,27 @@ export class CarryOnRepository {
    * deletes the carry-on. `files` is the version's graph (or legacy folder) for the caller to pass
    * to `dropUnreferencedGraphs`.
    */
-  deleteVersion(tenantId: string, carryOnId: string, version: number): DeleteVersionResult {
-    const result = this.db
-      .transaction((): DeleteVersionResult => {
-        const row = this.sql<[string, string, number], VersionRow>(
-          `${LIVE_VERSIONS} AND v.tenant_id = ? AND v.carry_on_id = ? AND v.version = ?`,
-        ).get(tenantId, carryOnId, version);
-        if (!row) return { status: 'not-found' };
-        const aliases = this.sql<[string, string, number], { alias: string }>(
-          'SELECT alias FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ? AND version = ? ORDER BY alias',
-        )
-          .all(tenantId, carryOnId, version)
-          .map((a) => a.alias);
-        if (aliases.length > 0) return { status: 'aliased', aliases };
-        const now = nowIso();
-        this.sql('UPDATE carry_on_versions SET deleted_at = ? WHERE tenant_id = ? AND carry_on_id = ? AND version = ?').run(now, tenantId, carryOnId, version);
-        const remaining = this.sql<[string, string]>(
-          'SELECT 1 FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL LIMIT 1',
-        ).get(tenantId, carryOnId);
-        if (!remaining) this.sql('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?').run(now, tenantId, carryOnId);
-        return { status: 'deleted', files: this.absolute(row.dir), carryOnDeleted: !remaining };
-      })
-      .immediate();
+  async deleteVersion(tenantId: string, carryOnId: string, version: number): Promise<DeleteVersionResult> {
+    const result = await this.db.transaction(async (tx): Promise<DeleteVersionResult> => {
+      const row = await tx.get<VersionRow>(`${LIVE_VERSIONS} AND v.tenant_id = ? AND v.carry_on_id = ? AND v.version = ?`, [tenantId, carryOnId, version]);
+      if (!row) return { status: 'not-found' };
+      const aliases = (
+        await tx.query<{ alias: string }>('SELECT alias FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ? AND version = ? ORDER BY alias', [
+          tenantId,
+          carryOnId,
+          version,
+        ])
+      ).map((a) => a.alias);
+      if (aliases.length > 0) return { status: 'aliased', aliases };
+      const now = nowIso();
+      await tx.run('UPDATE carry_on_versions SET deleted_at = ? WHERE tenant_id = ? AND carry_on_id = ? AND version = ?', [now, tenantId, carryOnId, version]);
+      const remaining = await tx.get('SELECT 1 FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL LIMIT 1', [
+        tenantId,
+        carryOnId,
+      ]);
+      if (!remaining) await tx.run('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?', [now, tenantId, carryOnId]);
+      return { status: 'deleted', files: this.absolute(row.dir), carryOnDeleted: !remaining };
+    });
     if (result.status === 'deleted') {
       this.forget(tenantId, carryOnId, version);
       this.emit({ tenantId, carryOnId, kind: 'deleted', version });
@@ -260,62 +263,58 @@ export class CarryOnRepository {
   }
 
   /** Deletes every version and alias; returns their graph files (see `deleteVersion`), or null when there was no such carry-on. */
-  deleteCarryOn(tenantId: string, carryOnId: string): string[] | null {
-    const dirs = this.db.transaction(() => this.deleteCarryOnRows(tenantId, carryOnId)).immediate();
+  async deleteCarryOn(tenantId: string, carryOnId: string): Promise<string[] | null> {
+    const dirs = await this.db.transaction((tx) => this.deleteCarryOnRows(tx, tenantId, carryOnId));
     if (dirs) this.emit({ tenantId, carryOnId, kind: 'deleted' });
     return dirs;
   }
 
   /**
    * Deletes all of a tenant's carry-ons; returns their graph files. `alongside` runs in the
-   * same transaction, so deleting the tenant itself commits together with its carry-ons.
+   * same transaction (its statements go through the `tx` it is given), so deleting the tenant
+   * itself commits together with its carry-ons, or not at all.
    */
-  deleteForTenant(tenantId: string, alongside?: () => void): string[] {
-    const { ids, dirs } = this.db
-      .transaction(() => {
-        alongside?.();
-        const ids = this.sql<[string], { id: string }>('SELECT id FROM carry_ons WHERE tenant_id = ? AND deleted_at IS NULL')
-          .all(tenantId)
-          .map((r) => r.id);
-        return { ids, dirs: ids.flatMap((id) => this.deleteCarryOnRows(tenantId, id) ?? []) };
-      })
-      .immediate();
+  async deleteForTenant(tenantId: string, alongside?: (tx: SqlExecutor) => Promise<void>): Promise<string[]> {
+    const { ids, dirs } = await this.db.transaction(async (tx) => {
+      await alongside?.(tx);
+      const ids = (await tx.query<{ id: string }>('SELECT id FROM carry_ons WHERE tenant_id = ? AND deleted_at IS NULL', [tenantId])).map((r) => r.id);
+      const dirs: string[] = [];
+      for (const id of ids) dirs.push(...((await this.deleteCarryOnRows(tx, tenantId, id)) ?? []));
+      return { ids, dirs };
+    });
     for (const id of ids) this.emit({ tenantId, carryOnId: id, kind: 'deleted' });
     return [...new Set(dirs)];
   }
 
   /**
    * Calls `drop` for each of `files` (absolute graph paths or legacy version folders) that no live
-   * version points at any more, holding SQLite's write lock meanwhile: an upload installs its
+   * version points at any more, holding the store's write lock meanwhile: an upload installs its
    * graph inside its own write transaction, so it can neither reuse a blob that is being dropped
    * nor have its fresh blob dropped before its row commits. Returns the files dropped.
    */
-  dropUnreferencedGraphs(files: string[], drop: (file: string) => void): string[] {
-    return this.db
-      .transaction((): string[] => {
-        const dropped: string[] = [];
-        for (const file of new Set(files)) {
-          const rel = path.relative(this.dataDir, file);
-          if (this.sql<[string]>('SELECT 1 FROM carry_on_versions WHERE dir = ? AND deleted_at IS NULL LIMIT 1').get(rel)) continue;
-          drop(file);
-          dropped.push(file);
-        }
-        return dropped;
-      })
-      .immediate();
+  dropUnreferencedGraphs(files: string[], drop: (file: string) => void | Promise<void>): Promise<string[]> {
+    return this.db.transaction(async (tx): Promise<string[]> => {
+      const dropped: string[] = [];
+      for (const file of new Set(files)) {
+        const rel = path.relative(this.dataDir, file);
+        if (await tx.get('SELECT 1 FROM carry_on_versions WHERE dir = ? AND deleted_at IS NULL LIMIT 1', [rel])) continue;
+        await drop(file);
+        dropped.push(file);
+      }
+      return dropped;
+    });
   }
 
-  private deleteCarryOnRows(tenantId: string, carryOnId: string): string[] | null {
-    if (!this.sql<[string, string]>('SELECT 1 FROM carry_ons WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL').get(tenantId, carryOnId)) {
-      return null;
-    }
-    const live = this.sql<[string, string], VersionRow>(
-      'SELECT * FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL',
-    ).all(tenantId, carryOnId);
+  private async deleteCarryOnRows(tx: SqlExecutor, tenantId: string, carryOnId: string): Promise<string[] | null> {
+    if (!(await tx.get('SELECT 1 FROM carry_ons WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL', [tenantId, carryOnId]))) return null;
+    const live = await tx.query<VersionRow>('SELECT * FROM carry_on_versions WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL', [
+      tenantId,
+      carryOnId,
+    ]);
     const now = nowIso();
-    this.sql('DELETE FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ?').run(tenantId, carryOnId);
-    this.sql('UPDATE carry_on_versions SET deleted_at = ? WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL').run(now, tenantId, carryOnId);
-    this.sql('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?').run(now, tenantId, carryOnId);
+    await tx.run('DELETE FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ?', [tenantId, carryOnId]);
+    await tx.run('UPDATE carry_on_versions SET deleted_at = ? WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL', [now, tenantId, carryOnId]);
+    await tx.run('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?', [now, tenantId, carryOnId]);
     for (const v of live) this.forget(tenantId, carryOnId, v.version);
     return [...new Set(live.map((v) => this.absolute(v.dir)))];
   }

@@ -1,75 +1,47 @@
-import fs from 'node:fs';
-import path from 'node:path';
-import Database from 'better-sqlite3';
-import { MIGRATIONS } from './migrations.js';
+import { migratePostgres } from './postgres-migrate.js';
+import { PostgresDriver } from './postgres-driver.js';
+import type { SqlDriver } from './sql-driver.js';
+import { migrateSqlite } from './sqlite-migrate.js';
+import { SqliteDriver } from './sqlite-driver.js';
 
-export type Db = Database.Database;
+export { DB_FILE } from './sqlite-driver.js';
 
-export const DB_FILE = 'gateway.sqlite';
+export interface DatabaseOptions {
+  /** The data folder: SQLite's file lives in it when `url` is unset. */
+  dataDir: string;
+  /** CARRYON_DATABASE_URL (postgres://…); unset: DATA_DIR/gateway.sqlite. */
+  url?: string | null;
+  /** CARRYON_DATABASE_POOL_SIZE: PostgreSQL connections this process may hold. */
+  poolSize?: number;
+}
 
-/** Long enough to ride out another process's write transaction, short enough to surface a stuck lock. */
-const BUSY_TIMEOUT_MS = 5_000;
+export const DEFAULT_POOL_SIZE = 10;
 
-/** Opens (creating if needed) DATA_DIR/gateway.sqlite and brings its schema up to date. */
-export function openDatabase(dataDir: string): Db {
-  fs.mkdirSync(dataDir, { recursive: true });
-  const db = new Database(path.join(dataDir, DB_FILE));
+/** Opens the metadata database (creating the SQLite file if needed) and brings its schema up to date. */
+export async function openDatabase(opts: DatabaseOptions): Promise<SqlDriver> {
+  if (!opts.url) return openSqlite(opts.dataDir);
+  const driver = await PostgresDriver.open(opts.url, opts.poolSize ?? DEFAULT_POOL_SIZE);
   try {
-    // WAL: readers (every authenticated request) never wait for the admin API's writes.
-    db.pragma('journal_mode = WAL');
-    db.pragma('foreign_keys = ON');
-    db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
-    // NORMAL is durable across application crashes in WAL mode; only an OS crash can lose the last commits.
-    db.pragma('synchronous = NORMAL');
-    migrate(db);
-    return db;
+    await migratePostgres(driver);
   } catch (err) {
-    db.close();
+    await driver.close();
     throw err;
   }
-}
-
-export function schemaVersion(db: Db): number {
-  return db.pragma('user_version', { simple: true }) as number;
-}
-
-/** Runs every migration past `user_version`, each in its own transaction with its version bump. */
-export function migrate(db: Db): void {
-  const current = schemaVersion(db);
-  if (current > MIGRATIONS.length) {
-    throw new Error(
-      `${db.name} has schema version ${current}, newer than this gateway knows (${MIGRATIONS.length}); ` +
-        'upgrade the gateway or restore a matching database',
-    );
-  }
-  // Re-read inside each write transaction: another process may be migrating the same file.
-  const step = db.transaction((): boolean => {
-    const v = schemaVersion(db);
-    if (v >= MIGRATIONS.length) return false;
-    db.exec(MIGRATIONS[v]);
-    db.pragma(`user_version = ${v + 1}`);
-    return true;
-  });
-  while (step.immediate()) {
-    // one migration per transaction, so a failure leaves the database at the last good version
-  }
+  return driver;
 }
 
 export function nowIso(): string {
   return new Date().toISOString();
 }
 
-export type Prepare = <P extends unknown[] = unknown[], R = unknown>(sql: string) => Database.Statement<P, R>;
-
-/** Compiles each SQL text once: lookups on the request path (key by hash, carry-on resolve) stay cheap. */
-export function statementCache(db: Db): Prepare {
-  const cache = new Map<string, Database.Statement<unknown[], unknown>>();
-  return <P extends unknown[] = unknown[], R = unknown>(sql: string): Database.Statement<P, R> => {
-    let s = cache.get(sql);
-    if (!s) {
-      s = db.prepare(sql);
-      cache.set(sql, s);
-    }
-    return s as unknown as Database.Statement<P, R>;
-  };
+/** DATA_DIR/gateway.sqlite, migrated; synchronous, as SQLite allows (tools and benchmarks open it directly). */
+export function openSqlite(dataDir: string): SqliteDriver {
+  const driver = SqliteDriver.open(dataDir);
+  try {
+    migrateSqlite(driver);
+  } catch (err) {
+    driver.db.close();
+    throw err;
+  }
+  return driver;
 }

@@ -1,5 +1,6 @@
 import path from 'node:path';
-import { nowIso, statementCache, type Db, type Prepare } from './db.js';
+import { nowIso } from './db.js';
+import type { SqlDriver } from './sql-driver.js';
 
 /** One finished harvest shard as the index knows it (the file is the truth for its contents). */
 export interface HarvestShardRecord {
@@ -43,92 +44,84 @@ interface ShardRow {
  * `insert` is idempotent on the id.
  */
 export class HarvestShardRepository {
-  private readonly sql: Prepare;
-
   constructor(
-    db: Db,
+    private readonly db: SqlDriver,
     /** Paths are stored relative to it, like carry-on folders, so the data folder can move. */
     private readonly dataDir: string,
-  ) {
-    this.sql = statementCache(db);
-  }
+  ) {}
 
   /** Adds a shard; true when it was new (false: already indexed, row unchanged). */
-  insert(s: NewHarvestShard): boolean {
-    return (
-      this.sql(
-        `INSERT INTO harvest_shards (id, tenant_id, path, bytes, rows, sequences, created_at, metadata)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-      ).run(s.id, s.tenantId, path.relative(this.dataDir, s.path), s.bytes, s.rows, s.sequences, s.createdAt, JSON.stringify(s.metadata))
-        .changes > 0
+  async insert(s: NewHarvestShard): Promise<boolean> {
+    const { changes } = await this.db.run(
+      `INSERT INTO harvest_shards (id, tenant_id, path, bytes, rows, sequences, created_at, metadata)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+      [s.id, s.tenantId, path.relative(this.dataDir, s.path), s.bytes, s.rows, s.sequences, s.createdAt, JSON.stringify(s.metadata)],
     );
+    return changes > 0;
   }
 
-  get(id: string): HarvestShardRecord | null {
-    const row = this.sql<[string], ShardRow>('SELECT * FROM harvest_shards WHERE id = ?').get(id);
+  async get(id: string): Promise<HarvestShardRecord | null> {
+    const row = await this.db.get<ShardRow>('SELECT * FROM harvest_shards WHERE id = ?', [id]);
     return row ? this.toRecord(row) : null;
   }
 
   /** Oldest first; `tenantId` narrows to one tenant (`null`: shards of no tenant). */
-  list(filter: { tenantId?: string | null } = {}): HarvestShardRecord[] {
-    const order = 'ORDER BY created_at, id';
-    const rows =
-      filter.tenantId === undefined
-        ? this.sql<[], ShardRow>(`SELECT * FROM harvest_shards ${order}`).all()
-        : filter.tenantId === null
-          ? this.sql<[], ShardRow>(`SELECT * FROM harvest_shards WHERE tenant_id IS NULL ${order}`).all()
-          : this.sql<[string], ShardRow>(`SELECT * FROM harvest_shards WHERE tenant_id = ? ${order}`).all(filter.tenantId);
-    return rows.map((r) => this.toRecord(r));
+  async list(filter: { tenantId?: string | null } = {}): Promise<HarvestShardRecord[]> {
+    return (await this.select<ShardRow>('SELECT * FROM harvest_shards', filter)).map((r) => this.toRecord(r));
   }
 
   /**
    * What retention and forgetting need, oldest first, without the metadata (whose per-sequence lists
    * can be large): `tenantId` narrows as in `list`.
    */
-  entries(filter: { tenantId?: string | null } = {}): HarvestShardEntry[] {
-    const cols = 'SELECT id, tenant_id, path, bytes, created_at FROM harvest_shards';
-    const order = 'ORDER BY created_at, id';
-    const rows =
-      filter.tenantId === undefined
-        ? this.sql<[], EntryRow>(`${cols} ${order}`).all()
-        : filter.tenantId === null
-          ? this.sql<[], EntryRow>(`${cols} WHERE tenant_id IS NULL ${order}`).all()
-          : this.sql<[string], EntryRow>(`${cols} WHERE tenant_id = ? ${order}`).all(filter.tenantId);
+  async entries(filter: { tenantId?: string | null } = {}): Promise<HarvestShardEntry[]> {
+    const rows = await this.select<EntryRow>('SELECT id, tenant_id, path, bytes, created_at FROM harvest_shards', filter);
     return rows.map((r) => ({ id: r.id, tenantId: r.tenant_id, path: path.resolve(this.dataDir, r.path), bytes: r.bytes, createdAt: r.created_at }));
   }
 
   /** Every indexed id: what the writer's rescan must not report again. */
-  ids(): string[] {
-    return this.sql<[], { id: string }>('SELECT id FROM harvest_shards').all().map((r) => r.id);
+  async ids(): Promise<string[]> {
+    return (await this.db.query<{ id: string }>('SELECT id FROM harvest_shards')).map((r) => r.id);
   }
 
   /** Shards not yet pushed, oldest first. */
-  unpushed(): HarvestShardRecord[] {
-    return this.sql<[], ShardRow>('SELECT * FROM harvest_shards WHERE pushed_at IS NULL ORDER BY created_at, id')
-      .all()
-      .map((r) => this.toRecord(r));
+  async unpushed(): Promise<HarvestShardRecord[]> {
+    const rows = await this.db.query<ShardRow>('SELECT * FROM harvest_shards WHERE pushed_at IS NULL ORDER BY created_at, id');
+    return rows.map((r) => this.toRecord(r));
   }
 
   /** Records a successful push; false when the shard is no longer indexed. */
-  markPushed(id: string): boolean {
-    return this.sql('UPDATE harvest_shards SET pushed_at = ? WHERE id = ?').run(nowIso(), id).changes > 0;
+  async markPushed(id: string): Promise<boolean> {
+    return (await this.db.run('UPDATE harvest_shards SET pushed_at = ? WHERE id = ?', [nowIso(), id])).changes > 0;
   }
 
-  totals(): { shards: number; bytes: number; rows: number; sequences: number } {
-    const t = this.sql<[], { shards: number; bytes: number | null; rows: number | null; sequences: number | null }>(
-      'SELECT COUNT(*) AS shards, SUM(bytes) AS bytes, SUM(rows) AS rows, SUM(sequences) AS sequences FROM harvest_shards',
-    ).get() as { shards: number; bytes: number | null; rows: number | null; sequences: number | null };
+  async totals(): Promise<{ shards: number; bytes: number; rows: number; sequences: number }> {
+    // CAST: PostgreSQL's SUM of a BIGINT is a NUMERIC (a string to pg); cast back, it is a number on both backends.
+    const t = (await this.db.get<{ shards: number; bytes: number | null; rows: number | null; sequences: number | null }>(
+      `SELECT COUNT(*) AS shards, CAST(SUM(bytes) AS BIGINT) AS bytes, CAST(SUM(rows) AS BIGINT) AS rows,
+         CAST(SUM(sequences) AS BIGINT) AS sequences FROM harvest_shards`,
+    )) as { shards: number; bytes: number | null; rows: number | null; sequences: number | null };
     return { shards: t.shards, bytes: t.bytes ?? 0, rows: t.rows ?? 0, sequences: t.sequences ?? 0 };
   }
 
-  delete(id: string): boolean {
-    return this.sql('DELETE FROM harvest_shards WHERE id = ?').run(id).changes > 0;
+  async delete(id: string): Promise<boolean> {
+    return (await this.db.run('DELETE FROM harvest_shards WHERE id = ?', [id])).changes > 0;
   }
 
-  deleteForTenant(tenantId: string | null): number {
-    return tenantId === null
-      ? this.sql('DELETE FROM harvest_shards WHERE tenant_id IS NULL').run().changes
-      : this.sql('DELETE FROM harvest_shards WHERE tenant_id = ?').run(tenantId).changes;
+  async deleteForTenant(tenantId: string | null): Promise<number> {
+    const { changes } =
+      tenantId === null
+        ? await this.db.run('DELETE FROM harvest_shards WHERE tenant_id IS NULL')
+        : await this.db.run('DELETE FROM harvest_shards WHERE tenant_id = ?', [tenantId]);
+    return changes;
+  }
+
+  /** `select` narrowed by tenant (`null`: shards of no tenant), oldest first. */
+  private select<R>(select: string, filter: { tenantId?: string | null }): Promise<R[]> {
+    const order = 'ORDER BY created_at, id';
+    if (filter.tenantId === undefined) return this.db.query<R>(`${select} ${order}`);
+    if (filter.tenantId === null) return this.db.query<R>(`${select} WHERE tenant_id IS NULL ${order}`);
+    return this.db.query<R>(`${select} WHERE tenant_id = ? ${order}`, [filter.tenantId]);
   }
 
   private toRecord(r: ShardRow): HarvestShardRecord {

@@ -1,84 +1,115 @@
+import type { Dialect } from './sql-driver.js';
+
+/** Column types where the dialects differ; the SQLite texts are exactly those released before PostgreSQL. */
+interface Types {
+  text: string;
+  bytes: string;
+  int: string;
+  strict: string;
+}
+
+const TYPES: Record<Dialect, Types> = {
+  sqlite: { text: 'TEXT', bytes: 'BLOB', int: 'INTEGER', strict: ' STRICT' },
+  // COLLATE "C": ORDER BY id/created_at compares bytes, as SQLite does, whatever the database's locale.
+  // BIGINT: versions, byte counts and ms timestamps (SQLite's INTEGER is 64-bit too).
+  postgres: { text: 'TEXT COLLATE "C"', bytes: 'BYTEA', int: 'BIGINT', strict: '' },
+};
+
 /**
- * Schema migrations, applied in order; `PRAGMA user_version` records how many have run. Append
- * only: a released migration is never edited, because databases in the field already ran it.
+ * Schema migrations, applied in order; the schema version (SQLite: `PRAGMA user_version`;
+ * PostgreSQL: the carryon_schema table) records how many have run. Append only: a released
+ * migration is never edited, because databases in the field already ran it.
  */
-export const MIGRATIONS: readonly string[] = [
-  `
+const STEPS: ReadonlyArray<(t: Types) => string> = [
+  (t) => `
   CREATE TABLE tenants (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    deleted_at  TEXT
-  ) STRICT;
+    id          ${t.text} PRIMARY KEY,
+    name        ${t.text} NOT NULL,
+    created_at  ${t.text} NOT NULL,
+    deleted_at  ${t.text}
+  )${t.strict};
 
   CREATE TABLE api_keys (
-    id                TEXT PRIMARY KEY,
+    id                ${t.text} PRIMARY KEY,
     -- NULL only for global admin keys.
-    tenant_id         TEXT REFERENCES tenants(id),
-    scope             TEXT NOT NULL CHECK (scope IN ('admin', 'inference')),
-    name              TEXT,
-    key_hash          BLOB NOT NULL UNIQUE CHECK (length(key_hash) = 32),
-    prefix            TEXT NOT NULL,
-    default_carry_on  TEXT,
-    harvest_policy    TEXT,
+    tenant_id         ${t.text} REFERENCES tenants(id),
+    scope             ${t.text} NOT NULL CHECK (scope IN ('admin', 'inference')),
+    name              ${t.text},
+    key_hash          ${t.bytes} NOT NULL UNIQUE CHECK (length(key_hash) = 32),
+    prefix            ${t.text} NOT NULL,
+    default_carry_on  ${t.text},
+    harvest_policy    ${t.text},
     -- 'config': from CARRYON_ADMIN_KEY / CARRYON_API_KEYS, kept in step with them at boot.
-    origin            TEXT NOT NULL DEFAULT 'api' CHECK (origin IN ('api', 'config')),
-    created_at        TEXT NOT NULL,
-    revoked_at        TEXT,
+    origin            ${t.text} NOT NULL DEFAULT 'api' CHECK (origin IN ('api', 'config')),
+    created_at        ${t.text} NOT NULL,
+    revoked_at        ${t.text},
     CHECK (scope = 'admin' OR tenant_id IS NOT NULL)
-  ) STRICT;
+  )${t.strict};
   CREATE INDEX api_keys_by_tenant ON api_keys(tenant_id);
 
   CREATE TABLE carry_ons (
-    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
-    id          TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    deleted_at  TEXT,
+    tenant_id   ${t.text} NOT NULL REFERENCES tenants(id),
+    id          ${t.text} NOT NULL,
+    created_at  ${t.text} NOT NULL,
+    deleted_at  ${t.text},
     PRIMARY KEY (tenant_id, id)
-  ) STRICT;
+  )${t.strict};
 
   CREATE TABLE carry_on_versions (
-    tenant_id    TEXT NOT NULL,
-    carry_on_id  TEXT NOT NULL,
-    version      INTEGER NOT NULL CHECK (version > 0),
-    manifest     TEXT NOT NULL,
-    dir          TEXT NOT NULL,
-    sha256       TEXT NOT NULL,
-    bytes        INTEGER NOT NULL,
-    created_at   TEXT NOT NULL,
+    tenant_id    ${t.text} NOT NULL,
+    carry_on_id  ${t.text} NOT NULL,
+    version      ${t.int} NOT NULL CHECK (version > 0),
+    manifest     ${t.text} NOT NULL,
+    dir          ${t.text} NOT NULL,
+    sha256       ${t.text} NOT NULL,
+    bytes        ${t.int} NOT NULL,
+    created_at   ${t.text} NOT NULL,
     -- Deleted versions keep their row so a version number is never handed out twice.
-    deleted_at   TEXT,
+    deleted_at   ${t.text},
     PRIMARY KEY (tenant_id, carry_on_id, version),
     FOREIGN KEY (tenant_id, carry_on_id) REFERENCES carry_ons(tenant_id, id)
-  ) STRICT;
+  )${t.strict};
 
   CREATE TABLE carry_on_aliases (
-    tenant_id    TEXT NOT NULL,
-    carry_on_id  TEXT NOT NULL,
-    alias        TEXT NOT NULL,
-    version      INTEGER NOT NULL,
+    tenant_id    ${t.text} NOT NULL,
+    carry_on_id  ${t.text} NOT NULL,
+    alias        ${t.text} NOT NULL,
+    version      ${t.int} NOT NULL,
     PRIMARY KEY (tenant_id, carry_on_id, alias),
     FOREIGN KEY (tenant_id, carry_on_id, version) REFERENCES carry_on_versions(tenant_id, carry_on_id, version)
-  ) STRICT;
+  )${t.strict};
   `,
   // 2: the harvest shard index (src/store/harvest-shards.ts). No foreign key to tenants: forgetting a
   // tenant deletes its shard rows explicitly, and tenant_id is NULL for traffic of no tenant.
-  `
+  (t) => `
   CREATE TABLE harvest_shards (
-    id          TEXT PRIMARY KEY,
-    tenant_id   TEXT,
+    id          ${t.text} PRIMARY KEY,
+    tenant_id   ${t.text},
     -- Relative to the data folder, so the folder can move (a volume remounted elsewhere).
-    path        TEXT NOT NULL,
-    bytes       INTEGER NOT NULL CHECK (bytes >= 0),
-    rows        INTEGER NOT NULL CHECK (rows >= 0),
-    sequences   INTEGER NOT NULL CHECK (sequences >= 0),
+    path        ${t.text} NOT NULL,
+    bytes       ${t.int} NOT NULL CHECK (bytes >= 0),
+    rows        ${t.int} NOT NULL CHECK (rows >= 0),
+    sequences   ${t.int} NOT NULL CHECK (sequences >= 0),
     -- Unix ms when the shard was opened (its oldest data): retention's clock.
-    created_at  INTEGER NOT NULL,
+    created_at  ${t.int} NOT NULL,
     -- The shard's safetensors __metadata__, as JSON.
-    metadata    TEXT NOT NULL,
-    pushed_at   TEXT
-  ) STRICT;
+    metadata    ${t.text} NOT NULL,
+    pushed_at   ${t.text}
+  )${t.strict};
   CREATE INDEX harvest_shards_by_created ON harvest_shards(created_at, id);
   CREATE INDEX harvest_shards_by_tenant ON harvest_shards(tenant_id, created_at);
   `,
 ];
+
+/** How many migrations this gateway knows: a database past it was written by a newer gateway. */
+export const SCHEMA_VERSION = STEPS.length;
+
+/** Migration `i` (0-based) as `dialect` runs it. */
+export function migrationSql(dialect: Dialect, i: number): string {
+  return STEPS[i](TYPES[dialect]);
+}
+
+/** The refusal when a database was written by a newer gateway (both backends). */
+export function newerSchemaMessage(location: string, version: number): string {
+  return `${location} has schema version ${version}, newer than this gateway knows (${SCHEMA_VERSION}); upgrade the gateway or restore a matching database`;
+}

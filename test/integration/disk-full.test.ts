@@ -85,7 +85,7 @@ describe.skipIf(!root)('a full disk', () => {
     expect((await api(g, 'GET', '/admin/tenants/d/carry-ons', ADMIN_KEY)).status).toBe(200);
     const del = await api(g, 'DELETE', '/admin/tenants/d/carry-ons/first', ADMIN_KEY);
     expect(del.status, del.text).toBe(200);
-    expect(gw!.store.carryOns.resolve('d', 'first')).toBeNull();
+    expect(await gw!.store.carryOns.resolve('d', 'first')).toBeNull();
   });
 
   it('boots on a disk that filled while it was down: the reserve makes room; ready, serving, naming the state', async () => {

@@ -72,7 +72,7 @@ const valueSets: [string, Values][] = [
 ];
 
 /** Secrets the Deployment maps from the Secret (never the ConfigMap), and what the chart fixes. */
-const FROM_SECRET = ['CARRYON_ADMIN_KEY', 'CARRYON_API_KEYS'];
+const FROM_SECRET = ['CARRYON_ADMIN_KEY', 'CARRYON_API_KEYS', 'CARRYON_DATABASE_URL'];
 const FIXED_BY_CHART = ['HOST', 'PORT', 'CARRYON_DATA_DIR'];
 
 const camel = (env: string) => env.replace(/^CARRYON_/, '').toLowerCase().replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -341,7 +341,14 @@ describe('Deployment', () => {
     expect(refs).toEqual([
       ['CARRYON_ADMIN_KEY', 'admin-key', false],
       ['CARRYON_API_KEYS', 'api-keys', true],
+      // Only with database.existingSecret (the skeleton keeps the `if`'s body): the URL holds a password.
+      ['CARRYON_DATABASE_URL', 'TPL', false],
     ]);
+    const text = template('deployment.yaml');
+    expect(text).toMatch(
+      /\{\{- if \.Values\.database\.existingSecret \}\}\n\s+- name: CARRYON_DATABASE_URL\n\s+valueFrom:\n\s+secretKeyRef:\n\s+name: \{\{ \.Values\.database\.existingSecret \| quote \}\}\n\s+key: \{\{ \.Values\.database\.urlKey \| quote \}\}/,
+    );
+    expect(defaults.database).toEqual({ existingSecret: '', urlKey: 'database-url' });
     const [secret] = skeleton('secret.yaml');
     expect(Object.keys(secret.data)).toEqual(['admin-key', 'api-keys']);
   });

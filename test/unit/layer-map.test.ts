@@ -15,7 +15,7 @@ const LAYERS = [
   'src/carryon', // carry-on packages: manifest, graph contract, building
   'src/engine', // ONNX Runtime worker, KV cache, continuous-batching step loop
   'src/eval', // held-out loss of a carry-on over the engine
-  'src/store', // SQLite: tenants, keys, carry-on catalog, shard index
+  'src/store', // SQLite or PostgreSQL: tenants, keys, carry-on catalog, shard index
   'src/harvest', // hidden-state capture into durable shards
   'src/auth', // API keys to principals
   'src/training', // the trainer child process and its report
