@@ -29,6 +29,8 @@ export class KvPool {
   private cap = 0;
   /** Valid positions per slot. */
   private lengths = new Int32Array(0);
+  /** Zeros that bindEmpty feeds (never written: ONNX Runtime only reads inputs). */
+  private empty = new Float32Array(0);
 
   constructor(readonly geometry: KvGeometry) {}
 
@@ -184,6 +186,49 @@ export class KvPool {
     for (let i = 0; i < this.geometry.layers; i++) {
       feeds[TensorNames.pastKey(i)] = view(this.keys[i]);
       feeds[TensorNames.pastValue(i)] = view(this.values[i]);
+    }
+    return feeds;
+  }
+
+  /**
+   * Past inputs for one slot, copied into buffers of `capacity` positions (at least its length).
+   * For a row far shorter than the pool's capacity (a prompt read beside a 2,000-token one), the
+   * copy costs a few microseconds per position; reading the masked positions in place costs every
+   * new token a dot product with each of them, in every layer.
+   */
+  bindCompact(slot: number, capacity: number): Record<string, ort.Tensor> {
+    const n = this.lengths[slot];
+    if (capacity < n) throw new Error(`KV slot ${slot} holds ${n} positions; cannot bind ${capacity}`);
+    const { layers, kvHeads, headDim } = this.geometry;
+    const feeds: Record<string, ort.Tensor> = {};
+    const dims = [1, kvHeads, capacity, headDim];
+    for (let l = 0; l < layers; l++) {
+      for (const [buf, name] of [[this.keys[l], TensorNames.pastKey(l)], [this.values[l], TensorNames.pastValue(l)]] as const) {
+        const out = new Float32Array(kvHeads * capacity * headDim);
+        for (let h = 0; h < kvHeads; h++) {
+          const from = this.offset(slot, h);
+          out.set(buf.subarray(from, from + n * headDim), h * capacity * headDim);
+        }
+        feeds[name] = new ort.Tensor('float32', out, dims);
+      }
+    }
+    return feeds;
+  }
+
+  /**
+   * Past inputs for `count` rows that hold nothing yet: one masked position each instead of the
+   * pool's capacity. The body reads every row up to the capacity, so a fresh prompt's first chunk
+   * bound to a pool grown by a 2,000-token row would read 2,000 masked positions per token; masked
+   * positions add exact zeros either way, so the result is the same.
+   */
+  bindEmpty(count: number): Record<string, ort.Tensor> {
+    const { kvHeads, headDim } = this.geometry;
+    if (this.empty.length < count * kvHeads * headDim) this.empty = new Float32Array(count * kvHeads * headDim);
+    const past = new ort.Tensor('float32', this.empty.subarray(0, count * kvHeads * headDim), [count, kvHeads, 1, headDim]);
+    const feeds: Record<string, ort.Tensor> = {};
+    for (let i = 0; i < this.geometry.layers; i++) {
+      feeds[TensorNames.pastKey(i)] = past;
+      feeds[TensorNames.pastValue(i)] = past;
     }
     return feeds;
   }

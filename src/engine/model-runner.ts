@@ -87,7 +87,7 @@ export class ModelRunner {
       past[r] = BigInt(len);
       for (let i = 0; i < n; i++) positions[r * n + i] = BigInt(len + i);
     }
-    const feeds = pool.bind(first, rows);
+    const feeds = this.bindPast(pool, first, rows);
     feeds[TensorNames.inputIds] = new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [rows, n]);
     feeds[TensorNames.positionIds] = new ort.Tensor('int64', positions, [rows, n]);
     feeds[TensorNames.pastLengths] = new ort.Tensor('int64', past, [rows]);
@@ -99,6 +99,21 @@ export class ModelRunner {
     const layers = new Map<number, Float32Array>();
     for (const k of this.extraLayers) layers.set(k, out[TensorNames.layerHidden(k)].data as Float32Array);
     return { hidden: out[TensorNames.hiddenStates].data as Float32Array, layers };
+  }
+
+  /**
+   * The body reads every row's past up to the pool's capacity (masked beyond its length), so a
+   * row far shorter than the pool is given a past of its own size: none for rows that hold
+   * nothing, a compact copy for a single shorter row. Masked positions add exact zeros, so the
+   * result is the same either way, and only the cost changes.
+   */
+  private bindPast(pool: KvPool, first: number, rows: number): Record<string, ort.Tensor> {
+    let longest = 0;
+    for (let r = 0; r < rows; r++) longest = Math.max(longest, pool.length(first + r));
+    if (longest === 0 && pool.capacity > 1) return pool.bindEmpty(rows);
+    const compact = Math.ceil(longest / 64) * 64;
+    if (rows === 1 && compact * 2 <= pool.capacity) return pool.bindCompact(first, compact);
+    return pool.bind(first, rows);
   }
 
   /** LM head over `rows` hidden states laid end to end; returns rows × vocab logits. */

@@ -93,6 +93,30 @@ describe('KV pool and the pooled body', () => {
     }
   });
 
+  it('reads a short row beside a long one from a past of its own size, with the same results bit for bit', async () => {
+    const H = runner.config.hidden_size;
+    const prompt = [1, 403, 407, 261, 378, 290, 11, 42, 43];
+    const read = async (capacity: number, long: number): Promise<Float32Array[]> => {
+      const pool = runner.newPool();
+      pool.ensure(2, capacity);
+      if (long > 0) await runner.forwardRows(pool, 1, 1, Array.from({ length: long }, (_, i) => 1 + (i % 400)));
+      const out: Float32Array[] = [];
+      for (let i = 0; i < prompt.length; i += 3) out.push((await runner.forwardRows(pool, 0, 1, prompt.slice(i, i + 3))).hidden.slice());
+      // A decode step of both rows together reads the pool in place.
+      const both = (await runner.forwardRows(pool, 0, 2, [5, 5])).hidden;
+      out.push(both.slice(0, H));
+      return out;
+    };
+    // At capacity 64 every chunk reads the pool in place; at 512 the short row's later chunks get a
+    // compact past and its first one none. The long row must not change what the short one sees.
+    const inPlace = await read(64, 40);
+    const compact = await read(512, 300);
+    expect(compact.length).toBe(inPlace.length);
+    compact.forEach((h, i) => expect(Array.from(h), `call ${i}`).toEqual(Array.from(inPlace[i])));
+    const want = await referenceHidden([...prompt, 5]);
+    expect(maxDiff([compact[compact.length - 1]], [want[want.length - 1]])).toBeLessThan(5e-5);
+  });
+
   it('moves, swaps and regrows slots without touching other rows', () => {
     const pool = new KvPool({ layers: 2, kvHeads: 2, headDim: 4 });
     pool.ensure(3, 8);
