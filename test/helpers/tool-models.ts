@@ -16,6 +16,14 @@ import { REPO_ROOT } from './paths.js';
  */
 export const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures', 'chat-templates');
 
+/** The 400 body for `tools` on a model whose chat template renders none (stories260K's). */
+export const TOOLS_UNSUPPORTED = {
+  message: "'tools' is not supported by this model: this model's chat template does not render tools.",
+  type: 'invalid_request_error',
+  param: 'tools',
+  code: 'unsupported_parameter',
+};
+
 export const WEATHER = {
   type: 'object',
   properties: {

@@ -10,6 +10,7 @@ import { api, uploadCarryOn, type FormPart } from '../helpers/admin.js';
 import { makePushCarryOn } from '../helpers/carry-on.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, USER_KEY, type TestGateway } from '../helpers/gateway.js';
 import { STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
+import { TOOLS_UNSUPPORTED } from '../helpers/tool-models.js';
 
 /** POST /v1/responses through the official openai SDK: the same generations as chat, in OpenAI's Responses shapes. */
 let gw: TestGateway;
@@ -145,12 +146,7 @@ describe('POST /v1/responses through the official SDK', () => {
     // models that have them: responses-tools.test.ts).
     const tools = await client.responses.create({ model, input: PROMPT, tools: [{ type: 'function', name: 'f', parameters: {}, strict: true }] }).catch((e: unknown) => e);
     expect(tools).toBeInstanceOf(OpenAI.BadRequestError);
-    expect((tools as InstanceType<typeof OpenAI.BadRequestError>).error).toEqual({
-      message: "'tools' is not supported by this model: this model's chat template does not render tools.",
-      type: 'invalid_request_error',
-      param: 'tools',
-      code: 'unsupported_parameter',
-    });
+    expect((tools as InstanceType<typeof OpenAI.BadRequestError>).error).toEqual(TOOLS_UNSUPPORTED);
     await refused({ input: [{ role: 'user', content: 'Hi' }, { type: 'function_call', call_id: 'call_1', name: 'f', arguments: '{}' }] }, 'input[1].type');
     await expect(client.responses.create({ model, input: PROMPT, previous_response_id: 'resp_123' })).rejects.toMatchObject({
       status: 400,

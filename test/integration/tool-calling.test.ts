@@ -11,7 +11,7 @@ import { chatMessagesOf } from '../../src/openai/serve-chat.js';
 import { startTestGateway, USER_KEY, type TestGateway } from '../helpers/gateway.js';
 import { FAMILIES, type Family } from '../helpers/model-families.js';
 import { REPO_ROOT } from '../helpers/paths.js';
-import { closeServed, FAMILY_CASES, FIXTURES, LOOKUP, serveFamily, validators, WEATHER, type Served } from '../helpers/tool-models.js';
+import { closeServed, FAMILY_CASES, FIXTURES, LOOKUP, serveFamily, TOOLS_UNSUPPORTED, validators, WEATHER, type Served } from '../helpers/tool-models.js';
 
 /**
  * Tool calling through the official openai SDK on the real gateway, with tiny random-weight models of
@@ -204,12 +204,7 @@ describe('a model whose template has no tool support', () => {
       .create({ model: 'stories260K', messages: [{ role: 'user', content: 'Hi' }], tools: TOOLS, max_tokens: 4 })
       .then(() => null, (e: unknown) => e);
     expect(err).toBeInstanceOf(OpenAI.BadRequestError);
-    expect((err as InstanceType<typeof OpenAI.BadRequestError>).error).toEqual({
-      message: "'tools' is not supported by this model: this model's chat template does not render tools.",
-      type: 'invalid_request_error',
-      param: 'tools',
-      code: 'unsupported_parameter',
-    });
+    expect((err as InstanceType<typeof OpenAI.BadRequestError>).error).toEqual(TOOLS_UNSUPPORTED);
     // Nor does it render earlier calls: refused rather than dropped from the prompt.
     const history = await client.chat.completions
       .create({
