@@ -72,7 +72,7 @@ try {
   const fingerprint = readManifest(modelDir).fingerprint;
   const scheduler = new Scheduler({ maxLive: 64, maxWaiting: 1024 });
   const registry = new CarryOnRegistry({ loader: engine, budgetBytes: 1 << 30, pinned: new Set(), log: () => {} });
-  const router = new ModelRouter('stories260K', null);
+  const router = new ModelRouter(() => [{ name: 'stories260K', fingerprint }], null).forBase('stories260K');
   const deps = { engine, scheduler, router, tokenizer, contextLength: engine.info.contextLength, timeoutMs: 600_000, registry, hiddenSize: engine.info.hiddenSize, metrics: null, rateLimiter: null };
 
   // One inference service per mode over the same engine: the sink is the only difference.

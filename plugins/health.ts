@@ -1,7 +1,10 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { Gateway } from '../src/serving/gateway.js';
 
-/** Probes: `live` is cheap and always 200 while the process serves; `ready` is 200 only with the model loaded. */
+/**
+ * Probes: `live` is cheap and always 200 while the process serves; `ready` is 200 only with every
+ * base model loaded, and reports each base (`models`), so an operator sees which one is loading or failed.
+ */
 const healthRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gateway }) => {
   app.get('/health/live', { config: { public: true } }, async () => ({ status: 'ok' }));
   app.get('/health/ready', { config: { public: true } }, async (_request, reply) => {
@@ -12,6 +15,7 @@ const healthRoutes: FastifyPluginAsync<{ gateway: Gateway }> = async (app, { gat
       status: gateway.status,
       ...(gateway.failure ? { error: gateway.failure } : {}),
       ...(diskFull ? { disk_full: diskFull } : {}),
+      models: gateway.bases.map((b) => ({ name: b.name, status: b.status, ...(b.failure ? { error: b.failure } : {}) })),
     });
   });
 };

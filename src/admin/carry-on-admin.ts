@@ -161,7 +161,7 @@ export class CarryOnAdmin {
     staging: string,
     action: 'carry_on.upload' | 'carry_on.train',
   ): Promise<CarryOnVersionObject> {
-    const base = this.opts.baseModel();
+    const base = this.opts.baseModel(manifest.base_fingerprint);
     checkAgainstBase(manifest, base);
     checkWeightsDigest(manifest, weights.sha256);
     const config = configFromManifest(manifest, base.vocabSize);

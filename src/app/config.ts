@@ -3,6 +3,8 @@ import path from 'node:path';
 import { z } from 'zod';
 import { HARVEST_CONFIG } from '../harvest/config.js';
 import { POSTGRES_URL_PATTERN } from '../store/database-url.js';
+import { ConfigError } from './config-error.js';
+import { baseModelsOf, type BaseModelSetting } from './base-models-config.js';
 
 /**
  * Every option is an environment variable; this schema is the single place that names, defaults and
@@ -23,6 +25,12 @@ export const ConfigSchema = z.object({
   CARRYON_TOKENIZER: z.string().default(''),
   /** Name clients use in the `model` field for the base; defaults to the package's name. */
   CARRYON_MODEL_NAME: z.string().default(''),
+  /**
+   * Several bases in one gateway: `name=source,name=source` (each source as CARRYON_MODEL takes it).
+   * Each gets its own engine (and CARRYON_KV_CACHE_BYTES); the first is the default base. Exclusive
+   * with CARRYON_MODEL, CARRYON_MODEL_NAME and CARRYON_TOKENIZER (see baseModelsOf).
+   */
+  CARRYON_MODELS: z.string().default(''),
   CARRYON_DATA_DIR: z.string().default('data'),
   /**
    * PostgreSQL for the metadata (tenants, keys, carry-on and harvest indexes) instead of
@@ -134,11 +142,11 @@ export interface Config extends RawConfig {
   dataDir: string;
   inferenceKeys: string[];
   pinnedCarryOns: Set<string>;
+  /** The served bases, from CARRYON_MODELS or the single CARRYON_MODEL; the first is the default. */
+  bases: BaseModelSetting[];
 }
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
+export { ConfigError };
 
 /** Validates the environment once; throws a ConfigError naming every bad variable. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): Config {
@@ -151,10 +159,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
   }
   const raw = parsed.data;
+  const bases = baseModelsOf(raw);
   return {
     ...raw,
     dataDir: path.resolve(cwd, raw.CARRYON_DATA_DIR),
     inferenceKeys: raw.CARRYON_API_KEYS.split(',').map((k) => k.trim()).filter(Boolean),
     pinnedCarryOns: new Set(raw.CARRYON_PINNED_CARRY_ONS.split(',').map((k) => k.trim()).filter(Boolean)),
+    bases,
   };
 }

@@ -2,14 +2,13 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { readBaseModelInfo, type BaseModelInfo } from '../admin/base-model.js';
+import { servedBaseFor, type BaseModelInfo } from '../admin/base-model.js';
+import { resolveBase, startBase, type BaseLoadContext, type ResolvedBase } from './base-loader.js';
 import { createAdminServices } from '../admin/services.js';
 import { Authenticator, syncConfigKeys } from '../auth/authenticator.js';
-import { CarryOnRegistry } from '../serving/carry-on-registry.js';
-import { ChatTemplate } from '../model/chat-template.js';
 import type { Config } from './config.js';
-import { Engine } from '../engine/engine.js';
-import { ApiError, isDiskFull } from '../core/errors.js';
+import type { Engine } from '../engine/engine.js';
+import { isDiskFull } from '../core/errors.js';
 import { DiskSpace } from '../core/disk-space.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 import { Gateway } from '../serving/gateway.js';
@@ -17,16 +16,12 @@ import { Inference, prefixCacheNamespace } from '../serving/inference.js';
 import { createHarvestService, type HarvestService } from '../harvest/service.js';
 import { createHttpServer } from '../http/app.js';
 import routes from '../../plugins/index.js';
-import { resolveModelPackage } from '../model/model-source.js';
-import { readManifest } from '../model/package-files.js';
 import { Metrics } from '../core/metrics.js';
 import { startMetricsListener } from '../http/metrics-listener.js';
 import { RateLimiter } from '../serving/rate-limit.js';
 import { Scheduler } from '../serving/scheduler.js';
 import { Store } from '../store/store.js';
-import { ModelTokenizer } from '../model/tokenizer.js';
-import { PromptEncoder } from '../model/prompt-encoder.js';
-import { readSamplingDefaults } from '../model/generation-defaults.js';
+import type { PromptEncoder } from '../model/prompt-encoder.js';
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -98,20 +93,18 @@ async function startWithStore(
     }
   }
   const auth = new Authenticator(store.apiKeys, store.tenants);
-  // Known once the model package is resolved: uploaded carry-ons are checked against it.
-  let base: BaseModelInfo | null = null;
-  let baseDir: string | null = null;
-  const baseModel = (): BaseModelInfo => {
-    if (base) return base;
-    throw new ApiError('model_loading', gateway.failure ? `The base model failed to load: ${gateway.failure}` : 'The base model is still loading; retry shortly.', {
-      headers: { 'retry-after': '5' },
-    });
-  };
+  const several = config.bases.length > 1;
+  // Known once each base's package is resolved: uploaded carry-ons are checked against them.
+  const resolved = new Map<string, ResolvedBase>();
+  const baseModel = (fingerprint?: string): BaseModelInfo =>
+    servedBaseFor(
+      gateway.bases.map((b) => ({ name: b.name, status: b.status, failure: b.failure, info: resolved.get(b.name)?.info ?? null })),
+      fingerprint,
+    );
   const prefixCacheScope = config.CARRYON_PREFIX_CACHE_SHARED ? 'shared' : 'tenant';
   const scheduler = new Scheduler({ maxLive: config.CARRYON_MAX_LIVE_SEQUENCES, maxWaiting: config.CARRYON_MAX_WAITING });
-  const modelName = config.CARRYON_MODEL_NAME || nameFromSetting(config.CARRYON_MODEL);
   const gateway: Gateway = new Gateway(
-    modelName,
+    config.bases.map((b) => b.name),
     scheduler,
     { maxN: config.CARRYON_MAX_N, maxEmbeddingInputs: config.CARRYON_MAX_EMBEDDING_INPUTS, maxPrompts: config.CARRYON_MAX_PROMPTS },
     store.carryOns,
@@ -128,12 +121,16 @@ async function startWithStore(
     harvest,
     prefixCache: {
       clear: (tenantId) => {
-        if (gateway.status !== 'ready') return; // no engine yet: nothing cached
-        gateway.model().engine.clearPrefixCache(tenantId === undefined ? undefined : prefixCacheNamespace(tenantId, prefixCacheScope));
+        // A base without an engine yet has nothing cached.
+        for (const b of gateway.bases) b.services?.engine.clearPrefixCache(tenantId === undefined ? undefined : prefixCacheNamespace(tenantId, prefixCacheScope));
       },
     },
     training: {
-      base: () => (base && baseDir ? { dir: baseDir, fingerprint: base.fingerprint } : null),
+      // Training runs on the default base for now (a job names no base).
+      base: () => {
+        const first = resolved.get(gateway.modelName);
+        return first ? { dir: first.dir, fingerprint: first.info.fingerprint } : null;
+      },
       maxQueued: config.CARRYON_TRAINING_MAX_QUEUED,
       timeoutMs: config.CARRYON_TRAINING_TIMEOUT_MS,
       threads: config.CARRYON_TRAINING_THREADS,
@@ -169,73 +166,53 @@ async function startWithStore(
   if (syncProblem) app.log.error({ err: syncProblem }, 'the disk is full: started without syncing the configured API keys');
   if (!config.CARRYON_ADMIN_KEY) app.log.warn(`no CARRYON_ADMIN_KEY set: using the generated key in ${adminKeyPath(config.dataDir)}`);
 
-  let engine: Engine | null = null;
-  let inference: Inference | null = null;
-  let encoder: PromptEncoder | null = null;
+  const engines: Engine[] = [];
+  const inferences: Inference[] = [];
+  const encoders: PromptEncoder[] = [];
+  // Bases that failed to load, in order: the first is what `ready` rejects with.
+  const failures: Error[] = [];
+  const loadCtx: BaseLoadContext = { config, gateway, several, log: app.log };
   const ready = (async () => {
-    const dir = await resolveModelPackage({
-      model: config.CARRYON_MODEL,
-      tokenizer: config.CARRYON_TOKENIZER,
-      dataDir: config.dataDir,
-      downloadBaseUrl: config.CARRYON_DOWNLOAD_BASE_URL,
-      sharedDir: config.sharedModelDir,
-      quantize: config.CARRYON_QUANTIZE === 'q4_0' ? 'q4_0' : undefined,
-      log: (m) => app.log.info(m),
-    });
-    base = readBaseModelInfo(dir);
-    baseDir = dir;
-    const harvestSink = await harvest.start(base.fingerprint);
-    engine = await Engine.start({
-      modelDir: dir,
-      provider: config.CARRYON_EXECUTION_PROVIDER,
-      threads: config.CARRYON_THREADS,
-      prefillChunk: config.CARRYON_PREFILL_CHUNK,
-      prefillSliceMs: config.CARRYON_PREFILL_SLICE_MS,
-      contextLength: config.CARRYON_CONTEXT_LENGTH,
-      kvBudgetBytes: config.CARRYON_KV_CACHE_BYTES,
-      prefixCache: { blockTokens: config.CARRYON_PREFIX_CACHE_BLOCK_TOKENS, budgetBytes: config.CARRYON_PREFIX_CACHE_BYTES },
-    });
-    engine.watchSteps(config.CARRYON_ENGINE_STEP_TIMEOUT_MS, (message) => {
-      gateway.setFailed(message);
-      app.log.error(message);
-    });
-    engine.onStep((step) => metrics.observeStep(step));
-    const tokenizer = ModelTokenizer.load(dir, engine.info.vocabSize);
-    const chatTemplate = new ChatTemplate(tokenizer.chatTemplate, tokenizer.specialTokens);
-    const contextLength = engine.info.contextLength;
-    const registry = new CarryOnRegistry({
-      loader: engine,
-      budgetBytes: config.CARRYON_CARRY_ON_BUDGET_BYTES,
-      pinned: config.pinnedCarryOns,
-      log: (obj, msg) => app.log.info(obj, msg),
-      metrics,
-    });
-    gateway.catalog?.onChange((change) => registry.onCatalogChange(change));
-    inference = new Inference({
-      engine,
-      scheduler,
-      router: gateway.router,
-      registry,
-      tokenizer,
-      contextLength,
-      hiddenSize: engine.info.hiddenSize,
-      timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS,
-      harvestSink,
-      rateLimiter: gateway.rateLimiter,
-      metrics,
-      prefixCacheScope,
-    });
-    encoder = new PromptEncoder(tokenizer, { modelDir: dir, contextLength });
-    gateway.setReady({
-      engine, tokenizer, encoder, chatTemplate, inference, contextLength, hiddenSize: engine.info.hiddenSize, registry,
-      samplingDefaults: readSamplingDefaults(dir),
-    });
-    app.log.info({ model: modelName, package: dir, fingerprint: readManifest(dir).fingerprint }, 'model ready');
+    // Every package first (finding or importing them), so routing and uploads know each base's
+    // fingerprint early; then the engines, one after the other, as each allocates its memory.
+    for (const setting of config.bases) {
+      try {
+        const base = await resolveBase(loadCtx, setting);
+        resolved.set(setting.name, base);
+        gateway.base(setting.name).fingerprint = base.info.fingerprint;
+      } catch (err) {
+        failBase(setting.name, err as Error);
+      }
+    }
+    // Harvesting captures the default base only (a shard names one base's fingerprint).
+    const first = resolved.get(gateway.modelName);
+    const harvestSink = first ? await harvest.start(first.info.fingerprint) : null;
+    for (const base of resolved.values()) {
+      const name = base.setting.name;
+      try {
+        const isDefault = name === gateway.modelName;
+        const started = await startBase(loadCtx, base, { harvestSink: isDefault ? harvestSink : null, metrics, engineMetrics: isDefault, prefixCacheScope });
+        engines.push(started.engine);
+        inferences.push(started.services.inference);
+        encoders.push(started.services.encoder);
+        gateway.setReady(started.services, name);
+        app.log.info({ model: name, package: base.dir, fingerprint: base.info.fingerprint }, 'model ready');
+      } catch (err) {
+        failBase(name, err as Error);
+      }
+    }
+    if (failures.length > 0) throw failures[0];
   })().catch((err: Error) => {
-    gateway.setFailed(err.message);
+    // A failure outside one base's loading (harvest's start) fails the default base.
+    if (!failures.includes(err)) gateway.setFailed(err.message);
     app.log.error({ err }, 'model failed to load');
     throw err;
   });
+  function failBase(name: string, err: Error): void {
+    gateway.setFailed(err.message, name);
+    if (several) app.log.error({ err, model: name }, 'base model failed to load');
+    failures.push(err);
+  }
   ready.catch(() => {}); // observed by callers that await it; the failure is already logged
 
   return {
@@ -252,20 +229,15 @@ async function startWithStore(
      * (finish_reason "length"); then the listener, the engine and the store close.
      */
     async close() {
-      gateway.status = 'stopping';
+      gateway.stop();
       scheduler.drain();
-      const gen = inference;
-      if (gen && !(await gen.drain(config.CARRYON_DRAIN_TIMEOUT_MS))) {
-        app.log.warn({ running: gen.activeRuns }, 'drain deadline reached: ending running generations');
-        gen.endAll();
-        await gen.drain(5_000);
-      }
+      await drainAll(inferences, config.CARRYON_DRAIN_TIMEOUT_MS, app.log);
       // Builds and training are killed, not awaited: an upload waiting on one then fails at once.
       await admin.close();
       await app.close();
       await new Promise<void>((r) => (metricsServer ? metricsServer.close(() => r()) : r()));
-      await encoder?.close();
-      await engine?.close();
+      for (const encoder of encoders) await encoder.close();
+      for (const engine of engines) await engine.close();
       await harvest.close(); // after the engine, whose last captures reach the writer before it stops
       disk.stop();
       await store.end();
@@ -273,10 +245,13 @@ async function startWithStore(
   };
 }
 
-function nameFromSetting(model: string): string {
-  if (!model) return 'stories260K';
-  const base = path.basename(path.resolve(model));
-  return base.replace(/\.(gguf|bin)$/i, '');
+/** Every base's running generations get the drain deadline together, then are ended with a final chunk. */
+async function drainAll(inferences: Inference[], deadlineMs: number, log: { warn(obj: object, msg: string): void }): Promise<void> {
+  const drained = await Promise.all(inferences.map((gen) => gen.drain(deadlineMs)));
+  if (drained.every(Boolean)) return;
+  log.warn({ running: inferences.reduce((n, gen) => n + gen.activeRuns, 0) }, 'drain deadline reached: ending running generations');
+  for (const gen of inferences) gen.endAll();
+  await Promise.all(inferences.map((gen) => gen.drain(5_000)));
 }
 
 export function adminKeyPath(dataDir: string): string {

@@ -7,6 +7,8 @@ const ERROR_TABLE = {
   invalid_api_key: { status: 401, type: 'invalid_request_error' },
   permission_denied: { status: 403, type: 'invalid_request_error' },
   model_not_found: { status: 404, type: 'invalid_request_error' },
+  /** A carry-on asked for on a base other than the one it was trained on (several bases served). */
+  carry_on_base_mismatch: { status: 400, type: 'invalid_request_error' },
   not_found: { status: 404, type: 'invalid_request_error' },
   method_not_allowed: { status: 405, type: 'invalid_request_error' },
   conflict: { status: 409, type: 'invalid_request_error' },

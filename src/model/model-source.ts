@@ -33,6 +33,11 @@ export interface ResolveOptions {
   sharedDir?: string;
   /** CARRYON_QUANTIZE: import checkpoints with 4-bit weights (a package folder is used as it is). */
   quantize?: 'q4_0';
+  /**
+   * The folder under DATA_DIR/models an import goes to; default: the source's file name. Several
+   * bases name theirs (by base name) so two sources with one file name never import over each other.
+   */
+  folder?: string;
   log: (msg: string) => void;
 }
 
@@ -55,14 +60,14 @@ export async function resolveModelPackage(opts: ResolveOptions): Promise<string>
       );
     }
     const name = isDir ? path.basename(p) : path.basename(p, path.extname(p));
-    return importOnce(p, path.join(opts.dataDir, 'models', folderName(name, opts)), { tokenizerPath: opts.tokenizer || undefined, name, quantize: opts.quantize }, opts.log);
+    return importOnce(p, path.join(opts.dataDir, 'models', folderName(opts.folder ?? name, opts)), { tokenizerPath: opts.tokenizer || undefined, name, quantize: opts.quantize }, opts.log);
   }
   const sharedDir = opts.sharedDir ?? SHARED_DEFAULT_DIR;
   const files = fs.existsSync(path.join(sharedDir, 'stories260K.bin'))
     ? { bin: path.join(sharedDir, 'stories260K.bin'), tok: path.join(sharedDir, 'tok512.bin') }
     : await downloadDefaultModel(opts.dataDir, opts.downloadBaseUrl, opts.log);
   const name = DEFAULT_MODEL.name;
-  return importOnce(files.bin, path.join(opts.dataDir, 'models', folderName(name, opts)), { tokenizerPath: files.tok, name, quantize: opts.quantize }, opts.log);
+  return importOnce(files.bin, path.join(opts.dataDir, 'models', folderName(opts.folder ?? name, opts)), { tokenizerPath: files.tok, name, quantize: opts.quantize }, opts.log);
 }
 
 /** A quantized import lives beside the f32 one, so switching CARRYON_QUANTIZE never re-imports over the other. */

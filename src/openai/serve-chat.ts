@@ -13,7 +13,7 @@ import { parseReply, templateCall, ToolCallParser, toolPlanOf, type ToolEvent } 
 /** /v1/chat/completions serving logic: messages → template → generation → OpenAI objects. */
 export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
   const id = requestId('chatcmpl');
-  const m = gw.model();
+  const m = await gw.modelFor(body.model, caller);
   // Compiled before anything is admitted: a bad schema is a 400, and the engine gets a ready grammar.
   const tools = toolPlanOf(body, m.chatTemplate);
   const responseFormat = responseFormatOf(body.response_format, 'response_format');

@@ -1,5 +1,5 @@
-import type { Caller } from '../serving/model-routing.js';
-import type { Gateway } from '../serving/gateway.js';
+import { isPending, type Caller } from '../serving/model-routing.js';
+import type { BaseModelState, Gateway } from '../serving/gateway.js';
 
 interface ModelCard {
   id: string;
@@ -12,30 +12,45 @@ interface ModelCard {
   max_model_len?: number;
 }
 
-/** The base, then the caller's own carry-ons (never another tenant's), each with the base as parent and root. */
+/**
+ * Every served base, then the caller's own carry-ons (never another tenant's), each with the base
+ * it was trained on as parent and root. A carry-on for a base this gateway does not serve is left
+ * out (it cannot answer here); while bases load, one whose base is not known yet shows the default.
+ */
 export async function listModels(gw: Gateway, caller: Caller): Promise<{ object: 'list'; data: ModelCard[] }> {
-  const base = baseCard(gw);
+  const bases = gw.bases.map((b) => baseCard(gw, b));
+  const loading = gw.bases.some(isPending);
   const own =
     caller.tenantId && gw.catalog
-      ? (await gw.catalog.listForTenant(caller.tenantId)).map((c) => carryOnCard(gw, c.id, caller.tenantId!, Date.parse(c.createdAt)))
+      ? (
+          await Promise.all(
+            (await gw.catalog.listForTenant(caller.tenantId)).map(async (c) => {
+              const latest = await gw.catalog!.resolve(caller.tenantId!, c.id);
+              const base = latest ? gw.router.baseNameOf(latest) : null;
+              if (base === null && !loading) return [];
+              return [carryOnCard(gw, gw.base(base ?? gw.modelName), c.id, caller.tenantId!, Date.parse(c.createdAt))];
+            }),
+          )
+        ).flat()
       : [];
-  return { object: 'list', data: [base, ...own] };
+  return { object: 'list', data: [...bases, ...own] };
 }
 
 export async function retrieveModel(gw: Gateway, model: string, caller: Caller): Promise<ModelCard> {
-  const record = await gw.router.route(model, { ...caller, defaultCarryOn: null });
-  return record ? carryOnCard(gw, model, record.tenantId, Date.parse(record.manifest.created_at)) : { ...baseCard(gw), id: model };
+  const { base, record } = await gw.router.resolve(model, { ...caller, defaultCarryOn: null });
+  const state = gw.base(base);
+  return record ? carryOnCard(gw, state, model, record.tenantId, Date.parse(record.manifest.created_at)) : { ...baseCard(gw, state), id: model };
 }
 
-function baseCard(gw: Gateway): ModelCard {
-  return { id: gw.modelName, object: 'model', created: gw.created, owned_by: 'carry-on-gateway', root: gw.modelName, parent: null, ...contextOf(gw) };
+function baseCard(gw: Gateway, base: BaseModelState): ModelCard {
+  return { id: base.name, object: 'model', created: gw.created, owned_by: 'carry-on-gateway', root: base.name, parent: null, ...contextOf(base) };
 }
 
-function carryOnCard(gw: Gateway, id: string, tenant: string, createdMs: number): ModelCard {
-  return { id, object: 'model', created: Math.floor(createdMs / 1000) || gw.created, owned_by: tenant, root: gw.modelName, parent: gw.modelName, ...contextOf(gw) };
+function carryOnCard(gw: Gateway, base: BaseModelState, id: string, tenant: string, createdMs: number): ModelCard {
+  return { id, object: 'model', created: Math.floor(createdMs / 1000) || gw.created, owned_by: tenant, root: base.name, parent: base.name, ...contextOf(base) };
 }
 
-/** A carry-on reads the base's hidden states, so it has the base's context. */
-function contextOf(gw: Gateway): { max_model_len?: number } {
-  return gw.status === 'ready' ? { max_model_len: gw.model().contextLength } : {};
+/** A carry-on reads its base's hidden states, so it has that base's context. */
+function contextOf(base: BaseModelState): { max_model_len?: number } {
+  return base.status === 'ready' && base.services ? { max_model_len: base.services.contextLength } : {};
 }

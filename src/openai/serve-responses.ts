@@ -21,7 +21,7 @@ import { templateCall, ToolCallParser, toolPlanOf, type ToolEvent, type ToolFiel
  */
 export async function serveResponses(gw: Gateway, body: ResponsesRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
   const id = requestId('resp', '_');
-  const m = gw.model();
+  const m = await gw.modelFor(body.model, caller);
   refuseUnsupported(body);
   const toolRequest = toolRequestOf(body);
   const tools = toolPlanOf(toolRequest, m.chatTemplate, RESPONSES_TOOL_FIELDS);

@@ -1,6 +1,6 @@
 import type { CarryOnCatalog } from '../carryon/catalog.js';
 import type { CarryOnRegistry } from './carry-on-registry.js';
-import { ModelRouter } from './model-routing.js';
+import { ModelRouter, type Caller } from './model-routing.js';
 import type { ChatTemplate } from '../model/chat-template.js';
 import type { Engine } from '../engine/engine.js';
 import { ApiError } from '../core/errors.js';
@@ -28,50 +28,104 @@ export interface ModelServices {
 
 export type GatewayStatus = 'loading' | 'ready' | 'failed' | 'stopping';
 
+/** One served base: its own lifecycle, and its own engine and services once loaded. */
+export interface BaseModelState {
+  readonly name: string;
+  status: 'loading' | 'ready' | 'failed';
+  failure: string | null;
+  /** The package's fingerprint, known once its package is resolved (before the engine starts). */
+  fingerprint: string | null;
+  services: ModelServices | null;
+}
+
 /**
- * What the HTTP surfaces share: the served model's name, its services once loaded, and the lifecycle
- * status that readiness and the 503s read. Routes get this object, never globals.
+ * What the HTTP surfaces share: the served bases (the first is the default), each with its services
+ * once loaded and its own lifecycle status, which readiness and the 503s read. Routes get this
+ * object, never globals.
  */
 export class Gateway {
-  status: GatewayStatus = 'loading';
   /** Per-key request and token limits on inference routes; null: none configured. */
   rateLimiter: RateLimiter | null = null;
-  failure: string | null = null;
   /** The data folder's space: `full` says why it counts as full (readiness reports it), null while there is room. */
   disk: { readonly full: string | null } | null = null;
-  private services: ModelServices | null = null;
+  /** In configuration order; the first is the default base. */
+  readonly bases: readonly BaseModelState[];
+  private stopping = false;
   readonly created = Math.floor(Date.now() / 1000);
-  /** `model` names → the base or a tenant's carry-on version; needs no loaded model. */
+  /** `model` names → a base and a tenant's carry-on version on it; needs no loaded model. */
   readonly router: ModelRouter;
 
   constructor(
-    readonly modelName: string,
+    /** The served bases' names, the default first. */
+    baseNames: readonly string[],
     readonly scheduler: Scheduler,
     readonly limits: { maxN: number; maxEmbeddingInputs: number; maxPrompts: number },
     /** Tenants' carry-ons; null when the gateway runs without a metadata store. */
     readonly catalog: CarryOnCatalog | null = null,
   ) {
-    this.router = new ModelRouter(modelName, catalog);
+    if (baseNames.length === 0) throw new Error('a gateway serves at least one base model');
+    this.bases = baseNames.map((name) => ({ name, status: 'loading', failure: null, fingerprint: null, services: null }));
+    this.router = new ModelRouter(() => this.bases, catalog);
   }
 
-  setReady(services: ModelServices): void {
-    this.services = services;
-    this.status = 'ready';
+  /** The default base's name: what training and harvesting use, and the single base's name. */
+  get modelName(): string {
+    return this.bases[0].name;
   }
 
-  setFailed(message: string): void {
-    this.failure = message;
-    this.status = 'failed';
+  /** 'ready' once every base is loaded; 'failed' when any failed; 'stopping' from shutdown on. */
+  get status(): GatewayStatus {
+    if (this.stopping) return 'stopping';
+    if (this.bases.some((b) => b.status === 'failed')) return 'failed';
+    return this.bases.every((b) => b.status === 'ready') ? 'ready' : 'loading';
   }
 
-  /** The loaded model, or the 503 a client should see instead. */
-  model(): ModelServices {
-    if (this.status === 'stopping') throw new ApiError('shutting_down', 'The server is shutting down.', { headers: { connection: 'close' } });
-    if (!this.services || this.status !== 'ready') {
-      throw new ApiError('model_loading', this.status === 'failed' ? `The model is not available: ${this.failure}` : 'The model is still loading; retry shortly.', {
+  /** Why the gateway is not fully serving: the failed bases' reasons (named when there are several). */
+  get failure(): string | null {
+    const failed = this.bases.filter((b) => b.failure !== null);
+    if (failed.length === 0) return null;
+    return this.bases.length === 1 ? failed[0].failure : failed.map((b) => `${b.name}: ${b.failure}`).join('; ');
+  }
+
+  /** Shutdown: every request from now on is refused (503, Connection: close). */
+  stop(): void {
+    this.stopping = true;
+  }
+
+  base(name: string = this.modelName): BaseModelState {
+    const state = this.bases.find((b) => b.name === name);
+    if (!state) throw new ApiError('model_not_found', `The model '${name}' does not exist or you do not have access to it.`, { param: 'model' });
+    return state;
+  }
+
+  setReady(services: ModelServices, name?: string): void {
+    const state = this.base(name);
+    state.services = services;
+    state.status = 'ready';
+  }
+
+  setFailed(message: string, name?: string): void {
+    const state = this.base(name);
+    state.failure = message;
+    state.status = 'failed';
+  }
+
+  /** A loaded base (the default one when unnamed), or the 503 a client should see instead. */
+  model(name?: string): ModelServices {
+    if (this.stopping) throw new ApiError('shutting_down', 'The server is shutting down.', { headers: { connection: 'close' } });
+    const state = this.base(name);
+    if (!state.services || state.status !== 'ready') {
+      const which = this.bases.length === 1 ? 'The model' : `The base model '${state.name}'`;
+      throw new ApiError('model_loading', state.status === 'failed' ? `${which} is not available: ${state.failure}` : `${which} is still loading; retry shortly.`, {
         headers: { 'retry-after': '5' },
       });
     }
-    return this.services;
+    return state.services;
+  }
+
+  /** The services of the base a request's `model` routes to (a 404, mismatch or 503 otherwise). */
+  async modelFor(model: string, caller: Caller): Promise<ModelServices> {
+    if (this.stopping) return this.model();
+    return this.model((await this.router.resolve(model, caller)).base);
   }
 }

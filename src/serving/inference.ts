@@ -5,7 +5,7 @@ import type { HarvestSink } from '../harvest/types.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import type { CarryOnLease, CarryOnRegistry } from './carry-on-registry.js';
 import { GenerationRun, type GenerationPlan, type RunDeps } from './generation.js';
-import type { Caller, ModelRouter } from './model-routing.js';
+import type { BaseRouter, Caller } from './model-routing.js';
 import type { RateLimiter } from './rate-limit.js';
 import type { Scheduler } from './scheduler.js';
 import { vocabularyOf } from './vocabulary.js';
@@ -41,7 +41,8 @@ export interface EmbedResult {
 export interface InferenceDeps {
   engine: Engine;
   scheduler: Scheduler;
-  router: ModelRouter;
+  /** Routing bound to this inference service's base. */
+  router: BaseRouter;
   registry: CarryOnRegistry;
   tokenizer: ModelTokenizer;
   contextLength: number;

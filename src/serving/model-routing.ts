@@ -31,21 +31,89 @@ export function callerOf(principal: object | null): Caller {
 /** The literal carry-on name that always means "the base alone", e.g. `stories260K:base`. */
 export const BASE_ONLY = 'base';
 
+/** A base as routing sees it: its name, and its package's fingerprint once the package is resolved. */
+export interface ServedBase {
+  name: string;
+  /** null while the base's package is still being found or imported (or when that failed). */
+  fingerprint: string | null;
+  /** 'failed': a null fingerprint will stay unknown, so it is not waited for. */
+  status?: 'loading' | 'ready' | 'failed';
+}
+
+/** Where a `model` name leads: the base that serves it, and the carry-on version on it (null: the base alone). */
+export interface Route {
+  base: string;
+  record: CarryOnVersionRecord | null;
+}
+
+/** A router bound to one base, as that base's inference service uses it. */
+export interface BaseRouter {
+  /** The carry-on version `model` names on this base (null: the base alone). */
+  route(model: string, caller: Caller): Promise<CarryOnVersionRecord | null>;
+  /** For surfaces served by the base alone (embeddings): its name, or `<base>:base`. */
+  requireBase(model: string, caller: Caller): void;
+}
+
 /**
- * The `model` naming scheme:
- * - `<base>`                 the caller key's default carry-on if it has one, else the base
- * - `<base>:base`            the base alone, always
- * - `<id>` / `<base>:<id>`   the caller's carry-on `id`, latest version
- * - `<id>@<v>`               version `v` (a number or an alias), also after `<base>:`
+ * The `model` naming scheme, for every served base B:
+ * - `B`                      the caller key's default carry-on when it belongs to B, else B alone
+ * - `B:base`                 B alone, always
+ * - `B:<id>`                 the caller's carry-on `id`, latest version, which must belong to B
+ * - `<id>`                   the caller's carry-on `id`, on the base whose fingerprint its manifest names
+ * - `<id>@<v>`               version `v` (a number or an alias), also after `B:`
  * A carry-on of another tenant is a 404 exactly like one that does not exist.
  */
-export async function routeModel(model: string, baseName: string, caller: Caller, catalog: CarryOnCatalog | null): Promise<CarryOnVersionRecord | null> {
-  if (model === baseName) {
-    return caller.defaultCarryOn ? lookup(caller.defaultCarryOn, model, caller, catalog) : null;
+export async function routeModel(model: string, bases: readonly ServedBase[], caller: Caller, catalog: CarryOnCatalog | null): Promise<Route> {
+  const named = bases.find((b) => b.name === model);
+  if (named) {
+    if (!caller.defaultCarryOn) return { base: named.name, record: null };
+    const record = await lookup(caller.defaultCarryOn, model, caller, catalog);
+    // A key's default carry-on answers only for its own base; on another base the key gets that base alone.
+    return { base: named.name, record: named.fingerprint === null || record.manifest.base_fingerprint === named.fingerprint ? record : null };
   }
-  const name = model.startsWith(`${baseName}:`) ? model.slice(baseName.length + 1) : model;
-  if (name === BASE_ONLY && name !== model) return null;
-  return lookup(name, model, caller, catalog);
+  const colon = model.indexOf(':');
+  const prefixed = colon > 0 ? bases.find((b) => b.name === model.slice(0, colon)) : undefined;
+  if (prefixed) {
+    const name = model.slice(colon + 1);
+    if (name === BASE_ONLY) return { base: prefixed.name, record: null };
+    const record = await lookup(name, model, caller, catalog);
+    // Still loading (fingerprint unknown): the base's own 503 answers, not a guess.
+    if (prefixed.fingerprint !== null && record.manifest.base_fingerprint !== prefixed.fingerprint) throw wrongBase(model, record, prefixed, bases);
+    return { base: prefixed.name, record };
+  }
+  const record = await lookup(model, model, caller, catalog);
+  return { base: baseOf(record, model, bases).name, record };
+}
+
+/** The base a carry-on version was trained on, among those served; an error naming why when none is. */
+function baseOf(record: CarryOnVersionRecord, model: string, bases: readonly ServedBase[]): ServedBase {
+  const owner = bases.find((b) => b.fingerprint === record.manifest.base_fingerprint);
+  if (owner) return owner;
+  if (bases.some(isPending)) {
+    throw new ApiError('model_loading', 'The base model is still loading; retry shortly.', { headers: { 'retry-after': '5' } });
+  }
+  throw new ApiError(
+    'carry_on_base_mismatch',
+    `The carry-on '${model}' was made for base model ${record.manifest.base_fingerprint.slice(0, 12)}…, which this gateway does not serve (it serves ${servedList(bases)}).`,
+    { param: 'model' },
+  );
+}
+
+/** A base whose fingerprint is not known yet but will be: any carry-on might belong to it. */
+export function isPending(base: ServedBase): boolean {
+  return base.fingerprint === null && base.status !== 'failed';
+}
+
+function wrongBase(model: string, record: CarryOnVersionRecord, asked: ServedBase, bases: readonly ServedBase[]): ApiError {
+  const owner = bases.find((b) => b.fingerprint === record.manifest.base_fingerprint);
+  const belongs = owner
+    ? `belongs to base '${owner.name}', not '${asked.name}': call it as '${owner.name}:${model.slice(asked.name.length + 1)}'`
+    : `was made for base model ${record.manifest.base_fingerprint.slice(0, 12)}…, not '${asked.name}', and this gateway serves no such base (it serves ${servedList(bases)})`;
+  return new ApiError('carry_on_base_mismatch', `The carry-on in '${model}' ${belongs}.`, { param: 'model' });
+}
+
+function servedList(bases: readonly ServedBase[]): string {
+  return bases.map((b) => `'${b.name}'`).join(', ');
 }
 
 async function lookup(name: string, model: string, caller: Caller, catalog: CarryOnCatalog | null): Promise<CarryOnVersionRecord> {
@@ -71,22 +139,36 @@ export function notFound(model: string, caller: Caller): ApiError {
 }
 
 /**
- * Resolves `model` names for a gateway: its base's name and the tenants' carry-on catalog (null
- * when the gateway runs without a metadata store).
+ * Resolves `model` names for a gateway: its served bases (read on every call, since fingerprints
+ * become known as packages resolve) and the tenants' carry-on catalog (null without a metadata store).
  */
 export class ModelRouter {
   constructor(
-    readonly baseName: string,
+    private readonly bases: () => readonly ServedBase[],
     private readonly catalog: CarryOnCatalog | null,
   ) {}
 
-  /** The base (null) or one of the caller's carry-on versions; a 404 otherwise. */
-  route(model: string, caller: Caller): Promise<CarryOnVersionRecord | null> {
-    return routeModel(model, this.baseName, caller, this.catalog);
+  /** The base and carry-on version `model` names; a 404 (or the mismatch) otherwise. */
+  resolve(model: string, caller: Caller): Promise<Route> {
+    return routeModel(model, this.bases(), caller, this.catalog);
   }
 
-  /** For surfaces served by the base alone (embeddings): its name, or `<base>:base`. */
-  requireBase(model: string, caller: Caller): void {
-    if (model !== this.baseName && model !== `${this.baseName}:${BASE_ONLY}`) throw notFound(model, caller);
+  /** The base serving a carry-on version: its name, or null when none served here is (yet) known to match. */
+  baseNameOf(record: CarryOnVersionRecord): string | null {
+    return this.bases().find((b) => b.fingerprint === record.manifest.base_fingerprint)?.name ?? null;
+  }
+
+  /** The routing one base's inference service does: it only ever sees names the gateway routed to it. */
+  forBase(name: string): BaseRouter {
+    return {
+      route: async (model, caller) => {
+        const routed = await this.resolve(model, caller);
+        if (routed.base !== name) throw new ApiError('internal_error', `'${model}' is served by base '${routed.base}', not '${name}'.`);
+        return routed.record;
+      },
+      requireBase: (model, caller) => {
+        if (model !== name && model !== `${name}:${BASE_ONLY}`) throw notFound(model, caller);
+      },
+    };
   }
 }

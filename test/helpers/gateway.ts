@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfig } from '../../src/app/config.js';
+import { loadConfig, type Config } from '../../src/app/config.js';
 import { startServer, type RunningServer } from '../../src/app/server.js';
 import type { createHarvestService } from '../../src/harvest/service.js';
 
@@ -27,11 +27,11 @@ export function freshDataDir(prefix = 'carryon-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
-/** Starts the real gateway on an ephemeral port with the default model (stories260K from ../shared). */
-export async function startTestGateway(env: Record<string, string> = {}, opts: TestGatewayOptions = {}): Promise<TestGateway> {
+/** The configuration test gateways run with: an ephemeral port, the test keys, one thread, no logs, `env` on top. */
+export function testGatewayConfig(env: Record<string, string> = {}): Config {
   const dataDir = env.CARRYON_DATA_DIR ?? SHARED_DATA;
   fs.mkdirSync(dataDir, { recursive: true });
-  const config = loadConfig({
+  return loadConfig({
     HOST: '127.0.0.1',
     PORT: '0',
     CARRYON_DATA_DIR: dataDir,
@@ -43,6 +43,12 @@ export async function startTestGateway(env: Record<string, string> = {}, opts: T
     CARRYON_DISK_RESERVE_BYTES: '0',
     ...env,
   });
+}
+
+/** Starts the real gateway on an ephemeral port with the default model (stories260K from ../shared). */
+export async function startTestGateway(env: Record<string, string> = {}, opts: TestGatewayOptions = {}): Promise<TestGateway> {
+  const config = testGatewayConfig(env);
+  const dataDir = config.CARRYON_DATA_DIR;
   // startServer hands its whole config to createHarvestService, which is what reads harvestNow.
   type ServerConfig = Parameters<typeof startServer>[0] & Parameters<typeof createHarvestService>[0];
   const serverConfig: ServerConfig = { ...config, logStream: opts.logStream, harvestNow: opts.harvestNow };
