@@ -124,6 +124,8 @@ export const ConfigSchema = z.object({
   CARRYON_RATE_LIMIT_RPM: int(0, 10_000_000).default(0),
   /** Per-key prompt + completion tokens per minute; 0 = unlimited. */
   CARRYON_RATE_LIMIT_TPM: int(0, 1_000_000_000).default(0),
+  /** With CARRYON_DATABASE_URL: how often replicas pool their rate-limit spending (0: each replica limits alone). */
+  CARRYON_RATE_LIMIT_SYNC_MS: int(0, 60_000).default(200),
   /** On SIGTERM: how long in-flight generations may run on before they are ended with a final chunk. */
   CARRYON_DRAIN_TIMEOUT_MS: int(0, 3_600_000).default(30_000),
   /** Who may read /metrics on the main port: admin-scope keys (default) or anyone. */

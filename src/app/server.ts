@@ -137,7 +137,16 @@ async function startWithStore(
       maxLogBytes: 4 * 1024 * 1024,
     },
   });
-  gateway.rateLimiter = new RateLimiter({ requestsPerMinute: config.CARRYON_RATE_LIMIT_RPM, tokensPerMinute: config.CARRYON_RATE_LIMIT_TPM });
+  // Replicas on one PostgreSQL database pool their spending; SQLite means one node, which limits alone.
+  gateway.rateLimiter = new RateLimiter(
+    { requestsPerMinute: config.CARRYON_RATE_LIMIT_RPM, tokensPerMinute: config.CARRYON_RATE_LIMIT_TPM },
+    Date.now,
+    store.db.dialect === 'postgres' ? store.rateBuckets : null,
+    (problem) =>
+      problem === null
+        ? app.log.info('rate limits: syncing with the other replicas again')
+        : app.log.warn({ err: problem }, 'rate limits: cannot sync with the other replicas; limiting on this replica alone until it can'),
+  );
   const metrics = new Metrics();
   metrics.onScrape(() => {
     metrics.requestsRunning.set(scheduler.runningSequences);
@@ -161,6 +170,7 @@ async function startWithStore(
     admin: { services: admin, maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES },
   });
   const url = await app.listen({ host: config.HOST, port: config.PORT });
+  gateway.rateLimiter.startSync(config.CARRYON_RATE_LIMIT_SYNC_MS);
   const metricsServer = config.CARRYON_METRICS_PORT > 0 ? await startMetricsListener(metrics, config.HOST, config.CARRYON_METRICS_PORT) : null;
   if (synced.inserted + synced.revoked > 0) app.log.info(synced, 'configured API keys synced to the store');
   if (syncProblem) app.log.error({ err: syncProblem }, 'the disk is full: started without syncing the configured API keys');
@@ -239,6 +249,7 @@ async function startWithStore(
       for (const encoder of encoders) await encoder.close();
       for (const engine of engines) await engine.close();
       await harvest.close(); // after the engine, whose last captures reach the writer before it stops
+      await gateway.rateLimiter?.stopSync();
       disk.stop();
       await store.end();
     },

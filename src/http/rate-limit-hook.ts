@@ -11,7 +11,9 @@ export function rateLimitHook(gateway: Gateway) {
   return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const limiter = gateway.rateLimiter;
     if (!limiter?.enabled) return;
-    const decision = limiter.admit(callerOf(request.principal).keyId);
+    const keyId = callerOf(request.principal).keyId;
+    await limiter.warm(keyId);
+    const decision = limiter.admit(keyId);
     for (const [k, v] of Object.entries(decision.headers)) reply.raw.setHeader(k, v);
     if (!decision.allowed) {
       throw new ApiError('rate_limit_exceeded', `Rate limit reached for ${decision.limitedBy} per minute on this key; retry after ${decision.retryAfterSeconds}s.`, {

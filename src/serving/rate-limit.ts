@@ -11,6 +11,14 @@ export interface RateLimits {
   tokensPerMinute: number;
 }
 
+/**
+ * Buckets shared with other replicas (src/store/rate-buckets.ts on PostgreSQL): a sync adds what
+ * this replica spent and returns the level every replica's spending left.
+ */
+export interface SharedRateBuckets {
+  exchange(use: { keyId: string; kind: 'requests' | 'tokens'; perMinute: number; spent: number; at: number }): Promise<number>;
+}
+
 export interface RateDecision {
   allowed: boolean;
   /** Seconds until the limiting bucket has room again (for Retry-After). */
@@ -23,6 +31,8 @@ export interface RateDecision {
 class Bucket {
   private level: number;
   private at: number;
+  /** Taken since the last sync with the shared bucket. */
+  spent = 0;
 
   constructor(private readonly perMinute: number, now: number) {
     this.level = perMinute;
@@ -39,6 +49,13 @@ class Bucket {
   take(n: number, now: number): void {
     this.available(now);
     this.level -= n; // may go negative: a long completion borrows from the next minute
+    this.spent += n;
+  }
+
+  /** Adopts the shared level as of `at`, less what was taken here while the sync was out. */
+  adopt(level: number, at: number): void {
+    this.level = level - this.spent;
+    this.at = at;
   }
 
   /** Seconds until `need` is available. */
@@ -52,13 +69,114 @@ class Bucket {
   }
 }
 
+/** Keys used within this long keep syncing, so they learn what other replicas spent. */
+const SYNC_RECENT_MS = 60_000;
+/** A key's first request on a replica waits this long at most for the key's shared level. */
+const FIRST_SYNC_WAIT_MS = 250;
+
 export class RateLimiter {
   private readonly buckets = new Map<string, { requests: Bucket | null; tokens: Bucket | null; lastUsed: number }>();
+  private timer: NodeJS.Timeout | null = null;
+  private syncing: Promise<void> | null = null;
+  private syncFailing = false;
+  /** Keys whose first shared level is being fetched: their first requests wait for it. */
+  private readonly warming = new Map<string, Promise<void>>();
 
   constructor(
     private readonly limits: RateLimits,
     private readonly now: () => number = Date.now,
+    private readonly shared: SharedRateBuckets | null = null,
+    private readonly onSyncProblem: (message: string | null) => void = () => {},
   ) {}
+
+  /**
+   * Syncs with the shared buckets every `intervalMs`. Admission never waits for the store: each
+   * replica decides from its own buckets, which each sync sets to the level every replica's
+   * spending left. So the limit holds across replicas up to what they admit within one interval,
+   * and while the store is slow or down (a sync still out is not repeated; a failed one keeps its
+   * spending for the next) each replica falls back to enforcing the whole limit on its own.
+   */
+  startSync(intervalMs: number): void {
+    if (!this.shared || !this.enabled || intervalMs <= 0 || this.timer) return;
+    this.timer = setInterval(() => void this.sync(), intervalMs);
+    this.timer.unref();
+  }
+
+  /**
+   * Before admitting a key this replica has no bucket for (its first request here, or the first
+   * after a minute idle): fetch the key's shared level, so a key spent on other replicas is not
+   * admitted here in full. Waits FIRST_SYNC_WAIT_MS at most; a slow or failed store leaves the
+   * full local bucket, which the next sync corrects.
+   */
+  async warm(keyId: string): Promise<void> {
+    const shared = this.shared;
+    if (!shared || !this.timer) return;
+    let pending = this.warming.get(keyId);
+    if (!pending) {
+      if (this.buckets.has(keyId)) return;
+      const now = this.now();
+      const b = this.bucketsFor(keyId, now);
+      const fetches: Array<Promise<void>> = [];
+      for (const [kind, bucket] of [['requests', b.requests], ['tokens', b.tokens]] as const) {
+        if (bucket) fetches.push(shared.exchange({ keyId, kind, perMinute: bucket.limit, spent: 0, at: now }).then((level) => bucket.adopt(level, now)));
+      }
+      pending = Promise.all(fetches)
+        .then(
+          () => undefined,
+          () => undefined, // the sync reports store trouble; here the full local bucket stands in
+        )
+        .finally(() => this.warming.delete(keyId));
+      this.warming.set(keyId, pending);
+    }
+    let timeout: NodeJS.Timeout | undefined;
+    await Promise.race([pending, new Promise<void>((r) => (timeout = setTimeout(r, FIRST_SYNC_WAIT_MS)))]);
+    clearTimeout(timeout);
+  }
+
+  /** Stops syncing after a last exchange (what this replica spent still counts for the others), given at most `waitMs`. */
+  async stopSync(waitMs = 2_000): Promise<void> {
+    if (!this.timer) return;
+    clearInterval(this.timer);
+    this.timer = null;
+    let timeout: NodeJS.Timeout | undefined;
+    const last = (this.syncing ?? Promise.resolve()).then(() => this.sync());
+    await Promise.race([last, new Promise<void>((r) => (timeout = setTimeout(r, waitMs)))]);
+    clearTimeout(timeout);
+  }
+
+  /** One exchange with the shared store for every recently used bucket (waits for one in flight). */
+  sync(): Promise<void> {
+    if (!this.shared) return Promise.resolve();
+    this.syncing ??= this.exchangeAll(this.shared).finally(() => (this.syncing = null));
+    return this.syncing;
+  }
+
+  private async exchangeAll(shared: SharedRateBuckets): Promise<void> {
+    const now = this.now();
+    const jobs: Array<Promise<void>> = [];
+    let failure: string | null = null;
+    for (const [keyId, b] of this.buckets) {
+      if (now - b.lastUsed > SYNC_RECENT_MS) continue;
+      for (const [kind, bucket] of [['requests', b.requests], ['tokens', b.tokens]] as const) {
+        if (!bucket) continue;
+        const spent = bucket.spent;
+        bucket.spent = 0;
+        jobs.push(
+          shared.exchange({ keyId, kind, perMinute: bucket.limit, spent, at: now }).then(
+            (level) => bucket.adopt(level, now),
+            (err: Error) => {
+              bucket.spent += spent; // counted at the next sync that gets through
+              failure = err.message;
+            },
+          ),
+        );
+      }
+    }
+    await Promise.all(jobs);
+    // Said once when syncing starts failing and once when it recovers, not every interval.
+    if ((failure !== null) !== this.syncFailing) this.onSyncProblem(failure);
+    this.syncFailing = failure !== null;
+  }
 
   get enabled(): boolean {
     return this.limits.requestsPerMinute > 0 || this.limits.tokensPerMinute > 0;

@@ -5,14 +5,15 @@ interface Types {
   text: string;
   bytes: string;
   int: string;
+  real: string;
   strict: string;
 }
 
 const TYPES: Record<Dialect, Types> = {
-  sqlite: { text: 'TEXT', bytes: 'BLOB', int: 'INTEGER', strict: ' STRICT' },
+  sqlite: { text: 'TEXT', bytes: 'BLOB', int: 'INTEGER', real: 'REAL', strict: ' STRICT' },
   // COLLATE "C": ORDER BY id/created_at compares bytes, as SQLite does, whatever the database's locale.
   // BIGINT: versions, byte counts and ms timestamps (SQLite's INTEGER is 64-bit too).
-  postgres: { text: 'TEXT COLLATE "C"', bytes: 'BYTEA', int: 'BIGINT', strict: '' },
+  postgres: { text: 'TEXT COLLATE "C"', bytes: 'BYTEA', int: 'BIGINT', real: 'DOUBLE PRECISION', strict: '' },
 };
 
 /**
@@ -98,6 +99,19 @@ const STEPS: ReadonlyArray<(t: Types) => string> = [
   )${t.strict};
   CREATE INDEX harvest_shards_by_created ON harvest_shards(created_at, id);
   CREATE INDEX harvest_shards_by_tenant ON harvest_shards(tenant_id, created_at);
+  `,
+  // 3: per-key rate-limit buckets shared by the replicas (src/store/rate-buckets.ts). No foreign key:
+  // a row is a few numbers, rewritten every sync, and a revoked key's row simply stops changing.
+  (t) => `
+  CREATE TABLE rate_buckets (
+    key_id      ${t.text} NOT NULL,
+    kind        ${t.text} NOT NULL CHECK (kind IN ('requests', 'tokens')),
+    level       ${t.real} NOT NULL,
+    per_minute  ${t.real} NOT NULL CHECK (per_minute > 0),
+    -- Unix ms of the last sync that wrote the row: refill runs from here.
+    at          ${t.int} NOT NULL,
+    PRIMARY KEY (key_id, kind)
+  )${t.strict};
   `,
 ];
 

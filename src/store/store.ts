@@ -2,6 +2,7 @@ import { ApiKeyRepository } from './api-keys.js';
 import { CarryOnRepository } from './carry-ons.js';
 import { openDatabase, openSqlite, type DatabaseOptions } from './db.js';
 import { HarvestShardRepository } from './harvest-shards.js';
+import { RateBucketRepository } from './rate-buckets.js';
 import type { SqlDriver } from './sql-driver.js';
 import { TenantRepository } from './tenants.js';
 
@@ -14,6 +15,7 @@ export class Store {
   readonly apiKeys: ApiKeyRepository;
   readonly carryOns: CarryOnRepository;
   readonly harvestShards: HarvestShardRepository;
+  readonly rateBuckets: RateBucketRepository;
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -24,6 +26,7 @@ export class Store {
     this.apiKeys = new ApiKeyRepository(db);
     this.carryOns = new CarryOnRepository(db, dataDir);
     this.harvestShards = new HarvestShardRepository(db, dataDir);
+    this.rateBuckets = new RateBucketRepository(db);
   }
 
   /** The configured backend: PostgreSQL when `opts.url` is set, else the SQLite file in `opts.dataDir`. */
