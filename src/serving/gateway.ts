@@ -1,4 +1,5 @@
 import type { CarryOnCatalog } from '../carryon/catalog.js';
+import type { DatabaseState } from '../store/database-health.js';
 import type { CarryOnRegistry } from './carry-on-registry.js';
 import { ModelRouter } from './model-routing.js';
 import type { ChatTemplate } from '../model/chat-template.js';
@@ -39,6 +40,8 @@ export class Gateway {
   failure: string | null = null;
   /** The data folder's space: `full` says why it counts as full (readiness reports it), null while there is room. */
   disk: { readonly full: string | null } | null = null;
+  /** PostgreSQL's reachability (readiness reports it); null on SQLite. */
+  database: { state(): Promise<DatabaseState> } | null = null;
   private services: ModelServices | null = null;
   readonly created = Math.floor(Date.now() / 1000);
   /** `model` names → the base or a tenant's carry-on version; needs no loaded model. */
