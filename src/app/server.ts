@@ -225,7 +225,13 @@ async function startWithStore(
       log: (obj, msg) => app.log.info(obj, msg),
       metrics,
     });
-    gateway.catalog?.onChange((change) => registry.onCatalogChange(change));
+    const catalog = gateway.catalog;
+    catalog?.onChange((change) => registry.onCatalogChange(change));
+    catalog?.onResync?.(() => {
+      registry
+        .reconcile(async (r) => (await catalog.resolve(r.tenantId, r.carryOnId, String(r.version))) !== null)
+        .catch((err: Error) => app.log.warn({ err: err.message }, 'carry-on registry: reconcile after a change-feed gap failed; retried on the next'));
+    });
     inference = new Inference({
       engine,
       scheduler,

@@ -106,6 +106,7 @@ const LIVE_VERSIONS = `
  */
 export class CarryOnRepository {
   private readonly listeners = new Set<(e: CarryOnChange) => void>();
+  private readonly resyncListeners = new Set<() => void>();
   /** Parsed manifests by (tenant, id, version): versions are immutable, so entries never go stale. */
   private readonly manifests = new Map<string, CarryOnManifest>();
 
@@ -118,6 +119,9 @@ export class CarryOnRepository {
     changes.subscribe({
       change: (c) => {
         if (c.kind === 'carry-on') this.emit(c.change);
+      },
+      resync: () => {
+        for (const listener of [...this.resyncListeners]) listener();
       },
     });
   }
@@ -175,6 +179,14 @@ export class CarryOnRepository {
     this.listeners.add(listener);
     return () => {
       this.listeners.delete(listener);
+    };
+  }
+
+  /** Subscribes to resyncs (see CarryOnCatalog.onResync); returns the unsubscribe function. */
+  onResync(listener: () => void): () => void {
+    this.resyncListeners.add(listener);
+    return () => {
+      this.resyncListeners.delete(listener);
     };
   }
 

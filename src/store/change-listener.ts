@@ -76,20 +76,21 @@ export class ChangeListener {
     this.client = client;
     this.lastError = null;
     this.retryMs = FIRST_RETRY_MS;
-    if (this.everConnected) {
-      this.warn('PostgreSQL change feed: listening again; reconciling what may have been missed');
-      this.feed.resync();
-    }
+    if (this.everConnected) this.warn('PostgreSQL change feed: listening again; reconciling what may have been missed');
+    // Anything cached before this moment may predate a change that was never heard: re-check it.
+    this.feed.resync();
     this.everConnected = true;
   }
 
   private failed(err: unknown): void {
     if (this.stopped) return;
     const message = this.driver.redact(err);
-    if (this.lastError === null) this.warn(`PostgreSQL change feed: not listening (${message}); retrying`);
+    if (this.lastError === null) {
+      this.warn(`PostgreSQL change feed: not listening (${message}); retrying`);
+      // Whatever was cached may go stale from now on: listeners fall back to the database (or their grace).
+      this.feed.resync();
+    }
     this.lastError = message;
-    // Whatever was cached may go stale from now on: listeners fall back to the database (or their grace).
-    this.feed.resync();
     this.timer = setTimeout(() => void this.connect(), this.retryMs);
     this.timer.unref();
     this.retryMs = Math.min(this.retryMs * 2, MAX_RETRY_MS);

@@ -77,6 +77,39 @@ describe.runIf(POSTGRES_AVAILABLE)('changes made on one replica reach the other 
     expect(await within(() => statusOnB(key), 401)).toBeLessThan(DEADLINE_MS);
   });
 
+  /** The server pids of the gateways' LISTEN connections (one per gateway). */
+  const listeners = async () =>
+    (await a.store.db.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN carryon_changes'")).map((r) => r.pid);
+  /** Cuts every LISTEN connection, as a network blip would; returns a wait for both to be back. */
+  async function cutListeners(): Promise<() => Promise<void>> {
+    const before = await listeners();
+    expect(before).toHaveLength(2);
+    for (const pid of before) await a.store.db.query('SELECT pg_terminate_backend(?)', [pid]);
+    return async () => {
+      const deadline = Date.now() + 10_000;
+      while ((await listeners()).filter((pid) => !before.includes(pid)).length < 2) {
+        if (Date.now() > deadline) throw new Error('the LISTEN connections did not come back');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+  }
+
+  it('when B loses its LISTEN connection it reconnects by itself, and a key revoked meanwhile is refused on B', async () => {
+    const { key, id } = await newKey('acme');
+    expect(await statusOnB(key)).toBe(200);
+    // What A changes now, B cannot hear.
+    const back = await cutListeners();
+    expect((await api(a, 'DELETE', `/admin/keys/${id}`, ADMIN_KEY)).status).toBe(200);
+    expect(await within(() => statusOnB(key), 401)).toBeLessThan(DEADLINE_MS);
+    // Back within seconds, on new connections, and changes flow again.
+    await back();
+    expect((await api(b, 'GET', '/health/ready', null)).json).toMatchObject({ change_feed: 'listening' });
+    const again = await newKey('acme');
+    expect(await statusOnB(again.key)).toBe(200);
+    expect((await api(a, 'DELETE', `/admin/keys/${again.id}`, ADMIN_KEY)).status).toBe(200);
+    expect(await within(() => statusOnB(again.key), 401)).toBeLessThan(DEADLINE_MS);
+  });
+
   it("an alias moved on A changes B's greedy output within 1 s", async () => {
     const embedding = (await llama2cToCheckpoint(STORIES_BIN, STORIES_TOK)).weights.tokEmbeddings;
     const tok = b.gateway.model().tokenizer;
@@ -112,5 +145,19 @@ describe.runIf(POSTGRES_AVAILABLE)('changes made on one replica reach the other 
     expect(await within(greedy, onV2)).toBeLessThan(DEADLINE_MS);
     expect(await within(async () => heard.join(), 'acme/swap alias-changed prod')).toBeLessThan(DEADLINE_MS);
     unsubscribe();
+  });
+
+  it('a version deleted on A while B could not hear it leaves B\'s memory once B listens again', async () => {
+    const loaded = () => b.gateway.model().registry.stats().loaded;
+    expect(loaded()).toEqual(expect.arrayContaining(['acme/swap@1', 'acme/swap@2']));
+    const back = await cutListeners();
+    expect((await api(a, 'DELETE', '/admin/tenants/acme/carry-ons/swap/versions/1', ADMIN_KEY)).status).toBe(200);
+    await back();
+    const deadline = Date.now() + 5_000;
+    while (loaded().includes('acme/swap@1')) {
+      if (Date.now() > deadline) throw new Error(`B still holds acme/swap@1: ${loaded().join(', ')}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(loaded()).toContain('acme/swap@2');
   });
 });
