@@ -72,19 +72,26 @@ export class Authenticator {
   /** The key's principal; null for a key that is not valid. Throws database_unavailable (503, never a 401) for a key it cannot check. */
   async authenticate(presented: string): Promise<Principal | null> {
     const hash = hashKey(presented);
-    if (!this.cache) return (await this.validate(hash))?.principal ?? null;
-    const cached = this.cache.find(hash);
-    if (cached && this.cache.fresh(cached)) return cached.principal;
-    const ticket = this.cache.ticket();
+    const cache = this.cache;
+    if (!cache) return (await this.validate(hash))?.principal ?? null;
+    const cached = cache.find(hash);
+    if (cached && cache.fresh(cached)) return cached.principal;
+    const graced = () => {
+      if (cached && cache.withinGrace(cached)) return cached.principal;
+      throw databaseUnavailableError();
+    };
+    // Just failed: answer now rather than have every request wait out a connect timeout.
+    if (cache.databaseRecentlyDown()) return graced();
+    const ticket = cache.ticket();
     let valid: Awaited<ReturnType<Authenticator['validate']>>;
     try {
       valid = await this.validate(hash);
     } catch (err) {
       if (!isDatabaseUnavailable(err)) throw err;
-      if (cached && this.cache.withinGrace(cached)) return cached.principal;
-      throw databaseUnavailableError();
+      cache.databaseFailed();
+      return graced();
     }
-    this.cache.store(ticket, hash, valid);
+    cache.store(ticket, hash, valid);
     return valid?.principal ?? null;
   }
 

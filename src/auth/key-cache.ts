@@ -1,4 +1,5 @@
 import { timingSafeEqual } from 'node:crypto';
+import { isDatabaseUnavailable } from '../core/errors.js';
 import type { ChangeFeed } from '../store/change-feed.js';
 
 export interface KeyCacheOptions {
@@ -18,7 +19,16 @@ export interface CachedKey<P> {
   tenantId: string | null;
   /** When the database last said the key is valid (ms). */
   checkedAt: number;
+  /** When a request last presented it (ms): keys idle long enough are dropped rather than re-checked forever. */
+  usedAt: number;
 }
+
+type Validated<P> = Omit<CachedKey<P>, 'checkedAt' | 'usedAt' | 'storedHash'>;
+
+/** After the database failed a check, requests skip it this long (a partitioned server costs a connect timeout per try). */
+const DOWN_BACKOFF_MS = 1_000;
+/** Keys unused this long (or the grace window, if longer) leave the cache; the next use checks them again. */
+const MIN_IDLE_MS = 10 * 60_000;
 
 /**
  * Validated keys by hash, so the request path does not read the database for every request: an
@@ -35,6 +45,8 @@ export class KeyCache<P> {
   private trustedAfter = 0;
   private timer: NodeJS.Timeout | null = null;
   private reconciling = false;
+  /** When a check last failed for want of the database (ms); 0: not since it last answered. */
+  private failedAt = 0;
 
   constructor(private readonly opts: KeyCacheOptions) {
     opts.changes.subscribe({
@@ -52,7 +64,19 @@ export class KeyCache<P> {
   /** The entry for `hash` (compared in constant time, as the database lookup's result is). */
   find(hash: Buffer): CachedKey<P> | null {
     const e = this.entries.get(hash.toString('hex'));
-    return e && timingSafeEqual(hash, e.storedHash) ? e : null;
+    if (!e || !timingSafeEqual(hash, e.storedHash)) return null;
+    e.usedAt = Date.now();
+    return e;
+  }
+
+  /** The database failed a check just now: skip it for a moment instead of waiting on it per request. */
+  databaseFailed(): void {
+    this.failedAt = Date.now();
+  }
+
+  /** Whether a check failed for want of the database within the last second. */
+  databaseRecentlyDown(): boolean {
+    return Date.now() - this.failedAt < DOWN_BACKOFF_MS;
   }
 
   /** Usable without asking the database. */
@@ -71,14 +95,18 @@ export class KeyCache<P> {
   }
 
   /** Records what the database said about `hash` (null: not a valid key), unless a change arrived meanwhile. */
-  store(ticket: number, hash: Buffer, valid: Omit<CachedKey<P>, 'checkedAt' | 'storedHash'> | null): void {
+  store(ticket: number, hash: Buffer, valid: Validated<P> | null): void {
+    this.failedAt = 0;
     const hex = hash.toString('hex');
     if (!valid) this.entries.delete(hex);
-    else if (ticket === this.generation) this.entries.set(hex, { ...valid, storedHash: hash, checkedAt: Date.now() });
+    else if (ticket === this.generation) {
+      const now = Date.now();
+      this.entries.set(hex, { ...valid, storedHash: hash, checkedAt: now, usedAt: this.entries.get(hex)?.usedAt ?? now });
+    }
   }
 
   /** Starts the periodic reconcile: `validate` re-reads one key (null: no longer valid; throws: database unreachable). */
-  start(validate: (hash: Buffer) => Promise<Omit<CachedKey<P>, 'checkedAt' | 'storedHash'> | null>): void {
+  start(validate: (hash: Buffer) => Promise<Validated<P> | null>): void {
     if (this.timer) return;
     this.timer = setInterval(() => void this.reconcile(validate), this.opts.reconcileMs);
     this.timer.unref();
@@ -89,17 +117,23 @@ export class KeyCache<P> {
     this.timer = null;
   }
 
-  private async reconcile(validate: (hash: Buffer) => Promise<Omit<CachedKey<P>, 'checkedAt' | 'storedHash'> | null>): Promise<void> {
+  private async reconcile(validate: (hash: Buffer) => Promise<Validated<P> | null>): Promise<void> {
     if (this.reconciling) return;
     this.reconciling = true;
     try {
-      for (const e of [...this.entries.values()]) {
+      const idleMs = Math.max(this.opts.graceMs, MIN_IDLE_MS);
+      for (const [hex, e] of [...this.entries]) {
+        if (Date.now() - e.usedAt > idleMs) {
+          this.entries.delete(hex);
+          continue;
+        }
         const ticket = this.ticket();
         // A failure (the database is down) ends this round: entries age, and the grace window applies.
         this.store(ticket, e.storedHash, await validate(e.storedHash));
       }
-    } catch {
+    } catch (err) {
       // Reported where it matters: readiness and the requests that need the database.
+      if (isDatabaseUnavailable(err)) this.databaseFailed();
     } finally {
       this.reconciling = false;
     }
