@@ -25,7 +25,7 @@ export interface BaseLoadContext {
   gateway: Gateway;
   /** Several bases: each imports into DATA_DIR/models/<its name>, so two sources with one file name never collide. */
   several: boolean;
-  log: { info(obj: object | string, msg?: string): void; error(msg: string): void };
+  log: { info(obj: object | string, msg?: string): void; warn(obj: object, msg: string): void; error(msg: string): void };
 }
 
 /** Finds or imports a base's package and reads what carry-ons are checked against. */
@@ -84,7 +84,14 @@ export async function startBase(
       log: (obj, msg) => ctx.log.info(obj, msg),
       metrics: shared.engineMetrics ? shared.metrics : null,
     });
-    gateway.catalog?.onChange((change) => registry.onCatalogChange(change));
+    const catalog = gateway.catalog;
+    catalog?.onChange((change) => registry.onCatalogChange(change));
+    // After a gap in the change feed (PostgreSQL's LISTEN reconnected), versions deleted meanwhile leave.
+    catalog?.onResync?.(() => {
+      registry
+        .reconcile(async (r) => (await catalog.resolve(r.tenantId, r.carryOnId, String(r.version))) !== null)
+        .catch((err: Error) => ctx.log.warn({ err: err.message }, 'carry-on registry: reconcile after a change-feed gap failed; retried on the next'));
+    });
     const inference = new Inference({
       engine,
       scheduler: gateway.scheduler,

@@ -43,6 +43,10 @@ export const ConfigSchema = z.object({
     .default(''),
   /** Connections to CARRYON_DATABASE_URL this process may hold at once. */
   CARRYON_DATABASE_POOL_SIZE: int(1, 1000).default(10),
+  /** How long after its last check a key keeps working on a replica while PostgreSQL is unreachable (0: not at all). */
+  CARRYON_DATABASE_GRACE_SECONDS: int(0, 86_400).default(300),
+  /** How often each replica re-checks its cached keys against PostgreSQL, under the change feed (LISTEN/NOTIFY). */
+  CARRYON_DATABASE_RECONCILE_SECONDS: int(1, 3600).default(5),
   /** Admin key; also valid on /v1/*. When unset, one is generated into DATA_DIR/admin-key (mode 0600). */
   CARRYON_ADMIN_KEY: z.string().default(''),
   /** Comma-separated inference-scope API keys. */

@@ -92,7 +92,20 @@ async function startWithStore(
       syncProblem = (err as Error).message;
     }
   }
-  const auth = new Authenticator(store.apiKeys, store.tenants);
+  // On PostgreSQL keys are cached (the network round trip, and serving through an outage); on
+  // SQLite (a local file, one node) every request reads the store, as it always has.
+  const auth = new Authenticator(
+    store.apiKeys,
+    store.tenants,
+    config.CARRYON_DATABASE_URL
+      ? {
+          reconcileMs: config.CARRYON_DATABASE_RECONCILE_SECONDS * 1000,
+          graceMs: config.CARRYON_DATABASE_GRACE_SECONDS * 1000,
+          hearsChanges: () => store.hearsChanges,
+          changes: store.changes,
+        }
+      : undefined,
+  );
   const several = config.bases.length > 1;
   // Known once each base's package is resolved: uploaded carry-ons are checked against them.
   const resolved = new Map<string, ResolvedBase>();
@@ -171,6 +184,8 @@ async function startWithStore(
   });
   const url = await app.listen({ host: config.HOST, port: config.PORT });
   gateway.rateLimiter.startSync(config.CARRYON_RATE_LIMIT_SYNC_MS);
+  await store.listen((msg) => app.log.warn(msg));
+  gateway.database = store.health;
   const metricsServer = config.CARRYON_METRICS_PORT > 0 ? await startMetricsListener(metrics, config.HOST, config.CARRYON_METRICS_PORT) : null;
   if (synced.inserted + synced.revoked > 0) app.log.info(synced, 'configured API keys synced to the store');
   if (syncProblem) app.log.error({ err: syncProblem }, 'the disk is full: started without syncing the configured API keys');
@@ -245,6 +260,7 @@ async function startWithStore(
       // Builds and training are killed, not awaited: an upload waiting on one then fails at once.
       await admin.close();
       await app.close();
+      auth.close();
       await new Promise<void>((r) => (metricsServer ? metricsServer.close(() => r()) : r()));
       for (const encoder of encoders) await encoder.close();
       for (const engine of engines) await engine.close();

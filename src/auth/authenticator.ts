@@ -1,9 +1,10 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { ApiError } from '../core/errors.js';
+import { ApiError, databaseUnavailableError, isDatabaseUnavailable } from '../core/errors.js';
 import type { HarvestPolicy } from '../harvest/types.js';
 import type { ApiKeyRepository, ConfigKey, Scope } from '../store/api-keys.js';
 import { runtimeHarvestPolicy } from '../harvest/policy.js';
 import type { TenantRepository } from '../store/tenants.js';
+import { KeyCache, type KeyCacheOptions } from './key-cache.js';
 
 export type { Scope } from '../store/api-keys.js';
 
@@ -51,30 +52,70 @@ export function bearerToken(header: string | undefined): string | null {
 
 /**
  * API keys are held only as SHA-256 hashes in the store. A presented key is hashed, its row found
- * by that hash, and the hashes compared again with timingSafeEqual; every lookup reads the store,
- * so a revocation holds from the next request on.
+ * by that hash, and the hashes compared again with timingSafeEqual. Without a cache every lookup
+ * reads the store, so a revocation holds from the next request on. With one (PostgreSQL, see
+ * ./key-cache.ts) a revocation holds once the change feed delivers it (milliseconds, on every
+ * replica), and a key checked recently keeps working while the database is unreachable.
  */
 export class Authenticator {
+  private readonly cache: KeyCache<Principal> | null;
+
   constructor(
     private readonly keys: ApiKeyRepository,
     private readonly tenants: TenantRepository,
-  ) {}
+    cache?: KeyCacheOptions,
+  ) {
+    this.cache = cache ? new KeyCache<Principal>(cache) : null;
+    this.cache?.start((hash) => this.validate(hash));
+  }
 
+  /** The key's principal; null for a key that is not valid. Throws database_unavailable (503, never a 401) for a key it cannot check. */
   async authenticate(presented: string): Promise<Principal | null> {
     const hash = hashKey(presented);
+    const cache = this.cache;
+    if (!cache) return (await this.validate(hash))?.principal ?? null;
+    const cached = cache.find(hash);
+    if (cached && cache.fresh(cached)) return cached.principal;
+    const graced = () => {
+      if (cached && cache.withinGrace(cached)) return cached.principal;
+      throw databaseUnavailableError();
+    };
+    // Just failed: answer now rather than have every request wait out a connect timeout.
+    if (cache.databaseRecentlyDown()) return graced();
+    const ticket = cache.ticket();
+    let valid: Awaited<ReturnType<Authenticator['validate']>>;
+    try {
+      valid = await this.validate(hash);
+    } catch (err) {
+      if (!isDatabaseUnavailable(err)) throw err;
+      cache.databaseFailed();
+      return graced();
+    }
+    cache.store(ticket, hash, valid);
+    return valid?.principal ?? null;
+  }
+
+  /** Stops the cache's periodic reconcile. */
+  close(): void {
+    this.cache?.stop();
+  }
+
+  /** What the store says about the key with this hash now; null: not a valid key. */
+  private async validate(hash: Buffer): Promise<{ principal: Principal; keyId: string; tenantId: string | null } | null> {
     const found = await this.keys.findByHash(hash);
     if (!found || !timingSafeEqual(hash, found.storedHash)) return null;
     const k = found.record;
     if (k.revokedAt !== null) return null;
     // Deleting a tenant revokes its keys in the same transaction; this holds even if a row was edited by hand.
     if (k.tenantId !== null && !(await this.tenants.get(k.tenantId))) return null;
-    return {
+    const principal: Principal = {
       scope: k.scope,
       keyId: k.id,
       tenantId: k.tenantId,
       defaultCarryOn: k.defaultCarryOn,
       harvest: k.harvest ? runtimeHarvestPolicy(k.harvest) : null,
     };
+    return { principal, keyId: k.id, tenantId: k.tenantId };
   }
 
   /**

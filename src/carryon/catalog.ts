@@ -37,6 +37,8 @@ export interface CarryOnCatalog {
   resolve(tenantId: string, carryOnId: string, versionOrAlias?: string): Promise<CarryOnVersionRecord | null>;
   listForTenant(tenantId: string): Promise<CarryOnSummary[]>;
   onChange(listener: (e: CarryOnChange) => void): void;
+  /** Changes made elsewhere may have been missed (the change feed reconnected): whatever was derived from them must be re-checked. */
+  onResync?(listener: () => void): void;
 }
 
 export function carryOnKey(r: Pick<CarryOnVersionRecord, 'tenantId' | 'carryOnId' | 'version'>): string {

@@ -30,6 +30,7 @@ const ERROR_TABLE = {
   request_timeout: { status: 408, type: 'invalid_request_error' },
   model_loading: { status: 503, type: 'server_error' },
   shutting_down: { status: 503, type: 'server_error' },
+  database_unavailable: { status: 503, type: 'server_error' },
   internal_error: { status: 500, type: 'server_error' },
   insufficient_storage: { status: 507, type: 'server_error' },
 } as const satisfies Record<string, { status: number; type: string }>;
@@ -76,6 +77,34 @@ export function diskFullError(): ApiError {
 export function isDiskFull(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL';
+}
+
+/** Seconds a client is told to wait (Retry-After) while the metadata database is unreachable. */
+const DATABASE_RETRY_AFTER_S = '5';
+
+/** The one answer to a request that needed the metadata database while it was unreachable (503, never 401). */
+export function databaseUnavailableError(): ApiError {
+  return new ApiError('database_unavailable', 'The metadata database is unreachable; retry shortly.', { headers: { 'retry-after': DATABASE_RETRY_AFTER_S } });
+}
+
+/** Socket-level failures: the server is down, restarting, or cannot be reached. */
+const UNREACHABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE']);
+/** SQLSTATEs of a server going away or not taking connections: admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections. */
+const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300']);
+/** node-postgres reports a dropped or never-made connection with these messages and no code. */
+const UNREACHABLE_MESSAGE = /Connection terminated|timeout exceeded when trying to connect|not queryable|Connection refused/i;
+
+/**
+ * The metadata database cannot be reached (PostgreSQL down, restarting, or cut off): an operating
+ * state with its own answer (503 database_unavailable), not a server bug and not a bad request.
+ */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && (UNREACHABLE_ERRNOS.has(code) || UNAVAILABLE_SQLSTATES.has(code) || /^08[0-9A-Z]{3}$/.test(code))) return true;
+  // Node's happy-eyeballs connect fails with an AggregateError of one error per address tried.
+  if (err instanceof AggregateError) return err.errors.some(isDatabaseUnavailable);
+  return code === undefined && UNREACHABLE_MESSAGE.test(err.message);
 }
 
 export function isApiError(err: unknown): err is ApiError {

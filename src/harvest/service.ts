@@ -80,6 +80,8 @@ export class HarvestService implements HarvestSink {
   private indexTotals = { shards: 0, bytes: 0, rows: 0, sequences: 0 };
   /** Offers waiting for their tenant check (a database query) before they reach the writer. */
   private readonly checking = new Set<Promise<void>>();
+  /** The latest offer still in its tenant check: the next one reaches the writer after it. */
+  private lastOffer: Promise<void> = Promise.resolve();
 
   constructor(private readonly opts: HarvestServiceOptions) {
     this.dir = path.join(opts.dataDir, 'harvest');
@@ -118,15 +120,22 @@ export class HarvestService implements HarvestSink {
     if (!this.harvester) return false;
     if (seq.tenantId === null) return this.harvester.offer(seq);
     const tenantId = seq.tenantId;
+    // Deleting a tenant revokes its keys, but requests already running still finish and offer.
+    const exists = Promise.resolve().then(() => this.opts.tenantExists(tenantId));
+    // Checks run at once, side by side; sequences still reach the writer in the order offered.
+    const before = this.lastOffer;
     const check = (async () => {
+      let ok = false;
       try {
-        // Deleting a tenant revokes its keys, but requests already running still finish and offer.
-        if (await this.opts.tenantExists(tenantId)) this.harvester?.offer(seq);
-        else this.droppedDeletedTenant++;
+        ok = await exists;
+        if (!ok) this.droppedDeletedTenant++;
       } catch (err) {
         this.opts.log.error({ err: (err as Error).message, tenant: tenantId }, 'harvested sequence dropped: the tenant check failed');
       }
+      await before;
+      if (ok) this.harvester?.offer(seq);
     })();
+    this.lastOffer = check;
     this.checking.add(check);
     void check.finally(() => this.checking.delete(check));
     return true;

@@ -98,6 +98,8 @@ export class ShardWriter {
   private readonly reported = new Set<string>();
   private readonly timer: NodeJS.Timeout;
   private lastSync: number;
+  /** When the last shard opened: the next opens at least 1 ms later, so (created_at, id) orders shards as opened. */
+  private lastOpened = 0;
   private closed = false;
   private readonly now: () => number;
   private readonly syncMs: number;
@@ -308,7 +310,8 @@ export class ShardWriter {
       fs.mkdirSync(dir, { recursive: true });
       fsyncDir(this.opts.dir);
     }
-    const createdAt = this.now();
+    const createdAt = Math.max(this.now(), this.lastOpened + 1);
+    this.lastOpened = createdAt;
     const id = newShardId(createdAt);
     const sigma = this.opts.sigma;
     const schema: ShardSchema = {

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { bearerToken, TENANT_HEADER, type Authenticator, type Principal } from '../auth/authenticator.js';
-import { ApiError, diskFullError, isDiskFull } from '../core/errors.js';
+import { ApiError, databaseUnavailableError, diskFullError, isDatabaseUnavailable, isDiskFull } from '../core/errors.js';
 import type { Gateway } from '../serving/gateway.js';
 import { receiveDone, watchReceive } from './receive-timeout.js';
 
@@ -139,6 +139,7 @@ function toApiError(err: FastifyError | ApiError): ApiError {
   if (isDiskFull(err)) {
     return diskFullError();
   }
+  if (isDatabaseUnavailable(err)) return databaseUnavailableError();
   switch (err.code) {
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':

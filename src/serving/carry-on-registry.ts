@@ -89,6 +89,18 @@ export class CarryOnRegistry {
     }
   }
 
+  /**
+   * After the change feed missed events: retires every resident version that `isLive` (the catalog)
+   * says no longer resolves, as the missed 'deleted' events would have. A failure (the database is
+   * still unreachable) leaves the rest for the next resync; requests resolve versions per request
+   * anyway, so a stale entry costs memory, never a wrong answer.
+   */
+  async reconcile(isLive: (record: CarryOnVersionRecord) => Promise<boolean>): Promise<void> {
+    for (const e of [...this.entries.values()]) {
+      if (!e.retired && !(await isLive(e.record))) this.retire(e);
+    }
+  }
+
   /** Retires exactly one version (e.g. its row was deleted). */
   retireVersion(record: Pick<CarryOnVersionRecord, 'tenantId' | 'carryOnId' | 'version'>): void {
     const e = this.entries.get(carryOnKey(record));

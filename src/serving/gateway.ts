@@ -1,4 +1,5 @@
 import type { CarryOnCatalog } from '../carryon/catalog.js';
+import type { DatabaseState } from '../store/database-health.js';
 import type { CarryOnRegistry } from './carry-on-registry.js';
 import { ModelRouter, type Caller } from './model-routing.js';
 import type { ChatTemplate } from '../model/chat-template.js';
@@ -48,6 +49,8 @@ export class Gateway {
   rateLimiter: RateLimiter | null = null;
   /** The data folder's space: `full` says why it counts as full (readiness reports it), null while there is room. */
   disk: { readonly full: string | null } | null = null;
+  /** PostgreSQL's reachability (readiness reports it); null on SQLite. */
+  database: { state(): Promise<DatabaseState> } | null = null;
   /** In configuration order; the first is the default base. */
   readonly bases: readonly BaseModelState[];
   private stopping = false;

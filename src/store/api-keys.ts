@@ -1,3 +1,4 @@
+import type { ChangeFeed } from './change-feed.js';
 import { nowIso } from './db.js';
 import { parseStoredHarvestPolicy, type HarvestPolicy } from './harvest-policy.js';
 import type { SqlDriver, SqlExecutor } from './sql-driver.js';
@@ -78,7 +79,10 @@ const toRecord = (r: ApiKeyRow): ApiKeyRecord => ({
 const policyText = (p: HarvestPolicy | null | undefined): string | null => (p ? JSON.stringify(p) : null);
 
 export class ApiKeyRepository {
-  constructor(private readonly db: SqlDriver) {}
+  constructor(
+    private readonly db: SqlDriver,
+    private readonly changes: ChangeFeed,
+  ) {}
 
   async insert(k: NewApiKey, q: SqlExecutor = this.db): Promise<ApiKeyRecord> {
     await q.run(
@@ -121,13 +125,21 @@ export class ApiKeyRepository {
     if (patch.name !== undefined) set('name', patch.name);
     if (patch.defaultCarryOn !== undefined) set('default_carry_on', patch.defaultCarryOn);
     if (patch.harvest !== undefined) set('harvest_policy', policyText(patch.harvest));
-    if (sets.length > 0) await this.db.run(`UPDATE api_keys SET ${sets.join(', ')} WHERE id = ?`, [...values, id]);
-    return this.get(id);
+    if (sets.length === 0) return this.get(id);
+    return this.db.transaction(async (tx) => {
+      await tx.run(`UPDATE api_keys SET ${sets.join(', ')} WHERE id = ?`, [...values, id]);
+      const updated = await this.get(id, tx);
+      // Cached principals carry the default carry-on and harvest policy: every replica re-reads them.
+      if (updated) await this.changes.publish(tx, { kind: 'key', tenant: updated.tenantId, id });
+      return updated;
+    });
   }
 
   /** Revokes a live key; false when it does not exist or was already revoked. */
   async revoke(id: string, q: SqlExecutor = this.db): Promise<boolean> {
-    return (await q.run('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL', [nowIso(), id])).changes > 0;
+    const revoked = (await q.run('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL', [nowIso(), id])).changes > 0;
+    if (revoked) await this.changes.publish(q, { kind: 'key', tenant: null, id });
+    return revoked;
   }
 
   /** Revokes every live key of the tenant; `q`: the tenant deletion's transaction. */

@@ -6,6 +6,7 @@ import type {
   CarryOnSummary as CatalogSummary,
   CarryOnVersionRecord as CatalogVersionRecord,
 } from '../carryon/catalog.js';
+import type { ChangeFeed } from './change-feed.js';
 import { nowIso } from './db.js';
 import type { SqlDriver, SqlExecutor } from './sql-driver.js';
 
@@ -100,10 +101,12 @@ const LIVE_VERSIONS = `
 /**
  * Carry-ons, their immutable numbered versions and movable aliases. Version numbers are never
  * reused (deleted versions keep their row), so (tenant, id, version) names the same bytes forever
- * and the engine may cache sessions by it. Change events fire after the commit, in this process only.
+ * and the engine may cache sessions by it. Change events fire after the commit, on every replica
+ * (through the store's change feed).
  */
 export class CarryOnRepository {
   private readonly listeners = new Set<(e: CarryOnChange) => void>();
+  private readonly resyncListeners = new Set<() => void>();
   /** Parsed manifests by (tenant, id, version): versions are immutable, so entries never go stale. */
   private readonly manifests = new Map<string, CarryOnManifest>();
 
@@ -111,7 +114,17 @@ export class CarryOnRepository {
     private readonly db: SqlDriver,
     /** Graph paths are stored relative to it, so the data folder can move (a volume remounted elsewhere). */
     private readonly dataDir: string,
-  ) {}
+    private readonly changes: ChangeFeed,
+  ) {
+    changes.subscribe({
+      change: (c) => {
+        if (c.kind === 'carry-on') this.emit(c.change);
+      },
+      resync: () => {
+        for (const listener of [...this.resyncListeners]) listener();
+      },
+    });
+  }
 
   /**
    * The version a request names: the newest live one when `versionOrAlias` is absent, '' or
@@ -169,6 +182,14 @@ export class CarryOnRepository {
     };
   }
 
+  /** Subscribes to resyncs (see CarryOnCatalog.onResync); returns the unsubscribe function. */
+  onResync(listener: () => void): () => void {
+    this.resyncListeners.add(listener);
+    return () => {
+      this.resyncListeners.delete(listener);
+    };
+  }
+
   /**
    * Adds the next version of (tenant, id), creating or reviving the carry-on. `install` runs
    * inside the write transaction (holding the store's write lock) with the assigned number and
@@ -201,9 +222,9 @@ export class CarryOnRepository {
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
         [tenantId, carryOnId, next, JSON.stringify(files.manifest), path.relative(this.dataDir, files.graphPath), files.sha256, files.bytes, now],
       );
+      await this.publish(tx, { tenantId, carryOnId, kind: 'version-added', version: next });
       return { tenantId, carryOnId, version: next, graphPath: files.graphPath, manifest: files.manifest, sha256: files.sha256, bytes: files.bytes, createdAt: now };
     });
-    if (record) this.emit({ tenantId, carryOnId, kind: 'version-added', version: record.version });
     return record;
   }
 
@@ -216,15 +237,15 @@ export class CarryOnRepository {
          ON CONFLICT (tenant_id, carry_on_id, alias) DO UPDATE SET version = excluded.version`,
         [tenantId, carryOnId, alias, version],
       );
+      await this.publish(tx, { tenantId, carryOnId, kind: 'alias-changed', alias });
       return true;
     });
-    if (ok) this.emit({ tenantId, carryOnId, kind: 'alias-changed', alias });
     return ok;
   }
 
   async removeAlias(tenantId: string, carryOnId: string, alias: string): Promise<boolean> {
     const { changes } = await this.db.run('DELETE FROM carry_on_aliases WHERE tenant_id = ? AND carry_on_id = ? AND alias = ?', [tenantId, carryOnId, alias]);
-    if (changes > 0) this.emit({ tenantId, carryOnId, kind: 'alias-changed', alias });
+    if (changes > 0) await this.publish(this.db, { tenantId, carryOnId, kind: 'alias-changed', alias });
     return changes > 0;
   }
 
@@ -253,20 +274,16 @@ export class CarryOnRepository {
         carryOnId,
       ]);
       if (!remaining) await tx.run('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?', [now, tenantId, carryOnId]);
+      await this.publish(tx, { tenantId, carryOnId, kind: 'deleted', version });
       return { status: 'deleted', files: this.absolute(row.dir), carryOnDeleted: !remaining };
     });
-    if (result.status === 'deleted') {
-      this.forget(tenantId, carryOnId, version);
-      this.emit({ tenantId, carryOnId, kind: 'deleted', version });
-    }
+    if (result.status === 'deleted') this.forget(tenantId, carryOnId, version);
     return result;
   }
 
   /** Deletes every version and alias; returns their graph files (see `deleteVersion`), or null when there was no such carry-on. */
   async deleteCarryOn(tenantId: string, carryOnId: string): Promise<string[] | null> {
-    const dirs = await this.db.transaction((tx) => this.deleteCarryOnRows(tx, tenantId, carryOnId));
-    if (dirs) this.emit({ tenantId, carryOnId, kind: 'deleted' });
-    return dirs;
+    return this.db.transaction((tx) => this.deleteCarryOnRows(tx, tenantId, carryOnId));
   }
 
   /**
@@ -275,14 +292,13 @@ export class CarryOnRepository {
    * itself commits together with its carry-ons, or not at all.
    */
   async deleteForTenant(tenantId: string, alongside?: (tx: SqlExecutor) => Promise<void>): Promise<string[]> {
-    const { ids, dirs } = await this.db.transaction(async (tx) => {
+    const dirs = await this.db.transaction(async (tx) => {
       await alongside?.(tx);
       const ids = (await tx.query<{ id: string }>('SELECT id FROM carry_ons WHERE tenant_id = ? AND deleted_at IS NULL', [tenantId])).map((r) => r.id);
       const dirs: string[] = [];
       for (const id of ids) dirs.push(...((await this.deleteCarryOnRows(tx, tenantId, id)) ?? []));
-      return { ids, dirs };
+      return dirs;
     });
-    for (const id of ids) this.emit({ tenantId, carryOnId: id, kind: 'deleted' });
     return [...new Set(dirs)];
   }
 
@@ -316,6 +332,7 @@ export class CarryOnRepository {
     await tx.run('UPDATE carry_on_versions SET deleted_at = ? WHERE tenant_id = ? AND carry_on_id = ? AND deleted_at IS NULL', [now, tenantId, carryOnId]);
     await tx.run('UPDATE carry_ons SET deleted_at = ? WHERE tenant_id = ? AND id = ?', [now, tenantId, carryOnId]);
     for (const v of live) this.forget(tenantId, carryOnId, v.version);
+    await this.publish(tx, { tenantId, carryOnId, kind: 'deleted' });
     return [...new Set(live.map((v) => this.absolute(v.dir)))];
   }
 
@@ -354,6 +371,11 @@ export class CarryOnRepository {
   private graphPathOf(row: VersionRow): string {
     const stored = this.absolute(row.dir);
     return row.dir.endsWith('.onnx') ? stored : path.join(stored, LEGACY_GRAPH_FILE);
+  }
+
+  /** Tells every replica (this one after COMMIT) about `change`, written through `q`. */
+  private publish(q: SqlExecutor, change: CarryOnChange): Promise<void> {
+    return this.changes.publish(q, { kind: 'carry-on', tenant: change.tenantId, id: change.carryOnId, change });
   }
 
   /** A throwing listener must not turn a committed change into a failed request. */

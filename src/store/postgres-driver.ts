@@ -118,10 +118,20 @@ export class PostgresDriver implements SqlDriver {
     }
   }
 
+  /** A connection of its own, outside the pool (the change feed's LISTEN, which must stay on one session). */
+  dedicatedClient(): pg.Client {
+    return new pg.Client({ connectionString: this.url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, types: typeParsers });
+  }
+
+  /** `err`'s message without the password (for logs and readiness). */
+  redact(err: unknown): string {
+    const detail = err instanceof Error ? err.message || (err as NodeJS.ErrnoException).code || err.name : String(err);
+    return withoutPassword(detail, this.url);
+  }
+
   /** An Error for `what` failing, naming the database without its password. */
   describeError(what: string, err: unknown): Error {
-    const detail = err instanceof Error ? err.message || (err as NodeJS.ErrnoException).code || err.name : String(err);
-    return new Error(`${what} at ${this.location}: ${withoutPassword(detail, this.url)}`);
+    return new Error(`${what} at ${this.location}: ${this.redact(err)}`);
   }
 
   async close(): Promise<void> {

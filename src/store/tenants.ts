@@ -1,3 +1,4 @@
+import type { ChangeFeed } from './change-feed.js';
 import { nowIso } from './db.js';
 import type { SqlDriver, SqlExecutor } from './sql-driver.js';
 
@@ -19,7 +20,10 @@ interface TenantRow {
 const toRecord = (r: TenantRow): TenantRecord => ({ id: r.id, name: r.name, createdAt: r.created_at });
 
 export class TenantRepository {
-  constructor(private readonly db: SqlDriver) {}
+  constructor(
+    private readonly db: SqlDriver,
+    private readonly changes: ChangeFeed,
+  ) {}
 
   /** A live (not deleted) tenant. */
   async get(id: string): Promise<TenantRecord | null> {
@@ -56,6 +60,9 @@ export class TenantRepository {
 
   /** Soft delete; the caller revokes keys and removes carry-ons in the same transaction (`q`). */
   async markDeleted(id: string, q: SqlExecutor = this.db): Promise<boolean> {
-    return (await q.run('UPDATE tenants SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL', [nowIso(), id])).changes > 0;
+    const deleted = (await q.run('UPDATE tenants SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL', [nowIso(), id])).changes > 0;
+    // Every replica drops the tenant's cached keys (revoked in the same transaction).
+    if (deleted) await this.changes.publish(q, { kind: 'tenant', tenant: id, id });
+    return deleted;
   }
 }
