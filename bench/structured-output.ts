@@ -73,6 +73,8 @@ const SCHEMAS: Record<string, object | null> = {
     },
     { $defs: { friend: obj({ name: { type: 'string' }, kind: { enum: ['cat', 'dog'] } }) } },
   ),
+  /** Strings bounded by minLength/maxLength: near either bound a state needs its own trie walk. */
+  bounded: obj({ title: { type: 'string', minLength: 8, maxLength: 40 }, tag: { type: 'string', maxLength: 12 } }),
   json_object: null,
 };
 

@@ -7,13 +7,14 @@ import type { ResponseFormatSpec } from '../engine/structured/token-mask.js';
  * `response_format` (chat, completions) and `text.format` (responses) → the grammar the engine
  * constrains sampling with. Supported: `text`, `json_object` (any JSON object), and `json_schema`
  * with the subset of JSON Schema OpenAI documents for strict mode (see docs/api.md): type (one or a
- * list), properties, required, additionalProperties, enum, const, items, minItems, maxItems, anyOf,
+ * list), properties, required, additionalProperties, enum, const, items, minItems, maxItems,
+ * minLength, maxLength, anyOf,
  * $ref into $defs/definitions (not recursive), and annotations. Anything else is refused with a
  * 400 naming its path, never ignored: an ignored keyword would be output the schema does not allow.
  */
 
 /** Bounds on one schema, so a request cannot make the compile (or the automaton) unbounded. */
-export const SCHEMA_LIMITS = { depth: 10, nodes: 5000, enumValues: 1000, maxItems: 1000, bytes: 64 * 1024 };
+export const SCHEMA_LIMITS = { depth: 10, nodes: 5000, enumValues: 1000, maxItems: 1000, maxLength: 100_000, bytes: 64 * 1024 };
 
 /** Keywords that describe without constraining. */
 const ANNOTATIONS = new Set(['title', 'description', 'default', 'examples', '$schema', '$id', '$comment', 'deprecated', 'readOnly', 'writeOnly']);
@@ -138,7 +139,7 @@ function compile(schema: unknown, path: string, depth: number, ctx: Ctx): Gramma
       case 'array':
         return compileArray(schema, path, depth, ctx);
       case 'string':
-        return { t: 'str' };
+        return compileString(schema, path);
       case 'number':
       case 'integer':
         return { t: 'num', int: t === 'integer' };
@@ -152,7 +153,7 @@ function compile(schema: unknown, path: string, depth: number, ctx: Ctx): Gramma
 }
 
 /** Keywords compiled here; each is checked where its type is. */
-const KNOWN = new Set(['type', 'properties', 'required', 'additionalProperties', 'enum', 'const', 'items', 'minItems', 'maxItems', 'anyOf', '$ref', '$defs', 'definitions']);
+const KNOWN = new Set(['type', 'properties', 'required', 'additionalProperties', 'enum', 'const', 'items', 'minItems', 'maxItems', 'minLength', 'maxLength', 'anyOf', '$ref', '$defs', 'definitions']);
 
 function compileRef(ref: string, path: string, depth: number, ctx: Ctx): Grammar {
   const m = /^#\/(\$defs|definitions)\/([^/]+)$/.exec(ref);
@@ -195,17 +196,25 @@ function compileObject(schema: Record<string, unknown>, path: string, depth: num
   };
 }
 
+/** A bound of `k` (an integer from 0 to `limit`), or `dflt` when the schema gives none. */
+function boundOf(schema: Record<string, unknown>, k: string, path: string, limit: number, dflt: number): number {
+  const v = schema[k];
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > limit) refuse(`${path}.${k}`, `${path}.${k} must be an integer from 0 to ${limit}.`);
+  return v;
+}
+
+/** A string, its length in code points bounded by minLength/maxLength (JSON Schema's and ajv's count: an escaped surrogate pair is one). */
+function compileString(schema: Record<string, unknown>, path: string): Grammar {
+  const min = boundOf(schema, 'minLength', path, SCHEMA_LIMITS.maxLength, 0);
+  const max = boundOf(schema, 'maxLength', path, SCHEMA_LIMITS.maxLength, -1);
+  if (max >= 0 && max < min) refuse(`${path}.maxLength`, `${path}.maxLength is below minLength.`);
+  return min === 0 && max < 0 ? { t: 'str' } : { t: 'str', min, max };
+}
+
 function compileArray(schema: Record<string, unknown>, path: string, depth: number, ctx: Ctx): Grammar {
-  const count = (k: 'minItems' | 'maxItems', dflt: number): number => {
-    const v = schema[k];
-    if (v === undefined) return dflt;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > SCHEMA_LIMITS.maxItems) {
-      refuse(`${path}.${k}`, `${path}.${k} must be an integer from 0 to ${SCHEMA_LIMITS.maxItems}.`);
-    }
-    return v;
-  };
-  const min = count('minItems', 0);
-  const max = count('maxItems', -1);
+  const min = boundOf(schema, 'minItems', path, SCHEMA_LIMITS.maxItems, 0);
+  const max = boundOf(schema, 'maxItems', path, SCHEMA_LIMITS.maxItems, -1);
   if (max >= 0 && max < min) refuse(`${path}.maxItems`, `${path}.maxItems is below minItems.`);
   if (Array.isArray(schema.items)) throw new ApiError('unsupported_parameter', `${path}.items: tuple items (an array) are not supported.`, { param: `${path}.items` });
   const items = schema.items === undefined ? ({ t: 'any' } as Grammar) : compile(schema.items, `${path}.items`, depth + 1, ctx);

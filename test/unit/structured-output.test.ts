@@ -1,6 +1,6 @@
 import { Ajv } from 'ajv';
 import { describe, expect, it } from 'vitest';
-import { advanceAll } from '../../src/engine/structured/grammar.js';
+import { advanceAll, Automaton } from '../../src/engine/structured/grammar.js';
 import { StructuredOutputs, VocabTrie, type VocabularyBytes } from '../../src/engine/structured/token-mask.js';
 import { responseFormatOf } from '../../src/openai/response-format.js';
 import { ApiError } from '../../src/core/errors.js';
@@ -17,9 +17,11 @@ import type { SamplingParams } from '../../src/engine/worker-messages.js';
 function vocabulary(): { vocab: VocabularyBytes; stop: number } {
   const pieces: Uint8Array[] = [];
   for (let c = 0x20; c < 0x7f; c++) pieces.push(Uint8Array.of(c));
-  const words = ['{"', '":', '",', '"}', '"]', '},', '}]', 'name', '"name":"', 'true', 'fal', 'se', 'null', '12', '0.', '.5', '[', '],', '"é', 'é', 'ab"', '",“', '"a","b"', ':{"', '-0', '1e', '\\u00', '\\n', 'red', 'green', '"red"', '[{"', '":[', 'count', '":1', '":"x"}'];
+  const words = ['{"', '":', '",', '"}', '"]', '},', '}]', 'name', '"name":"', 'true', 'fal', 'se', 'null', '12', '0.', '.5', '[', '],', '"é', 'é', 'ab"', '",“', '"a","b"', ':{"', '-0', '1e', '\\u00', '\\n', '\\uD83D', '\\uDE00', '\\ud800', '😀', 'hello', 'world', 'red', 'green', '"red"', '[{"', '":[', 'count', '":1', '":"x"}'];
   for (const w of words) pieces.push(new Uint8Array(Buffer.from(w, 'utf8')));
   pieces.push(Uint8Array.of(0xc3), Uint8Array.of(0xa9), Uint8Array.of(0xe2), Uint8Array.of(0x80, 0x9c), Uint8Array.of(0xff));
+  // Bytes of an encoded surrogate (ED A0 80) and of a 4-byte character split over tokens.
+  pieces.push(Uint8Array.of(0xed), Uint8Array.of(0xa0, 0x80), Uint8Array.of(0xf0, 0x9f), Uint8Array.of(0x98, 0x80));
   const stop = pieces.length;
   pieces.push(new Uint8Array(0));
   const offsets = new Uint32Array(pieces.length + 1);
@@ -30,6 +32,17 @@ function vocabulary(): { vocab: VocabularyBytes; stop: number } {
 }
 
 const SCHEMAS: Record<string, object> = {
+  lengths: {
+    type: 'object',
+    properties: {
+      short: { type: 'string', maxLength: 3 },
+      mid: { type: 'string', minLength: 2, maxLength: 12 },
+      long: { type: 'string', minLength: 20 },
+      none: { type: 'string', maxLength: 0 },
+    },
+    required: ['short', 'mid', 'long', 'none'],
+    additionalProperties: false,
+  },
   person: {
     type: 'object',
     properties: { name: { type: 'string' }, age: { type: 'integer' }, score: { type: 'number' }, ok: { type: 'boolean' } },
@@ -124,8 +137,44 @@ describe('structured outputs: automaton and token masks', () => {
     expect(ok([...Buffer.from('{"name":"'), 0xff])).toBe(false); // not UTF-8
     expect(ok([...Buffer.from('{"name":"'), 0xc3, 0x41])).toBe(false); // a lead byte without its continuation
     expect(ok('{ "name"')).toBe(false); // compact
+    expect(ok([...Buffer.from('{"name":"'), 0xed, 0xa0, 0x80])).toBe(false); // an encoded surrogate
+    expect(ok([...Buffer.from('{"name":"'), 0xe0, 0x80, 0x80])).toBe(false); // an overlong form
+    expect(ok([...Buffer.from('{"name":"'), 0xf4, 0x90])).toBe(false); // past U+10FFFF
+    expect(ok([...Buffer.from('{"name":"'), 0xf0, 0x9f, 0x98, 0x80, 0xed, 0x9f, 0xbf])).toBe(true);
     expect(c.allows(stop)).toBe(false);
   });
+});
+
+describe('minLength and maxLength count code points as JSON Schema does', () => {
+  const ajv = new Ajv({ strict: false });
+  // Escaped surrogate pairs count one, lone halves one each, raw 4-byte characters one.
+  const pieces = ['a', 'é', '😀', '\\n', '\\"', '\\u0041', '\\uD83D\\uDE00', '\\uD83D', '\\uDE00', '\\udbff'];
+  const bounds: Array<[number, number | undefined]> = [[0, 0], [0, 1], [1, 3], [2, 2], [3, undefined], [0, 5], [4, 7]];
+  for (const [min, max] of bounds) {
+    it(`minLength ${min}, maxLength ${max ?? 'none'}: the automaton takes exactly the strings ajv accepts, and never strands a prefix`, () => {
+      const schema = { type: 'string', minLength: min, ...(max === undefined ? {} : { maxLength: max }) };
+      const validate = ajv.compile(schema);
+      const start = new Automaton(responseFormatOf({ type: 'json_schema', json_schema: { name: 's', schema } }, 'response_format')!.grammar).start;
+      const random = mulberry32(min * 31 + (max ?? 99));
+      let accepted = 0;
+      for (let k = 0; k < 400; k++) {
+        const text = `"${Array.from({ length: Math.floor(random() * 9) }, () => pieces[Math.floor(random() * pieces.length)]).join('')}"`;
+        const end = advanceAll(start, Buffer.from(text));
+        const valid = validate(JSON.parse(text));
+        expect(end.length === 1 && end[0] === null, text).toBe(valid);
+        if (valid) accepted++;
+        // Every live prefix can still be finished: some byte keeps it alive, or it is complete.
+        const bytes = Buffer.from(text);
+        for (let i = 1; i < bytes.length; i++) {
+          const states = advanceAll(start, bytes.subarray(0, i));
+          if (states.length === 0) break;
+          const alive = states.some((s) => s === null) || [...Array(256).keys()].some((b) => advanceAll(states, [b]).length > 0);
+          expect(alive, `${text} at ${i}`).toBe(true);
+        }
+      }
+      expect(accepted).toBeGreaterThan(10);
+    });
+  }
 });
 
 /**
@@ -189,6 +238,8 @@ describe('structured outputs: schema errors name the path', () => {
   it('unsupported keywords', () => {
     expect(bad(obj({ x: { type: 'string', pattern: '^a' } }))).toEqual({ param: 'response_format.json_schema.schema.properties.x.pattern', status: 400 });
     expect(bad(obj({ x: { type: 'string', format: 'email' } })).param).toBe('response_format.json_schema.schema.properties.x.format');
+    expect(bad(obj({ x: { type: 'string', maxLength: 1.5 } })).param).toBe('response_format.json_schema.schema.properties.x.maxLength');
+    expect(bad(obj({ x: { type: 'string', minLength: 3, maxLength: 2 } })).param).toBe('response_format.json_schema.schema.properties.x.maxLength');
     expect(bad(obj({ x: { type: 'number', minimum: 0 } })).param).toBe('response_format.json_schema.schema.properties.x.minimum');
     expect(bad(obj({ x: { oneOf: [] } })).param).toBe('response_format.json_schema.schema.properties.x.oneOf');
   });

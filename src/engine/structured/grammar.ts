@@ -8,12 +8,16 @@
  * is: that keeps the number of distinct states small, which is what makes per-state token masks
  * cacheable (see token-mask.ts).
  */
+import { BODY, CLOSED, completesHigh, entersEscape, lengthStep, REFUSED, STRING_MODES, stringStep } from './string-bytes.js';
+import type { StringPosition } from './string-tables.js';
+
 export type Grammar =
   /** An object with these keys, in this order; optional ones may be left out. */
   | { t: 'obj'; props: Array<{ key: string; value: Grammar; required: boolean }> }
   /** max -1: unbounded. */
   | { t: 'arr'; items: Grammar; min: number; max: number }
-  | { t: 'str' }
+  /** A string; `min`/`max`: its length in code points (max −1: any), when the schema bounds it. */
+  | { t: 'str'; min?: number; max?: number }
   /** -?(0|[1-9]d{0,14})(.d{1,15})? ; `int`: without the fraction. No exponent. */
   | { t: 'num'; int: boolean }
   /** One of these JSON texts exactly (enum, const, boolean, null). */
@@ -69,67 +73,78 @@ export function stackKey(s: Stack): string {
 }
 
 const Q = 0x22;
-const BACKSLASH = 0x5c;
 const isDigit = (b: number) => b >= 0x30 && b <= 0x39;
-const isHex = (b: number) => isDigit(b) || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66);
-const ESCAPES = new Set([...'"\\/bfnrt'].map((c) => c.charCodeAt(0)));
 
-/**
- * Inside a string, after the opening quote. Modes: 0 body, 1 after a backslash, 2–5 hex digits of
- * \uXXXX left (mode − 1), 6–8 UTF-8 continuation bytes left (mode − 5). Only valid UTF-8 passes, so
- * the text decodes without replacement characters.
- */
+/** Inside a string, after the opening quote; `mode` is the byte machine's (string-bytes.ts). */
 class StrFrame implements Frame {
   readonly key: string;
-  constructor(private readonly mode: number) {
+  constructor(readonly mode: number) {
     this.key = `S${mode}`;
   }
   step(b: number, self: Cell, out: Stack[]): void {
-    const m = this.mode;
-    if (m === 0) {
-      if (b === Q) out.push(self.next);
-      else if (b === BACKSLASH) out.push(cell(STR[1], self.next));
-      else if (b < 0x20) return;
-      else if (b < 0x80) out.push(self); // the common case allocates nothing
-      else if (b >= 0xc2 && b <= 0xdf) out.push(cell(STR[6], self.next));
-      else if (b >= 0xe0 && b <= 0xef) out.push(cell(STR[7], self.next));
-      else if (b >= 0xf0 && b <= 0xf4) out.push(cell(STR[8], self.next));
-    } else if (m === 1) {
-      if (ESCAPES.has(b)) out.push(cell(STR[0], self.next));
-      else if (b === 0x75) out.push(cell(STR[5], self.next));
-    } else if (m <= 5) {
-      if (isHex(b)) out.push(cell(STR[m - 1 === 1 ? 0 : m - 1], self.next));
-    } else if (b >= 0x80 && b <= 0xbf) {
-      out.push(cell(STR[m === 6 ? 0 : m - 1], self.next));
-    }
+    const next = stringStep(this.mode, b);
+    if (next === CLOSED) out.push(self.next);
+    else if (next === this.mode) out.push(self); // the common case allocates nothing
+    else if (next !== REFUSED) out.push(cell(STR[next], self.next));
   }
   canEnd(): boolean {
     return false;
   }
 }
-const STR = Array.from({ length: 9 }, (_, m) => new StrFrame(m));
-
-/** The string mode (0–8) of a stack whose top is inside a string; −1 otherwise. */
-export function stringMode(s: Stack): number {
-  return s !== null && s.f instanceof StrFrame ? STR.indexOf(s.f) : -1;
-}
+const STR = Array.from({ length: STRING_MODES }, (_, m) => new StrFrame(m));
 
 /**
- * Marks where a string ends, in place of what follows it: a stack made of string mode `mode` over
- * this sentinel reaches exactly the sentinel's cell after the closing quote, and dies on any byte
- * after that. Walking the vocabulary with it once finds, for every string position of every
- * schema, the tokens that stay inside the string (allowed whatever follows) and the trie nodes
- * right after a closing quote (the only places where what follows matters).
+ * Inside a string with `minLength`/`maxLength` (max −1: none), `count` code points written so far,
+ * `high` when the last one was an escaped high surrogate (a low one next completes the pair at no
+ * length). Without a maximum, counts past the minimum behave alike and are stored as the minimum.
  */
-class EndOfString implements Frame {
-  readonly key = 'E';
-  step(): void {}
+class BoundedStrFrame implements Frame {
+  readonly key: string;
+  constructor(
+    readonly mode: number,
+    readonly min: number,
+    readonly max: number,
+    readonly count: number,
+    readonly high: boolean,
+  ) {
+    this.key = `B${min}.${max}.${mode}.${count}${high ? 'h' : ''}`;
+  }
+  step(b: number, self: Cell, out: Stack[]): void {
+    const { mode, min, max } = this;
+    const next = stringStep(mode, b);
+    if (next === REFUSED) return;
+    if (next === CLOSED) {
+      if (this.count >= min) out.push(self.next);
+      return;
+    }
+    const full = max >= 0 && this.count >= max;
+    const add = lengthStep(mode, next, this.high);
+    let { count, high } = this;
+    if (add >= 0) {
+      if (add > 0 && full) return;
+      count += add;
+      high = false;
+    } else if (full && !high && entersEscape(mode, next)) return;
+    if (completesHigh(mode, next)) high = true;
+    out.push(cell(boundedStr(next, min, max, count, high), self.next));
+  }
   canEnd(): boolean {
     return false;
   }
 }
-export const END_OF_STRING: Cell = cell(new EndOfString(), null);
-export const insideString = (mode: number): Cell => cell(STR[mode], END_OF_STRING);
+function boundedStr(mode: number, min: number, max: number, count: number, high: boolean): BoundedStrFrame {
+  return max < 0 && count >= min ? new BoundedStrFrame(mode, min, max, min, false) : new BoundedStrFrame(mode, min, max, count, high);
+}
+
+/** Where the string on top of `s` stands, for the token tables (string-tables.ts); null when `s` is not inside a string the tables serve. */
+export function stringPosition(s: Stack): StringPosition | null {
+  if (s === null) return null;
+  if (s.f instanceof StrFrame) return { mode: s.f.mode, count: 0, min: 0, max: -1 };
+  // Right after an escaped high surrogate a low one adds no length, which the tables (walked
+  // from no surrogate) do not know: such a state walks the trie itself.
+  if (s.f instanceof BoundedStrFrame && !s.f.high) return s.f;
+  return null;
+}
 
 /** A number: st 0 after '-', 1 after a leading 0, 2 integer digits (n so far), 3 after '.', 4 fraction digits (n). */
 class NumFrame implements Frame {
@@ -230,7 +245,7 @@ const utf8 = (s: string) => new Uint8Array(Buffer.from(s, 'utf8'));
 type Node =
   | { t: 'obj'; id: number; props: Array<{ key: string; value: Node; required: boolean }>; choices: Map<string, Choice> }
   | { t: 'arr'; id: number; items: Node; min: number; max: number }
-  | { t: 'str'; id: number }
+  | { t: 'str'; id: number; min: number; max: number }
   | { t: 'num'; id: number; int: boolean }
   | { t: 'lit'; id: number; choice: Choice }
   | { t: 'any'; id: number }
@@ -306,7 +321,7 @@ class GenericFrame implements Frame {
     const rest = self.next;
     if (kind === 'v') return enterAny(d, b, rest, out);
     if (kind === 'o') {
-      if ((phase === 0 || phase === 1) && b === Q) out.push(cell(STR[0], cell(generic('o', d, 2), rest)));
+      if ((phase === 0 || phase === 1) && b === Q) out.push(cell(STR[BODY], cell(generic('o', d, 2), rest)));
       else if (phase === 2 && b === 0x3a) out.push(cell(generic('v', d, 0), cell(generic('o', d, 3), rest)));
       else if (phase === 3 && b === 0x2c) out.push(cell(generic('o', d, 1), rest));
       if ((phase === 0 || phase === 3) && b === 0x7d) out.push(rest);
@@ -335,7 +350,7 @@ const SCALARS: Choice = { id: 'tfn', cands: ['true', 'false', 'null'].map(utf8),
 function enterAny(d: number, b: number, rest: Stack, out: Stack[]): void {
   if (b === 0x7b && d < MAX_GENERIC_DEPTH) out.push(cell(generic('o', d + 1, 0), rest));
   else if (b === 0x5b && d < MAX_GENERIC_DEPTH) out.push(cell(generic('a', d + 1, 0), rest));
-  else if (b === Q) out.push(cell(STR[0], rest));
+  else if (b === Q) out.push(cell(STR[BODY], rest));
   else if (b === 0x2d || isDigit(b)) startNumber(false, b, rest, out);
   else enterChoice(SCALARS, b, rest, out);
 }
@@ -347,7 +362,8 @@ function enter(node: Node, b: number, rest: Stack, out: Stack[]): void {
     case 'switch':
       return enterChoice(node.choice, b, rest, out);
     case 'str':
-      if (b === Q) out.push(cell(STR[0], rest));
+      if (b !== Q) return;
+      out.push(cell(node.min === 0 && node.max < 0 ? STR[BODY] : boundedStr(BODY, node.min, node.max, 0, false), rest));
       return;
     case 'num':
       if (b === 0x2d || isDigit(b)) startNumber(node.int, b, rest, out);
@@ -438,6 +454,8 @@ export class Automaton {
         }
         case 'num':
           return { t: 'num', id, int: g.int };
+        case 'str':
+          return { t: 'str', id, min: g.min ?? 0, max: g.max ?? -1 };
         default:
           return { t: g.t, id };
       }

@@ -1,4 +1,6 @@
-import { advance, advanceAll, Automaton, canEnd, dedupe, END_OF_STRING, insideString, stateKey, stringMode, type Grammar, type Stack } from './grammar.js';
+import { STRING_MODES } from './string-bytes.js';
+import { advance, advanceAll, Automaton, canEnd, dedupe, stateKey, stringPosition, type Grammar, type Stack } from './grammar.js';
+import { buildStringTable, fillBody, openExits, type StringTable } from './string-tables.js';
 
 /**
  * Structured outputs, the token side: which vocabulary tokens an automaton state allows. A state's
@@ -20,15 +22,15 @@ export interface VocabularyBytes {
  */
 export class VocabTrie {
   /** Node n's edge byte (from its parent), first child and next sibling (−1: none); node 0 is the root. */
-  private readonly edgeByte: Uint8Array;
-  private readonly firstChild: Int32Array;
-  private readonly nextSibling: Int32Array;
+  readonly edgeByte: Uint8Array;
+  readonly firstChild: Int32Array;
+  readonly nextSibling: Int32Array;
   /** Tokens whose bytes end at node n: sortedIds[tokenFirst[n] .. + tokenCount[n]). */
-  private readonly tokenFirst: Uint32Array;
-  private readonly tokenCount: Uint16Array;
-  private readonly sortedIds: Uint32Array;
+  readonly tokenFirst: Uint32Array;
+  readonly tokenCount: Uint16Array;
+  readonly sortedIds: Uint32Array;
   /** Per string mode: the tokens that stay inside a string, and the nodes just after its closing quote. */
-  private readonly strings = new Map<number, { body: Uint32Array; exits: number[] }>();
+  private readonly strings = new Map<number, StringTable>();
   readonly size: number;
   readonly nodes: number;
 
@@ -79,15 +81,19 @@ export class VocabTrie {
 
   /** Sets in `mask` every token whose bytes `states` accept in full; returns how many tokens the mask holds. */
   fill(states: Stack[], mask: Uint32Array): number {
-    const mode = states.length === 1 ? stringMode(states[0]) : -1;
-    if (mode < 0) this.walk(0, states, mask, 0, null);
+    const inside = states.length === 1 ? stringPosition(states[0]) : null;
+    if (inside === null) this.walk(0, states, mask, 0);
     else {
-      // Inside a string: the tokens that stay in it are the same wherever the string is, so only
-      // the subtrees after a closing quote are walked with what follows the string.
-      const table = this.stringTable(mode);
-      mask.set(table.body);
+      // Inside a string: the tokens that stay in it are the same wherever the string is (less
+      // those too long for a bounded one), so only the tokens that close it, and the subtrees
+      // after, are walked with what follows the string.
+      const table = this.stringTable(inside.mode);
+      fillBody(table, inside, mask);
       const rest = [states[0]!.next];
-      for (const e of table.exits) this.walk(e, rest, mask, 0, null);
+      for (const e of openExits(table, inside)) {
+        this.allow(e, mask);
+        this.walk(e, rest, mask, 0);
+      }
     }
     let count = 0;
     for (const w of mask) count += popcount(w);
@@ -96,39 +102,36 @@ export class VocabTrie {
 
   /** Builds the string tables up front (the vocabulary's arrival), so no request's first string pays for them. */
   prepare(): void {
-    for (let mode = 0; mode <= 8; mode++) this.stringTable(mode);
+    for (let mode = 0; mode < STRING_MODES; mode++) this.stringTable(mode);
   }
 
-  private stringTable(mode: number): { body: Uint32Array; exits: number[] } {
+  private stringTable(mode: number): StringTable {
     let t = this.strings.get(mode);
-    if (!t) {
-      t = { body: new Uint32Array(Math.ceil(this.size / 32)), exits: [] };
-      this.walk(0, [insideString(mode)], t.body, 0, t.exits);
-      this.strings.set(mode, t);
-    }
+    if (!t) this.strings.set(mode, (t = buildStringTable(this, mode)));
     return t;
+  }
+
+  /** Sets the tokens whose bytes end at trie node `node`. */
+  private allow(node: number, mask: Uint32Array): void {
+    for (let t = this.tokenFirst[node], end = t + this.tokenCount[node]; t < end; t++) {
+      const id = this.sortedIds[t];
+      mask[id >>> 5] |= 1 << (id & 31);
+    }
   }
 
   private readonly outs: Stack[][] = [];
 
-  /** Depth-first below `node`; `exits` (string tables only) collects the nodes where the string has just ended. */
-  private walk(node: number, cur: Stack[], mask: Uint32Array, depth: number, exits: number[] | null): void {
+  /** Depth-first below `node`. */
+  private walk(node: number, cur: Stack[], mask: Uint32Array, depth: number): void {
     const out = (this.outs[depth] ??= []);
     for (let c = this.firstChild[node]; c >= 0; c = this.nextSibling[c]) {
       out.length = 0;
       const b = this.edgeByte[c];
       for (const s of cur) advance(s, b, out);
       if (out.length === 0) continue;
-      for (let t = this.tokenFirst[c], end = t + this.tokenCount[c]; t < end; t++) {
-        const id = this.sortedIds[t];
-        mask[id >>> 5] |= 1 << (id & 31);
-      }
-      if (exits && out.length === 1 && out[0] === END_OF_STRING) {
-        exits.push(c);
-        continue;
-      }
+      this.allow(c, mask);
       // `out` is this depth's array, read-only below: the child writes the next depth's.
-      if (this.firstChild[c] >= 0) this.walk(c, out.length > 1 ? dedupe(out) : out, mask, depth + 1, exits);
+      if (this.firstChild[c] >= 0) this.walk(c, out.length > 1 ? dedupe(out) : out, mask, depth + 1);
     }
   }
 }
