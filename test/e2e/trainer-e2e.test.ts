@@ -9,6 +9,7 @@ import { api } from '../helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { gsm8kTrainProblems } from '../helpers/gsm8k.js';
 import { REPO_ROOT } from '../helpers/paths.js';
+import { BOUNDED_SCHEMA, expectAllValid } from '../helpers/structured-samples.js';
 
 /**
  * The whole loop with the real gateway and the real trainer: live traffic is harvested (a key with
@@ -102,5 +103,10 @@ describe.skipIf(!python)('trainer end to end: harvest → train → upload → s
     // α = 0 is the base again, byte for byte: the difference is the carry-on's.
     const alpha0 = await client.completions.create({ model: ID, prompt: PROMPT, max_tokens: 24, temperature: 0, carry_on_alpha: 0 } as never);
     expect(alpha0.choices[0].text).toBe(baseText);
+  });
+
+  it('the trained carry-on under a strict schema: 200 seeded samples at temperature 1 all finish, parse and validate', { timeout: 300_000 }, async () => {
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: tenantKey, maxRetries: 0 });
+    expect(await expectAllValid(client, ID, BOUNDED_SCHEMA)).toBe(200);
   });
 });

@@ -13,6 +13,7 @@ import { makeCarryOn } from '../helpers/carry-on.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, USER_KEY, type TestGateway } from '../helpers/gateway.js';
 import { writeHfFolder } from '../helpers/hf-folder.js';
 import { FAMILIES, randomFamilyWeights, type Family } from '../helpers/model-families.js';
+import { BOUNDED_SCHEMA, expectAllValid } from '../helpers/structured-samples.js';
 
 /**
  * Structured outputs through the official openai SDK on the real engine: stories260K writes
@@ -111,6 +112,11 @@ describe('response_format through the openai SDK', () => {
     const base = await sample(client, model, jsonSchema, 4);
     expect(texts).not.toEqual(base.texts);
   });
+
+  it('200 seeded samples under a schema of bounded fields all finish, parse and validate, on the base and through the carry-on', async () => {
+    expect(await expectAllValid(client, model, BOUNDED_SCHEMA)).toBe(200);
+    expect(await expectAllValid(tenantClient, 'twist', BOUNDED_SCHEMA, { extra: { carry_on_alpha: 1.5 } })).toBe(200);
+  }, 300_000);
 
   it('json_object: every output is a JSON object, or one cut short by max_tokens', async () => {
     // Free-form JSON gives a story model no reason to close: most run to max_tokens (checked as prefixes).
