@@ -80,7 +80,7 @@ try {
   const services = new Map<Mode, { service: HarvestService; store: Store }>();
   for (const sigma of SIGMAS) {
     const dataDir = fs.mkdtempSync(path.join(work, `${sigma}-`));
-    const store = Store.open(dataDir);
+    const store = await Store.connect({ dataDir });
     const service = new HarvestService({ config: harvestConfig(sigma), dataDir, shards: store.harvestShards, tenantExists: () => true, log: quiet });
     const sink = await service.start(fingerprint);
     if (!sink) throw new Error('harvesting did not start');
@@ -127,7 +127,7 @@ try {
           maxTokensParam: 'max_tokens',
           sampling: { temperature: 0.8, topP: 1, topK: 0, seed: 1000 + i, presencePenalty: 0, frequencyPenalty: 0, topLogprobs: -1 },
           stop: [],
-          model: 'stories260K',
+          route: { base: 'stories260K', record: null },
           alpha: null,
           caller,
           harvestOptOut: false,

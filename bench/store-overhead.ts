@@ -12,17 +12,16 @@
  * resolved). Each request's latency from the client (undici, keep-alive); p50/p99 per backend and
  * the ratio PostgreSQL / SQLite. Gateway, database and client share the machine.
  */
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import pg from 'pg';
 import { Agent, request } from 'undici';
 import { startGateway, type GatewayProcess } from './lib/gateway-process.js';
 import { intOption } from './lib/options.js';
 import { percentile, table } from './lib/stats.js';
 import { makeBenchCarryOns } from './lib/carry-ons.js';
+import { scratchDatabase } from './lib/scratch-database.js';
 import { CARRYON_FILES } from '../src/carryon/manifest.js';
 import { PACKAGE_FILES } from '../src/model/package-files.js';
 
@@ -39,16 +38,6 @@ if (!ADMIN_URL) throw new Error('set CARRYON_BENCH_DATABASE_URL to a PostgreSQL 
 
 const log = (m: string) => console.error(`[store-overhead ${new Date().toISOString().slice(11, 19)}] ${m}`);
 const agent = new Agent({ connections: 64, keepAliveTimeout: 30_000 });
-
-async function adminQuery(sql: string): Promise<void> {
-  const client = new pg.Client({ connectionString: ADMIN_URL });
-  await client.connect();
-  try {
-    await client.query(sql);
-  } finally {
-    await client.end();
-  }
-}
 
 async function call(gw: GatewayProcess, method: 'GET' | 'POST', path: string, key: string, body?: unknown): Promise<{ status: number; json: unknown }> {
   const res = await request(`${gw.url}${path}`, {
@@ -105,15 +94,12 @@ async function measure(gw: GatewayProcess, path: string, key: string, concurrenc
 }
 
 async function main(): Promise<void> {
-  const name = `carryon_bench_${randomBytes(4).toString('hex')}`;
-  await adminQuery(`CREATE DATABASE ${name}`);
-  const url = new URL(ADMIN_URL);
-  url.pathname = `/${name}`;
+  const db = await scratchDatabase(ADMIN_URL, 'carryon_bench');
   const results = new Map<string, number[]>();
   try {
     for (const backend of ['sqlite', 'postgres'] as const) {
       log(`starting a gateway on ${backend}`);
-      const gw = await startGateway(backend === 'postgres' ? { CARRYON_DATABASE_URL: url.toString() } : {});
+      const gw = await startGateway(backend === 'postgres' ? { CARRYON_DATABASE_URL: db.url } : {});
       try {
         const { key, carryOn } = await setUp(gw);
         for (const [label, path] of [['GET /v1/models', '/v1/models'], ['GET /v1/models/<carry-on>', `/v1/models/${encodeURIComponent(carryOn)}`]] as const) {
@@ -129,7 +115,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    await db.drop();
     await agent.close();
   }
   const rows: string[][] = [];

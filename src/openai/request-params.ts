@@ -1,7 +1,7 @@
 import { ApiError } from '../core/errors.js';
 import type { GenerationPlan } from '../serving/generation.js';
 import type { GenerateRequest } from '../serving/inference.js';
-import type { Caller } from '../serving/model-routing.js';
+import type { Caller, Route } from '../serving/model-routing.js';
 import type { SamplingDefaults } from '../model/generation-defaults.js';
 
 interface CommonSamplingFields {
@@ -54,15 +54,16 @@ export function requestId(prefix: string, sep: '-' | '_' = '-'): string {
   return `${prefix}${sep}${crypto.randomUUID().replace(/-/g, '')}`;
 }
 
-/** Who asks and for which model: the request fields the inference service routes and harvests by. */
+/** Who asks and where it routed: the request fields the inference service runs and harvests by. */
 export function targetOf(
-  body: { model: string; carry_on_alpha?: number | null; carry_on_harvest?: boolean | null },
+  body: { carry_on_alpha?: number | null; carry_on_harvest?: boolean | null },
+  route: Route,
   caller: Caller,
   optOut: boolean,
   responseId: string,
   signal: AbortSignal,
-): Pick<GenerateRequest, 'model' | 'alpha' | 'caller' | 'harvestOptOut' | 'responseId' | 'signal'> {
-  return { model: body.model, alpha: body.carry_on_alpha ?? null, caller, harvestOptOut: optOut || body.carry_on_harvest === false, responseId, signal };
+): Pick<GenerateRequest, 'route' | 'alpha' | 'caller' | 'harvestOptOut' | 'responseId' | 'signal'> {
+  return { route, alpha: body.carry_on_alpha ?? null, caller, harvestOptOut: optOut || body.carry_on_harvest === false, responseId, signal };
 }
 
 /**

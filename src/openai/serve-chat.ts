@@ -13,7 +13,7 @@ import { parseReply, templateCall, ToolCallParser, toolPlanOf, type ToolEvent } 
 /** /v1/chat/completions serving logic: messages → template → generation → OpenAI objects. */
 export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
   const id = requestId('chatcmpl');
-  const m = await gw.modelFor(body.model, caller);
+  const { services: m, route } = await gw.modelFor(body.model, caller);
   // Compiled before anything is admitted: a bad schema is a 400, and the engine gets a ready grammar.
   const tools = toolPlanOf(body, m.chatTemplate);
   const responseFormat = responseFormatOf(body.response_format, 'response_format');
@@ -29,7 +29,7 @@ export async function serveChat(gw: Gateway, body: ChatCompletionRequest, caller
     maxTokens: body.max_completion_tokens ?? body.max_tokens ?? null,
     maxTokensParam: body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
     ...samplingFrom(body, wantLogprobs ? (body.top_logprobs ?? 0) : -1, gw.limits.maxN, m.samplingDefaults),
-    ...targetOf(body, caller, optOut, id, signal),
+    ...targetOf(body, route, caller, optOut, id, signal),
     format,
   });
   const created = Math.floor(Date.now() / 1000);

@@ -14,7 +14,7 @@ import { responseFormatOf } from './response-format.js';
  */
 export async function serveCompletion(gw: Gateway, body: CompletionRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
   const id = requestId('cmpl');
-  const m = await gw.modelFor(body.model, caller);
+  const { services: m, route } = await gw.modelFor(body.model, caller);
   if (body.suffix) throw new ApiError('unsupported_parameter', "'suffix' is not supported by this model.", { param: 'suffix' });
   if (body.best_of != null && body.best_of !== (body.n ?? 1)) {
     throw new ApiError('unsupported_parameter', "'best_of' other than n is not supported.", { param: 'best_of' });
@@ -32,7 +32,7 @@ export async function serveCompletion(gw: Gateway, body: CompletionRequest, call
         maxTokens: body.max_tokens ?? 16, // OpenAI's default for legacy completions
         maxTokensParam: 'max_tokens',
         ...sampling,
-        ...targetOf(body, caller, optOut, id, signal),
+        ...targetOf(body, route, caller, optOut, id, signal),
         choiceOffset: p * n,
         format,
       }),

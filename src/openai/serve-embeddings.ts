@@ -10,7 +10,7 @@ import type { EmbeddingRequest } from './schemas.js';
  * request to token ids and the vectors to OpenAI's objects; the inference service runs them.
  */
 export async function serveEmbeddings(gw: Gateway, body: EmbeddingRequest, caller: Caller, signal: AbortSignal): Promise<object> {
-  const m = await gw.modelFor(body.model, caller);
+  const { services: m } = await gw.modelFor(body.model, caller);
   if (body.dimensions != null && body.dimensions !== m.hiddenSize) {
     throw new ApiError('unsupported_parameter', `This model's embeddings have ${m.hiddenSize} dimensions; 'dimensions' must be ${m.hiddenSize} or omitted.`, {
       param: 'dimensions',

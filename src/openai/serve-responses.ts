@@ -21,7 +21,7 @@ import { templateCall, ToolCallParser, toolPlanOf, type ToolEvent, type ToolFiel
  */
 export async function serveResponses(gw: Gateway, body: ResponsesRequest, caller: Caller, signal: AbortSignal, optOut = false): Promise<ServeResult> {
   const id = requestId('resp', '_');
-  const m = await gw.modelFor(body.model, caller);
+  const { services: m, route } = await gw.modelFor(body.model, caller);
   refuseUnsupported(body);
   const toolRequest = toolRequestOf(body);
   const tools = toolPlanOf(toolRequest, m.chatTemplate, RESPONSES_TOOL_FIELDS);
@@ -39,7 +39,7 @@ export async function serveResponses(gw: Gateway, body: ResponsesRequest, caller
     maxTokens: body.max_output_tokens ?? null,
     maxTokensParam: 'max_output_tokens',
     ...samplingFrom({ temperature: body.temperature, top_p: body.top_p }, -1, 1, m.samplingDefaults),
-    ...targetOf(body, caller, optOut, id, signal),
+    ...targetOf(body, route, caller, optOut, id, signal),
     format,
   });
   const createdAt = Math.floor(Date.now() / 1000);

@@ -1,7 +1,7 @@
 import type { CarryOnCatalog } from '../carryon/catalog.js';
 import type { DatabaseState } from '../store/database-health.js';
 import type { CarryOnRegistry } from './carry-on-registry.js';
-import { ModelRouter, type Caller } from './model-routing.js';
+import { ModelRouter, type Caller, type Route } from './model-routing.js';
 import type { ChatTemplate } from '../model/chat-template.js';
 import type { Engine } from '../engine/engine.js';
 import { ApiError } from '../core/errors.js';
@@ -115,7 +115,7 @@ export class Gateway {
 
   /** A loaded base (the default one when unnamed), or the 503 a client should see instead. */
   model(name?: string): ModelServices {
-    if (this.stopping) throw new ApiError('shutting_down', 'The server is shutting down.', { headers: { connection: 'close' } });
+    if (this.stopping) throw shuttingDown();
     const state = this.base(name);
     if (!state.services || state.status !== 'ready') {
       const which = this.bases.length === 1 ? 'The model' : `The base model '${state.name}'`;
@@ -126,9 +126,16 @@ export class Gateway {
     return state.services;
   }
 
-  /** The services of the base a request's `model` routes to (a 404, mismatch or 503 otherwise). */
-  async modelFor(model: string, caller: Caller): Promise<ModelServices> {
-    if (this.stopping) return this.model();
-    return this.model((await this.router.resolve(model, caller)).base);
+  /**
+   * Where a request's `model` routes, resolved once for the whole request: the base's services and
+   * the route (base and carry-on version) that its generation runs on (a 404, mismatch or 503 otherwise).
+   */
+  async modelFor(model: string, caller: Caller): Promise<{ services: ModelServices; route: Route }> {
+    // Before any lookup: a draining server answers every request alike.
+    if (this.stopping) throw shuttingDown();
+    const route = await this.router.resolve(model, caller);
+    return { services: this.model(route.base), route };
   }
 }
+
+const shuttingDown = () => new ApiError('shutting_down', 'The server is shutting down.', { headers: { connection: 'close' } });

@@ -5,15 +5,15 @@ import type { HarvestSink } from '../harvest/types.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import type { CarryOnLease, CarryOnRegistry } from './carry-on-registry.js';
 import { GenerationRun, type GenerationPlan, type RunDeps } from './generation.js';
-import type { BaseRouter, Caller } from './model-routing.js';
+import type { BaseRouter, Caller, Route } from './model-routing.js';
 import type { RateLimiter } from './rate-limit.js';
 import type { Scheduler } from './scheduler.js';
 import { vocabularyOf } from './vocabulary.js';
 
 /** A generation as the protocol layer asks for it: token ids in, names and numbers only. */
 export interface GenerateRequest extends Omit<GenerationPlan, 'carryOn' | 'harvest' | 'tenant' | 'maxTokens' | 'cacheNamespace'> {
-  /** The request's `model` field: the base, or one of the caller's carry-ons (see model-routing). */
-  model: string;
+  /** Where the request's `model` routed (the gateway resolves it once per request): this base, and the carry-on version or none. */
+  route: Route;
   /** null: as many as the context allows. */
   maxTokens: number | null;
   /** The carry-on's α for this request; null: the version's default. */
@@ -110,7 +110,7 @@ export class Inference {
 
   /** Routes, validates and admits; throws ApiError before anything is sent to the client. */
   async generate(req: GenerateRequest): Promise<GenerationRun> {
-    const record = await this.deps.router.route(req.model, req.caller);
+    const record = this.deps.router.check(req.route);
     const maxTokens = this.resolveMaxTokens(req);
     const plan: GenerationPlan = {
       ...req,

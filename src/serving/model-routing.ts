@@ -48,8 +48,8 @@ export interface Route {
 
 /** A router bound to one base, as that base's inference service uses it. */
 export interface BaseRouter {
-  /** The carry-on version `model` names on this base (null: the base alone). */
-  route(model: string, caller: Caller): Promise<CarryOnVersionRecord | null>;
+  /** The carry-on version of a route the gateway resolved (null: the base alone), once it is sure the route is to this base. */
+  check(route: Route): CarryOnVersionRecord | null;
   /** For surfaces served by the base alone (embeddings): its name, or `<base>:base`. */
   requireBase(model: string, caller: Caller): void;
 }
@@ -161,10 +161,9 @@ export class ModelRouter {
   /** The routing one base's inference service does: it only ever sees names the gateway routed to it. */
   forBase(name: string): BaseRouter {
     return {
-      route: async (model, caller) => {
-        const routed = await this.resolve(model, caller);
-        if (routed.base !== name) throw new ApiError('internal_error', `'${model}' is served by base '${routed.base}', not '${name}'.`);
-        return routed.record;
+      check: (route) => {
+        if (route.base !== name) throw new ApiError('internal_error', `A request routed to base '${route.base}' reached base '${name}'.`);
+        return route.record;
       },
       requireBase: (model, caller) => {
         if (model !== name && model !== `${name}:${BASE_ONLY}`) throw notFound(model, caller);

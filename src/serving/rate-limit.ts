@@ -69,13 +69,27 @@ class Bucket {
   }
 }
 
+/** A key's buckets; null where that limit is off. */
+interface KeyBuckets {
+  requests: Bucket | null;
+  tokens: Bucket | null;
+}
+
+/** The buckets of `b` that limit something, each with the kind the shared store files it under. */
+function limitedBuckets(b: KeyBuckets): Array<['requests' | 'tokens', Bucket]> {
+  const out: Array<['requests' | 'tokens', Bucket]> = [];
+  if (b.requests) out.push(['requests', b.requests]);
+  if (b.tokens) out.push(['tokens', b.tokens]);
+  return out;
+}
+
 /** Keys used within this long keep syncing, so they learn what other replicas spent. */
 const SYNC_RECENT_MS = 60_000;
 /** A key's first request on a replica waits this long at most for the key's shared level. */
 const FIRST_SYNC_WAIT_MS = 250;
 
 export class RateLimiter {
-  private readonly buckets = new Map<string, { requests: Bucket | null; tokens: Bucket | null; lastUsed: number }>();
+  private readonly buckets = new Map<string, KeyBuckets & { lastUsed: number }>();
   private timer: NodeJS.Timeout | null = null;
   private syncing: Promise<void> | null = null;
   private syncFailing = false;
@@ -117,8 +131,8 @@ export class RateLimiter {
       const now = this.now();
       const b = this.bucketsFor(keyId, now);
       const fetches: Array<Promise<void>> = [];
-      for (const [kind, bucket] of [['requests', b.requests], ['tokens', b.tokens]] as const) {
-        if (bucket) fetches.push(shared.exchange({ keyId, kind, perMinute: bucket.limit, spent: 0, at: now }).then((level) => bucket.adopt(level, now)));
+      for (const [kind, bucket] of limitedBuckets(b)) {
+        fetches.push(shared.exchange({ keyId, kind, perMinute: bucket.limit, spent: 0, at: now }).then((level) => bucket.adopt(level, now)));
       }
       pending = Promise.all(fetches)
         .then(
@@ -157,8 +171,7 @@ export class RateLimiter {
     let failure: string | null = null;
     for (const [keyId, b] of this.buckets) {
       if (now - b.lastUsed > SYNC_RECENT_MS) continue;
-      for (const [kind, bucket] of [['requests', b.requests], ['tokens', b.tokens]] as const) {
-        if (!bucket) continue;
+      for (const [kind, bucket] of limitedBuckets(b)) {
         const spent = bucket.spent;
         bucket.spent = 0;
         jobs.push(
@@ -222,7 +235,7 @@ export class RateLimiter {
     for (const [k, b] of this.buckets) if (now - b.lastUsed > 60_000) this.buckets.delete(k);
   }
 
-  private headers(b: { requests: Bucket | null; tokens: Bucket | null }, now: number): Record<string, string> {
+  private headers(b: KeyBuckets, now: number): Record<string, string> {
     const h: Record<string, string> = {};
     if (b.requests) {
       h['x-ratelimit-limit-requests'] = String(b.requests.limit);

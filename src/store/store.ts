@@ -4,7 +4,7 @@ import { ChangeFeed } from './change-feed.js';
 import { ChangeListener } from './change-listener.js';
 import { DatabaseHealth } from './database-health.js';
 import { PostgresDriver } from './postgres-driver.js';
-import { openDatabase, openSqlite, type DatabaseOptions } from './db.js';
+import { openDatabase, type DatabaseOptions } from './db.js';
 import { HarvestShardRepository } from './harvest-shards.js';
 import { RateBucketRepository } from './rate-buckets.js';
 import type { SqlDriver } from './sql-driver.js';
@@ -61,11 +61,6 @@ export class Store {
   /** The configured backend: PostgreSQL when `opts.url` is set, else the SQLite file in `opts.dataDir`. */
   static async connect(opts: DatabaseOptions): Promise<Store> {
     return new Store(await openDatabase(opts), opts.dataDir);
-  }
-
-  /** The SQLite file in `dataDir`, synchronously (tools and benchmarks that never use PostgreSQL). */
-  static open(dataDir: string): Store {
-    return new Store(openSqlite(dataDir), dataDir);
   }
 
   /** Closes the database once its open transaction (if any) ends; idempotent, as shutdown paths may call it more than once. */

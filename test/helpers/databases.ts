@@ -1,5 +1,4 @@
-import { randomBytes } from 'node:crypto';
-import pg from 'pg';
+import { scratchDatabase } from '../../bench/lib/scratch-database.js';
 
 /**
  * The metadata backends the store's tests run on: SQLite always; PostgreSQL when
@@ -30,30 +29,12 @@ export interface TestDatabase {
 /** A fresh, empty database on `backend`, so test files never see each other's rows. */
 export async function testDatabase(backend: Backend): Promise<TestDatabase> {
   if (backend === 'sqlite') return { backend, url: null, env: {}, drop: async () => undefined };
-  const name = `carryon_test_${randomBytes(6).toString('hex')}`;
-  await admin(`CREATE DATABASE ${name}`);
-  const url = new URL(ADMIN_URL);
-  url.pathname = `/${name}`;
-  return {
-    backend,
-    url: url.toString(),
-    env: { CARRYON_DATABASE_URL: url.toString(), CARRYON_DATABASE_POOL_SIZE: '4' },
-    drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`),
-  };
+  const db = await scratchDatabase(ADMIN_URL, 'carryon_test');
+  return { backend, url: db.url, env: { CARRYON_DATABASE_URL: db.url, CARRYON_DATABASE_POOL_SIZE: '4' }, drop: db.drop };
 }
 
 /** The server's admin URL, for tests that need one that is not a fresh database (its credentials, its port). */
 export function adminUrl(): string {
   if (!ADMIN_URL) throw new Error('CARRYON_TEST_DATABASE_URL is not set');
   return ADMIN_URL;
-}
-
-async function admin(sql: string): Promise<void> {
-  const client = new pg.Client({ connectionString: ADMIN_URL });
-  await client.connect();
-  try {
-    await client.query(sql);
-  } finally {
-    await client.end();
-  }
 }

@@ -13,7 +13,7 @@ const dirs = new Map<Store, string>();
 authStoreSuite(
   async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'carryon-auth-'));
-    const store = Store.open(dir);
+    const store = await Store.connect({ dataDir: dir });
     dirs.set(store, dir);
     return store;
   },

@@ -30,7 +30,7 @@ function fakeGateway(deltas: ChoiceDelta[], seen: { messages?: ChatMessage[]; re
       },
     },
   };
-  return { model: () => model, modelFor: () => Promise.resolve(model) } as unknown as Gateway;
+  return { model: () => model, modelFor: () => Promise.resolve({ services: model, route: { base: 'm', record: null } }) } as unknown as Gateway;
 }
 
 const caller = { tenantId: null, keyId: 'k', harvest: null } as never;

@@ -24,16 +24,16 @@ function replicas(limits: { requestsPerMinute: number; tokensPerMinute: number }
   return { a: make(), b: make(), problems };
 }
 
-function openStore(): Store {
+async function openStore(): Promise<Store> {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'carryon-rate-'));
-  store = Store.open(dir);
+  store = await Store.connect({ dataDir: dir });
   return store;
 }
 
 describe('rate limits shared by replicas', () => {
   it('requests admitted on either replica count against one limit once they have synced', async () => {
     const clock = { t: 1_000_000 };
-    const { a, b } = replicas({ requestsPerMinute: 6, tokensPerMinute: 0 }, openStore().rateBuckets, clock);
+    const { a, b } = replicas({ requestsPerMinute: 6, tokensPerMinute: 0 }, (await openStore()).rateBuckets, clock);
     for (let i = 0; i < 3; i++) expect(a.admit('key-1').allowed).toBe(true);
     for (let i = 0; i < 3; i++) expect(b.admit('key-1').allowed).toBe(true);
     await a.sync();
@@ -55,7 +55,7 @@ describe('rate limits shared by replicas', () => {
 
   it("a key's first request on a replica waits for the key's shared level, so a key spent elsewhere is refused at once", async () => {
     const clock = { t: 2_000_000 };
-    const { a, b } = replicas({ requestsPerMinute: 4, tokensPerMinute: 0 }, openStore().rateBuckets, clock);
+    const { a, b } = replicas({ requestsPerMinute: 4, tokensPerMinute: 0 }, (await openStore()).rateBuckets, clock);
     for (let i = 0; i < 4; i++) expect(a.admit('key-1').allowed).toBe(true);
     await a.sync();
     b.startSync(60_000); // the timer never fires in this test: only warm() reads the store
@@ -71,7 +71,7 @@ describe('rate limits shared by replicas', () => {
 
   it('tokens charged on one replica are refused on the other', async () => {
     const clock = { t: 5_000_000 };
-    const { a, b } = replicas({ requestsPerMinute: 0, tokensPerMinute: 100 }, openStore().rateBuckets, clock);
+    const { a, b } = replicas({ requestsPerMinute: 0, tokensPerMinute: 100 }, (await openStore()).rateBuckets, clock);
     expect(a.admit('key-1').allowed).toBe(true);
     a.charge('key-1', 150); // a long completion borrows from the next minute
     expect(b.admit('key-1').allowed).toBe(true); // B has not heard yet
@@ -83,7 +83,7 @@ describe('rate limits shared by replicas', () => {
 
   it('while the shared store fails, each replica limits alone, says so once, and its spending counts once the store is back', async () => {
     const clock = { t: 9_000_000 };
-    const real = openStore().rateBuckets;
+    const real = (await openStore()).rateBuckets;
     let down = true;
     const flaky: SharedRateBuckets = {
       exchange: (use) => (down ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:5432')) : real.exchange(use)),
