@@ -49,8 +49,8 @@ export const ConfigSchema = z.object({
   /** How often each replica re-checks its cached keys against PostgreSQL, under the change feed (LISTEN/NOTIFY). */
   CARRYON_DATABASE_RECONCILE_SECONDS: int(1, 3600).default(5),
   /**
-   * Where carry-on graphs are kept for every replica: `s3://bucket/prefix` (an S3-compatible bucket)
-   * or `file:///path` (a shared mount). Empty: only under DATA_DIR (one node). Credentials come from
+   * Where carry-on graphs and closed harvest shards are kept for every replica: `s3://bucket/prefix`
+   * (an S3-compatible bucket) or `file:///path` (a shared mount). Empty: only under DATA_DIR (one node). Credentials come from
    * the AWS SDK's standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, a role).
    */
   CARRYON_OBJECT_STORE_URL: z

@@ -126,9 +126,9 @@ async function startWithStore(
   );
   gateway.disk = disk;
   // The shard index and admin routes work at once; the writer starts when the base's fingerprint is known.
-  const harvest = createHarvestService(config, store, () => app.log);
   const objectStore = objectStoreFromConfig(config);
   const graphBucket = objectStore ? new CarryOnGraphBucket(objectStore) : null;
+  const harvest = createHarvestService(config, store, () => app.log, objectStore);
   const admin = await createAdminServices(store, {
     dataDir: config.dataDir,
     graphBucket,

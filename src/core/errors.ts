@@ -31,7 +31,7 @@ const ERROR_TABLE = {
   model_loading: { status: 503, type: 'server_error' },
   shutting_down: { status: 503, type: 'server_error' },
   database_unavailable: { status: 503, type: 'server_error' },
-  /** The bucket holding carry-on graphs (CARRYON_OBJECT_STORE_URL) could not be reached on a path that needs it. */
+  /** The bucket (CARRYON_OBJECT_STORE_URL) could not be reached on a path that needs it: an upload, a graph to fetch, a shard download. */
   object_store_unavailable: { status: 503, type: 'server_error' },
   internal_error: { status: 500, type: 'server_error' },
   insufficient_storage: { status: 507, type: 'server_error' },
@@ -97,7 +97,7 @@ const OBJECT_STORE_RETRY_AFTER_S = '5';
  * `cause` (which names the bucket and the failure) goes to the server's log, not to the client.
  */
 export function objectStoreUnavailableError(cause: Error): ApiError {
-  const err = new ApiError('object_store_unavailable', 'The object store holding carry-on graphs is unreachable; retry shortly.', {
+  const err = new ApiError('object_store_unavailable', 'The object store (carry-on graphs, harvest shards) is unreachable; retry shortly.', {
     headers: { 'retry-after': OBJECT_STORE_RETRY_AFTER_S },
   });
   err.cause = cause;

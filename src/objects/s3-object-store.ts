@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
 import { ObjectStoreError, type ByteSpan, type ObjectBody, type ObjectInfo, type ObjectStore } from './object-store.js';
 import { withRetries, type RetryPolicy } from './retry.js';
 
@@ -16,7 +17,15 @@ export interface S3ObjectStoreOptions extends S3Location {
   /** Bounds a small request (HEAD, DELETE) whole; for a transfer, the longest silence on its socket. */
   timeoutMs: number;
   retry: RetryPolicy;
+  /** Files this large or larger go up in parts (S3 takes at most 5 GiB in one PUT; parts retry cheaper). */
+  multipartBytes?: number;
+  /** Size of each part but the last (S3's minimum is 5 MiB). */
+  partBytes?: number;
 }
+
+/** Past this a single PUT risks too much on one connection; S3's own limit is 5 GiB. */
+const MULTIPART_BYTES = 64 * 1024 * 1024;
+const PART_BYTES = 16 * 1024 * 1024;
 
 /** Socket-level failures: the server is down, restarting, or cannot be reached. */
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE', 'UND_ERR_SOCKET']);
@@ -37,8 +46,15 @@ export class S3ObjectStore implements ObjectStore {
     await this.retried(`upload ${key}`, async () => {
       const bytes = (await fs.promises.stat(file)).size;
       const body = fs.createReadStream(file);
+      const params = { Bucket: this.opts.bucket, Key: this.key(key), Body: body };
       try {
-        await this.opts.client.send(new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.key(key), Body: body, ContentLength: bytes }));
+        if (bytes >= (this.opts.multipartBytes ?? MULTIPART_BYTES)) {
+          // CreateMultipartUpload, the parts two at a time, CompleteMultipartUpload; aborted on failure.
+          const upload = new Upload({ client: this.opts.client, params, partSize: this.opts.partBytes ?? PART_BYTES, queueSize: 2, leavePartsOnError: false });
+          await upload.done();
+        } else {
+          await this.opts.client.send(new PutObjectCommand({ ...params, ContentLength: bytes }));
+        }
       } finally {
         body.destroy();
       }

@@ -9,9 +9,10 @@ import { graphKey } from '../../src/objects/carry-on-graph-bucket.js';
 import type { ObjectStore } from '../../src/objects/object-store.js';
 import { api, uploadCarryOn, type FormPart } from '../helpers/admin.js';
 import { makePushCarryOn } from '../helpers/carry-on.js';
-import { POSTGRES_AVAILABLE, testDatabase, type TestDatabase } from '../helpers/databases.js';
-import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { startTestBucket, type TestBucket } from '../helpers/object-store.js';
+import { startBucketReplicas, type BucketReplicas } from '../helpers/bucket-replicas.js';
+import { POSTGRES_AVAILABLE } from '../helpers/databases.js';
+import { ADMIN_KEY, freshDataDir, type TestGateway } from '../helpers/gateway.js';
+import type { TestBucket } from '../helpers/object-store.js';
 import { STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
 
 /**
@@ -22,8 +23,7 @@ import { STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
  */
 describe.runIf(POSTGRES_AVAILABLE)('two gateways sharing carry-on graphs through a bucket', () => {
   const PROMPT = 'Once upon a time';
-  const PREFIX = `replicas-${Date.now()}`;
-  let database: TestDatabase;
+  let replicas: BucketReplicas;
   let bucket: TestBucket;
   let objects: ObjectStore;
   let work: string;
@@ -32,23 +32,17 @@ describe.runIf(POSTGRES_AVAILABLE)('two gateways sharing carry-on graphs through
   let key: string;
 
   beforeAll(async () => {
-    database = await testDatabase('postgres');
-    bucket = await startTestBucket();
-    objects = bucket.store(PREFIX);
+    replicas = await startBucketReplicas('bucket');
+    ({ bucket, objects, a, b } = replicas);
     work = freshDataDir('carryon-bucket-pkgs-');
-    const env = { ...database.env, ...bucket.env(PREFIX) };
-    a = await startTestGateway({ ...env, CARRYON_DATA_DIR: freshDataDir('carryon-bucket-a-') });
-    b = await startTestGateway({ ...env, CARRYON_DATA_DIR: freshDataDir('carryon-bucket-b-') });
     expect((await api(a, 'POST', '/admin/tenants', ADMIN_KEY, { id: 'acme' })).status).toBe(201);
     const created = await api<CreatedApiKeyObject>(a, 'POST', '/admin/keys', ADMIN_KEY, { tenant: 'acme' });
     expect(created.status, created.text).toBe(201);
     key = created.json.key;
   }, 120_000);
   afterAll(async () => {
-    await Promise.all([a?.close(), b?.close()]);
-    await database?.drop();
-    await bucket?.close();
-    for (const d of [a?.dataDir, b?.dataDir, work]) if (d) fs.rmSync(d, { recursive: true, force: true });
+    await replicas?.close();
+    if (work) fs.rmSync(work, { recursive: true, force: true });
   });
 
   /** Uploads, on A, a carry-on that pushes `word` into every completion. */
