@@ -24,6 +24,8 @@ export class ShardUploads {
   private readonly pusher: ShardPusher;
   /** Local files of queued shards, to remove one whose row is deleted before it was uploaded. */
   private readonly paths = new Map<string, string>();
+  /** Object keys of uploads in flight, to remove one whose row was deleted while it went up. */
+  private readonly keys = new Map<string, string>();
 
   constructor(
     readonly store: ObjectStore,
@@ -34,7 +36,10 @@ export class ShardUploads {
   ) {
     this.pusher = new ShardPusher({
       what: 'upload to the object store',
-      deliver: (shard) => store.putFile(shardObjectKey(shard), shard.path),
+      deliver: async (shard) => {
+        this.keys.set(shard.id, shardObjectKey(shard));
+        await store.putFile(shardObjectKey(shard), shard.path);
+      },
       // Already uploaded (by this replica before a restart) or deleted: nothing to do.
       lookup: async (id) => {
         const s = await shards.get(id);
@@ -45,10 +50,18 @@ export class ShardUploads {
       },
       markPushed: async (id) => {
         const s = await shards.get(id);
+        const [file, key] = [this.paths.get(id), this.keys.get(id)];
         this.paths.delete(id);
-        if (!s) return;
-        await shards.markUploaded(id, shardObjectKey(s));
-        await this.releaseLocal(s);
+        this.keys.delete(id);
+        if (!s) {
+          // Deleted while it went up: the object and the local file are leftovers now.
+          if (key) await this.remove([{ id, objectKey: key }]);
+          if (file) local.remove({ id, path: file });
+          return;
+        }
+        const objectKey = shardObjectKey(s);
+        await shards.markUploaded(id, objectKey);
+        await this.releaseLocal({ ...s, objectKey });
       },
       log,
       // Capped lower than a push URL's: the bucket is where every replica looks for the shard.
@@ -69,14 +82,13 @@ export class ShardUploads {
 
   /** Removes an uploaded shard's local file once nothing needs it; called again after a push. */
   async releaseLocal(shard: { id: string; path: string; objectKey: string | null }): Promise<void> {
-    if (shard.objectKey === null && !(await this.shards.get(shard.id))?.objectKey) return;
-    if (await this.local.keep(shard.id)) return;
+    if (!shard.objectKey || (await this.local.keep(shard.id))) return;
     if (this.local.released(shard)) {
       this.local.remove(shard);
       return;
     }
     // The writer deletes the journal right after indexing: try again in a moment.
-    setTimeout(() => void this.releaseLocal({ ...shard, objectKey: 'uploaded' }).catch(() => undefined), 1000).unref();
+    setTimeout(() => void this.releaseLocal(shard).catch(() => undefined), 1000).unref();
   }
 
   /**
