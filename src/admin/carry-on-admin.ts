@@ -179,13 +179,15 @@ export class CarryOnAdmin {
     const graphPath = this.files.stagedGraphPath(staging);
     const built = await this.opts.builder.build({ weightsPath: weights.path, graphPath, config });
     if (!built.ok) throw new ApiError('invalid_value', `The carry-on's weights were refused: ${built.problem}.`, { param: built.param });
-    let blob: string | null = null;
+    // Into the shared bucket first (when there is one), outside the store's write lock: a bucket
+    // that is down refuses the upload here with a 503, before anything is recorded.
+    await this.files.publishGraph(graphPath, built.sha256);
     let recorded = false;
     try {
       // The blob is made durable inside the write transaction, before the row that points at it.
-      const record = await this.store.carryOns.addVersion(tenant, manifest.id, (version) => {
+      const record = await this.store.carryOns.addVersion(tenant, manifest.id, async (version) => {
         const stored = storedManifest(manifest, version, { sha256: built.sha256, parameterCount: built.parameterCount, weightsSha256: weights.sha256 });
-        blob = this.files.installGraph(graphPath, built.sha256, built.bytes);
+        const blob = await this.files.installGraph(graphPath, built.sha256, built.bytes);
         return { graphPath: blob, manifest: stored, sha256: built.sha256, bytes: built.bytes };
       });
       if (!record) throw new ApiError('not_found', `The tenant '${tenant}' was deleted meanwhile.`, { param: 'tenant' });
@@ -193,8 +195,9 @@ export class CarryOnAdmin {
       audit(ctx, { action, tenant, target: `${record.carryOnId}@${record.version}` });
       return view.carryOnVersion(tenant, record.carryOnId, record);
     } finally {
-      // The row did not commit: a blob installed for it goes too, unless another version shares it.
-      if (blob !== null && !recorded) await this.removeFiles(ctx, [blob]);
+      // The row did not commit: the blob (and object) published for it go too, unless a live
+      // version shares them (checked under the write lock).
+      if (!recorded) await this.removeFiles(ctx, [this.files.blobPath(built.sha256)]);
     }
   }
 

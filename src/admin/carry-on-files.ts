@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { CARRYON_FILES } from '../carryon/manifest.js';
 import { fsyncDir } from '../core/fs-atomic.js';
+import type { CarryOnGraphBucket } from '../objects/carry-on-graph-bucket.js';
 import type { CarryOnRepository } from '../store/carry-ons.js';
 
 /** Staging folders older than this are leftovers of a crash wherever they came from (an upload cannot take this long). */
@@ -30,6 +31,9 @@ const BLOB_NAME = /^[0-9a-f]{64}\.onnx$/;
  *   blobs so installing is one rename. Left-overs of a crashed process are removed at start.
  * - `<tenant>/<id>/<version>/`: version folders of gateways before content addressing; still
  *   served, and removed when their version is deleted.
+ *
+ * With an object store (CARRYON_OBJECT_STORE_URL) every blob is also an object in the bucket, which
+ * is what other replicas fetch from; `blobs/` is then this replica's cache of the bucket.
  */
 export class CarryOnFiles {
   readonly root: string;
@@ -39,6 +43,8 @@ export class CarryOnFiles {
   constructor(
     dataDir: string,
     private readonly catalog: Pick<CarryOnRepository, 'dropUnreferencedGraphs'>,
+    /** The shared bucket; null: graphs live under DATA_DIR only (one node). */
+    private readonly bucket: CarryOnGraphBucket | null = null,
   ) {
     this.root = path.join(dataDir, 'carry-ons');
     this.blobs = path.join(this.root, BLOBS);
@@ -62,13 +68,24 @@ export class CarryOnFiles {
   }
 
   /**
+   * Uploads the staged graph to the bucket, if there is one: before the write transaction, so the
+   * slow part never holds the store's write lock. A bucket that cannot take it is a 503 and nothing
+   * is recorded.
+   */
+  async publishGraph(stagedGraph: string, sha256: string): Promise<void> {
+    await this.bucket?.publish(stagedGraph, sha256);
+  }
+
+  /**
    * Makes the staged graph (already fsynced) the blob for its sha256 and returns the blob's path:
    * a rename, then an fsync of the blobs folder, so the blob is durable before the caller records
    * a row pointing at it. When the blob exists (identical bytes uploaded before) the staged copy
-   * is left for `discardStaging`. Synchronous on purpose: it runs inside the store's write
-   * transaction, between assigning the version and recording it.
+   * is left for `discardStaging`. It runs inside the store's write transaction, between assigning
+   * the version and recording it; with a bucket it first checks that the object `publishGraph`
+   * uploaded is still there (another replica may have dropped a shared one meanwhile).
    */
-  installGraph(stagedGraph: string, sha256: string, bytes: number): string {
+  async installGraph(stagedGraph: string, sha256: string, bytes: number): Promise<string> {
+    await this.bucket?.ensurePublished(stagedGraph, sha256, bytes);
     const blob = this.blobPath(sha256);
     fs.mkdirSync(this.blobs, { recursive: true });
     let existing: fs.Stats | null = null;
@@ -86,18 +103,21 @@ export class CarryOnFiles {
   }
 
   /**
-   * Removes the files of deleted versions: a blob once no live version points at it (checked under
-   * the store's write lock), a legacy version folder at once. Never throws: returns what it could
-   * not remove.
+   * Removes the files of deleted versions: a blob (and its object in the bucket) once no live
+   * version points at it (checked under the store's write lock), a legacy version folder at once.
+   * Never throws: returns what it could not remove.
    */
   async remove(files: string[]): Promise<string[]> {
     const failed: string[] = [];
     const blobs = files.filter((f) => path.dirname(f) === this.blobs && BLOB_NAME.test(path.basename(f)));
     const legacy = files.filter((f) => !blobs.includes(f) && this.isLegacyVersionDir(f));
     try {
-      await this.catalog.dropUnreferencedGraphs(blobs, (blob) => {
+      await this.catalog.dropUnreferencedGraphs(blobs, async (blob) => {
         try {
           fs.rmSync(blob, { force: true });
+          // The bucket's object too: no live version anywhere points at it. Other replicas' cached
+          // copies go at their next start (sweepAtStart).
+          await this.bucket?.delete(path.basename(blob, '.onnx'));
         } catch {
           failed.push(blob);
         }
@@ -132,8 +152,10 @@ export class CarryOnFiles {
   /**
    * At start: removes what a crashed upload can leave. Staging folders of processes on this host
    * that are gone (or of an earlier process with this pid), and any older than a day; then blobs
-   * no live version points at (a crash between installing a blob and committing its row).
-   * Another live process's uploads (a second gateway on the same data folder) are left alone.
+   * no live version points at (a crash between installing a blob and committing its row, or a
+   * cached copy of a version another replica deleted). Another live process's uploads (a second
+   * gateway on the same data folder) are left alone. The bucket is not swept: its objects of
+   * uploads in flight on other replicas have no row yet.
    */
   async sweepAtStart(now = Date.now()): Promise<{ staging: number; blobs: number }> {
     return { staging: this.sweepStaging(now), blobs: await this.sweepBlobs() };

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import type { Readable } from 'node:stream';
-import { ApiError } from '../core/errors.js';
+import { ApiError, objectStoreUnavailableError } from '../core/errors.js';
+import { isObjectStoreError, type ObjectStore } from '../objects/object-store.js';
 import type { HarvestService } from '../harvest/service.js';
 import type { HarvestShardRecord } from '../store/harvest-shards.js';
 import type { Store } from '../store/store.js';
@@ -42,26 +43,22 @@ export class HarvestAdmin {
   }
 
   /**
-   * The shard file, streamed: 200 whole, 206 for one satisfiable `Range`, 304 when `If-None-Match`
+   * The shard, streamed: 200 whole, 206 for one satisfiable `Range`, 304 when `If-None-Match`
    * names it, 416 for a range past the end. The ETag is the data section's sha256 from the header,
-   * so a trainer can check what it got without another request; shard files never change.
+   * so a trainer can check what it got without another request; shard files never change. A shard
+   * in the object store is served from there (by any replica), one not uploaded yet from this
+   * replica's disk.
    */
   async download(ctx: AdminContext, id: string, req: DownloadRequest): Promise<ShardDownload> {
     const shard = await this.managedShard(ctx, id);
-    let file: fs.promises.FileHandle;
+    const objects = this.harvest.uploads?.store;
+    const source = shard.objectKey && objects ? bucketSource(objects, shard.objectKey, shard) : await fileSource(shard);
     try {
-      // Opened before anything is decided: a deletion racing the download cannot tear the response.
-      file = await fs.promises.open(shard.path, 'r');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(id);
-      throw err;
-    }
-    try {
-      const { size } = await file.stat();
+      const size = source.size;
       const etag = `"${shard.metadata.data_sha256}"`;
       const headers: Record<string, string> = { etag, 'accept-ranges': 'bytes' };
       if (noneMatch(req.ifNoneMatch, etag)) {
-        await file.close();
+        await source.close();
         return { status: 304, headers, body: null };
       }
       const range = ifRangeMatches(req.ifRange, etag) ? parseRange(req.range, size) : { kind: 'whole' as const };
@@ -71,6 +68,7 @@ export class HarvestAdmin {
         });
       }
       const [start, end] = range.kind === 'range' ? [range.start, range.end] : [0, size - 1];
+      const body = await source.open(start, end);
       Object.assign(headers, {
         'content-type': 'application/octet-stream',
         'content-length': String(end - start + 1),
@@ -78,10 +76,9 @@ export class HarvestAdmin {
         ...(range.kind === 'range' ? { 'content-range': `bytes ${start}-${end}/${size}` } : {}),
       });
       audit(ctx, { action: 'harvest.shard.download', tenant: shard.tenantId, target: shard.id });
-      // The stream closes the file when it ends or the client goes away.
-      return { status: range.kind === 'range' ? 206 : 200, headers, body: file.createReadStream({ start, end }) };
+      return { status: range.kind === 'range' ? 206 : 200, headers, body };
     } catch (err) {
-      await file.close();
+      await source.close();
       throw err;
     }
   }
@@ -103,6 +100,46 @@ export class HarvestAdmin {
     if (!shard || !canManageTenant(ctx.principal, shard.tenantId)) throw notFound(id);
     return shard;
   }
+}
+
+/** Where a download's bytes come from: the shard's size, a stream of an inclusive span, and cleanup on failure. */
+interface ShardSource {
+  size: number;
+  open(start: number, end: number): Promise<Readable>;
+  close(): Promise<void>;
+}
+
+/** The file on this replica's disk, opened before anything is decided: a deletion racing the download cannot tear it. */
+async function fileSource(shard: HarvestShardRecord): Promise<ShardSource> {
+  let file: fs.promises.FileHandle;
+  try {
+    file = await fs.promises.open(shard.path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(shard.id);
+    throw err;
+  }
+  const { size } = await file.stat();
+  // The stream closes the file when it ends or the client goes away.
+  return { size, open: async (start, end) => file.createReadStream({ start, end }), close: () => file.close() };
+}
+
+/** The shard's object (its size is the indexed one: shards never change); a 503 while the bucket is unreachable. */
+function bucketSource(objects: ObjectStore, key: string, shard: HarvestShardRecord): ShardSource {
+  return {
+    size: shard.bytes,
+    open: async (start, end) => {
+      let object;
+      try {
+        object = await objects.get(key, { start, end });
+      } catch (err) {
+        if (isObjectStoreError(err)) throw objectStoreUnavailableError(err);
+        throw err;
+      }
+      if (!object) throw notFound(shard.id);
+      return object.body;
+    },
+    close: async () => undefined,
+  };
 }
 
 function notFound(id: string): ApiError {

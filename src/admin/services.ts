@@ -1,4 +1,5 @@
 import type { HarvestService } from '../harvest/service.js';
+import type { CarryOnGraphBucket } from '../objects/carry-on-graph-bucket.js';
 import type { Store } from '../store/store.js';
 import type { BaseModelSource } from './base-model.js';
 import { CarryOnAdmin } from './carry-on-admin.js';
@@ -35,11 +36,13 @@ export interface AdminOptions {
   prefixCache: PrefixCacheControl;
   /** Why the data disk counts as full, or null. */
   diskFull?: () => string | null;
+  /** Where carry-on graphs are shared with the other replicas; null: DATA_DIR only. */
+  graphBucket?: CarryOnGraphBucket | null;
 }
 
 /** The admin API's logic, wired to the store; the plugins under plugins/admin only route to it. */
 export async function createAdminServices(store: Store, opts: AdminOptions): Promise<AdminServices> {
-  const files = new CarryOnFiles(opts.dataDir, store.carryOns);
+  const files = new CarryOnFiles(opts.dataDir, store.carryOns, opts.graphBucket ?? null);
   // What a crash mid-upload can leave: staging folders, and a blob whose row never committed.
   await files.sweepAtStart();
   const builder = new CarryOnBuilder({ timeoutMs: opts.checkTimeoutMs });

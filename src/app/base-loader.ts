@@ -7,6 +7,7 @@ import { resolveModelPackage } from '../model/model-source.js';
 import { PromptEncoder } from '../model/prompt-encoder.js';
 import { ModelTokenizer } from '../model/tokenizer.js';
 import type { Metrics } from '../core/metrics.js';
+import type { CarryOnGraphBucket } from '../objects/carry-on-graph-bucket.js';
 import { CarryOnRegistry } from '../serving/carry-on-registry.js';
 import type { Gateway, ModelServices } from '../serving/gateway.js';
 import { Inference } from '../serving/inference.js';
@@ -26,6 +27,8 @@ export interface BaseLoadContext {
   /** Several bases: each imports into DATA_DIR/models/<its name>, so two sources with one file name never collide. */
   several: boolean;
   log: { info(obj: object | string, msg?: string): void; warn(obj: object, msg: string): void; error(msg: string): void };
+  /** Shared carry-on graphs (CARRYON_OBJECT_STORE_URL): a version stored on another replica is fetched from it on first use. */
+  graphBucket?: CarryOnGraphBucket | null;
 }
 
 /** Finds or imports a base's package and reads what carry-ons are checked against. */
@@ -77,12 +80,14 @@ export async function startBase(
     const tokenizer = ModelTokenizer.load(dir, engine.info.vocabSize);
     const chatTemplate = new ChatTemplate(tokenizer.chatTemplate, tokenizer.specialTokens);
     const contextLength = engine.info.contextLength;
+    const graphBucket = ctx.graphBucket;
     const registry = new CarryOnRegistry({
       loader: engine,
       budgetBytes: config.CARRYON_CARRY_ON_BUDGET_BYTES,
       pinned: config.pinnedCarryOns,
       log: (obj, msg) => ctx.log.info(obj, msg),
       metrics: shared.engineMetrics ? shared.metrics : null,
+      fetchGraph: graphBucket ? (record) => graphBucket.fetch(record) : undefined,
     });
     const catalog = gateway.catalog;
     catalog?.onChange((change) => registry.onCatalogChange(change));

@@ -2,6 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { HARVEST_CONFIG } from '../harvest/config.js';
+import { objectStoreUrlProblem } from '../objects/object-store-config.js';
 import { POSTGRES_URL_PATTERN } from '../store/database-url.js';
 import { ConfigError } from './config-error.js';
 import { baseModelsOf, type BaseModelSetting } from './base-models-config.js';
@@ -47,6 +48,30 @@ export const ConfigSchema = z.object({
   CARRYON_DATABASE_GRACE_SECONDS: int(0, 86_400).default(300),
   /** How often each replica re-checks its cached keys against PostgreSQL, under the change feed (LISTEN/NOTIFY). */
   CARRYON_DATABASE_RECONCILE_SECONDS: int(1, 3600).default(5),
+  /**
+   * Where carry-on graphs and closed harvest shards are kept for every replica: `s3://bucket/prefix`
+   * (an S3-compatible bucket) or `file:///path` (a shared mount). Empty: only under DATA_DIR (one node). Credentials come from
+   * the AWS SDK's standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, a role).
+   */
+  CARRYON_OBJECT_STORE_URL: z
+    .string()
+    .superRefine((url, ctx) => {
+      const problem = objectStoreUrlProblem(url);
+      if (problem) ctx.addIssue({ code: 'custom', message: problem });
+    })
+    .default(''),
+  /** An S3-compatible server's URL (MinIO, Ceph, R2); empty: AWS S3 itself. */
+  CARRYON_OBJECT_STORE_ENDPOINT: z
+    .string()
+    .refine((url) => url === '' || /^https?:\/\/[^/]/.test(url), 'must be an http:// or https:// URL')
+    .default(''),
+  CARRYON_OBJECT_STORE_REGION: z.string().min(1).default('us-east-1'),
+  /** Address buckets as `endpoint/bucket/key` (most S3-compatible servers) rather than `bucket.endpoint/key`. */
+  CARRYON_OBJECT_STORE_PATH_STYLE: bool.default(false),
+  /** A bucket request (HEAD, DELETE) that takes longer fails; so does a transfer silent this long. */
+  CARRYON_OBJECT_STORE_TIMEOUT_MS: int(100, 600_000).default(10_000),
+  /** Tries of a bucket request that failed on the network, a timeout or a 5xx, before the caller gets a 503. */
+  CARRYON_OBJECT_STORE_ATTEMPTS: int(1, 10).default(3),
   /** Admin key; also valid on /v1/*. When unset, one is generated into DATA_DIR/admin-key (mode 0600). */
   CARRYON_ADMIN_KEY: z.string().default(''),
   /** Comma-separated inference-scope API keys. */

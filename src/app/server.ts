@@ -5,6 +5,8 @@ import type { FastifyInstance } from 'fastify';
 import { servedBaseFor, type BaseModelInfo } from '../admin/base-model.js';
 import { resolveBase, startBase, type BaseLoadContext, type ResolvedBase } from './base-loader.js';
 import { createAdminServices } from '../admin/services.js';
+import { CarryOnGraphBucket } from '../objects/carry-on-graph-bucket.js';
+import { objectStoreFromConfig } from '../objects/object-store-config.js';
 import { Authenticator, syncConfigKeys } from '../auth/authenticator.js';
 import type { Config } from './config.js';
 import type { Engine } from '../engine/engine.js';
@@ -124,9 +126,12 @@ async function startWithStore(
   );
   gateway.disk = disk;
   // The shard index and admin routes work at once; the writer starts when the base's fingerprint is known.
-  const harvest = createHarvestService(config, store, () => app.log);
+  const objectStore = objectStoreFromConfig(config);
+  const graphBucket = objectStore ? new CarryOnGraphBucket(objectStore) : null;
+  const harvest = createHarvestService(config, store, () => app.log, objectStore);
   const admin = await createAdminServices(store, {
     dataDir: config.dataDir,
+    graphBucket,
     baseModel,
     maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES,
     checkTimeoutMs: config.CARRYON_CARRYON_CHECK_TIMEOUT_MS,
@@ -196,7 +201,7 @@ async function startWithStore(
   const encoders: PromptEncoder[] = [];
   // Bases that failed to load, in order: the first is what `ready` rejects with.
   const failures: Error[] = [];
-  const loadCtx: BaseLoadContext = { config, gateway, several, log: app.log };
+  const loadCtx: BaseLoadContext = { config, gateway, several, log: app.log, graphBucket };
   const ready = (async () => {
     // Every package first (finding or importing them), so routing and uploads know each base's
     // fingerprint early; then the engines, one after the other, as each allocates its memory.

@@ -31,6 +31,8 @@ const ERROR_TABLE = {
   model_loading: { status: 503, type: 'server_error' },
   shutting_down: { status: 503, type: 'server_error' },
   database_unavailable: { status: 503, type: 'server_error' },
+  /** The bucket (CARRYON_OBJECT_STORE_URL) could not be reached on a path that needs it: an upload, a graph to fetch, a shard download. */
+  object_store_unavailable: { status: 503, type: 'server_error' },
   internal_error: { status: 500, type: 'server_error' },
   insufficient_storage: { status: 507, type: 'server_error' },
 } as const satisfies Record<string, { status: number; type: string }>;
@@ -85,6 +87,21 @@ const DATABASE_RETRY_AFTER_S = '5';
 /** The one answer to a request that needed the metadata database while it was unreachable (503, never 401). */
 export function databaseUnavailableError(): ApiError {
   return new ApiError('database_unavailable', 'The metadata database is unreachable; retry shortly.', { headers: { 'retry-after': DATABASE_RETRY_AFTER_S } });
+}
+
+/** Seconds a client is told to wait while the object store is unreachable (its retries already took a few). */
+const OBJECT_STORE_RETRY_AFTER_S = '5';
+
+/**
+ * The one answer to a request that needed the object store while it was unreachable or erring (503).
+ * `cause` (which names the bucket and the failure) goes to the server's log, not to the client.
+ */
+export function objectStoreUnavailableError(cause: Error): ApiError {
+  const err = new ApiError('object_store_unavailable', 'The object store (carry-on graphs, harvest shards) is unreachable; retry shortly.', {
+    headers: { 'retry-after': OBJECT_STORE_RETRY_AFTER_S },
+  });
+  err.cause = cause;
+  return err;
 }
 
 /** Socket-level failures: the server is down, restarting, or cannot be reached. */

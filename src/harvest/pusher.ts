@@ -1,7 +1,8 @@
 /**
- * Pushes finished shards to CARRYON_HARVEST_PUSH_URL: `PUT <url>/<tenant folder>/<shard id>.safetensors`,
- * the file streamed from disk. At least once: a shard is marked pushed only after a 2xx, every failure
- * is retried with exponential backoff (with jitter, capped), and shards still unpushed at shutdown are
+ * Delivers finished shards somewhere, at least once: to CARRYON_HARVEST_PUSH_URL (`httpPut`: `PUT
+ * <url>/<tenant folder>/<shard id>.safetensors`, the file streamed from disk), or into the object store
+ * (CARRYON_OBJECT_STORE_URL, src/harvest/service.ts). At least once: a shard is marked delivered only after it arrived, every failure
+ * is retried with exponential backoff (with jitter, capped), and shards still undelivered at shutdown are
  * queued again at the next start from the index. It runs on the serving thread's event loop but only
  * ever awaits I/O, so it never holds up serving; a shard deleted meanwhile (retention, tenant
  * deletion, the admin API) is simply no longer pushed.
@@ -20,7 +21,10 @@ export interface PushableShard {
 }
 
 export interface ShardPusherOptions {
-  url: string;
+  /** Sends one shard to its destination; throws to have it retried later (httpPut, or an object-store upload). */
+  deliver(shard: PushableShard, signal: AbortSignal): Promise<void>;
+  /** Names the destination in log lines ("harvest shard <what> failed; will retry"). */
+  what?: string;
   /** The shard as indexed now; null when it was deleted (then it is dropped from the queue). */
   lookup(id: string): PushableShard | null | Promise<PushableShard | null>;
   /** Records the push in the index. */
@@ -29,8 +33,6 @@ export interface ShardPusherOptions {
   /** First retry delay; doubles per failure up to maxDelayMs. */
   baseDelayMs?: number;
   maxDelayMs?: number;
-  /** One PUT's deadline for response headers and between body chunks. */
-  timeoutMs?: number;
   /** Shards pushed at once. */
   concurrency?: number;
 }
@@ -53,7 +55,6 @@ interface Entry {
 export class ShardPusher {
   private readonly queue = new Map<string, Entry>();
   private readonly inFlight = new Map<string, AbortController>();
-  private readonly base: string;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private pumping = false;
@@ -62,9 +63,7 @@ export class ShardPusher {
   private failedAttempts = 0;
   private readonly idle = new Set<() => void>();
 
-  constructor(private readonly opts: ShardPusherOptions) {
-    this.base = opts.url.replace(/\/+$/, '');
-  }
+  constructor(private readonly opts: ShardPusherOptions) {}
 
   /** Queues a shard (idempotent: a shard already queued or in flight is not queued twice). */
   enqueue(id: string): void {
@@ -141,7 +140,7 @@ export class ShardPusher {
     try {
       const shard = await this.opts.lookup(entry.id);
       if (!shard) return; // deleted since it was queued: nothing to push any more
-      await this.put(shard, abort.signal);
+      await this.opts.deliver(shard, abort.signal);
       await this.opts.markPushed(shard.id);
       this.pushed++;
     } catch (err) {
@@ -156,7 +155,7 @@ export class ShardPusher {
         this.queue.set(entry.id, entry);
         this.opts.log.warn(
           { shard: entry.id, attempt: entry.attempts, retryInMs: Math.round(delay), err: (err as Error).message },
-          'harvest shard push failed; will retry',
+          `harvest shard ${this.opts.what ?? 'push'} failed; will retry`,
         );
       }
     } finally {
@@ -164,15 +163,21 @@ export class ShardPusher {
       this.pump();
     }
   }
+}
 
-  private async put(shard: PushableShard, signal: AbortSignal): Promise<void> {
-    const url = `${this.base}/${encodeURIComponent(tenantDirName(shard.tenantId))}/${encodeURIComponent(shard.id)}.safetensors`;
+/**
+ * CARRYON_HARVEST_PUSH_URL's delivery: `PUT <url>/<tenant folder>/<shard id>.safetensors`, the file
+ * streamed from disk; `timeoutMs` bounds the wait for response headers and between body chunks.
+ */
+export function httpPut(url: string, timeoutMs = 60_000): ShardPusherOptions['deliver'] {
+  const base = url.replace(/\/+$/, '');
+  return async (shard, signal) => {
+    const target = `${base}/${encodeURIComponent(tenantDirName(shard.tenantId))}/${encodeURIComponent(shard.id)}.safetensors`;
     // Opened before the request so a shard deleted meanwhile fails here (and is then dropped by lookup).
     const fd = await fs.promises.open(shard.path, 'r');
     const size = (await fd.stat()).size;
-    const timeout = this.opts.timeoutMs ?? 60_000;
     try {
-      const res = await request(url, {
+      const res = await request(target, {
         method: 'PUT',
         headers: {
           'content-type': 'application/octet-stream',
@@ -181,13 +186,13 @@ export class ShardPusher {
         },
         body: fd.createReadStream({ autoClose: false, start: 0 }),
         signal,
-        headersTimeout: timeout,
-        bodyTimeout: timeout,
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
       });
       await res.body.dump();
-      if (res.statusCode < 200 || res.statusCode >= 300) throw new Error(`HTTP ${res.statusCode} from ${url}`);
+      if (res.statusCode < 200 || res.statusCode >= 300) throw new Error(`HTTP ${res.statusCode} from ${target}`);
     } finally {
       await fd.close();
     }
-  }
+  };
 }

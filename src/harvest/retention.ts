@@ -18,6 +18,8 @@ export interface IndexedShard {
   bytes: number;
   /** Unix ms; retention deletes the oldest first. */
   createdAt: number;
+  /** Its key in the object store, once uploaded (absent or null: only on disk). */
+  objectKey?: string | null;
 }
 
 export interface RetentionPolicy {

@@ -17,10 +17,12 @@ import type { HarvestShardRecord, HarvestShardRepository } from '../store/harves
 import type { HarvestConfig } from './config.js';
 import { Harvester } from './harvester.js';
 import { JOURNAL_SUFFIX } from './journal.js';
-import { ShardPusher, type PushStats } from './pusher.js';
+import type { ObjectStore } from '../objects/object-store.js';
+import { httpPut, ShardPusher, type PushStats } from './pusher.js';
 import { forgetTenant, planRetention, type RetentionPolicy } from './retention.js';
 import type { ShardInfo } from './shard-format.js';
 import { tenantDirName } from './shard-writer.js';
+import { ShardUploads } from './shard-uploads.js';
 import { COUNTERS, type HarvestStats } from './stats.js';
 import type { HarvestedSequence, HarvestSink } from './types.js';
 
@@ -40,6 +42,8 @@ export interface HarvestServiceOptions {
   log: HarvestLog;
   /** The clock shard ages are measured on for retention; default Date.now. */
   now?: () => number;
+  /** CARRYON_OBJECT_STORE_URL: closed shards are uploaded there and served from there; null: DATA_DIR only. */
+  objects?: ObjectStore | null;
 }
 
 export interface HarvestServiceStats {
@@ -68,6 +72,8 @@ export class HarvestService implements HarvestSink {
   readonly dir: string;
   private harvester: Harvester | null = null;
   private readonly pusher: ShardPusher | null;
+  /** Uploads to the object store, when there is one. */
+  readonly uploads: ShardUploads | null;
   private starting: Promise<HarvestSink | null> | null = null;
   private retentionTimer: NodeJS.Timeout | null = null;
   /** One retention pass at a time; a request during one runs once more after it. */
@@ -88,10 +94,23 @@ export class HarvestService implements HarvestSink {
     const url = opts.config.CARRYON_HARVEST_PUSH_URL;
     this.pusher = url
       ? new ShardPusher({
-          url,
+          deliver: httpPut(url),
           lookup: (id) => opts.shards.get(id),
-          markPushed: async (id) => void (await opts.shards.markPushed(id)),
+          markPushed: async (id) => {
+            await opts.shards.markPushed(id);
+            // Uploaded already: the push was all its local file was still kept for.
+            const shard = await opts.shards.get(id);
+            if (shard?.objectKey) await this.uploads?.releaseLocal(shard);
+          },
           log: opts.log,
+        })
+      : null;
+    this.uploads = opts.objects
+      ? new ShardUploads(opts.objects, opts.shards, opts.log, {
+          // A push to CARRYON_HARVEST_PUSH_URL reads the local file.
+          keep: async (id) => this.pusher !== null && (await opts.shards.get(id))?.pushedAt === null,
+          remove: (shard) => removeFiles([shard]),
+          released: (shard) => !fs.existsSync(journalOf(shard)),
         })
       : null;
   }
@@ -174,6 +193,7 @@ export class HarvestService implements HarvestSink {
         await this.harvester?.close();
       } finally {
         this.pusher?.close();
+        this.uploads?.close();
         await this.retention;
       }
     })();
@@ -225,6 +245,7 @@ export class HarvestService implements HarvestSink {
     const shard = await this.opts.shards.get(id);
     if (!shard) return false;
     removeFiles([shard]);
+    await this.uploads?.remove([shard]);
     return this.opts.shards.delete(id);
   }
 
@@ -241,7 +262,10 @@ export class HarvestService implements HarvestSink {
       dir: this.dir,
       tenantId,
       shards: () => this.opts.shards.entries({ tenantId }),
-      deleteIndexed: async (s) => void (await this.opts.shards.delete(s.id)),
+      deleteIndexed: async (s) => {
+        await this.uploads?.remove([s]);
+        await this.opts.shards.delete(s.id);
+      },
       writer: this.harvester ?? undefined,
     });
     return { shards: result.shardIds.length, discardedSequences: result.discardedSequences };
@@ -282,6 +306,7 @@ export class HarvestService implements HarvestSink {
     await this.dropDanglingRows();
     this.startRetentionTimer();
     for (const s of this.pusher ? await this.opts.shards.unpushed() : []) this.pusher?.enqueue(s.id);
+    await this.uploads?.enqueueLocal();
     if (!this.enabled) return null;
     const c = this.opts.config;
     const harvester = new Harvester({
@@ -319,6 +344,7 @@ export class HarvestService implements HarvestSink {
   private async indexShard(info: ShardInfo): Promise<void> {
     await this.opts.shards.insert(info);
     this.pusher?.enqueue(info.id);
+    this.uploads?.enqueue(info);
     // After the writer has had the chance to delete the journal; retention skips shards that still have one.
     setImmediate(() => void this.enforceRetention());
   }
@@ -347,6 +373,7 @@ export class HarvestService implements HarvestSink {
     const doomed = planRetention(await this.opts.shards.entries(), policy, now).filter((s) => !fs.existsSync(journalOf(s)));
     if (doomed.length === 0) return;
     removeFiles(doomed);
+    await this.uploads?.remove(doomed);
     for (const s of doomed) await this.opts.shards.delete(s.id);
     this.retentionDeleted += doomed.length;
     this.opts.log.info(
@@ -364,8 +391,13 @@ export class HarvestService implements HarvestSink {
     this.retentionTimer.unref();
   }
 
-  /** Rows whose file is gone: a crash between deleting a file and its row (files always go first). */
+  /**
+   * Rows whose file is gone: a crash between deleting a file and its row (files always go first).
+   * Not with an object store: a row without a file here may be another replica's shard (in the
+   * bucket, or still on that replica's disk waiting for the bucket); retention removes rows there.
+   */
   private async dropDanglingRows(): Promise<void> {
+    if (this.uploads) return;
     const dangling = (await this.opts.shards.entries()).filter((s) => !fs.existsSync(s.path));
     for (const s of dangling) await this.opts.shards.delete(s.id);
     if (dangling.length > 0) this.opts.log.warn({ shards: dangling.map((s) => s.id) }, 'harvest index rows without a file removed at start');
@@ -443,6 +475,7 @@ export function createHarvestService(
   config: HarvestConfig & { dataDir: string; harvestNow?: () => number },
   store: { harvestShards: HarvestShardRepository; tenants: { get(id: string): Promise<object | null> } },
   log: () => HarvestLog,
+  objects: ObjectStore | null = null,
 ): HarvestService {
   return new HarvestService({
     config,
@@ -450,6 +483,7 @@ export function createHarvestService(
     shards: store.harvestShards,
     tenantExists: async (id) => (await store.tenants.get(id)) !== null,
     now: config.harvestNow,
+    objects,
     log: {
       info: (obj, msg) => log().info(obj, msg),
       warn: (obj, msg) => log().warn(obj, msg),

@@ -16,6 +16,11 @@ export interface RegistryOptions {
   pinned: Set<string>;
   log: (obj: object, msg: string) => void;
   metrics?: Metrics | null;
+  /**
+   * Makes a version's graph file present before the engine loads it: with a shared object store,
+   * another replica may have stored it (CarryOnGraphBucket.fetch). Absent: graphs are local.
+   */
+  fetchGraph?: (record: CarryOnVersionRecord) => Promise<void>;
 }
 
 interface Entry {
@@ -120,7 +125,8 @@ export class CarryOnRegistry {
     this.residentBytes += record.bytes;
     this.opts.metrics?.carryOnResidentBytes.set(this.residentBytes);
     const started = Date.now();
-    entry.ready = this.opts.loader.loadCarryOn(specOf(record)).then(
+    const fetched = this.opts.fetchGraph?.(record) ?? Promise.resolve();
+    entry.ready = fetched.then(() => this.opts.loader.loadCarryOn(specOf(record))).then(
       () => {
         entry.loaded = true;
         this.opts.metrics?.carryOnLoads.inc();
@@ -130,6 +136,8 @@ export class CarryOnRegistry {
       },
       (err: Error) => {
         this.forget(entry);
+        // Fetching answers for itself (503 while the bucket is down, a clear 500 for a bad object).
+        if (err instanceof ApiError) throw err;
         throw new ApiError('internal_error', `carry-on ${record.carryOnId} v${record.version} failed to load: ${err.message}`);
       },
     );

@@ -17,14 +17,16 @@ export interface HarvestShardRecord {
   metadata: Record<string, string>;
   /** When the shard reached CARRYON_HARVEST_PUSH_URL; null: not (yet) pushed. */
   pushedAt: string | null;
+  /** Its key in the object store (CARRYON_OBJECT_STORE_URL); null: only on the disk of the replica that wrote it. */
+  objectKey: string | null;
 }
 
-export type NewHarvestShard = Omit<HarvestShardRecord, 'pushedAt'>;
+export type NewHarvestShard = Omit<HarvestShardRecord, 'pushedAt' | 'objectKey'>;
 
 /** A shard's place in the index, without its metadata. */
-export type HarvestShardEntry = Pick<HarvestShardRecord, 'id' | 'tenantId' | 'path' | 'bytes' | 'createdAt'>;
+export type HarvestShardEntry = Pick<HarvestShardRecord, 'id' | 'tenantId' | 'path' | 'bytes' | 'createdAt' | 'objectKey'>;
 
-type EntryRow = Pick<ShardRow, 'id' | 'tenant_id' | 'path' | 'bytes' | 'created_at'>;
+type EntryRow = Pick<ShardRow, 'id' | 'tenant_id' | 'path' | 'bytes' | 'created_at' | 'object_key'>;
 
 interface ShardRow {
   id: string;
@@ -36,6 +38,7 @@ interface ShardRow {
   created_at: number;
   metadata: string;
   pushed_at: string | null;
+  object_key: string | null;
 }
 
 /**
@@ -75,8 +78,8 @@ export class HarvestShardRepository {
    * can be large): `tenantId` narrows as in `list`.
    */
   async entries(filter: { tenantId?: string | null } = {}): Promise<HarvestShardEntry[]> {
-    const rows = await this.select<EntryRow>('SELECT id, tenant_id, path, bytes, created_at FROM harvest_shards', filter);
-    return rows.map((r) => ({ id: r.id, tenantId: r.tenant_id, path: path.resolve(this.dataDir, r.path), bytes: r.bytes, createdAt: r.created_at }));
+    const rows = await this.select<EntryRow>('SELECT id, tenant_id, path, bytes, created_at, object_key FROM harvest_shards', filter);
+    return rows.map((r) => this.toEntry(r));
   }
 
   /** Every indexed id: what the writer's rescan must not report again. */
@@ -88,6 +91,17 @@ export class HarvestShardRepository {
   async unpushed(): Promise<HarvestShardRecord[]> {
     const rows = await this.db.query<ShardRow>('SELECT * FROM harvest_shards WHERE pushed_at IS NULL ORDER BY created_at, id');
     return rows.map((r) => this.toRecord(r));
+  }
+
+  /** Shards not yet in the object store, oldest first (each replica uploads those it has on disk). */
+  async notUploaded(): Promise<HarvestShardEntry[]> {
+    const rows = await this.db.query<EntryRow>('SELECT id, tenant_id, path, bytes, created_at, object_key FROM harvest_shards WHERE object_key IS NULL ORDER BY created_at, id');
+    return rows.map((r) => this.toEntry(r));
+  }
+
+  /** Records that the shard is in the object store under `key`; false when it is no longer indexed. */
+  async markUploaded(id: string, key: string): Promise<boolean> {
+    return (await this.db.run('UPDATE harvest_shards SET object_key = ? WHERE id = ?', [key, id])).changes > 0;
   }
 
   /** Records a successful push; false when the shard is no longer indexed. */
@@ -124,6 +138,10 @@ export class HarvestShardRepository {
     return this.db.query<R>(`${select} WHERE tenant_id = ? ${order}`, [filter.tenantId]);
   }
 
+  private toEntry(r: EntryRow): HarvestShardEntry {
+    return { id: r.id, tenantId: r.tenant_id, path: path.resolve(this.dataDir, r.path), bytes: r.bytes, createdAt: r.created_at, objectKey: r.object_key };
+  }
+
   private toRecord(r: ShardRow): HarvestShardRecord {
     return {
       id: r.id,
@@ -135,6 +153,7 @@ export class HarvestShardRepository {
       createdAt: r.created_at,
       metadata: JSON.parse(r.metadata) as Record<string, string>,
       pushedAt: r.pushed_at,
+      objectKey: r.object_key,
     };
   }
 }

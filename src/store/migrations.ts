@@ -113,6 +113,11 @@ const STEPS: ReadonlyArray<(t: Types) => string> = [
     PRIMARY KEY (key_id, kind)
   )${t.strict};
   `,
+  // 4: where a shard is in the object store (CARRYON_OBJECT_STORE_URL), once uploaded; NULL while it
+  // is only on the disk of the replica that wrote it (src/harvest/service.ts uploads it later).
+  (t) => `
+  ALTER TABLE harvest_shards ADD COLUMN object_key ${t.text};
+  `,
 ];
 
 /** How many migrations this gateway knows: a database past it was written by a newer gateway. */

@@ -343,12 +343,17 @@ describe('Deployment', () => {
       ['CARRYON_API_KEYS', 'api-keys', true],
       // Only with database.existingSecret (the skeleton keeps the `if`'s body): the URL holds a password.
       ['CARRYON_DATABASE_URL', 'TPL', false],
+      // Only with objectStore.existingSecret: the bucket's credentials, under the AWS SDK's own names.
+      ['AWS_ACCESS_KEY_ID', 'AWS_ACCESS_KEY_ID', false],
+      ['AWS_SECRET_ACCESS_KEY', 'AWS_SECRET_ACCESS_KEY', false],
     ]);
     const text = template('deployment.yaml');
     expect(text).toMatch(
       /\{\{- if \.Values\.database\.existingSecret \}\}\n\s+- name: CARRYON_DATABASE_URL\n\s+valueFrom:\n\s+secretKeyRef:\n\s+name: \{\{ \.Values\.database\.existingSecret \| quote \}\}\n\s+key: \{\{ \.Values\.database\.urlKey \| quote \}\}/,
     );
     expect(defaults.database).toEqual({ existingSecret: '', urlKey: 'database-url' });
+    expect(text).toMatch(/\{\{- if \.Values\.objectStore\.existingSecret \}\}\n\s+- name: AWS_ACCESS_KEY_ID\n/);
+    expect(defaults.objectStore).toEqual({ existingSecret: '' });
     const [secret] = skeleton('secret.yaml');
     expect(Object.keys(secret.data)).toEqual(['admin-key', 'api-keys']);
   });
