@@ -191,6 +191,7 @@ describe('Helm chart files', () => {
       'pdb.yaml': 'policy/v1 PodDisruptionBudget',
       'hpa.yaml': 'autoscaling/v2 HorizontalPodAutoscaler',
       'servicemonitor.yaml': 'monitoring.coreos.com/v1 ServiceMonitor',
+      'ingress.yaml': 'networking.k8s.io/v1 Ingress',
     };
     const files = fs.readdirSync(path.join(CHART, 'templates')).filter((f) => f.endsWith('.yaml'));
     expect(files.sort()).toEqual(Object.keys(kinds).sort());
@@ -394,12 +395,38 @@ describe('Deployment', () => {
     }
   });
 
-  it('one replica on a ReadWriteOnce volume, replaced with Recreate; scaling out needs ReadWriteMany', () => {
+  it('one replica on a ReadWriteOnce volume, replaced with Recreate', () => {
     expect(defaults.replicaCount).toBe(1);
     expect(defaults.persistence).toMatchObject({ enabled: true, accessMode: 'ReadWriteOnce' });
     expect(defaults.autoscaling.enabled).toBe(false);
     expect(template('deployment.yaml')).toMatch(/eq \.Values\.persistence\.accessMode "ReadWriteOnce" "ReadWriteOncePod"\) \}\}\n.*\n\s+type: Recreate/);
-    expect(template('_helpers.tpl')).toMatch(/if and \$rwo \(or \(gt \(int \.Values\.replicaCount\) 1\) \.Values\.autoscaling\.enabled\) \}\}\n\{\{- fail/);
+  });
+
+  it('scaling out needs PostgreSQL, the bucket and a /data every pod mounts; the multi-replica example has all three', () => {
+    const helpers = template('_helpers.tpl');
+    expect(helpers).toContain('{{- $scaled := or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled }}');
+    expect(helpers).toMatch(/if and \$scaled \(not \(and \.Values\.database\.existingSecret \.Values\.config\.objectStoreUrl\)\) \}\}\n\{\{- fail/);
+    expect(helpers).toMatch(/if and \$scaled \$rwo \}\}\n\{\{- fail/);
+    // The same rule, read off each value set: which ones the chart renders with more than one pod.
+    const scalesOut = (v: Values) => v.replicaCount > 1 || v.autoscaling.enabled;
+    const allowed = (v: Values) => {
+      const rwo = v.persistence.enabled === true && ['ReadWriteOnce', 'ReadWriteOncePod'].includes(v.persistence.accessMode as string);
+      return !scalesOut(v) || (Boolean((v.database as Json).existingSecret) && Boolean(v.config.objectStoreUrl) && !rwo);
+    };
+    for (const [name, v] of valueSets) expect(allowed(v), name).toBe(true);
+    const multi = valueSets.find(([n]) => n === 'ci/multi-replica-values.yaml')![1];
+    expect(scalesOut(multi)).toBe(true);
+    expect(allowed({ ...multi, persistence: { ...multi.persistence, enabled: true } })).toBe(false);
+    expect(allowed({ ...multi, config: { ...multi.config, objectStoreUrl: '' } })).toBe(false);
+  });
+
+  it('the Ingress routes by API key (ingress-nginx upstream-hash-by on Authorization) to the Service’s http port', () => {
+    const ingress = template('ingress.yaml');
+    expect(ingress).toContain('{{- if .Values.ingress.hashByKey }}');
+    expect(ingress).toContain('set $annotations "nginx.ingress.kubernetes.io/upstream-hash-by" "$http_authorization"');
+    expect(ingress).toContain('name: {{ include "carryon-gateway.fullname" $ }}');
+    expect(ingress).toMatch(/port:\n\s+name: http\n/);
+    expect(skeleton('service.yaml')[0].spec.ports).toContainEqual(expect.objectContaining({ name: 'http' }));
   });
 });
 

@@ -87,8 +87,12 @@ deadline. A grace period below pause + drain + margin would SIGKILL streams mid-
 {{/* Combinations the schema cannot express; rendered (to nothing) by the Deployment. */}}
 {{- define "carryon-gateway.validate" -}}
 {{- $rwo := and .Values.persistence.enabled (eq .Values.persistence.accessMode "ReadWriteOnce" "ReadWriteOncePod") }}
-{{- if and $rwo (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
-{{- fail "replicaCount > 1 and autoscaling need persistence.accessMode ReadWriteMany (or persistence.enabled false): a ReadWriteOnce volume mounts in one pod, and every pod needs /data" }}
+{{- $scaled := or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled }}
+{{- if and $scaled (not (and .Values.database.existingSecret .Values.config.objectStoreUrl)) }}
+{{- fail "replicaCount > 1 and autoscaling need the shared stores: database.existingSecret (PostgreSQL) and config.objectStoreUrl (the bucket); without them each pod would keep its own keys, carry-ons and shards" }}
+{{- end }}
+{{- if and $scaled $rwo }}
+{{- fail "replicaCount > 1 and autoscaling need a /data every pod can mount: persistence.enabled false (a per-pod emptyDir, a cache once the stores are shared) or accessMode ReadWriteMany; a ReadWriteOnce volume mounts in one pod" }}
 {{- end }}
 {{- if and .Values.gpu.enabled (eq .Values.config.executionProvider "cpu") }}
 {{- fail "gpu.enabled requests a GPU, but config.executionProvider is cpu: set it to cuda" }}
