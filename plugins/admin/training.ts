@@ -20,7 +20,7 @@ const trainingRoutes: FastifyPluginAsync<AdminPluginOptions> = async (app, { adm
   app.get('/training-jobs/:id/logs', async (request, reply) => {
     const { id } = parseAdmin(TrainingJobParams, request.params);
     const { bytes } = parseAdmin(TrainingLogQuery, request.query);
-    return reply.type('text/plain; charset=utf-8').send(admin.training.logs(adminContext(request), id, bytes));
+    return reply.type('text/plain; charset=utf-8').send(await admin.training.logs(adminContext(request), id, bytes));
   });
   app.get('/training-jobs/:id/loss', async (request) => {
     const { id } = parseAdmin(TrainingJobParams, request.params);

@@ -10,6 +10,8 @@ import { KeyAdmin } from './key-admin.js';
 import { PrefixCacheAdmin, type PrefixCacheControl } from './prefix-cache-admin.js';
 import { TenantAdmin } from './tenant-admin.js';
 import { TrainingJobs, type TrainingJobsOptions } from './training-jobs.js';
+import { importLegacyJobs } from '../training/legacy-jobs.js';
+import { TrainingWorker, type TrainingWorkerOptions } from '../training/training-worker.js';
 
 export interface AdminServices {
   tenants: TenantAdmin;
@@ -31,7 +33,10 @@ export interface AdminOptions {
   checkTimeoutMs: number;
   /** Harvested shards; deleting a tenant forgets its harvest data through it. */
   harvest: HarvestService;
-  training: Omit<TrainingJobsOptions, 'dataDir'>;
+  training: Omit<TrainingJobsOptions, 'dataDir'> & {
+    /** This gateway's own worker (CARRYON_TRAINING_WORKER=inline); null: `carryon train-worker` processes run the jobs. */
+    worker: Omit<TrainingWorkerOptions, 'dataDir' | 'base'> | null;
+  };
   /** The engine's prefix cache; a deleted tenant's blocks are dropped through it too. */
   prefixCache: PrefixCacheControl;
   /** Why the data disk counts as full, or null. */
@@ -47,7 +52,10 @@ export async function createAdminServices(store: Store, opts: AdminOptions): Pro
   await files.sweepAtStart();
   const builder = new CarryOnBuilder({ timeoutMs: opts.checkTimeoutMs });
   const carryOns = new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxWeightsBytes: opts.maxCarryOnBytes, builder, diskFull: opts.diskFull });
-  const training = new TrainingJobs(store, opts.harvest, carryOns, { dataDir: opts.dataDir, ...opts.training });
+  await importLegacyJobs(opts.dataDir, store.trainingJobs);
+  const { worker: workerOpts, ...trainingOpts } = opts.training;
+  const worker = workerOpts ? new TrainingWorker(store.trainingJobs, carryOns, { ...workerOpts, dataDir: opts.dataDir, base: trainingOpts.base }) : null;
+  const training = new TrainingJobs(store, opts.harvest, { dataDir: opts.dataDir, ...trainingOpts }, worker);
   return {
     tenants: new TenantAdmin(store, files, opts.harvest, opts.prefixCache),
     keys: new KeyAdmin(store),

@@ -32,7 +32,7 @@ export interface BaseLoadContext {
 }
 
 /** Finds or imports a base's package and reads what carry-ons are checked against. */
-export async function resolveBase(ctx: BaseLoadContext, setting: BaseModelSetting): Promise<ResolvedBase> {
+export async function resolveBase(ctx: Pick<BaseLoadContext, 'config' | 'several' | 'log'>, setting: BaseModelSetting): Promise<ResolvedBase> {
   const { config } = ctx;
   const dir = await resolveModelPackage({
     model: setting.source,

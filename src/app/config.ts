@@ -88,6 +88,18 @@ export const ConfigSchema = z.object({
   CARRYON_TRAINING_TIMEOUT_MS: int(1000, 7 * 24 * 3600 * 1000).default(6 * 3600 * 1000),
   /** Torch CPU threads of a training job (the base keeps CARRYON_THREADS for serving). */
   CARRYON_TRAINING_THREADS: int(1, 256).default(1),
+  /**
+   * Who runs the queued training jobs: `inline`, this gateway (one job at a time, beside serving);
+   * `external`, only `carryon train-worker` processes on the same database and data folder (this
+   * gateway just queues them).
+   */
+  CARRYON_TRAINING_WORKER: z.enum(['inline', 'external']).default('inline'),
+  /** How often a worker heartbeats its running job (and notices a cancel), and how often an idle one polls the queue. */
+  CARRYON_TRAINING_HEARTBEAT_MS: int(100, 600_000).default(5_000),
+  /** A running job whose worker has not heartbeated for this long is taken up by another worker (or failed, past its attempts). */
+  CARRYON_TRAINING_HEARTBEAT_TIMEOUT_MS: int(1000, 86_400_000).default(60_000),
+  /** Claims a training job may have in all: one whose worker is lost on the last one fails, saying so. */
+  CARRYON_TRAINING_MAX_ATTEMPTS: int(1, 100).default(3),
   CARRYON_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda', 'webgpu']).default('cpu'),
   /** Intra-op threads for the base model's sessions. */
   CARRYON_THREADS: int(1, 1024).default(Math.max(1, Math.min(os.availableParallelism(), 8))),
@@ -190,6 +202,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
   }
   const raw = parsed.data;
+  if (raw.CARRYON_TRAINING_HEARTBEAT_TIMEOUT_MS < 2 * raw.CARRYON_TRAINING_HEARTBEAT_MS) {
+    // One late heartbeat must not hand a healthy worker's job to another.
+    throw new ConfigError('invalid configuration:\n  CARRYON_TRAINING_HEARTBEAT_TIMEOUT_MS: must be at least twice CARRYON_TRAINING_HEARTBEAT_MS');
+  }
   const bases = baseModelsOf(raw);
   return {
     ...raw,

@@ -23,6 +23,7 @@ import { startMetricsListener } from '../http/metrics-listener.js';
 import { RateLimiter } from '../serving/rate-limit.js';
 import { Scheduler } from '../serving/scheduler.js';
 import { Store } from '../store/store.js';
+import { trainingWorkerOptions, workerSuffix } from '../training/worker-options.js';
 import type { PromptEncoder } from '../model/prompt-encoder.js';
 
 export interface RunningServer {
@@ -150,9 +151,7 @@ async function startWithStore(
         return first ? { dir: first.dir, fingerprint: first.info.fingerprint } : null;
       },
       maxQueued: config.CARRYON_TRAINING_MAX_QUEUED,
-      timeoutMs: config.CARRYON_TRAINING_TIMEOUT_MS,
-      threads: config.CARRYON_TRAINING_THREADS,
-      maxLogBytes: 4 * 1024 * 1024,
+      worker: config.CARRYON_TRAINING_WORKER === 'inline' ? trainingWorkerOptions(config, `gateway-${workerSuffix()}`, () => app.log) : null,
     },
   });
   // Replicas on one PostgreSQL database pool their spending; SQLite means one node, which limits alone.
@@ -188,6 +187,7 @@ async function startWithStore(
     admin: { services: admin, maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES },
   });
   const url = await app.listen({ host: config.HOST, port: config.PORT });
+  admin.training.start();
   gateway.rateLimiter.startSync(config.CARRYON_RATE_LIMIT_SYNC_MS);
   await store.listen((msg) => app.log.warn(msg));
   gateway.database = store.health;

@@ -41,7 +41,10 @@ const USAGE = `usage:
   carryon harvest --model MODEL_DIR --input FILE --out DIR [options]
       Write hidden-state training shards from a data file (carryon harvest --help for options).
   carryon serve
-      Start the gateway (same as npm start); configured by environment variables, see docs/configuration.md.`;
+      Start the gateway (same as npm start); configured by environment variables, see docs/configuration.md.
+  carryon train-worker
+      Run the training jobs queued in the shared database (gateways with CARRYON_TRAINING_WORKER=external
+      only queue them), on the same data folder; same environment as the gateway (docs/training.md).`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -70,6 +73,8 @@ async function main(argv: string[]): Promise<number> {
       return carryOnCommand(rest);
     case 'harvest':
       return (await import('./harvest-offline.js')).harvestCommand(rest);
+    case 'train-worker':
+      return (await import('./train-worker.js')).trainWorkerCommand(rest);
     case 'serve':
       await import('../app/main.js');
       return -1;

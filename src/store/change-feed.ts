@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { CarryOnChange } from '../carryon/catalog.js';
-import type { SqlDriver, SqlExecutor, SqlValue } from './sql-driver.js';
+import type { SqlDriver, SqlExecutor, SqlValue, TransactionOptions } from './sql-driver.js';
 
 /** The PostgreSQL channel every replica LISTENs on. */
 export const CHANGE_CHANNEL = 'carryon_changes';
@@ -87,7 +87,7 @@ export class ChangeFeed {
       get: <R>(sql: string, params?: readonly SqlValue[]) => driver.get<R>(sql, params),
       run: (sql: string, params?: readonly SqlValue[]) => driver.run(sql, params),
       close: () => driver.close(),
-      async transaction<T>(fn: (tx: SqlExecutor) => Promise<T> | T): Promise<T> {
+      async transaction<T>(fn: (tx: SqlExecutor) => Promise<T> | T, opts?: TransactionOptions): Promise<T> {
         const changes: MetadataChange[] = [];
         const result = await driver.transaction((tx) => {
           // A handle of its own per transaction (SQLite reuses one), so changes are told apart.
@@ -99,7 +99,7 @@ export class ChangeFeed {
           };
           pending.set(handle, changes);
           return fn(handle);
-        });
+        }, opts);
         for (const c of changes) deliver(c);
         return result;
       },

@@ -118,6 +118,40 @@ const STEPS: ReadonlyArray<(t: Types) => string> = [
   (t) => `
   ALTER TABLE harvest_shards ADD COLUMN object_key ${t.text};
   `,
+  // 5: the training job queue (src/store/training-jobs.ts), claimed by one worker at a time (gateway
+  // or `carryon train-worker`). No foreign key to tenants: a job's row outlives its tenant, as its
+  // run folder does, and is what an operator looks at afterwards.
+  (t) => `
+  CREATE TABLE training_jobs (
+    id                ${t.text} PRIMARY KEY,
+    tenant_id         ${t.text} NOT NULL,
+    -- The validated request body (CreateTrainingJobBody), as JSON.
+    body              ${t.text} NOT NULL,
+    -- JSON array of shard files, relative to the data folder (like harvest_shards.path).
+    shard_paths       ${t.text} NOT NULL,
+    -- Only a worker serving this base may claim the job.
+    base_fingerprint  ${t.text} NOT NULL,
+    -- The admin key id that created it: the worker registers the carry-on in its name.
+    created_by        ${t.text},
+    status            ${t.text} NOT NULL CHECK (status IN ('queued', 'running', 'registering', 'succeeded', 'failed', 'cancelled')),
+    created_at        ${t.text} NOT NULL,
+    started_at        ${t.text},
+    finished_at       ${t.text},
+    error             ${t.text},
+    -- JSON: the registered carry-on version, and the progress/eval read once when the job ended.
+    carry_on_version  ${t.text},
+    outcome           ${t.text},
+    -- Claims so far (a retry after a lost worker is one more).
+    attempts          ${t.int} NOT NULL DEFAULT 0,
+    claimed_by        ${t.text},
+    -- Unix ms of the claiming worker's last heartbeat.
+    heartbeat_at      ${t.int},
+    -- Set by a cancel on any replica; the claiming worker sees it on its next heartbeat.
+    cancel_requested  ${t.int} NOT NULL DEFAULT 0
+  )${t.strict};
+  CREATE INDEX training_jobs_by_status ON training_jobs(status, created_at);
+  CREATE INDEX training_jobs_by_tenant ON training_jobs(tenant_id, created_at);
+  `,
 ];
 
 /** How many migrations this gateway knows: a database past it was written by a newer gateway. */

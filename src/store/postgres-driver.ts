@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { redactUrl, withoutPassword } from './database-url.js';
-import type { SqlDriver, SqlExecutor, SqlValue } from './sql-driver.js';
+import type { SqlDriver, SqlExecutor, SqlValue, TransactionOptions } from './sql-driver.js';
 
 /** pg_advisory_xact_lock key of write transactions (one writer at a time, see SqlDriver.transaction). */
 const WRITE_LOCK = 0x63617272; // 'carr'
@@ -81,13 +81,13 @@ export class PostgresDriver implements SqlDriver {
     return this.direct.run(sql, params);
   }
 
-  async transaction<T>(fn: (tx: SqlExecutor) => Promise<T> | T): Promise<T> {
+  async transaction<T>(fn: (tx: SqlExecutor) => Promise<T> | T, opts: TransactionOptions = {}): Promise<T> {
     const client = await this.pool.connect();
     let broken: Error | undefined;
     try {
       await client.query('BEGIN');
       try {
-        await client.query('SELECT pg_advisory_xact_lock($1)', [WRITE_LOCK]);
+        if (!opts.rowLocks) await client.query('SELECT pg_advisory_xact_lock($1)', [WRITE_LOCK]);
         const result = await fn(this.executor(client));
         await client.query('COMMIT');
         return result;

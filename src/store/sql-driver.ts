@@ -19,6 +19,10 @@ export interface SqlExecutor {
   run(sql: string, params?: readonly SqlValue[]): Promise<{ changes: number }>;
 }
 
+export interface TransactionOptions {
+  rowLocks?: boolean;
+}
+
 export interface SqlDriver extends SqlExecutor {
   /**
    * Runs `fn` in one write transaction: committed when it resolves, rolled back when it throws.
@@ -26,8 +30,12 @@ export interface SqlDriver extends SqlExecutor {
    * PostgreSQL), because the repositories read then write (the next version number, "does the
    * tenant exist") and must not interleave with another writer in between. Statements of the
    * transaction go through `tx`, never through the driver (which waits for the transaction).
+   *
+   * `rowLocks`: on PostgreSQL, skip the store-wide write lock; the transaction locks the rows it
+   * reads itself (`SELECT … FOR UPDATE SKIP LOCKED`), so claimers never wait on each other or on
+   * admin writes. SQLite has one writer anyway (BEGIN IMMEDIATE either way).
    */
-  transaction<T>(fn: (tx: SqlExecutor) => Promise<T> | T): Promise<T>;
+  transaction<T>(fn: (tx: SqlExecutor) => Promise<T> | T, opts?: TransactionOptions): Promise<T>;
   /** Where the data is, for messages: a file, or the URL without its password. */
   readonly location: string;
   close(): Promise<void>;

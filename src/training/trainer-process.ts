@@ -9,7 +9,7 @@ const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..
 export const TRAINER_PYTHON = path.join(REPO_ROOT, 'trainer', 'python');
 
 /** Environment variables a training child must not see: secrets stay in the gateway process. */
-const SECRET_ENV = /^(CARRYON_ADMIN_KEY|CARRYON_API_KEYS|CARRYON_HARVEST_PUSH_TOKEN)$|_KEY$|_TOKEN$|_SECRET$|PASSWORD/;
+const SECRET_ENV = /^(CARRYON_ADMIN_KEY|CARRYON_API_KEYS|CARRYON_HARVEST_PUSH_TOKEN|CARRYON_DATABASE_URL)$|_KEY$|_TOKEN$|_SECRET$|PASSWORD/;
 
 export interface TrainerRun {
   baseDir: string;
