@@ -151,7 +151,7 @@ async function startWithStore(
         return first ? { dir: first.dir, fingerprint: first.info.fingerprint } : null;
       },
       maxQueued: config.CARRYON_TRAINING_MAX_QUEUED,
-      worker: config.CARRYON_TRAINING_WORKER === 'inline' ? trainingWorkerOptions(config, `gateway-${workerSuffix()}`, () => app.log) : null,
+      worker: config.CARRYON_TRAINING_WORKER === 'inline' ? trainingWorkerOptions(config, `gateway-${workerSuffix()}`, () => app.log, objectStore) : null,
     },
   });
   // Replicas on one PostgreSQL database pool their spending; SQLite means one node, which limits alone.

@@ -4,7 +4,9 @@
  * shared data folder where the harvest shards are, and registers each result as a carry-on version;
  * the gateways hear of it through the change feed. Configured by the same environment as the
  * gateway (docs/configuration.md): the base it trains on is CARRYON_MODEL (or the first of
- * CARRYON_MODELS), and it claims only jobs queued for that base.
+ * CARRYON_MODELS), and it claims only jobs queued for that base. With CARRYON_OBJECT_STORE_URL its
+ * data folder is its own: shards not on its disk come from the bucket, and the carry-ons it
+ * registers go there, for every gateway to fetch.
  */
 import { CarryOnBuilder } from '../admin/carry-on-build.js';
 import { CarryOnAdmin } from '../admin/carry-on-admin.js';
@@ -13,6 +15,8 @@ import { servedBaseFor } from '../admin/base-model.js';
 import type { AuditLog } from '../admin/audit.js';
 import { resolveBase } from '../app/base-loader.js';
 import { ConfigError, loadConfig } from '../app/config.js';
+import { CarryOnGraphBucket } from '../objects/carry-on-graph-bucket.js';
+import { objectStoreFromConfig } from '../objects/object-store-config.js';
 import { Store } from '../store/store.js';
 import { TrainingWorker } from '../training/training-worker.js';
 import { trainingWorkerOptions, workerSuffix } from '../training/worker-options.js';
@@ -48,12 +52,14 @@ export async function trainWorkerCommand(args: string[]): Promise<number> {
   try {
     const setting = config.bases[0];
     const base = await resolveBase({ config, several: config.bases.length > 1, log: { ...log, error: (m: string) => jsonLog('error', {}, m) } }, setting);
-    const carryOns = new CarryOnAdmin(store, new CarryOnFiles(config.dataDir, store.carryOns), {
+    // With a bucket, the version goes there too: gateways on other nodes fetch its graph from it.
+    const objects = objectStoreFromConfig(config);
+    const carryOns = new CarryOnAdmin(store, new CarryOnFiles(config.dataDir, store.carryOns, objects ? new CarryOnGraphBucket(objects) : null), {
       baseModel: (fingerprint) => servedBaseFor([{ name: setting.name, status: 'ready', failure: null, info: base.info }], fingerprint),
       maxWeightsBytes: config.CARRYON_MAX_CARRYON_BYTES,
       builder,
     });
-    const opts = trainingWorkerOptions(config, `worker-${workerSuffix()}`, () => log);
+    const opts = trainingWorkerOptions(config, `worker-${workerSuffix()}`, () => log, objects);
     const worker = new TrainingWorker(store.trainingJobs, carryOns, {
       ...opts,
       dataDir: config.dataDir,

@@ -4,6 +4,8 @@ import type { AdminContext, AuditLog } from '../admin/audit.js';
 import type { CarryOnAdmin } from '../admin/carry-on-admin.js';
 import type { CarryOnVersionObject } from '../admin/schemas.js';
 import type { FinishedStatus, TrainingJobRecord, TrainingJobRepository } from '../store/training-jobs.js';
+import type { ObjectStore } from '../objects/object-store.js';
+import { shardCache, shardsOnDisk } from './job-shards.js';
 import { jobDir, logFile, observeRun, readReport, runDir } from './job-files.js';
 import { startTrainer, stopTrainer, TRAINER_PYTHON } from './trainer-process.js';
 
@@ -24,6 +26,8 @@ export interface TrainingWorkerOptions {
   heartbeatTimeoutMs: number;
   /** CARRYON_TRAINING_MAX_ATTEMPTS */
   maxAttempts: number;
+  /** Where harvest shards not on this node's disk are fetched from (CARRYON_OBJECT_STORE_URL); null: none. */
+  objects: ObjectStore | null;
   log: AuditLog;
 }
 
@@ -111,9 +115,16 @@ export class TrainingWorker {
       fs.rmSync(runDir(dir), { recursive: true, force: true });
       fs.appendFileSync(logFile(dir), `\n[worker ${this.opts.workerId}] attempt ${job.attempts} of ${this.opts.maxAttempts}: the previous worker was lost\n`);
     }
+    let shardPaths: string[];
+    try {
+      shardPaths = await shardsOnDisk(job.shardPaths, this.opts.dataDir, dir, this.opts.objects);
+    } catch (err) {
+      // A bucket that is down may be back for the next attempt; a shard that is gone will not be.
+      return await this.end(job, 'failed', `fetching the job's harvest shards failed: ${(err as Error).message}`);
+    }
     const { child, exited } = startTrainer({
       baseDir,
-      shardPaths: job.shardPaths,
+      shardPaths,
       outDir: runDir(dir),
       body: job.body,
       threads: this.opts.threads,
@@ -179,6 +190,7 @@ export class TrainingWorker {
 
   private async end(job: TrainingJobRecord, status: FinishedStatus, error: string | null, carryOnVersion: CarryOnVersionObject | null = null): Promise<void> {
     const outcome = observeRun(jobDir(this.opts.dataDir, job.id), job.body.training.steps, true);
+    fs.rmSync(shardCache(jobDir(this.opts.dataDir, job.id)), { recursive: true, force: true });
     const written = await this.jobs.finish(job.id, this.opts.workerId, { status, error, carryOnVersion, outcome });
     this.opts.log.info({ job: job.id, status, error, written }, 'training worker: job ended');
   }

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import type { AuditLog } from '../admin/audit.js';
 import type { Config } from '../app/config.js';
+import type { ObjectStore } from '../objects/object-store.js';
 import type { TrainingWorkerOptions } from './training-worker.js';
 
 /** Bytes of trainer output kept per job. */
@@ -13,9 +14,10 @@ export function workerSuffix(): string {
 }
 
 /** A worker's settings from the configuration, the same for the gateway's own worker and `carryon train-worker`. */
-export function trainingWorkerOptions(config: Config, workerId: string, log: () => AuditLog): Omit<TrainingWorkerOptions, 'dataDir' | 'base'> {
+export function trainingWorkerOptions(config: Config, workerId: string, log: () => AuditLog, objects: ObjectStore | null): Omit<TrainingWorkerOptions, 'dataDir' | 'base'> {
   return {
     workerId,
+    objects,
     timeoutMs: config.CARRYON_TRAINING_TIMEOUT_MS,
     threads: config.CARRYON_TRAINING_THREADS,
     maxLogBytes: MAX_LOG_BYTES,

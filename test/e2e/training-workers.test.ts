@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
@@ -10,6 +10,7 @@ import { BACKENDS, testDatabase, type TestDatabase } from '../helpers/databases.
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { gsm8kTrainProblems } from '../helpers/gsm8k.js';
 import { REPO_ROOT } from '../helpers/paths.js';
+import { claimsOf, QUEUE_ENV, startWorker, type Worker } from '../helpers/train-worker.js';
 
 /**
  * The paper's split with separate processes: a gateway that only queues training jobs
@@ -24,44 +25,7 @@ if (!hasTorch) {
   console.warn(`training-workers SKIPPED: ${which.stderr.trim() || 'no python3 with torch'}`);
 }
 
-/** Short heartbeats, so a lost worker is noticed in seconds. */
-const QUEUE_ENV = { CARRYON_TRAINING_HEARTBEAT_MS: '300', CARRYON_TRAINING_HEARTBEAT_TIMEOUT_MS: '3000', CARRYON_TRAINING_MAX_ATTEMPTS: '2' };
 const ACTIVE = ['queued', 'running', 'registering'];
-
-interface Worker {
-  child: ChildProcess;
-  id: string;
-  lines: Array<Record<string, unknown>>;
-}
-
-function startWorker(env: Record<string, string>): Promise<Worker> {
-  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'bin/carryon.js'), 'train-worker'], {
-    cwd: REPO_ROOT,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, CARRYON_THREADS: '1', CARRYON_DISK_RESERVE_BYTES: '0', ...QUEUE_ENV, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const worker: Worker = { child, id: '', lines: [] };
-  let rest = '';
-  let err = '';
-  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve, reject) => {
-    child.stdout.on('data', (d: Buffer) => {
-      const parts = (rest + d.toString()).split('\n');
-      rest = parts.pop() ?? '';
-      for (const line of parts.filter(Boolean)) {
-        const rec = JSON.parse(line) as Record<string, unknown>;
-        worker.lines.push(rec);
-        if (typeof rec.worker === 'string' && !worker.id) {
-          worker.id = rec.worker;
-          resolve(worker);
-        }
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`train-worker exited ${code} before polling: ${err}`)));
-  });
-}
-
-const claimsOf = (w: Worker, job: string) => w.lines.filter((l) => l.msg === 'training worker: claimed a job' && l.job === job).length;
 
 describe.skipIf(!hasTorch).each(BACKENDS)('training workers as separate processes, on %s', (backend) => {
   let db: TestDatabase;

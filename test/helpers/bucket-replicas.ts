@@ -9,6 +9,8 @@ export interface BucketReplicas {
   bucket: TestBucket;
   /** The gateways' object store, as they see it (same bucket and prefix). */
   objects: ObjectStore;
+  /** The environment both gateways share (database, bucket and `env`): what another node of theirs needs. */
+  shared: Record<string, string>;
   a: TestGateway;
   b: TestGateway;
   /** Stops both gateways and the bucket, drops the database, removes the data folders. */
@@ -30,6 +32,7 @@ export async function startBucketReplicas(name: string, env: Record<string, stri
     database,
     bucket,
     objects: bucket.store(prefix),
+    shared,
     a,
     b,
     close: async () => {

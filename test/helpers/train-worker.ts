@@ -1,0 +1,46 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { REPO_ROOT } from './paths.js';
+
+/** Short heartbeats, so a lost worker is noticed in seconds. */
+export const QUEUE_ENV = { CARRYON_TRAINING_HEARTBEAT_MS: '300', CARRYON_TRAINING_HEARTBEAT_TIMEOUT_MS: '3000', CARRYON_TRAINING_MAX_ATTEMPTS: '2' };
+
+export interface Worker {
+  child: ChildProcess;
+  id: string;
+  lines: Array<Record<string, unknown>>;
+}
+
+/**
+ * `carryon train-worker` as a child process, as a training node runs it: its JSON log lines are
+ * kept, and it resolves once the worker has said its id (it is polling then).
+ */
+export function startWorker(env: Record<string, string>): Promise<Worker> {
+  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'bin/carryon.js'), 'train-worker'], {
+    cwd: REPO_ROOT,
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, CARRYON_THREADS: '1', CARRYON_DISK_RESERVE_BYTES: '0', ...QUEUE_ENV, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const worker: Worker = { child, id: '', lines: [] };
+  let rest = '';
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  return new Promise((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => {
+      const parts = (rest + d.toString()).split('\n');
+      rest = parts.pop() ?? '';
+      for (const line of parts.filter(Boolean)) {
+        const rec = JSON.parse(line) as Record<string, unknown>;
+        worker.lines.push(rec);
+        if (typeof rec.worker === 'string' && !worker.id) {
+          worker.id = rec.worker;
+          resolve(worker);
+        }
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`train-worker exited ${code} before polling: ${err}`)));
+  });
+}
+
+export const claimsOf = (w: Worker, job: string) => w.lines.filter((l) => l.msg === 'training worker: claimed a job' && l.job === job).length;
+
