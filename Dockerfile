@@ -3,10 +3,13 @@
 #
 #   docker build -t carry-on-gateway:0.1.0 .                                  # CPU
 #   docker build -t carry-on-gateway:0.1.0-cuda --build-arg ACCELERATOR=cuda .  # CUDA 12 + cuDNN 9
+#   docker build -t carry-on-gateway:0.1.0-trainer --build-arg TRAINER=1 .     # + PyTorch: `carryon train-worker`
 #
 # glibc bases only: onnxruntime-node's prebuilt binaries do not run on Alpine (musl).
 # The install and start steps live in scripts/ (run here and by test/e2e/image-steps.test.ts).
 ARG ACCELERATOR=cpu
+# 1: the training-worker image, with Debian's PyTorch for the carry-on trainer (trainer/), CPU only.
+ARG TRAINER=0
 ARG NODE_IMAGE=node:22-bookworm-slim
 ARG CUDA_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 
@@ -49,6 +52,7 @@ RUN --mount=type=cache,target=/root/.npm ACCELERATOR=${ACCELERATOR} bash scripts
 
 FROM base AS runtime
 ARG ACCELERATOR
+ARG TRAINER
 LABEL org.opencontainers.image.title="carry-on-gateway" \
       org.opencontainers.image.description="OpenAI-compatible inference gateway for GPT Carry-On" \
       org.opencontainers.image.licenses="MIT" \
@@ -66,6 +70,16 @@ COPY src ./src
 COPY plugins ./plugins
 COPY models/README.md ./models/README.md
 COPY scripts/image-start.sh scripts/image-healthcheck.mjs ./scripts/
+# The trainer's Python (small) is in every image; its PyTorch only in the training-worker one
+# (Debian bookworm's python3-torch with OpenBLAS; the CUDA base is Ubuntu, which has no such package).
+COPY trainer/carryon_train ./trainer/carryon_train
+COPY trainer/python trainer/carryon-train ./trainer/
+RUN if [ "${TRAINER}" = 1 ]; then \
+      if [ "${ACCELERATOR}" != cpu ]; then echo "TRAINER=1 builds on ACCELERATOR=cpu only" >&2; exit 1; fi; \
+      apt-get update \
+      && apt-get install -y --no-install-recommends python3 python3-torch python3-numpy libopenblas0-pthread \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 # The app tree stays root-owned (read-only to the gateway); only /data is the gateway's.
 RUN install -d -o 10001 -g 10001 -m 0750 /data
 USER 10001:10001

@@ -192,6 +192,7 @@ describe('Helm chart files', () => {
       'hpa.yaml': 'autoscaling/v2 HorizontalPodAutoscaler',
       'servicemonitor.yaml': 'monitoring.coreos.com/v1 ServiceMonitor',
       'ingress.yaml': 'networking.k8s.io/v1 Ingress',
+      'training-worker.yaml': 'apps/v1 Deployment',
     };
     const files = fs.readdirSync(path.join(CHART, 'templates')).filter((f) => f.endsWith('.yaml'));
     expect(files.sort()).toEqual(Object.keys(kinds).sort());
@@ -427,6 +428,43 @@ describe('Deployment', () => {
     expect(ingress).toContain('name: {{ include "carryon-gateway.fullname" $ }}');
     expect(ingress).toMatch(/port:\n\s+name: http\n/);
     expect(skeleton('service.yaml')[0].spec.ports).toContainEqual(expect.objectContaining({ name: 'http' }));
+  });
+});
+
+describe('the training-worker Deployment', () => {
+  const [worker] = skeleton('training-worker.yaml') as unknown as Array<{
+    spec: { selector: { matchLabels: Record<string, string> }; template: { metadata: { labels: Record<string, string> }; spec: { containers: Array<Container & { args: string[] }> } } };
+  }>;
+
+  it('runs `carryon train-worker` from the CLI the image ships, with the gateway’s ConfigMap and the store credentials', () => {
+    const [c] = worker.spec.template.spec.containers;
+    expect(c.args).toEqual(['node', 'bin/carryon.js', 'train-worker']);
+    expect(fs.existsSync(path.join(ROOT, 'bin/carryon.js'))).toBe(true);
+    expect(fs.readFileSync(path.join(ROOT, 'src/cli/carryon.ts'), 'utf8')).toContain("'train-worker'");
+    const text = template('training-worker.yaml');
+    for (const env of ['CARRYON_DATABASE_URL', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY']) expect(text).toContain(`- name: ${env}`);
+    expect(text).toContain('name: {{ include "carryon-gateway.fullname" . }}\n');
+    // The image with PyTorch: the Dockerfile's TRAINER=1 flavour, which copies the trainer in.
+    expect(text).toContain('printf "%s:%s-trainer"');
+    const docker = fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
+    expect(docker).toContain('ARG TRAINER=0');
+    expect(docker).toMatch(/COPY trainer\/carryon_train \.\/trainer\/carryon_train/);
+  });
+
+  it('its pods are not the gateway’s: the Service, PDB and HPA select by a name they do not carry', () => {
+    const labels = worker.spec.template.metadata.labels;
+    expect(worker.spec.selector.matchLabels['app.kubernetes.io/name']).toBe('TPL-train-worker');
+    expect(labels['app.kubernetes.io/name']).toBe('TPL-train-worker');
+    expect(template('training-worker.yaml')).not.toContain('carryon-gateway.selectorLabels');
+  });
+
+  it('needs external training in the gateway pods and the shared stores', () => {
+    const helpers = template('_helpers.tpl');
+    expect(helpers).toMatch(/if and \.Values\.trainingWorker\.enabled \(ne \.Values\.config\.trainingWorker "external"\) \}\}\n\{\{- fail/);
+    expect(helpers).toMatch(/if and \.Values\.trainingWorker\.enabled \(not \(and \.Values\.database\.existingSecret \.Values\.config\.objectStoreUrl\)\) \}\}\n\{\{- fail/);
+    const multi = valueSets.find(([n]) => n === 'ci/multi-replica-values.yaml')![1];
+    expect(multi.trainingWorker).toMatchObject({ enabled: true });
+    expect(multi.config.trainingWorker).toBe('external');
   });
 });
 

@@ -94,6 +94,12 @@ deadline. A grace period below pause + drain + margin would SIGKILL streams mid-
 {{- if and $scaled $rwo }}
 {{- fail "replicaCount > 1 and autoscaling need a /data every pod can mount: persistence.enabled false (a per-pod emptyDir, a cache once the stores are shared) or accessMode ReadWriteMany; a ReadWriteOnce volume mounts in one pod" }}
 {{- end }}
+{{- if and .Values.trainingWorker.enabled (ne .Values.config.trainingWorker "external") }}
+{{- fail "trainingWorker.enabled runs training jobs in their own pods: set config.trainingWorker to external, so gateway pods only queue them" }}
+{{- end }}
+{{- if and .Values.trainingWorker.enabled (not (and .Values.database.existingSecret .Values.config.objectStoreUrl)) }}
+{{- fail "trainingWorker.enabled needs the shared stores: database.existingSecret (the job queue) and config.objectStoreUrl (shards in, carry-ons out)" }}
+{{- end }}
 {{- if and .Values.gpu.enabled (eq .Values.config.executionProvider "cpu") }}
 {{- fail "gpu.enabled requests a GPU, but config.executionProvider is cpu: set it to cuda" }}
 {{- end }}
