@@ -55,12 +55,17 @@ export class ShardUploads {
         this.keys.delete(id);
         if (!s) {
           // Deleted while it went up: the object and the local file are leftovers now.
-          if (key) await this.remove([{ id, objectKey: key }]);
+          if (key) await this.remove([{ id, tenantId: null, objectKey: key }]);
           if (file) local.remove({ id, path: file });
           return;
         }
         const objectKey = shardObjectKey(s);
-        await shards.markUploaded(id, objectKey);
+        if (!(await shards.markUploaded(id, objectKey))) {
+          // Deleted between the look-up and now (retention, a delete on any replica): the same leftovers.
+          await this.remove([{ id, tenantId: s.tenantId, objectKey }]);
+          if (file) local.remove({ id, path: file });
+          return;
+        }
         await this.releaseLocal({ ...s, objectKey });
       },
       log,
@@ -94,12 +99,13 @@ export class ShardUploads {
   /**
    * Removes deleted shards' objects. The rows go anyway (retention, a delete, a forgotten tenant):
    * an object that could not be removed is wasted space, logged, never an error for the caller.
+   * A row read before its upload was recorded has no key yet, while the upload may have landed:
+   * the key follows from the shard, so it is removed all the same (a missing object is no error).
    */
-  async remove(shards: Array<{ id: string; objectKey?: string | null }>): Promise<void> {
+  async remove(shards: Array<{ id: string; tenantId: string | null; objectKey?: string | null }>): Promise<void> {
     for (const s of shards) {
-      if (!s.objectKey) continue;
       try {
-        await this.store.delete(s.objectKey);
+        await this.store.delete(s.objectKey ?? shardObjectKey(s));
       } catch (err) {
         this.log.warn({ shard: s.id, err: (err as Error).message }, 'could not remove a deleted harvest shard from the object store');
       }

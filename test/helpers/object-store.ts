@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 import { objectStoreFromConfig } from '../../src/objects/object-store-config.js';
 import type { ObjectStore } from '../../src/objects/object-store.js';
@@ -15,6 +16,8 @@ export interface TestBucket {
   env(prefix: string): Record<string, string>;
   /** An object store on this bucket, as a gateway builds it. */
   store(prefix: string): ObjectStore;
+  /** The keys of every object under `prefix` (relative to it), by S3's own listing. */
+  keys(prefix: string): Promise<string[]>;
   /** Stops the server (the bucket is unreachable: connections refused) until `start`. */
   stop(): Promise<void>;
   /** Starts it again on the same port, with the same objects. */
@@ -73,6 +76,21 @@ export async function startTestBucket(): Promise<TestBucket> {
       });
       if (!store) throw new Error('no object store configured');
       return store;
+    },
+    keys: async (prefix) => {
+      const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: CREDENTIALS.AWS_ACCESS_KEY_ID, secretAccessKey: CREDENTIALS.AWS_SECRET_ACCESS_KEY } });
+      const out: string[] = [];
+      try {
+        let token: string | undefined;
+        do {
+          const r = await client.send(new ListObjectsV2Command({ Bucket: TEST_BUCKET, Prefix: `${prefix}/`, ContinuationToken: token }));
+          for (const o of r.Contents ?? []) out.push(o.Key!.slice(prefix.length + 1));
+          token = r.NextContinuationToken;
+        } while (token);
+      } finally {
+        client.destroy();
+      }
+      return out;
     },
     stop,
     start,

@@ -13,10 +13,10 @@ import type { CarryOnChange } from '../../src/store/carry-ons.js';
 import { api, LogCapture, uploadCarryOn, uploadCarryOnTo, type FormPart } from '../helpers/admin.js';
 import { makeCarryOn } from '../helpers/carry-on.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { BACKENDS, testDatabase, type TestDatabase } from '../helpers/databases.js';
+import { STORE_SETUPS, testDatabase, type TestDatabase } from '../helpers/databases.js';
 
-// Every test here runs on each metadata backend (test/helpers/databases.ts), each on a database of its own.
-describe.each(BACKENDS)('on %s', (backend) => {
+// Every test here runs on each metadata backend, and on PostgreSQL with a bucket (test/helpers/databases.ts), each on a database of its own.
+describe.each(STORE_SETUPS)('on %s', (backend) => {
   let database: TestDatabase;
 
   const { onnx } = onnxProto;

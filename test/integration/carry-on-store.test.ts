@@ -12,10 +12,10 @@ import { readManifest } from '../../src/model/package-files.js';
 import { api, uploadCarryOnTo } from '../helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { REPO_ROOT, STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
-import { BACKENDS, testDatabase, type TestDatabase } from '../helpers/databases.js';
+import { STORE_SETUPS, testDatabase, type TestDatabase } from '../helpers/databases.js';
 
-// Every test here runs on each metadata backend (test/helpers/databases.ts), each on a database of its own.
-describe.each(BACKENDS)('on %s', (backend) => {
+// Every test here runs on each metadata backend, and on PostgreSQL with a bucket (test/helpers/databases.ts), each on a database of its own.
+describe.each(STORE_SETUPS)('on %s', (backend) => {
   let database: TestDatabase;
 
   /**

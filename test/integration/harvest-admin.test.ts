@@ -17,10 +17,10 @@ import { Store } from '../../src/store/store.js';
 import { api, LogCapture } from '../helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { downloadShard, harvestFiles, harvestKey, harvestStats, listShards, readShardBytes } from '../helpers/harvest.js';
-import { BACKENDS, testDatabase, type TestDatabase } from '../helpers/databases.js';
+import { STORE_SETUPS, testDatabase, type TestDatabase } from '../helpers/databases.js';
 
-// Every test here runs on each metadata backend (test/helpers/databases.ts), each on a database of its own.
-describe.each(BACKENDS)('on %s', (backend) => {
+// Every test here runs on each metadata backend, and on PostgreSQL with a bucket (test/helpers/databases.ts), each on a database of its own.
+describe.each(STORE_SETUPS)('on %s', (backend) => {
 
   const MODEL = 'stories260K';
   const dirs: string[] = [];
@@ -35,6 +35,7 @@ describe.each(BACKENDS)('on %s', (backend) => {
     return { dataDir, db };
   }
   let gw: TestGateway;
+  let mainDb: TestDatabase;
   let packageDir: string;
   const logs = new LogCapture();
 
@@ -58,6 +59,7 @@ describe.each(BACKENDS)('on %s', (backend) => {
   beforeAll(async () => {
     await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
     const { dataDir, db } = await freshPlace('carryon-harvest-admin-');
+    mainDb = db;
     gw = await startTestGateway(
       {
         CARRYON_DATA_DIR: dataDir,
@@ -88,11 +90,20 @@ describe.each(BACKENDS)('on %s', (backend) => {
     return r.json.key;
   }
 
-  /** The index and the disk agree: every listed shard's file exists and every shard file is listed. */
-  function expectIndexMatchesDisk(g: TestGateway, listed: HarvestShardObject[]): void {
+  /**
+   * The index and the storage agree: every listed shard's file exists and every shard file is
+   * listed. With a bucket, a shard is in the bucket once uploaded and on disk until then (or while a
+   * push still needs it): the two together are the storage.
+   */
+  async function expectIndexMatchesDisk(g: TestGateway, listed: HarvestShardObject[], db: TestDatabase): Promise<void> {
     const onDisk = harvestFiles(g.dataDir);
     expect(onDisk.filter((f) => !f.endsWith('.safetensors'))).toEqual([]);
-    expect(onDisk.map((f) => path.basename(f, '.safetensors')).sort()).toEqual(listed.map((s) => s.id).sort());
+    const stored = new Set(onDisk.map((f) => path.basename(f, '.safetensors')));
+    if (db.objectKeys) {
+      await g.harvest.uploads?.settled();
+      for (const k of await db.objectKeys()) if (k.startsWith('harvest/')) stored.add(path.basename(k, '.safetensors'));
+    }
+    expect([...stored].sort()).toEqual(listed.map((s) => s.id).sort());
   }
 
   describe('harvest admin API', () => {
@@ -111,7 +122,7 @@ describe.each(BACKENDS)('on %s', (backend) => {
       expect(s1.sequences).toBe(2);
       const ids = (list: HarvestShardObject[]) => list.map((s) => s.id);
       expect(ids(await listShards(gw, '?tenant=a1'))).toEqual([s1.id]);
-      expectIndexMatchesDisk(gw, all);
+      await expectIndexMatchesDisk(gw, all, mainDb);
 
       // A tenant's admin key: its own shards only; others answer 404 like missing ones; stats are global.
       expect(ids(await listShards(gw, '', admin2))).toEqual([s2.id]);
@@ -152,7 +163,7 @@ describe.each(BACKENDS)('on %s', (backend) => {
       expect((await api(gw, 'DELETE', `/admin/harvest/shards/${s2.id}`, admin2)).status).toBe(404);
       const after = await listShards(gw);
       expect(after.map((s) => s.id)).toEqual([s1.id]);
-      expectIndexMatchesDisk(gw, after);
+      await expectIndexMatchesDisk(gw, after, mainDb);
 
       const audits = logs.audits().filter((a) => a.action.startsWith('harvest.'));
       expect(audits).toEqual(
@@ -202,14 +213,17 @@ describe.each(BACKENDS)('on %s', (backend) => {
       expect(after.filter((s) => s.tenant === 'gone')).toEqual([]);
       expect(after.filter((s) => s.tenant === 'kept')).toHaveLength(kept.filter((s) => s.tenant === 'kept').length + 1);
       expect(after.slice(0, kept.length)).toEqual(kept);
-      expectIndexMatchesDisk(gw, after);
+      await expectIndexMatchesDisk(gw, after, mainDb);
       // Its key is revoked.
       await expect(complete(gw, k3, 'Late')).rejects.toMatchObject({ status: 401 });
     });
   });
 
   describe('start', () => {
-    it('heals what a crash can leave (rows without a file, data of a tenant deleted before its harvest data), also with harvesting off', async () => {
+    // Local disk only: with a bucket a replica's disk holds only the shards it has not uploaded yet,
+    // so a row whose file is not here may be another replica's and is kept (docs/operations.md,
+    // "Object storage"); test/integration/shared-harvest.test.ts covers the bucket's recovery.
+    it.skipIf(backend === 'postgres+bucket')('heals what a crash can leave (rows without a file, data of a tenant deleted before its harvest data), also with harvesting off', async () => {
       const { dataDir, db } = await freshPlace('carryon-harvest-heal-');
       const env = { CARRYON_DATA_DIR: dataDir, CARRYON_MODEL: packageDir, ...db.env };
       let g = await startTestGateway(env);
@@ -232,7 +246,7 @@ describe.each(BACKENDS)('on %s', (backend) => {
         const after = await listShards(g);
         expect(after.map((s) => s.id)).toEqual([before[2].id]);
         expect(fs.existsSync(path.join(dataDir, 'harvest', 'h1'))).toBe(false);
-        expectIndexMatchesDisk(g, after);
+        await expectIndexMatchesDisk(g, after, db);
         expect((await downloadShard(g, after[0].id)).status).toBe(200);
         await complete(g, await harvestKey(g, 'h3', { sample_rate: 1 }), 'Four');
         await g.harvest.flush();
@@ -270,7 +284,7 @@ describe.each(BACKENDS)('on %s', (backend) => {
         expect(stats.writer.shards_written).toBe(8);
         expect(stats.retention_deleted).toBe(8 - keep);
         expect(stats.index).toMatchObject({ shards: keep, bytes: keep * size });
-        expectIndexMatchesDisk(g, listed);
+        await expectIndexMatchesDisk(g, listed, db);
       } finally {
         await g.close();
       }
@@ -315,7 +329,7 @@ describe.each(BACKENDS)('on %s', (backend) => {
         expect(second).toHaveLength(1);
         expect(second[0].id).not.toBe(first[0].id);
         expect((await harvestStats(g)).retention_deleted).toBe(1);
-        expectIndexMatchesDisk(g, second);
+        await expectIndexMatchesDisk(g, second, db);
       } finally {
         await g.close();
       }
