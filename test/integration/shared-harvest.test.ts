@@ -12,7 +12,7 @@ import type { TestBucket } from '../helpers/object-store.js';
 /**
  * Harvest shards through the bucket: A harvests, uploads each shard when it closes and indexes it
  * in the shared database; B (its own data folder) lists it and serves downloads from the bucket,
- * with Range and ETag. While the bucket is down, closed shards wait on A's disk and go up later.
+ * with Range and ETag; what both harvest is listed once on each. While the bucket is down, closed shards wait on A's disk and go up later.
  * Skips without CARRYON_TEST_DATABASE_URL, unless CARRYON_POSTGRES_REQUIRED=1.
  */
 describe.runIf(POSTGRES_AVAILABLE)('harvest shards shared through a bucket', () => {
@@ -93,6 +93,27 @@ describe.runIf(POSTGRES_AVAILABLE)('harvest shards shared through a bucket', () 
     const got = await downloadShard(b, id);
     expect(got.status).toBe(200);
     expect(readShardBytes(got.body).shard.seqOffsets.length - 1).toBe(1);
+  });
+
+  it('traffic harvested on both replicas is listed once on each and downloadable from either', async () => {
+    const before = new Set((await listShards(a)).map((s) => s.id));
+    const onB = new OpenAI({ baseURL: `${b.url}/v1`, apiKey: key, maxRetries: 0 });
+    await complete('Tom had a kite');
+    await onB.completions.create({ model: 'stories260K', prompt: 'Mia saw a fox', max_tokens: 8 });
+    await Promise.all([a.harvest.flush(), b.harvest.flush()]);
+    await Promise.all([a.harvest.uploads!.settled(), b.harvest.uploads!.settled()]);
+    const fromA = (await listShards(a)).filter((s) => !before.has(s.id));
+    const fromB = (await listShards(b)).filter((s) => !before.has(s.id));
+    expect(fromA.map((s) => s.id).sort()).toEqual(fromB.map((s) => s.id).sort());
+    expect(new Set(fromA.map((s) => s.id)).size).toBe(fromA.length);
+    expect(fromA).toHaveLength(2);
+    for (const s of fromA) {
+      for (const gw of [a, b]) {
+        const got = await downloadShard(gw, s.id);
+        expect(got.status).toBe(200);
+        expect(got.body.length).toBe(s.bytes);
+      }
+    }
   });
 
   it('a shard deleted on B is gone from the bucket too', async () => {
