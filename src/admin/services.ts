@@ -9,9 +9,10 @@ import { HarvestAdmin } from './harvest-admin.js';
 import { KeyAdmin } from './key-admin.js';
 import { PrefixCacheAdmin, type PrefixCacheControl } from './prefix-cache-admin.js';
 import { TenantAdmin } from './tenant-admin.js';
+import { trainingJobQueue } from './training-job-queue.js';
 import { TrainingJobs, type TrainingJobsOptions } from './training-jobs.js';
-import { importLegacyJobs } from '../training/legacy-jobs.js';
-import { TrainingWorker, type TrainingWorkerOptions } from '../training/training-worker.js';
+import { importLegacyJobs } from './training-legacy-jobs.js';
+import { TrainingWorker, type TrainingWorkerOptions } from './training-worker.js';
 
 export interface AdminServices {
   tenants: TenantAdmin;
@@ -52,9 +53,9 @@ export async function createAdminServices(store: Store, opts: AdminOptions): Pro
   await files.sweepAtStart();
   const builder = new CarryOnBuilder({ timeoutMs: opts.checkTimeoutMs });
   const carryOns = new CarryOnAdmin(store, files, { baseModel: opts.baseModel, maxWeightsBytes: opts.maxCarryOnBytes, builder, diskFull: opts.diskFull });
-  await importLegacyJobs(opts.dataDir, store.trainingJobs);
+  await importLegacyJobs(opts.dataDir, trainingJobQueue(store));
   const { worker: workerOpts, ...trainingOpts } = opts.training;
-  const worker = workerOpts ? new TrainingWorker(store.trainingJobs, carryOns, { ...workerOpts, dataDir: opts.dataDir, base: trainingOpts.base }) : null;
+  const worker = workerOpts ? new TrainingWorker(trainingJobQueue(store), carryOns, { ...workerOpts, dataDir: opts.dataDir, base: trainingOpts.base }) : null;
   const training = new TrainingJobs(store, opts.harvest, { dataDir: opts.dataDir, ...trainingOpts }, worker);
   return {
     tenants: new TenantAdmin(store, files, opts.harvest, opts.prefixCache),

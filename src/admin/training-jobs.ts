@@ -6,9 +6,9 @@ import type { CreateTrainingJobBody, List, TrainingJobObject, TrainingLossObject
 import { ApiError } from '../core/errors.js';
 import type { HarvestService } from '../harvest/service.js';
 import type { Store } from '../store/store.js';
-import type { TrainingJobRecord } from '../store/training-jobs.js';
-import { jobDir, logTail, lossSteps, observeRun } from '../training/job-files.js';
-import type { TrainingWorker } from '../training/training-worker.js';
+import { trainingJobQueue, type TrainingJobRecord } from './training-job-queue.js';
+import { jobDir, logTail, lossSteps, observeRun } from './training-job-files.js';
+import type { TrainingWorker } from './training-worker.js';
 
 export interface TrainingJobsOptions {
   dataDir: string;
@@ -46,7 +46,7 @@ export class TrainingJobs {
     if (!base) throw new ApiError('model_loading', 'The base model is still loading; retry shortly.', { headers: { 'retry-after': '5' } });
     const shardPaths = await this.shardsFor(tenant, base.fingerprint, body.shards);
     const id = `trainjob-${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
-    const waiting = await this.store.trainingJobs.enqueue(
+    const waiting = await trainingJobQueue(this.store).enqueue(
       { id, tenant, body, shardPaths, baseFingerprint: base.fingerprint, createdBy: ctx.principal.keyId, createdAt: new Date().toISOString() },
       this.opts.maxQueued,
     );
@@ -63,7 +63,7 @@ export class TrainingJobs {
 
   async list(ctx: AdminContext, tenant: string | undefined): Promise<List<TrainingJobObject>> {
     if (tenant !== undefined) await managedTenant(ctx.principal, this.store.tenants, tenant);
-    const jobs = await this.store.trainingJobs.list(tenant ?? ctx.principal.tenantId);
+    const jobs = await trainingJobQueue(this.store).list(tenant ?? ctx.principal.tenantId);
     return { object: 'list', data: jobs.map((j) => this.view(j)) };
   }
 
@@ -90,7 +90,7 @@ export class TrainingJobs {
   async cancel(ctx: AdminContext, id: string): Promise<TrainingJobObject> {
     const job = await this.managed(ctx, id);
     const outcome = observeRun(jobDir(this.opts.dataDir, id), job.body.training.steps, false);
-    if ((await this.store.trainingJobs.cancel(id, outcome)) === 'requested') this.worker?.poke();
+    if ((await trainingJobQueue(this.store).cancel(id, outcome)) === 'requested') this.worker?.poke();
     audit(ctx, { action: 'training_job.cancel', tenant: job.tenant, target: id });
     return this.view(await this.record(id));
   }
@@ -122,13 +122,13 @@ export class TrainingJobs {
   }
 
   private async record(id: string): Promise<TrainingJobRecord> {
-    const job = await this.store.trainingJobs.get(id);
+    const job = await trainingJobQueue(this.store).get(id);
     if (!job) throw new ApiError('not_found', `The training job '${id}' does not exist.`, { param: 'id' });
     return job;
   }
 
   private async managed(ctx: AdminContext, id: string): Promise<TrainingJobRecord> {
-    const job = await this.store.trainingJobs.get(id);
+    const job = await trainingJobQueue(this.store).get(id);
     // Another tenant's job is the same 404 as a missing one.
     if (!job || (ctx.principal.tenantId !== null && ctx.principal.tenantId !== job.tenant)) {
       throw new ApiError('not_found', `The training job '${id}' does not exist.`, { param: 'id' });

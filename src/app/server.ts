@@ -23,7 +23,7 @@ import { startMetricsListener } from '../http/metrics-listener.js';
 import { RateLimiter } from '../serving/rate-limit.js';
 import { Scheduler } from '../serving/scheduler.js';
 import { Store } from '../store/store.js';
-import { trainingWorkerOptions, workerSuffix } from '../training/worker-options.js';
+import { trainingWorkerOptions, workerSuffix } from './training-worker-options.js';
 import type { PromptEncoder } from '../model/prompt-encoder.js';
 
 export interface RunningServer {

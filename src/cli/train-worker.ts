@@ -10,6 +10,7 @@
  */
 import { CarryOnBuilder } from '../admin/carry-on-build.js';
 import { CarryOnAdmin } from '../admin/carry-on-admin.js';
+import { trainingJobQueue } from '../admin/training-job-queue.js';
 import { CarryOnFiles } from '../admin/carry-on-files.js';
 import { servedBaseFor } from '../admin/base-model.js';
 import type { AuditLog } from '../admin/audit.js';
@@ -18,8 +19,8 @@ import { ConfigError, loadConfig } from '../app/config.js';
 import { CarryOnGraphBucket } from '../objects/carry-on-graph-bucket.js';
 import { objectStoreFromConfig } from '../objects/object-store-config.js';
 import { Store } from '../store/store.js';
-import { TrainingWorker } from '../training/training-worker.js';
-import { trainingWorkerOptions, workerSuffix } from '../training/worker-options.js';
+import { TrainingWorker } from '../admin/training-worker.js';
+import { trainingWorkerOptions, workerSuffix } from '../app/training-worker-options.js';
 
 /** One JSON line per event on stdout, as the gateway logs (level names instead of pino's numbers). */
 function jsonLog(level: string, obj: object, msg: string): void {
@@ -60,7 +61,7 @@ export async function trainWorkerCommand(args: string[]): Promise<number> {
       builder,
     });
     const opts = trainingWorkerOptions(config, `worker-${workerSuffix()}`, () => log, objects);
-    const worker = new TrainingWorker(store.trainingJobs, carryOns, {
+    const worker = new TrainingWorker(trainingJobQueue(store), carryOns, {
       ...opts,
       dataDir: config.dataDir,
       base: () => ({ dir: base.dir, fingerprint: base.info.fingerprint }),

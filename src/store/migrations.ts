@@ -118,7 +118,7 @@ const STEPS: ReadonlyArray<(t: Types) => string> = [
   (t) => `
   ALTER TABLE harvest_shards ADD COLUMN object_key ${t.text};
   `,
-  // 5: the training job queue (src/store/training-jobs.ts), claimed by one worker at a time (gateway
+  // 5: the training job queue (src/admin/training-job-queue.ts), claimed by one worker at a time (gateway
   // or `carryon train-worker`). No foreign key to tenants: a job's row outlives its tenant, as its
   // run folder does, and is what an operator looks at afterwards.
   (t) => `

@@ -9,7 +9,6 @@ import { HarvestShardRepository } from './harvest-shards.js';
 import { RateBucketRepository } from './rate-buckets.js';
 import type { SqlDriver } from './sql-driver.js';
 import { TenantRepository } from './tenants.js';
-import { TrainingJobRepository } from './training-jobs.js';
 
 /**
  * The gateway's metadata (DATA_DIR/gateway.sqlite, or PostgreSQL with CARRYON_DATABASE_URL) and its
@@ -21,7 +20,6 @@ export class Store {
   readonly carryOns: CarryOnRepository;
   readonly harvestShards: HarvestShardRepository;
   readonly rateBuckets: RateBucketRepository;
-  readonly trainingJobs: TrainingJobRepository;
   /** Committed changes to keys, tenants and carry-ons, from this replica and (on PostgreSQL) every other. */
   readonly changes = new ChangeFeed();
   /** The database as the repositories use it: its transactions hold back their changes until COMMIT. */
@@ -42,7 +40,6 @@ export class Store {
     this.carryOns = new CarryOnRepository(this.db, dataDir, this.changes);
     this.harvestShards = new HarvestShardRepository(this.db, dataDir);
     this.rateBuckets = new RateBucketRepository(this.db);
-    this.trainingJobs = new TrainingJobRepository(this.db, dataDir);
   }
 
   /**

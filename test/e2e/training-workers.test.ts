@@ -4,7 +4,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreatedApiKeyObject, TrainingJobObject } from '../../src/admin/schemas.js';
-import type { TrainingJobRecord } from '../../src/store/training-jobs.js';
+import { trainingJobQueue, type TrainingJobRecord } from '../../src/admin/training-job-queue.js';
 import { api } from '../helpers/admin.js';
 import { BACKENDS, testDatabase, type TestDatabase } from '../helpers/databases.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
@@ -44,7 +44,7 @@ describe.skipIf(!hasTorch).each(BACKENDS)('training workers as separate processe
     const until = Date.now() + timeoutMs;
     for (;;) {
       const j = await job(id);
-      const row = (await gw.store.trainingJobs.get(id))!;
+      const row = (await trainingJobQueue(gw.store).get(id))!;
       if (done(j, row)) return row;
       if (Date.now() > until) {
         const said = workers.map((w) => w.lines.slice(-5).map((l) => JSON.stringify(l)).join('\n')).join('\n---\n');

@@ -4,9 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Store } from '../../src/store/store.js';
-import type { NewTrainingJob } from '../../src/store/training-jobs.js';
+import { trainingJobQueue, type NewTrainingJob } from '../../src/admin/training-job-queue.js';
 import { CreateTrainingJobBody } from '../../src/training/job-request.js';
-import { importLegacyJobs } from '../../src/training/legacy-jobs.js';
+import { importLegacyJobs } from '../../src/admin/training-legacy-jobs.js';
 import { BACKENDS, testDatabase, type TestDatabase } from '../helpers/databases.js';
 import { REPO_ROOT } from '../helpers/paths.js';
 
@@ -36,13 +36,14 @@ const OUTCOME = { progress: { step: 0, steps: 300, loss: null }, eval: null };
 /** A separate process that claims jobs until the queue has none for it, printing the ids it won. */
 const CLAIMER = `
 import { Store } from ${JSON.stringify(path.join(REPO_ROOT, 'src/store/store.ts'))};
+import { trainingJobQueue } from ${JSON.stringify(path.join(REPO_ROOT, 'src/admin/training-job-queue.ts'))};
 const [dataDir, url, workerId, startAt] = process.argv.slice(2);
 const store = await Store.connect({ dataDir, url: url || null, poolSize: 2 });
 // Every claimer starts at the same moment, so the claims really race.
 await new Promise((r) => setTimeout(r, Number(startAt) - Date.now()));
 const won = [];
 for (;;) {
-  const job = await store.trainingJobs.claim({ workerId, baseFingerprint: 'fp-base' }, { now: Date.now(), heartbeatTimeoutMs: 600000, maxAttempts: 3 });
+  const job = await trainingJobQueue(store).claim({ workerId, baseFingerprint: 'fp-base' }, { now: Date.now(), heartbeatTimeoutMs: 600000, maxAttempts: 3 });
   if (!job) break;
   won.push(job.id);
 }
@@ -82,14 +83,14 @@ describe.each(BACKENDS)('training job queue on %s', (backend) => {
     for (let i = 0; i < 12; i++) {
       const job = newJob();
       ids.push(job.id);
-      expect(await store.trainingJobs.enqueue(job, 100)).toBe(i);
+      expect(await trainingJobQueue(store).enqueue(job, 100)).toBe(i);
     }
     const startAt = Date.now() + 4000;
     const won = await Promise.all(['w1', 'w2', 'w3'].map((w) => runClaimer(dataDir, db.url, w, startAt)));
     const all = won.flat();
     expect(all.sort()).toEqual([...ids].sort());
     for (const id of ids) {
-      const job = (await store.trainingJobs.get(id))!;
+      const job = (await trainingJobQueue(store).get(id))!;
       expect(job).toMatchObject({ status: 'running', attempts: 1 });
       expect(won[['w1', 'w2', 'w3'].indexOf(job.claimedBy!)]).toContain(id);
     }
@@ -99,10 +100,10 @@ describe.each(BACKENDS)('training job queue on %s', (backend) => {
     const other = await Store.connect({ dataDir, url: db.url, poolSize: 2 });
     try {
       const job = newJob();
-      await store.trainingJobs.enqueue(job, 10);
+      await trainingJobQueue(store).enqueue(job, 10);
       const now = Date.now();
-      const claimA = () => store.trainingJobs.claim({ workerId: 'a', baseFingerprint: FP }, policy(now));
-      const claimB = () => other.trainingJobs.claim({ workerId: 'b', baseFingerprint: FP }, policy(now));
+      const claimA = () => trainingJobQueue(store).claim({ workerId: 'a', baseFingerprint: FP }, policy(now));
+      const claimB = () => trainingJobQueue(other).claim({ workerId: 'b', baseFingerprint: FP }, policy(now));
       // Concurrent on PostgreSQL (SKIP LOCKED). Two SQLite connections in one process cannot overlap
       // transactions (better-sqlite3 blocks the thread the other needs to commit): one after the
       // other here; the test above races separate processes on both backends.
@@ -114,29 +115,29 @@ describe.each(BACKENDS)('training job queue on %s', (backend) => {
   });
 
   it('claims only jobs of its base, and refuses past the queue limit', async () => {
-    await store.trainingJobs.enqueue(newJob(), 1);
-    expect(await store.trainingJobs.enqueue(newJob(), 1)).toBe(1);
-    expect(await store.trainingJobs.list(null)).toHaveLength(1);
-    expect(await store.trainingJobs.claim({ workerId: 'w', baseFingerprint: 'other-base' }, policy(Date.now()))).toBeNull();
+    await trainingJobQueue(store).enqueue(newJob(), 1);
+    expect(await trainingJobQueue(store).enqueue(newJob(), 1)).toBe(1);
+    expect(await trainingJobQueue(store).list(null)).toHaveLength(1);
+    expect(await trainingJobQueue(store).claim({ workerId: 'w', baseFingerprint: 'other-base' }, policy(Date.now()))).toBeNull();
   });
 
   it('a job whose worker stops heartbeating is taken up again, then failed with a reason past its attempts', async () => {
     const job = newJob();
-    await store.trainingJobs.enqueue(job, 10);
+    await trainingJobQueue(store).enqueue(job, 10);
     const t0 = 1_000_000;
-    const first = await store.trainingJobs.claim({ workerId: 'w1', baseFingerprint: FP }, policy(t0, 2));
+    const first = await trainingJobQueue(store).claim({ workerId: 'w1', baseFingerprint: FP }, policy(t0, 2));
     expect(first).toMatchObject({ id: job.id, status: 'running', attempts: 1, claimedBy: 'w1' });
     // Fresh heartbeats keep it w1's.
-    expect(await store.trainingJobs.heartbeat(job.id, 'w1', t0 + 800)).toEqual({ owned: true, cancelRequested: false });
-    expect(await store.trainingJobs.claim({ workerId: 'w2', baseFingerprint: FP }, policy(t0 + 1500, 2))).toBeNull();
+    expect(await trainingJobQueue(store).heartbeat(job.id, 'w1', t0 + 800)).toEqual({ owned: true, cancelRequested: false });
+    expect(await trainingJobQueue(store).claim({ workerId: 'w2', baseFingerprint: FP }, policy(t0 + 1500, 2))).toBeNull();
     // Silent for longer than the timeout: w2 takes it, and w1 (if it is still alive) can no longer write.
-    const second = await store.trainingJobs.claim({ workerId: 'w2', baseFingerprint: FP }, policy(t0 + 2000, 2));
+    const second = await trainingJobQueue(store).claim({ workerId: 'w2', baseFingerprint: FP }, policy(t0 + 2000, 2));
     expect(second).toMatchObject({ id: job.id, attempts: 2, claimedBy: 'w2', startedAt: first!.startedAt });
-    expect((await store.trainingJobs.heartbeat(job.id, 'w1', t0 + 2001)).owned).toBe(false);
-    expect(await store.trainingJobs.finish(job.id, 'w1', { status: 'succeeded', error: null, outcome: OUTCOME })).toBe(false);
+    expect((await trainingJobQueue(store).heartbeat(job.id, 'w1', t0 + 2001)).owned).toBe(false);
+    expect(await trainingJobQueue(store).finish(job.id, 'w1', { status: 'succeeded', error: null, outcome: OUTCOME })).toBe(false);
     // w2 goes silent too, on the last attempt: the next claim fails the job rather than run it a third time.
-    expect(await store.trainingJobs.claim({ workerId: 'w3', baseFingerprint: FP }, policy(t0 + 4000, 2))).toBeNull();
-    const failed = (await store.trainingJobs.get(job.id))!;
+    expect(await trainingJobQueue(store).claim({ workerId: 'w3', baseFingerprint: FP }, policy(t0 + 4000, 2))).toBeNull();
+    const failed = (await trainingJobQueue(store).get(job.id))!;
     expect(failed).toMatchObject({ status: 'failed', attempts: 2, claimedBy: null });
     expect(failed.error).toBe('worker lost (no heartbeat for 1 s) after 2 attempts');
     expect(failed.finishedAt).not.toBeNull();
@@ -144,39 +145,39 @@ describe.each(BACKENDS)('training job queue on %s', (backend) => {
 
   it('cancel: a queued job at once; a running one through the heartbeat of its worker, also when that worker is gone', async () => {
     const queued = newJob();
-    await store.trainingJobs.enqueue(queued, 10);
-    expect(await store.trainingJobs.cancel(queued.id, OUTCOME)).toBe('cancelled');
-    expect((await store.trainingJobs.get(queued.id))!.status).toBe('cancelled');
+    await trainingJobQueue(store).enqueue(queued, 10);
+    expect(await trainingJobQueue(store).cancel(queued.id, OUTCOME)).toBe('cancelled');
+    expect((await trainingJobQueue(store).get(queued.id))!.status).toBe('cancelled');
 
     const running = newJob();
-    await store.trainingJobs.enqueue(running, 10);
+    await trainingJobQueue(store).enqueue(running, 10);
     const t0 = 2_000_000;
-    await store.trainingJobs.claim({ workerId: 'w1', baseFingerprint: FP }, policy(t0));
-    expect(await store.trainingJobs.cancel(running.id, OUTCOME)).toBe('requested');
-    expect(await store.trainingJobs.heartbeat(running.id, 'w1', t0 + 100)).toEqual({ owned: true, cancelRequested: true });
-    expect(await store.trainingJobs.finish(running.id, 'w1', { status: 'cancelled', error: null, outcome: OUTCOME })).toBe(true);
-    expect(await store.trainingJobs.cancel(running.id, OUTCOME)).toBe('unchanged');
+    await trainingJobQueue(store).claim({ workerId: 'w1', baseFingerprint: FP }, policy(t0));
+    expect(await trainingJobQueue(store).cancel(running.id, OUTCOME)).toBe('requested');
+    expect(await trainingJobQueue(store).heartbeat(running.id, 'w1', t0 + 100)).toEqual({ owned: true, cancelRequested: true });
+    expect(await trainingJobQueue(store).finish(running.id, 'w1', { status: 'cancelled', error: null, outcome: OUTCOME })).toBe(true);
+    expect(await trainingJobQueue(store).cancel(running.id, OUTCOME)).toBe('unchanged');
 
     const orphan = newJob();
-    await store.trainingJobs.enqueue(orphan, 10);
-    await store.trainingJobs.claim({ workerId: 'w1', baseFingerprint: FP }, policy(t0));
-    await store.trainingJobs.cancel(orphan.id, OUTCOME);
+    await trainingJobQueue(store).enqueue(orphan, 10);
+    await trainingJobQueue(store).claim({ workerId: 'w1', baseFingerprint: FP }, policy(t0));
+    await trainingJobQueue(store).cancel(orphan.id, OUTCOME);
     // Its worker died before it saw the request: the job ends cancelled, not retried.
-    expect(await store.trainingJobs.claim({ workerId: 'w2', baseFingerprint: FP }, policy(t0 + 5000))).toBeNull();
-    expect((await store.trainingJobs.get(orphan.id))!).toMatchObject({ status: 'cancelled', attempts: 1 });
+    expect(await trainingJobQueue(store).claim({ workerId: 'w2', baseFingerprint: FP }, policy(t0 + 5000))).toBeNull();
+    expect((await trainingJobQueue(store).get(orphan.id))!).toMatchObject({ status: 'cancelled', attempts: 1 });
   });
 
   it('a worker shutting down gives its job back; a job lost while registering fails rather than register twice', async () => {
     const job = newJob();
-    await store.trainingJobs.enqueue(job, 10);
+    await trainingJobQueue(store).enqueue(job, 10);
     const t0 = 3_000_000;
-    await store.trainingJobs.claim({ workerId: 'w1', baseFingerprint: FP }, policy(t0));
-    expect(await store.trainingJobs.release(job.id, 'w1')).toBe(true);
-    const again = await store.trainingJobs.claim({ workerId: 'w2', baseFingerprint: FP }, policy(t0 + 10));
+    await trainingJobQueue(store).claim({ workerId: 'w1', baseFingerprint: FP }, policy(t0));
+    expect(await trainingJobQueue(store).release(job.id, 'w1')).toBe(true);
+    const again = await trainingJobQueue(store).claim({ workerId: 'w2', baseFingerprint: FP }, policy(t0 + 10));
     expect(again).toMatchObject({ id: job.id, attempts: 2, claimedBy: 'w2' });
-    expect(await store.trainingJobs.markRegistering(job.id, 'w2')).toBe(true);
-    expect(await store.trainingJobs.claim({ workerId: 'w3', baseFingerprint: FP }, policy(t0 + 5000))).toBeNull();
-    const failed = (await store.trainingJobs.get(job.id))!;
+    expect(await trainingJobQueue(store).markRegistering(job.id, 'w2')).toBe(true);
+    expect(await trainingJobQueue(store).claim({ workerId: 'w3', baseFingerprint: FP }, policy(t0 + 5000))).toBeNull();
+    const failed = (await trainingJobQueue(store).get(job.id))!;
     expect(failed.status).toBe('failed');
     expect(failed.error).toMatch(/worker lost \(no heartbeat for 1 s\) while registering the carry-on/);
   });
@@ -187,10 +188,10 @@ describe.each(BACKENDS)('training job queue on %s', (backend) => {
     const legacy = { ...newJob({ id: 'trainjob-legacy' }), status: 'running', startedAt: '2026-01-01T00:00:00.000Z', finishedAt: null, error: null, carryOnVersion: null, outcome: null };
     fs.writeFileSync(path.join(dir, 'job.json'), JSON.stringify(legacy));
     fs.mkdirSync(path.join(dataDir, 'training', 'not-a-job'));
-    expect(await importLegacyJobs(dataDir, store.trainingJobs)).toBe(1);
-    expect(await importLegacyJobs(dataDir, store.trainingJobs)).toBe(0);
+    expect(await importLegacyJobs(dataDir, trainingJobQueue(store))).toBe(1);
+    expect(await importLegacyJobs(dataDir, trainingJobQueue(store))).toBe(0);
     expect(fs.existsSync(path.join(dir, 'job.json.imported'))).toBe(true);
-    const job = (await store.trainingJobs.get('trainjob-legacy'))!;
+    const job = (await trainingJobQueue(store).get('trainjob-legacy'))!;
     expect(job).toMatchObject({ status: 'failed', error: expect.stringMatching(/^interrupted/) as unknown, shardPaths: legacy.shardPaths });
   });
 });

@@ -13,12 +13,13 @@ const LAYERS = [
   'src/formats', // file formats: safetensors, float16, ONNX building
   'src/model', // base model: import, tokenizer, chat template, package files
   'src/carryon', // carry-on packages: manifest, graph contract, building
+  'src/objects', // blobs in an S3-compatible bucket or a shared folder: carry-on graphs, shards
   'src/engine', // ONNX Runtime worker, KV cache, continuous-batching step loop
   'src/eval', // held-out loss of a carry-on over the engine
   'src/store', // SQLite or PostgreSQL: tenants, keys, carry-on catalog, shard index
   'src/harvest', // hidden-state capture into durable shards
   'src/auth', // API keys to principals
-  'src/training', // the trainer child process and its report
+  'src/training', // the trainer child process, its report, a job's request and its shards on disk
   'src/serving', // inference service: admission, carry-on leases, harvest decision, generation
   'src/openai', // OpenAI protocol: schemas and translation to and from the inference service
   'src/admin', // admin services: tenants, keys, carry-on uploads, harvest, training jobs

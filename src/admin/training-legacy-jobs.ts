@@ -6,24 +6,11 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { CarryOnVersionObject, TrainingJobStatus } from '../admin/schemas.js';
-import type { FinishedStatus, TrainingJobRepository } from '../store/training-jobs.js';
-import type { CreateTrainingJobBody } from './job-request.js';
-import type { JobOutcome } from './job-files.js';
+import type { TrainingJobStatus } from './schemas.js';
+import type { FinishedStatus, TrainingJobRecord, TrainingJobRepository } from './training-job-queue.js';
 
-interface LegacyJob {
-  id: string;
-  tenant: string;
-  body: CreateTrainingJobBody;
-  shardPaths: string[];
-  status: TrainingJobStatus;
-  createdAt: string;
-  startedAt: string | null;
-  finishedAt: string | null;
-  error: string | null;
-  carryOnVersion: CarryOnVersionObject | null;
-  outcome: JobOutcome | null;
-}
+/** What a legacy DATA_DIR/training/<id>/job.json held: the queue's record less the claim columns. */
+type LegacyJob = Pick<TrainingJobRecord, 'id' | 'tenant' | 'body' | 'shardPaths' | 'status' | 'createdAt' | 'startedAt' | 'finishedAt' | 'error' | 'carryOnVersion' | 'outcome'>;
 
 const FINISHED: TrainingJobStatus[] = ['succeeded', 'failed', 'cancelled'];
 

@@ -1,13 +1,13 @@
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import type { AdminContext, AuditLog } from '../admin/audit.js';
-import type { CarryOnAdmin } from '../admin/carry-on-admin.js';
-import type { CarryOnVersionObject } from '../admin/schemas.js';
-import type { FinishedStatus, TrainingJobRecord, TrainingJobRepository } from '../store/training-jobs.js';
+import type { AdminContext, AuditLog } from './audit.js';
+import type { CarryOnAdmin } from './carry-on-admin.js';
+import type { CarryOnVersionObject } from './schemas.js';
+import type { FinishedStatus, TrainingJobRecord, TrainingJobRepository } from './training-job-queue.js';
 import type { ObjectStore } from '../objects/object-store.js';
-import { shardCache, shardsOnDisk } from './job-shards.js';
-import { jobDir, logFile, observeRun, readReport, runDir } from './job-files.js';
-import { startTrainer, stopTrainer, TRAINER_PYTHON } from './trainer-process.js';
+import { shardCache, shardsOnDisk } from '../training/job-shards.js';
+import { jobDir, logFile, observeRun, readReport, runDir } from './training-job-files.js';
+import { startTrainer, stopTrainer, TRAINER_PYTHON } from '../training/trainer-process.js';
 
 export interface TrainingWorkerOptions {
   /** Names this worker in `claimed_by` (host, pid and a random part: unique per process). */

@@ -5,8 +5,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { TrainingJobObject, TrainingLossObject } from '../admin/schemas.js';
-import { maxNumber, readTrainerReport, type TrainerReport } from './trainer-report.js';
+import type { TrainingJobObject, TrainingLossObject } from './schemas.js';
+import { maxNumber, readTrainerReport, type TrainerReport } from '../training/trainer-report.js';
 
 export type JobOutcome = Pick<TrainingJobObject, 'progress' | 'eval'>;
 

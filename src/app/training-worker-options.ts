@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import type { AuditLog } from '../admin/audit.js';
-import type { Config } from '../app/config.js';
+import type { Config } from './config.js';
 import type { ObjectStore } from '../objects/object-store.js';
-import type { TrainingWorkerOptions } from './training-worker.js';
+import type { TrainingWorkerOptions } from '../admin/training-worker.js';
 
 /** Bytes of trainer output kept per job. */
 const MAX_LOG_BYTES = 4 * 1024 * 1024;

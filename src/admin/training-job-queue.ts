@@ -1,9 +1,10 @@
 import path from 'node:path';
-import type { CarryOnVersionObject, TrainingJobStatus } from '../admin/schemas.js';
+import type { CarryOnVersionObject, TrainingJobStatus } from './schemas.js';
 import type { CreateTrainingJobBody } from '../training/job-request.js';
-import type { JobOutcome } from '../training/job-files.js';
-import { nowIso } from './db.js';
-import type { SqlDriver, SqlExecutor } from './sql-driver.js';
+import type { JobOutcome } from './training-job-files.js';
+import { nowIso } from '../store/db.js';
+import type { SqlDriver, SqlExecutor } from '../store/sql-driver.js';
+import type { Store } from '../store/store.js';
 
 /** A training job as the queue holds it (`training_jobs`). */
 export interface TrainingJobRecord {
@@ -77,6 +78,15 @@ const ACTIVE = "('running', 'registering')";
  * BEGIN IMMEDIATE (one writer at a time, across processes). Every write a worker makes names its
  * claim (`claimed_by`), so a worker that lost its job to another never writes over it.
  */
+const QUEUES = new WeakMap<Store, TrainingJobRepository>();
+
+/** The training job queue in `store`'s database (one repository per store). */
+export function trainingJobQueue(store: Store): TrainingJobRepository {
+  let q = QUEUES.get(store);
+  if (!q) QUEUES.set(store, (q = new TrainingJobRepository(store.db, store.dataDir)));
+  return q;
+}
+
 export class TrainingJobRepository {
   constructor(
     private readonly db: SqlDriver,
