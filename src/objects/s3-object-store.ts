@@ -44,8 +44,18 @@ export class S3ObjectStore implements ObjectStore {
 
   async putFile(key: string, file: string): Promise<void> {
     await this.retried(`upload ${key}`, async () => {
-      const bytes = (await fs.promises.stat(file)).size;
-      const body = fs.createReadStream(file);
+      // Opened here, not lazily by the stream: a stream still opening when a fast failure ends the
+      // try would report a file removed meanwhile (a cleaned-up staging folder) as an 'error' event
+      // nobody listens to, an uncaught exception; an open that fails now is this try's error.
+      const handle = await fs.promises.open(file, 'r');
+      let bytes: number;
+      try {
+        bytes = (await handle.stat()).size;
+      } catch (err) {
+        await handle.close();
+        throw err;
+      }
+      const body = handle.createReadStream();
       const params = { Bucket: this.opts.bucket, Key: this.key(key), Body: body };
       try {
         if (bytes >= (this.opts.multipartBytes ?? MULTIPART_BYTES)) {
