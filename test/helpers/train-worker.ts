@@ -44,3 +44,12 @@ export function startWorker(env: Record<string, string>): Promise<Worker> {
 
 export const claimsOf = (w: Worker, job: string) => w.lines.filter((l) => l.msg === 'training worker: claimed a job' && l.job === job).length;
 
+
+/** Waits until the worker has logged a line matching `match` (its stdout reaches us after the database does). */
+export async function waitForLine(w: Worker, match: (line: Record<string, unknown>) => boolean, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!w.lines.some(match)) {
+    if (Date.now() > until) throw new Error(`worker ${w.id} never logged the line; last lines:\n${w.lines.slice(-5).map((l) => JSON.stringify(l)).join('\n')}`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
