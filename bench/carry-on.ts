@@ -504,7 +504,7 @@ async function stepSplit(pkg: string, c: BenchCarryOn, opts: Options, spec: Mode
       // Hot: the last step's input again, on copies of the cache, back to back.
       const body = await runner.forwardBody([last], cache);
       for (let i = 0; i < 20; i++) {
-        const copy = { length: coCache.length, tensors: new Map(coCache.tensors) };
+        const copy = { length: coCache.length, tensors: new Map(coCache.tensors), secondary: [] };
         const t0 = performance.now();
         await session.forward([last], body, copy);
         acc.hot.push(performance.now() - t0);

@@ -12,7 +12,7 @@ import { audit, type AdminContext } from './audit.js';
 import type { BaseModelSource } from './base-model.js';
 import type { CarryOnFiles } from './carry-on-files.js';
 import type { CarryOnBuilder } from './carry-on-build.js';
-import { checkAgainstBase, checkWeightsDigest, parseUploadedManifest, storedManifest } from './manifest-checks.js';
+import { checkAgainstBase, checkSecondaryBases, checkWeightsDigest, parseUploadedManifest, storedManifest } from './manifest-checks.js';
 import { AliasName, UploadTenantField, type CarryOnObject, type CarryOnVersionObject, type DeletedObject, type List, type UploadManifest } from './schemas.js';
 import { MAX_MANIFEST_BYTES, receiveCarryOnUpload, WEIGHTS_PART } from './upload-receive.js';
 import { view } from './views.js';
@@ -163,6 +163,7 @@ export class CarryOnAdmin {
   ): Promise<CarryOnVersionObject> {
     const base = this.opts.baseModel(manifest.base_fingerprint);
     checkAgainstBase(manifest, base);
+    checkSecondaryBases(manifest, base, this.opts.baseModel);
     checkWeightsDigest(manifest, weights.sha256);
     const config = configFromManifest(manifest, base.vocabSize);
     const paramBytes = parameterCountOf(config) * 4;

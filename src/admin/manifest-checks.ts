@@ -1,6 +1,6 @@
-import { CarryOnManifest } from '../carryon/manifest.js';
+import { CarryOnManifest, secondaryBasesOf, type SecondaryBase } from '../carryon/manifest.js';
 import { ApiError } from '../core/errors.js';
-import type { BaseModelInfo } from './base-model.js';
+import type { BaseModelInfo, BaseModelSource } from './base-model.js';
 import { UploadManifest } from './schemas.js';
 
 /** The uploaded manifest text → a manifest without its version (the server assigns it). */
@@ -34,15 +34,57 @@ export function checkAgainstBase(m: UploadManifest, base: BaseModelInfo): void {
       param: 'manifest.hidden_size',
     });
   }
-  const unavailable = m.input_layers.filter((l) => l !== 'final' && !base.extraLayerOutputs.includes(l));
+  checkLayers(m.input_layers, base, 'The base model', 'manifest.input_layers');
+}
+
+function checkLayers(layers: UploadManifest['input_layers'], base: BaseModelInfo, which: string, param: string): void {
+  const unavailable = layers.filter((l) => l !== 'final' && !base.extraLayerOutputs.includes(l));
   if (unavailable.length > 0) {
     throw new ApiError(
       'invalid_value',
-      `The base model does not output the hidden states of block(s) ${unavailable.join(', ')}; ` +
+      `${which} does not output the hidden states of block(s) ${unavailable.join(', ')}; ` +
         `it has ${base.extraLayerOutputs.length > 0 ? base.extraLayerOutputs.join(', ') : 'only the final one'}.`,
-      { param: 'manifest.input_layers' },
+      { param },
     );
   }
+}
+
+/**
+ * A mixture's secondary bases: each one served here (so the engine can run it beside the primary),
+ * not the primary itself, with the hidden size and layers the manifest says, and the primary's
+ * tokenizer exactly (the same text must be the same token ids in every base the carry-on reads).
+ */
+export function checkSecondaryBases(m: UploadManifest, primary: BaseModelInfo, served: BaseModelSource): void {
+  secondaryBasesOf(m).forEach((want: SecondaryBase, j) => {
+    const param = `manifest.secondary_bases.${j}`;
+    if (want.fingerprint === primary.fingerprint) {
+      throw new ApiError('invalid_value', `Secondary base ${j} is the primary base itself (base_fingerprint); a mixture reads other bases.`, {
+        param: `${param}.fingerprint`,
+      });
+    }
+    let base: BaseModelInfo;
+    try {
+      base = served(want.fingerprint);
+    } catch (err) {
+      if (err instanceof ApiError && err.code === 'invalid_value') {
+        throw new ApiError('invalid_value', `Secondary base ${j} (${want.fingerprint.slice(0, 12)}…) is not served by this gateway: ${err.message}`, {
+          param: `${param}.fingerprint`,
+        });
+      }
+      throw err;
+    }
+    if (base.tokenizerDigest !== primary.tokenizerDigest || base.vocabSize !== primary.vocabSize) {
+      throw new ApiError(
+        'invalid_value',
+        `Secondary base ${j} (${want.fingerprint.slice(0, 12)}…) does not share the primary base's tokenizer (vocabulary, ids and splitting must be the same); a mixture reads bases over the same tokens.`,
+        { param: `${param}.fingerprint` },
+      );
+    }
+    if (want.hidden_size !== base.hiddenSize) {
+      throw new ApiError('invalid_value', `Secondary base ${j}'s hidden_size is ${base.hiddenSize}, not ${want.hidden_size}.`, { param: `${param}.hidden_size` });
+    }
+    checkLayers(want.input_layers, base, `Secondary base ${j}`, `${param}.input_layers`);
+  });
 }
 
 /** A manifest that names its weights' digest must name the uploaded ones (a torn or swapped file otherwise). */

@@ -29,6 +29,8 @@ export interface BaseLoadContext {
   log: { info(obj: object | string, msg?: string): void; warn(obj: object, msg: string): void; error(msg: string): void };
   /** Shared carry-on graphs (CARRYON_OBJECT_STORE_URL): a version stored on another replica is fetched from it on first use. */
   graphBucket?: CarryOnGraphBucket | null;
+  /** The package folder of the served base with this fingerprint: a mixture carry-on runs those bodies too. */
+  baseDir?: (fingerprint: string) => string | null;
 }
 
 /** Finds or imports a base's package and reads what carry-ons are checked against. */
@@ -88,6 +90,7 @@ export async function startBase(
       log: (obj, msg) => ctx.log.info(obj, msg),
       metrics: shared.engineMetrics ? shared.metrics : null,
       fetchGraph: graphBucket ? (record) => graphBucket.fetch(record) : undefined,
+      baseDir: ctx.baseDir,
     });
     const catalog = gateway.catalog;
     catalog?.onChange((change) => registry.onCatalogChange(change));

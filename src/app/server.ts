@@ -201,7 +201,8 @@ async function startWithStore(
   const encoders: PromptEncoder[] = [];
   // Bases that failed to load, in order: the first is what `ready` rejects with.
   const failures: Error[] = [];
-  const loadCtx: BaseLoadContext = { config, gateway, several, log: app.log, graphBucket };
+  const baseDir = (fingerprint: string) => [...resolved.values()].find((b) => b.info.fingerprint === fingerprint)?.dir ?? null;
+  const loadCtx: BaseLoadContext = { config, gateway, several, log: app.log, graphBucket, baseDir };
   const ready = (async () => {
     // Every package first (finding or importing them), so routing and uploads know each base's
     // fingerprint early; then the engines, one after the other, as each allocates its memory.

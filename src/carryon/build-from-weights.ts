@@ -24,16 +24,27 @@ import { parseModel } from '../formats/onnx-builder.js';
 import { readManifest, readModelConfig } from '../model/package-files.js';
 import type { CarryOnConfig } from './graph.js';
 import { configFromManifest, weightsFromTensors } from './weights.js';
-import { CARRYON_FILES, CarryOnArchitecture, MAX_ALPHA, verifyCarryOnFiles, type CarryOnManifest } from './manifest.js';
+import {
+  CARRYON_FILES,
+  CarryOnArchitecture,
+  MAX_ALPHA,
+  MAX_SECONDARY_BASES,
+  SecondaryBase,
+  secondaryBasesOf,
+  verifyCarryOnFiles,
+  type CarryOnManifest,
+} from './manifest.js';
 import { writeCarryOnPackage } from './package.js';
-import { CarryOnTensorNames as N } from './tensor-names.js';
+import { hiddenInputs, CarryOnTensorNames as N } from './tensor-names.js';
 
 export const BUILD_USAGE = `  carryon carry-on build --weights W.safetensors --config C.json --base MODEL_DIR --out DIR
-      [--id ID] [--alpha 1] [--description TEXT] [--version 1]
+      [--id ID] [--alpha 1] [--description TEXT] [--version 1] [--secondary-base MODEL_DIR ...]
       Build a carry-on package from trained weights (F32, PyTorch [out, in] layout, tensor names
       carry_on.in_proj.weight, carry_on.layers.{i}.self_attn.q_proj.weight, ...; see
       src/carryon/build-from-weights.ts) and their config ({hidden_size, vocab_size, input_layers,
-      reads_token_ids, architecture}). --id defaults to the config's "id".
+      reads_token_ids, architecture}, and for a mixture secondary_bases [{fingerprint, hidden_size,
+      input_layers}]). --id defaults to the config's "id". --secondary-base (once per secondary
+      base, in order) checks a mixture against those bases' packages.
   carryon carry-on verify DIR --fixture F.safetensors [--tolerance 1e-4]
       Run the package in ONNX Runtime on the fixture's inputs (whole sequence, then prefix + one
       token at a time through the cache) and compare delta and gate with the fixture's
@@ -46,6 +57,7 @@ export const WeightsConfigFile = z.object({
   hidden_size: z.number().int().positive(),
   vocab_size: z.number().int().positive(),
   input_layers: z.array(z.union([z.literal('final'), z.number().int().nonnegative()])).min(1),
+  secondary_bases: z.array(SecondaryBase).max(MAX_SECONDARY_BASES).optional(),
   reads_token_ids: z.boolean(),
   architecture: CarryOnArchitecture,
 });
@@ -64,6 +76,8 @@ export interface BuildFromWeightsOptions {
   description?: string;
   defaultAlpha?: number;
   version?: number;
+  /** A mixture's secondary base packages, in `secondary_bases` order: checked when given. */
+  secondaryBaseDirs?: string[];
 }
 
 /** Reads weights + config, checks them against the base package, writes the carry-on package. */
@@ -79,6 +93,7 @@ export async function buildFromWeights(opts: BuildFromWeightsOptions): Promise<C
       throw new Error(`input layer ${l}: the base package does not output hidden_states.layer.${l} (it has [${baseManifest.extra_layer_outputs.join(',')}])`);
     }
   }
+  checkSecondaryBases(file, baseManifest.fingerprint, base.vocab_size, opts.secondaryBaseDirs ?? []);
   const id = opts.id ?? file.id;
   if (!id) throw new Error('no carry-on id: pass --id or put "id" in the config');
   const weights = weightsFromTensors(readSafetensors(opts.weightsFile).tensors, config);
@@ -88,6 +103,26 @@ export async function buildFromWeights(opts: BuildFromWeightsOptions): Promise<C
     baseFingerprint: baseManifest.fingerprint,
     description: opts.description ?? file.description ?? '',
     defaultAlpha: opts.defaultAlpha,
+    secondaryFingerprints: secondaryBasesOf(file).map((b) => b.fingerprint),
+  });
+}
+
+/** A mixture's secondary bases: never the primary itself, and, for each package given, the one it names. */
+function checkSecondaryBases(file: WeightsConfigFile, primary: string, vocabSize: number, dirs: string[]): void {
+  const secondaries = secondaryBasesOf(file);
+  if (secondaries.some((b) => b.fingerprint === primary)) throw new Error('a secondary base is the primary base itself');
+  if (dirs.length > 0 && dirs.length !== secondaries.length) {
+    throw new Error(`${dirs.length} --secondary-base package(s) for ${secondaries.length} secondary base(s) in the config`);
+  }
+  dirs.forEach((dir, j) => {
+    const want = secondaries[j];
+    const config = readModelConfig(dir);
+    const manifest = readManifest(dir);
+    if (manifest.fingerprint !== want.fingerprint) throw new Error(`secondary base ${j}: ${dir} has fingerprint ${manifest.fingerprint}, the config names ${want.fingerprint}`);
+    if (config.hidden_size !== want.hidden_size) throw new Error(`secondary base ${j}: hidden_size ${want.hidden_size} != the package's ${config.hidden_size}`);
+    if (config.vocab_size !== vocabSize) throw new Error(`secondary base ${j}: vocabulary of ${config.vocab_size} tokens, the primary has ${vocabSize}`);
+    const missing = want.input_layers.filter((l) => l !== 'final' && !manifest.extra_layer_outputs.includes(l));
+    if (missing.length > 0) throw new Error(`secondary base ${j}: the package does not output layer(s) ${missing.join(',')}`);
   });
 }
 
@@ -104,7 +139,7 @@ export interface VerifyResult {
 
 /**
  * Fixture tensors: the graph inputs by their contract names (`hidden_states`,
- * `hidden_states.layer.{k}` F32 [B, S, H]; `input_ids`, `position_ids`, `attention_mask` I64 [B, S])
+ * `hidden_states.layer.{k}` F32 [B, S, H], a mixture's `secondary.{j}.…` [B, S, H_j]; `input_ids`, `position_ids`, `attention_mask` I64 [B, S])
  * and `expected.delta`, `expected.gate` F32 [B, S, H].
  */
 export async function verifyCarryOn(dir: string, fixtureFile: string, tolerance = 1e-4): Promise<VerifyResult> {
@@ -123,11 +158,15 @@ export async function verifyCarryOn(dir: string, fixtureFile: string, tolerance 
   if (get(N.attentionMask).shape.join(',') !== `${B},${S}`) throw new Error(`fixture attention_mask must be [${B}, ${S}]`);
   if (H !== manifest.hidden_size) throw new Error(`fixture hidden size ${H} != the manifest's ${manifest.hidden_size}`);
 
+  const inputs = hiddenInputs(
+    { hiddenSize: manifest.hidden_size, inputLayers: manifest.input_layers },
+    secondaryBasesOf(manifest).map((b) => ({ hiddenSize: b.hidden_size, inputLayers: b.input_layers })),
+  );
   const session = await ort.InferenceSession.create(graph, { executionProviders: ['cpu'], logSeverityLevel: 3 });
   try {
     const run = async (from: number, to: number, past: Map<string, ort.Tensor>) => {
       const feeds: Record<string, ort.Tensor> = {};
-      for (const layer of manifest.input_layers) feeds[N.input(layer)] = sliceSeq(get(N.input(layer)), from, to, 'float32');
+      for (const { name } of inputs) feeds[name] = sliceSeq(get(name), from, to, 'float32');
       if (manifest.reads_token_ids) feeds[N.inputIds] = sliceSeq(get(N.inputIds), from, to, 'int64');
       feeds[N.positionIds] = sliceSeq(get(N.positionIds), from, to, 'int64');
       feeds[N.attentionMask] = sliceSeq(get(N.attentionMask), 0, to, 'int64');
@@ -229,6 +268,7 @@ export async function carryOnBuildCommand(args: string[]): Promise<number> {
       alpha: { type: 'string', default: '1' },
       description: { type: 'string' },
       version: { type: 'string' },
+      'secondary-base': { type: 'string', multiple: true },
       help: { type: 'boolean', default: false },
     },
   });
@@ -251,6 +291,7 @@ export async function carryOnBuildCommand(args: string[]): Promise<number> {
     description: values.description,
     defaultAlpha: alpha,
     version: values.version === undefined ? undefined : Number(values.version),
+    secondaryBaseDirs: values['secondary-base'],
   });
   const bytes = fs.statSync(path.join(values.out, CARRYON_FILES.graph)).size;
   console.log(`carry-on ${manifest.id} v${manifest.version} -> ${values.out}: ${manifest.parameter_count} params, ${bytes} bytes, sha256 ${manifest.sha256}`);

@@ -6,7 +6,8 @@
  */
 import type { onnx as proto } from 'onnx-proto';
 import type { CarryOnManifest } from './manifest.js';
-import { CarryOnTensorNames as N } from './tensor-names.js';
+import { secondaryBasesOf } from './manifest.js';
+import { hiddenInputs, CarryOnTensorNames as N } from './tensor-names.js';
 import { DataType } from '../formats/onnx-builder.js';
 
 export type ElemType = 'float32' | 'int64';
@@ -35,7 +36,10 @@ export function expectedInterface(m: CarryOnManifest): GraphInterface {
   const blocks = Array.from({ length: layers }, (_, i) => i);
   return {
     inputs: [
-      ...m.input_layers.map((layer) => hidden(N.input(layer))),
+      ...hiddenInputs(
+        { hiddenSize: H, inputLayers: m.input_layers },
+        secondaryBasesOf(m).map((b) => ({ hiddenSize: b.hidden_size, inputLayers: b.input_layers })),
+      ).map(({ name, size }): TensorSpec => ({ name, type: 'float32', dims: [null, null, size] })),
       ...(m.reads_token_ids ? [ids(N.inputIds)] : []),
       ids(N.positionIds),
       ids(N.attentionMask),

@@ -10,11 +10,12 @@
  * below is [out, in] (PyTorch `nn.Linear.weight` layout) and applied as y = x Mᵀ; the ONNX file
  * stores Mᵀ as `<name>.weight_t` [in, out]. All arithmetic is float32.
  *
- * 1. u = concat(inputs, dim=-1)                            [B, S, n·H]
+ * 1. u = concat(inputs, dim=-1)                            [B, S, n·H + Σ n_j·H_j]
  *    inputs in `input_layers` order: 'final' → base `hidden_states` (after the base's final
- *    RMSNorm), k → base `hidden_states.layer.{k}` (residual stream after base block k, un-normed).
+ *    RMSNorm), k → base `hidden_states.layer.{k}` (residual stream after base block k, un-normed);
+ *    then, for a mixture, each secondary base j's layers (`secondary.{j}.…`, width H_j, n_j of them).
  *    No normalisation of u: the projection learns the scale.
- * 2. x = u W_inᵀ                                           W_in `carry_on.in_proj` [W, n·H], no bias
+ * 2. x = u W_inᵀ                                           W_in `carry_on.in_proj` [W, n·H + Σ n_j·H_j], no bias
  *    if reads_token_ids: x += E[input_ids]                 E `carry_on.embed_tokens.weight` [vocab, W]
  * 3. for each block i in 0..L-1 (prefix `carry_on.layers.{i}`), exactly the base's Llama block:
  *      h  = RMSNorm(x) · `input_layernorm.weight`[W]
@@ -58,7 +59,7 @@ import {
   type BlockNames,
 } from '../model/onnx-graph.js';
 import type { Matrix } from '../model/types.js';
-import { CarryOnTensorNames as N, type InputLayer } from './tensor-names.js';
+import { hiddenInputs, CarryOnTensorNames as N, type InputLayer, type SecondaryInput } from './tensor-names.js';
 
 export type F32Matrix = Matrix & { kind: 'f32' };
 
@@ -68,6 +69,8 @@ export interface CarryOnConfig {
   /** The base's vocabulary; only used when readsTokenIds. */
   vocabSize: number;
   inputLayers: InputLayer[];
+  /** A mixture's other bases, read after the primary's layers (empty: one base). */
+  secondaries: SecondaryInput[];
   readsTokenIds: boolean;
   width: number;
   layers: number;
@@ -96,7 +99,7 @@ export interface CarryOnBlock {
 
 export interface CarryOnWeights {
   config: CarryOnConfig;
-  /** W_in [width, hidden · inputLayers.length]. */
+  /** W_in [width, inputWidth(config)]. */
   inProj: F32Matrix;
   /** [vocab, width] when readsTokenIds, else null. */
   tokEmbeddings: Float32Array | null;
@@ -123,6 +126,8 @@ export interface InitCarryOnOptions {
   intermediate?: number;
   /** Default: ['final']. */
   inputLayers?: InputLayer[];
+  /** Default: none (one base). */
+  secondaries?: SecondaryInput[];
   readsTokenIds?: boolean;
   seed?: number;
   /** Default: 2048; pass the base's max_position_embeddings. */
@@ -177,8 +182,7 @@ export function buildCarryOnGraph(weights: CarryOnWeights): Uint8Array {
 
 /** Declares the inputs in the contract's order; returns the hidden-state inputs to concatenate. */
 function declareInputs(g: GraphBuilder, cfg: CarryOnConfig): string[] {
-  const hiddenShape: Dim[] = [DIM_BATCH, DIM_SEQUENCE, cfg.hiddenSize];
-  const hidden = cfg.inputLayers.map((layer) => g.input(N.input(layer), DataType.FLOAT, hiddenShape));
+  const hidden = hiddenInputs(cfg, cfg.secondaries).map(({ name, size }) => g.input(name, DataType.FLOAT, [DIM_BATCH, DIM_SEQUENCE, size]));
   if (cfg.readsTokenIds) g.input(N.inputIds, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
   g.input(N.positionIds, DataType.INT64, [DIM_BATCH, DIM_SEQUENCE]);
   g.input(N.attentionMask, DataType.INT64, [DIM_BATCH, DIM_TOTAL_SEQUENCE]);
@@ -233,6 +237,11 @@ function blockNames(i: number): BlockNames {
 // ---------------------------------------------------------------------------------------------
 // Parameters
 
+/** Columns of W_in: every hidden-state input's width, the primary's and each secondary base's. */
+export function inputWidth(c: Pick<CarryOnConfig, 'hiddenSize' | 'inputLayers' | 'secondaries'>): number {
+  return hiddenInputs(c, c.secondaries).reduce((n, input) => n + input.size, 0);
+}
+
 /** Trainable parameters: every weight above; the RoPE tables and graph constants are not counted. */
 export function countCarryOnParameters(w: CarryOnWeights): number {
   const blockParams = w.blocks.reduce(
@@ -265,7 +274,7 @@ export function initCarryOnWeights(opts: InitCarryOnOptions): CarryOnWeights {
   const ones = (n: number): Float32Array => new Float32Array(n).fill(1);
 
   // Draw order is part of the seed's meaning: in_proj, embeddings, then each block in field order.
-  const inProj = random(width, hid * config.inputLayers.length);
+  const inProj = random(width, inputWidth(config));
   const tokEmbeddings = config.readsTokenIds ? rng.fill(config.vocabSize * width, INIT_STD) : null;
   const blocks = Array.from({ length: config.layers }, (): CarryOnBlock => ({
     attnNorm: ones(width),
@@ -299,6 +308,7 @@ function resolveConfig(opts: InitCarryOnOptions): CarryOnConfig {
     hiddenSize: opts.hiddenSize,
     vocabSize: opts.vocabSize,
     inputLayers: opts.inputLayers ?? ['final'],
+    secondaries: opts.secondaries ?? [],
     readsTokenIds: opts.readsTokenIds ?? false,
     width,
     layers: opts.layers,
@@ -375,6 +385,10 @@ function validateConfig(c: CarryOnConfig): void {
   }
   if (!(c.ropeTheta > 0) || !(c.rmsNormEps > 0)) throw new Error('carry-on rope_theta and rms_norm_eps must be > 0');
   validateInputLayers(c.inputLayers);
+  for (const sec of c.secondaries) {
+    if (!Number.isInteger(sec.hiddenSize) || sec.hiddenSize < 1) throw new Error(`carry-on secondary hiddenSize must be a positive integer, got ${sec.hiddenSize}`);
+    validateInputLayers(sec.inputLayers);
+  }
 }
 
 function validateInputLayers(layers: InputLayer[]): void {
@@ -392,7 +406,7 @@ function validateCarryOnWeights(w: CarryOnWeights): void {
   validateConfig(c);
   const { hiddenSize: hid, width, headDim: hd, intermediate: inter } = c;
   if (w.blocks.length !== c.layers) throw new Error(`carry-on: expected ${c.layers} blocks, got ${w.blocks.length}`);
-  checkMatrix('inProj', w.inProj, width, hid * c.inputLayers.length);
+  checkMatrix('inProj', w.inProj, width, inputWidth(c));
   if (c.readsTokenIds !== (w.tokEmbeddings !== null)) {
     throw new Error(`carry-on: tokEmbeddings must be present exactly when readsTokenIds (${c.readsTokenIds})`);
   }

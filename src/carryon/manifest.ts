@@ -49,6 +49,25 @@ export const CarryOnArchitecture = z
   .refine((a) => a.head_dim % 2 === 0, { message: 'head_dim must be even (RoPE rotates pairs)', path: ['head_dim'] });
 export type CarryOnArchitecture = z.infer<typeof CarryOnArchitecture>;
 
+const InputLayers = z
+  .array(InputLayerSchema)
+  .min(1)
+  .refine((layers) => new Set(layers).size === layers.length, 'input_layers must not repeat a layer');
+
+/** The most secondary bases one mixture carry-on reads: each one runs its whole body per token. */
+export const MAX_SECONDARY_BASES = 4;
+
+/**
+ * A mixture carry-on's other base: served by the same gateway, sharing the primary's tokenizer, run
+ * over the same tokens; the carry-on reads these layers of it after the primary's (models/README.md).
+ */
+export const SecondaryBase = z.object({
+  fingerprint: Sha256Hex,
+  hidden_size: PositiveInt,
+  input_layers: InputLayers,
+});
+export type SecondaryBase = z.infer<typeof SecondaryBase>;
+
 export const CarryOnManifest = z.object({
   format_version: z.literal(CARRYON_FORMAT_VERSION),
   id: z.string().regex(CARRYON_ID_PATTERN, 'expected a lowercase slug: [a-z0-9][a-z0-9._-]{0,63}'),
@@ -58,11 +77,16 @@ export const CarryOnManifest = z.object({
   /** The base's hidden size: width of every input layer and of `delta` and `gate`. */
   hidden_size: PositiveInt,
   /** Feature-concatenation order of the graph's inputs: 'final' = `hidden_states`, k = `hidden_states.layer.{k}`. */
-  input_layers: z
-    .array(InputLayerSchema)
-    .min(1)
-    .default(['final'])
-    .refine((layers) => new Set(layers).size === layers.length, 'input_layers must not repeat a layer'),
+  input_layers: InputLayers.default(['final']),
+  /**
+   * A mixture: the other bases whose states it reads (absent: the primary alone). The primary
+   * (`base_fingerprint`) keeps the head and the merge; the secondaries only feed the carry-on.
+   */
+  secondary_bases: z
+    .array(SecondaryBase)
+    .max(MAX_SECONDARY_BASES)
+    .refine((bases) => new Set(bases.map((b) => b.fingerprint)).size === bases.length, 'secondary_bases must not repeat a base')
+    .optional(),
   reads_token_ids: z.boolean(),
   default_alpha: z.number().min(0).max(MAX_ALPHA),
   /** Trainable parameters (RoPE tables and scalar constants excluded). */
@@ -81,6 +105,10 @@ export const CarryOnManifest = z.object({
   tenant: z.string().regex(TENANT_ID_PATTERN, 'expected a tenant id: [a-z0-9][a-z0-9_-]{0,62}').optional(),
 });
 export type CarryOnManifest = z.infer<typeof CarryOnManifest>;
+
+export function secondaryBasesOf(m: Pick<CarryOnManifest, 'secondary_bases'>): SecondaryBase[] {
+  return m.secondary_bases ?? [];
+}
 
 export function sha256Hex(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');

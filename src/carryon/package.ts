@@ -27,6 +27,8 @@ export interface CarryOnPackageMeta {
   createdAt?: Date;
   /** The tenant `POST /admin/carry-ons` should store it for; upload routing only, not stored. */
   tenant?: string;
+  /** A mixture's secondary bases' fingerprints, one per `config.secondaries` entry, in order. */
+  secondaryFingerprints?: string[];
 }
 
 export function carryOnArchitecture(c: CarryOnConfig): CarryOnArchitecture {
@@ -51,6 +53,11 @@ export function buildCarryOnManifest(
   weightsSha256?: string,
 ): CarryOnManifest {
   const c = weights.config;
+  const fingerprints = meta.secondaryFingerprints ?? [];
+  if (fingerprints.length !== c.secondaries.length) {
+    throw new Error(`the carry-on reads ${c.secondaries.length} secondary base(s), but ${fingerprints.length} fingerprint(s) were given`);
+  }
+  const secondaries = c.secondaries.map((s, j) => ({ fingerprint: fingerprints[j], hidden_size: s.hiddenSize, input_layers: s.inputLayers }));
   return parseCarryOnManifest({
     format_version: CARRYON_FORMAT_VERSION,
     id: meta.id,
@@ -58,6 +65,7 @@ export function buildCarryOnManifest(
     base_fingerprint: meta.baseFingerprint,
     hidden_size: c.hiddenSize,
     input_layers: c.inputLayers,
+    ...(secondaries.length === 0 ? {} : { secondary_bases: secondaries }),
     reads_token_ids: c.readsTokenIds,
     default_alpha: meta.defaultAlpha ?? 1,
     parameter_count: countCarryOnParameters(weights),

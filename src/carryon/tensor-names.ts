@@ -24,8 +24,11 @@
  * `gate` is a sigmoid, so in (0, 1) mathematically; in float32 it rounds to exactly 1.0 once its
  * pre-activation passes about 17, which the combination x + α·gate·delta tolerates.
  *
+ * A mixture carry-on also reads secondary base j's layers as `secondary.{j}.hidden_states` and
+ * `secondary.{j}.hidden_states.layer.{k}` [batch, sequence, that base's hidden size].
+ *
  * Graph inputs appear in this order: one per input layer (in the manifest's `input_layers`
- * order), `input_ids` if read, `position_ids`, `attention_mask`, then past key/value per block.
+ * order), then each secondary base's (in `secondary_bases` order, each in its `input_layers` order), `input_ids` if read, `position_ids`, `attention_mask`, then past key/value per block.
  */
 import { TensorNames } from '../model/tensor-names.js';
 
@@ -40,8 +43,31 @@ export const CarryOnTensorNames = {
   gate: 'gate',
   /** The base tensor that feeds the carry-on for an input layer. */
   input: (layer: InputLayer): string => (layer === 'final' ? TensorNames.hiddenStates : TensorNames.layerHidden(layer)),
+  /** Secondary base j's tensor for an input layer (mixture carry-ons). */
+  secondaryInput: (base: number, layer: InputLayer): string =>
+    `secondary.${base}.${layer === 'final' ? TensorNames.hiddenStates : TensorNames.layerHidden(layer)}`,
   pastKey: (block: number): string => `carry_on.past.${block}.key`,
   pastValue: (block: number): string => `carry_on.past.${block}.value`,
   presentKey: (block: number): string => `carry_on.present.${block}.key`,
   presentValue: (block: number): string => `carry_on.present.${block}.value`,
 } as const;
+
+/** What a carry-on reads besides the primary base: a secondary base's width and layers. */
+export interface SecondaryInput {
+  hiddenSize: number;
+  inputLayers: InputLayer[];
+}
+
+/**
+ * The hidden-state inputs in concatenation order, named and sized: the primary's layers, then each
+ * secondary base's. The one place that order is written down for builder, checker and engine.
+ */
+export function hiddenInputs(
+  primary: { hiddenSize: number; inputLayers: InputLayer[] },
+  secondaries: readonly SecondaryInput[],
+): Array<{ name: string; size: number }> {
+  return [
+    ...primary.inputLayers.map((layer) => ({ name: CarryOnTensorNames.input(layer), size: primary.hiddenSize })),
+    ...secondaries.flatMap((s, j) => s.inputLayers.map((layer) => ({ name: CarryOnTensorNames.secondaryInput(j, layer), size: s.hiddenSize }))),
+  ];
+}

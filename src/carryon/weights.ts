@@ -4,8 +4,8 @@
  * architecture, never a program. Layout is PyTorch's ([out, in] matrices), F32, tensor names below.
  */
 import type { DecodedTensor, HeaderEntry, TensorInput } from '../formats/safetensors.js';
-import type { CarryOnBlock, CarryOnConfig, CarryOnWeights, F32Matrix } from './graph.js';
-import type { CarryOnManifest } from './manifest.js';
+import { inputWidth, type CarryOnBlock, type CarryOnConfig, type CarryOnWeights, type F32Matrix } from './graph.js';
+import { secondaryBasesOf, type CarryOnManifest } from './manifest.js';
 
 /** Safetensors names of the weights, PyTorch layout: matrices [out, in]. */
 export const WEIGHT_NAMES = {
@@ -43,7 +43,7 @@ export class WeightsError extends Error {
 export function expectedWeightShapes(c: CarryOnConfig): Map<string, number[]> {
   const { hiddenSize: H, width: W, headDim: hd, intermediate: I } = c;
   const shapes = new Map<string, number[]>();
-  shapes.set(WEIGHT_NAMES.inProj, [W, H * c.inputLayers.length]);
+  shapes.set(WEIGHT_NAMES.inProj, [W, inputWidth(c)]);
   if (c.readsTokenIds) shapes.set(WEIGHT_NAMES.embedTokens, [c.vocabSize, W]);
   for (let i = 0; i < c.layers; i++) {
     const n = WEIGHT_NAMES.block(i);
@@ -166,7 +166,7 @@ export function weightsToTensors(w: CarryOnWeights): Record<string, TensorInput>
 
 /** The builder's config for a manifest's architecture over a base of `vocabSize` tokens. */
 export function configFromManifest(
-  m: Pick<CarryOnManifest, 'hidden_size' | 'input_layers' | 'reads_token_ids' | 'architecture'>,
+  m: Pick<CarryOnManifest, 'hidden_size' | 'input_layers' | 'secondary_bases' | 'reads_token_ids' | 'architecture'>,
   vocabSize: number,
 ): CarryOnConfig {
   const a = m.architecture;
@@ -174,6 +174,7 @@ export function configFromManifest(
     hiddenSize: m.hidden_size,
     vocabSize,
     inputLayers: m.input_layers,
+    secondaries: secondaryBasesOf(m).map((b) => ({ hiddenSize: b.hidden_size, inputLayers: b.input_layers })),
     readsTokenIds: m.reads_token_ids,
     width: a.width,
     layers: a.layers,

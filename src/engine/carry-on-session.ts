@@ -1,6 +1,6 @@
 import * as ort from 'onnxruntime-node';
 import { CarryOnTensorNames as N, type InputLayer } from '../carryon/tensor-names.js';
-import type { BodyResult } from './model-runner.js';
+import type { BodyResult, KvCache, ModelRunner } from './model-runner.js';
 
 /** The most rows one carry-on call reads (see CarryOnSession.forward). */
 const ROWS_PER_CALL = 128;
@@ -16,12 +16,26 @@ export interface CarryOnSpec {
   kvHeads: number;
   headDim: number;
   hiddenSize: number;
+  /** A mixture's other bases, in manifest order: each one's package runs beside the primary's body. */
+  secondaries: SecondaryBaseSpec[];
 }
 
-/** A carry-on's own attention cache, one per sequence, like the base's. */
+export interface SecondaryBaseSpec {
+  fingerprint: string;
+  /** The served base's package folder (the worker loads its body once, shared by every mixture reading it). */
+  modelDir: string;
+  hiddenSize: number;
+  inputLayers: InputLayer[];
+}
+
+/**
+ * A carry-on's own attention cache, one per sequence, like the base's; for a mixture, also each
+ * secondary base's KV cache for the sequence, since those bodies run over the same tokens.
+ */
 export interface CarryOnCache {
   length: number;
   tensors: Map<string, ort.Tensor>;
+  secondary: KvCache[];
 }
 
 /**
@@ -32,9 +46,23 @@ export class CarryOnSession {
   private constructor(
     readonly spec: CarryOnSpec,
     private readonly session: ort.InferenceSession,
+    /** The secondary bases' runners, one per spec.secondaries entry (owned by the worker, shared). */
+    private readonly bodies: ModelRunner[],
   ) {}
 
-  static async load(spec: CarryOnSpec): Promise<CarryOnSession> {
+  /** A mixture: its caches cover secondary bases too, so a kept prefix state of the carry-on alone is not enough to resume. */
+  get isMixture(): boolean {
+    return this.bodies.length > 0;
+  }
+
+  static async load(spec: CarryOnSpec, bodies: ModelRunner[] = []): Promise<CarryOnSession> {
+    if (bodies.length !== spec.secondaries.length) throw new Error(`carry-on ${spec.key} reads ${spec.secondaries.length} secondary base(s); ${bodies.length} given`);
+    spec.secondaries.forEach((sec, j) => {
+      const c = bodies[j].config;
+      if (c.hidden_size !== sec.hiddenSize) throw new Error(`carry-on ${spec.key}: secondary base ${j} has hidden size ${c.hidden_size}, not ${sec.hiddenSize}`);
+      const missing = sec.inputLayers.filter((l) => l !== 'final' && !bodies[j].extraLayers.includes(l));
+      if (missing.length > 0) throw new Error(`carry-on ${spec.key} reads layer(s) ${missing.join(',')} of secondary base ${j}, which its package does not output`);
+    });
     const session = await ort.InferenceSession.create(spec.graphPath, {
       executionProviders: ['cpu'],
       intraOpNumThreads: 1,
@@ -45,7 +73,7 @@ export class CarryOnSession {
       // close to what a resident carry-on really holds.
       enableCpuMemArena: false,
     });
-    return new CarryOnSession(spec, session);
+    return new CarryOnSession(spec, session, bodies);
   }
 
   newCache(): CarryOnCache {
@@ -55,7 +83,7 @@ export class CarryOnSession {
       tensors.set(N.pastKey(i), empty());
       tensors.set(N.pastValue(i), empty());
     }
-    return { length: 0, tensors };
+    return { length: 0, tensors, secondary: this.bodies.map((b) => b.newCache()) };
   }
 
   /**
@@ -67,22 +95,28 @@ export class CarryOnSession {
    */
   async forward(ids: number[], body: BodyResult, cache: CarryOnCache): Promise<{ delta: Float32Array; gate: Float32Array }> {
     const n = ids.length;
-    if (n <= ROWS_PER_CALL) return this.forwardOnce(ids, body, cache);
+    // A mixture's secondary bodies read the same tokens first, in this same step, each from its own cache.
+    const secondary: BodyResult[] = [];
+    for (let j = 0; j < this.bodies.length; j++) secondary.push(await this.bodies[j].forwardBody(ids, cache.secondary[j]));
+    if (n <= ROWS_PER_CALL) return this.forwardOnce(ids, body, secondary, cache);
     const h = this.spec.hiddenSize;
     const delta = new Float32Array(n * h);
     const gate = new Float32Array(n * h);
     for (let at = 0; at < n; at += ROWS_PER_CALL) {
       const end = Math.min(n, at + ROWS_PER_CALL);
-      const layers = new Map<number, Float32Array>();
-      for (const [k, rows] of body.layers) layers.set(k, rows.subarray(at * h, end * h));
-      const part = await this.forwardOnce(ids.slice(at, end), { ...body, hidden: body.hidden.subarray(at * h, end * h), layers }, cache);
+      const rows = (b: BodyResult, width: number): BodyResult => {
+        const layers = new Map<number, Float32Array>();
+        for (const [k, data] of b.layers) layers.set(k, data.subarray(at * width, end * width));
+        return { hidden: b.hidden.subarray(at * width, end * width), layers };
+      };
+      const part = await this.forwardOnce(ids.slice(at, end), rows(body, h), secondary.map((b, j) => rows(b, this.spec.secondaries[j].hiddenSize)), cache);
       delta.set(part.delta, at * h);
       gate.set(part.gate, at * h);
     }
     return { delta, gate };
   }
 
-  private async forwardOnce(ids: number[], body: BodyResult, cache: CarryOnCache): Promise<{ delta: Float32Array; gate: Float32Array }> {
+  private async forwardOnce(ids: number[], body: BodyResult, secondary: BodyResult[], cache: CarryOnCache): Promise<{ delta: Float32Array; gate: Float32Array }> {
     const n = ids.length;
     const h = this.spec.hiddenSize;
     const total = cache.length + n;
@@ -95,6 +129,12 @@ export class CarryOnSession {
       if (!data) throw new Error(`carry-on ${this.spec.key} reads base layer ${layer}, which this base package does not output`);
       feeds[N.input(layer)] = new ort.Tensor('float32', data, [1, n, h]);
     }
+    this.spec.secondaries.forEach((sec, j) => {
+      for (const layer of sec.inputLayers) {
+        const data = layer === 'final' ? secondary[j].hidden : secondary[j].layers.get(layer)!;
+        feeds[N.secondaryInput(j, layer)] = new ort.Tensor('float32', data, [1, n, sec.hiddenSize]);
+      }
+    });
     if (this.spec.readsTokenIds) feeds[N.inputIds] = new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]);
     for (const [name, t] of cache.tensors) feeds[name] = t;
     const out = await this.session.run(feeds);

@@ -33,6 +33,8 @@ export class CarryOnPrefixStates {
    * block i ends at position (i + 1) · blockTokens). Returns the positions it covers (0: none).
    */
   restore(session: CarryOnSession, names: string[], blockTokens: number, cache: CarryOnCache): number {
+    // A mixture's state would need its secondary bases' caches too: it replays the prefix instead.
+    if (session.isMixture) return 0;
     const id = this.ids.get(session);
     if (id === undefined) return 0;
     for (let i = names.length - 1; i >= 0; i--) {
@@ -47,6 +49,7 @@ export class CarryOnPrefixStates {
 
   /** Keeps `cache` (which covers exactly the prefix ending with block `name`) within `limit` bytes. */
   keep(session: CarryOnSession, name: string, cache: CarryOnCache, limit: number): void {
+    if (session.isMixture) return;
     let id = this.ids.get(session);
     if (id === undefined) this.ids.set(session, (id = this.nextId++));
     let bytes = 0;

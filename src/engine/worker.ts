@@ -1,7 +1,7 @@
 import { parentPort } from 'node:worker_threads';
-import { CarryOnSession } from './carry-on-session.js';
+import { CarryOnSession, type CarryOnSpec } from './carry-on-session.js';
 import { ModelRunner } from './model-runner.js';
-import type { FromWorker, ToWorker } from './worker-messages.js';
+import type { EngineInit, FromWorker, ToWorker } from './worker-messages.js';
 import { StepLoop } from './step-loop.js';
 import { StructuredOutputs, VocabTrie } from './structured/token-mask.js';
 
@@ -15,6 +15,13 @@ const post = (msg: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage
 
 let runner: ModelRunner | null = null;
 let loop: StepLoop | null = null;
+let engineInit: EngineInit | null = null;
+/**
+ * Secondary bases' bodies for mixture carry-ons, by package folder: loaded with the first carry-on
+ * that reads one, shared by all, released with the last. They run in this worker's steps, beside
+ * the primary's body, so a mixture costs no round trip per token.
+ */
+const secondaryBodies = new Map<string, { runner: Promise<ModelRunner>; users: number }>();
 /** Resident carry-on sessions by key; the main thread's registry decides what is loaded and when. */
 const carryOns = new Map<string, CarryOnSession>();
 /** Unloads asked for while a live sequence still used the session: done when that sequence ends. */
@@ -27,6 +34,7 @@ port.on('message', (msg: ToWorker) => {
 async function handle(msg: ToWorker): Promise<void> {
   switch (msg.type) {
     case 'init': {
+      engineInit = msg.init;
       runner = await ModelRunner.create(msg.init);
       loop = new StepLoop(
         runner,
@@ -74,7 +82,7 @@ async function handle(msg: ToWorker): Promise<void> {
       return;
     case 'loadCarryOn':
       try {
-        if (!carryOns.has(msg.spec.key)) carryOns.set(msg.spec.key, await CarryOnSession.load(msg.spec));
+        if (!carryOns.has(msg.spec.key)) carryOns.set(msg.spec.key, await loadCarryOn(msg.spec));
         pendingUnloads.delete(msg.spec.key);
         post({ type: 'carryOnLoaded', requestId: msg.requestId });
       } catch (err) {
@@ -104,9 +112,45 @@ async function handle(msg: ToWorker): Promise<void> {
       loop?.cancelAll();
       await loop?.idle();
       await runner?.release();
+      for (const body of secondaryBodies.values()) await (await body.runner.catch(() => null))?.release();
       post({ type: 'closed' });
       return;
   }
+}
+
+async function loadCarryOn(spec: CarryOnSpec): Promise<CarryOnSession> {
+  const taken: string[] = [];
+  try {
+    const bodies: ModelRunner[] = [];
+    for (const sec of spec.secondaries) {
+      taken.push(sec.modelDir);
+      bodies.push(await acquireBody(sec.modelDir));
+    }
+    return await CarryOnSession.load(spec, bodies);
+  } catch (err) {
+    for (const dir of taken) await releaseBody(dir);
+    throw err;
+  }
+}
+
+function acquireBody(modelDir: string): Promise<ModelRunner> {
+  let body = secondaryBodies.get(modelDir);
+  if (!body) {
+    const init = engineInit!;
+    // The secondary's own context; its sessions take the primary's provider and thread count.
+    body = { runner: ModelRunner.create({ modelDir, provider: init.provider, threads: init.threads }), users: 0 };
+    secondaryBodies.set(modelDir, body);
+    body.runner.catch(() => secondaryBodies.delete(modelDir));
+  }
+  body.users++;
+  return body.runner;
+}
+
+async function releaseBody(modelDir: string): Promise<void> {
+  const body = secondaryBodies.get(modelDir);
+  if (!body || --body.users > 0) return;
+  secondaryBodies.delete(modelDir);
+  await (await body.runner.catch(() => null))?.release();
 }
 
 async function releaseIdleCarryOns(): Promise<void> {
@@ -117,6 +161,7 @@ async function releaseIdleCarryOns(): Promise<void> {
     carryOns.delete(key);
     if (session) loop?.forgetCarryOn(session);
     await session?.release();
+    for (const sec of session?.spec.secondaries ?? []) await releaseBody(sec.modelDir);
   }
 }
 

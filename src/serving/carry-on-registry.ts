@@ -1,6 +1,7 @@
 import type { CarryOnSpec } from '../engine/carry-on-session.js';
 import { ApiError } from '../core/errors.js';
 import { carryOnKey, type CarryOnChange, type CarryOnVersionRecord } from '../carryon/catalog.js';
+import { secondaryBasesOf } from '../carryon/manifest.js';
 import type { Metrics } from '../core/metrics.js';
 
 export interface CarryOnLoader {
@@ -21,6 +22,8 @@ export interface RegistryOptions {
    * another replica may have stored it (CarryOnGraphBucket.fetch). Absent: graphs are local.
    */
   fetchGraph?: (record: CarryOnVersionRecord) => Promise<void>;
+  /** The package folder of the served base with this fingerprint (null: not served): where a mixture's secondary bodies load from. */
+  baseDir?: (fingerprint: string) => string | null;
 }
 
 interface Entry {
@@ -126,7 +129,7 @@ export class CarryOnRegistry {
     this.opts.metrics?.carryOnResidentBytes.set(this.residentBytes);
     const started = Date.now();
     const fetched = this.opts.fetchGraph?.(record) ?? Promise.resolve();
-    entry.ready = fetched.then(() => this.opts.loader.loadCarryOn(specOf(record))).then(
+    entry.ready = fetched.then(() => this.opts.loader.loadCarryOn(specOf(record, this.opts.baseDir))).then(
       () => {
         entry.loaded = true;
         this.opts.metrics?.carryOnLoads.inc();
@@ -182,9 +185,20 @@ export class CarryOnRegistry {
   }
 }
 
-export function specOf(record: CarryOnVersionRecord): CarryOnSpec {
+export function specOf(record: CarryOnVersionRecord, baseDir: (fingerprint: string) => string | null = () => null): CarryOnSpec {
   const m = record.manifest;
+  const secondaries = secondaryBasesOf(m).map((b, j) => {
+    const modelDir = baseDir(b.fingerprint);
+    if (modelDir === null) {
+      // Checked at upload; a gateway restarted without that base cannot serve the mixture.
+      throw new ApiError('carry_on_base_mismatch', `Carry-on '${record.carryOnId}' v${record.version} is a mixture that reads base ${b.fingerprint.slice(0, 12)}… (secondary ${j}), which this gateway does not serve.`, {
+        param: 'model',
+      });
+    }
+    return { fingerprint: b.fingerprint, modelDir, hiddenSize: b.hidden_size, inputLayers: b.input_layers };
+  });
   return {
+    secondaries,
     key: carryOnKey(record),
     graphPath: record.graphPath,
     inputLayers: m.input_layers,

@@ -173,7 +173,7 @@ describe('graceful shutdown on SIGTERM', () => {
     await admin('/admin/tenants', { id: 'big' });
     const manifest = JSON.parse(fs.readFileSync(path.join(gw.dataDir, 'models', 'stories260K', 'carryon-package.json'), 'utf8')) as { fingerprint: string };
     // The largest carry-on the limits allow here (207 MB of weights): its build takes seconds.
-    const config = { hiddenSize: 64, vocabSize: 512, inputLayers: ['final' as const], readsTokenIds: false, width: 2048, layers: 1, heads: 16, kvHeads: 16, headDim: 128, intermediate: 5632, ropeTheta: 10000, rmsNormEps: 1e-5, maxPositions: 512 };
+    const config = { hiddenSize: 64, vocabSize: 512, inputLayers: ['final' as const], secondaries: [], readsTokenIds: false, width: 2048, layers: 1, heads: 16, kvHeads: 16, headDim: 128, intermediate: 5632, ropeTheta: 10000, rmsNormEps: 1e-5, maxPositions: 512 };
     const tensors: Record<string, TensorInput> = {};
     for (const [name, shape] of expectedWeightShapes(config)) tensors[name] = { dtype: 'F32', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) };
     const uploadManifest = {

@@ -20,9 +20,10 @@ export type CarryOnPackageRecord = CarryOnVersionRecord & {
 export async function makeCarryOn(
   baseDir: string,
   outDir: string,
-  opts: { id: string; perturb?: number; seed?: number; defaultAlpha?: number } & Partial<InitCarryOnOptions>,
+  opts: { id: string; perturb?: number; seed?: number; defaultAlpha?: number; secondaryBaseDirs?: string[] } & Partial<InitCarryOnOptions>,
 ): Promise<CarryOnPackageRecord> {
   const base = readModelConfig(baseDir);
+  const secondaryDirs = opts.secondaryBaseDirs ?? [];
   const w = initCarryOnWeights({
     hiddenSize: base.hidden_size,
     vocabSize: base.vocab_size,
@@ -31,15 +32,23 @@ export async function makeCarryOn(
     heads: 4,
     maxPositions: base.max_position_embeddings,
     seed: opts.seed ?? 1,
+    secondaries: secondaryDirs.map((dir) => ({ hiddenSize: readModelConfig(dir).hidden_size, inputLayers: ['final' as const] })),
     ...opts,
   });
   if (opts.perturb) perturb(w, opts.perturb, opts.seed ?? 1);
-  return writePackage(baseDir, outDir, w, opts.id, opts.defaultAlpha ?? 1);
+  return writePackage(baseDir, outDir, w, opts.id, opts.defaultAlpha ?? 1, secondaryDirs.map((dir) => readManifest(dir).fingerprint));
 }
 
 /** Writes `w` as a package for `baseDir`'s base and describes it as the store would. */
-async function writePackage(baseDir: string, outDir: string, w: CarryOnWeights, id: string, defaultAlpha: number): Promise<CarryOnPackageRecord> {
-  const manifest = await writeCarryOnPackage(outDir, w, { id, baseFingerprint: readManifest(baseDir).fingerprint, defaultAlpha });
+async function writePackage(
+  baseDir: string,
+  outDir: string,
+  w: CarryOnWeights,
+  id: string,
+  defaultAlpha: number,
+  secondaryFingerprints: string[] = [],
+): Promise<CarryOnPackageRecord> {
+  const manifest = await writeCarryOnPackage(outDir, w, { id, baseFingerprint: readManifest(baseDir).fingerprint, defaultAlpha, secondaryFingerprints });
   const graphPath = path.join(outDir, CARRYON_FILES.graph);
   return {
     tenantId: 't',

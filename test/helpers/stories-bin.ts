@@ -2,7 +2,7 @@
  * Minimal reader of a legacy (version-0) llama2.c checkpoint into LlamaWeights, for tests that
  * must not depend on the production checkpoint readers. All matrices come back as f32.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LlamaWeights, Matrix } from '../../src/model/types.js';
@@ -83,4 +83,45 @@ export function readLlama2cCheckpoint(file: string = STORIES260K_BIN): LlamaWeig
     finalNorm,
     output,
   };
+}
+
+/**
+ * A second base that shares stories260K's tokenizer but not its weights: the checkpoint with every
+ * weight scaled by (1 + scale · u), u uniform in [-1, 1) from a seeded generator. Its package has
+ * the same vocabulary and ids and a different fingerprint: what a mixture carry-on reads beside it.
+ */
+export function writePerturbedCheckpoint(out: string, opts: { seed: number; scale: number }, file: string = STORIES260K_BIN): void {
+  const buf = Buffer.from(readFileSync(file));
+  const floats = new Float32Array(buf.buffer, buf.byteOffset + HEADER_INTS * 4, (buf.byteLength - HEADER_INTS * 4) / 4);
+  let s = (opts.seed * 2654435761) >>> 0;
+  for (let i = 0; i < floats.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    floats[i] *= 1 + opts.scale * (s / 2 ** 31 - 1);
+  }
+  writeFileSync(out, buf);
+}
+
+/**
+ * stories260K's tokenizer with one piece respelt (`id`'s text becomes `piece`): the same number of
+ * tokens, a different vocabulary, so the same text is other ids. llama2.c's tokenizer.bin is
+ * max_token_length (i32), then per token: score (f32), length (i32), bytes.
+ */
+export function writeRespeltTokenizer(out: string, file: string, id: number, piece: string): void {
+  const buf = readFileSync(file);
+  const parts: Buffer[] = [buf.subarray(0, 4)];
+  let at = 4;
+  for (let t = 0; at < buf.length; t++) {
+    const len = buf.readInt32LE(at + 4);
+    if (t === id) {
+      const bytes = Buffer.from(piece, 'utf8');
+      const head = Buffer.alloc(8);
+      head.writeFloatLE(buf.readFloatLE(at), 0);
+      head.writeInt32LE(bytes.length, 4);
+      parts.push(head, bytes);
+    } else {
+      parts.push(buf.subarray(at, at + 8 + len));
+    }
+    at += 8 + len;
+  }
+  writeFileSync(out, Buffer.concat(parts));
 }

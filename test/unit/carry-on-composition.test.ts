@@ -1,17 +1,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CarryOnVersionRecord } from '../../src/carryon/catalog.js';
 import { CarryOnRegistry } from '../../src/serving/carry-on-registry.js';
-import { CarryOnTensorNames as N } from '../../src/carryon/tensor-names.js';
 import { Engine } from '../../src/engine/engine.js';
-import { ModelRunner } from '../../src/engine/model-runner.js';
 import type { SamplingParams } from '../../src/engine/worker-messages.js';
-import { argmax } from '../../src/engine/sampler.js';
 import { importModel } from '../../src/model/import.js';
 import { makeCarryOn } from '../helpers/carry-on.js';
+import { engineTokens, referenceGreedy } from '../helpers/carry-on-reference.js';
 import { STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
 
 /**
@@ -40,64 +37,8 @@ afterAll(async () => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-async function generate(record: CarryOnVersionRecord | null, alpha: number): Promise<number[]> {
-  const lease = record ? await registry.acquire(record) : null;
-  try {
-    return await new Promise<number[]>((resolve, reject) => {
-      const ids: number[] = [];
-      engine.submit(prompt, greedy, {
-        onEvent: (ev) => {
-          ids.push(ev.token);
-          if (ev.finish) resolve(ids);
-        },
-        onError: (m) => reject(new Error(m)),
-      }, lease ? { key: lease.key, alpha } : null);
-    });
-  } finally {
-    lease?.release();
-  }
-}
-
-/** The reference: base body, carry-on and head as three sessions, merged here, greedy. */
-async function referenceGreedy(record: CarryOnVersionRecord, alpha: number): Promise<number[]> {
-  const runner = await ModelRunner.create({ modelDir: baseDir, provider: 'cpu', threads: 1, prefillChunk: 256 });
-  const co = await ort.InferenceSession.create(record.graphPath);
-  const { architecture: a } = record.manifest;
-  const cache = runner.newCache();
-  const past: Record<string, ort.Tensor> = {};
-  for (let i = 0; i < a.layers; i++) {
-    past[N.pastKey(i)] = new ort.Tensor('float32', new Float32Array(0), [1, a.kv_heads, 0, a.head_dim]);
-    past[N.pastValue(i)] = new ort.Tensor('float32', new Float32Array(0), [1, a.kv_heads, 0, a.head_dim]);
-  }
-  const out: number[] = [];
-  let feed = prompt;
-  for (let step = 0; step < STEPS; step++) {
-    const start = cache.length;
-    const { hidden } = await runner.forwardBody(feed, cache);
-    const n = feed.length;
-    const r = await co.run({
-      [N.input('final')]: new ort.Tensor('float32', hidden, [1, n, 64]),
-      [N.positionIds]: new ort.Tensor('int64', BigInt64Array.from(feed, (_, i) => BigInt(start + i)), [1, n]),
-      [N.attentionMask]: new ort.Tensor('int64', new BigInt64Array(start + n).fill(1n), [1, start + n]),
-      ...past,
-    });
-    for (let i = 0; i < a.layers; i++) {
-      past[N.pastKey(i)] = r[N.presentKey(i)];
-      past[N.pastValue(i)] = r[N.presentValue(i)];
-    }
-    const delta = r[N.delta].data as Float32Array;
-    const gate = r[N.gate].data as Float32Array;
-    const x = new Float32Array(64);
-    for (let j = 0; j < 64; j++) {
-      const k = (n - 1) * 64 + j;
-      x[j] = hidden[k] + alpha * gate[k] * delta[k];
-    }
-    const token = argmax(await runner.forwardHead(x, 1));
-    out.push(token);
-    feed = [token];
-  }
-  await runner.release();
-  return out;
+function generate(record: CarryOnVersionRecord | null, alpha: number): Promise<number[]> {
+  return engineTokens({ engine, registry, prompt, params: greedy }, record, alpha);
 }
 
 describe('carry-on composition in the engine', () => {
@@ -116,7 +57,7 @@ describe('carry-on composition in the engine', () => {
     for (const alpha of [1, 2.5]) {
       const ours = await generate(perturbed, alpha);
       expect(ours).not.toEqual(base);
-      expect(ours).toEqual(await referenceGreedy(perturbed, alpha));
+      expect(ours).toEqual(await referenceGreedy(perturbed, alpha, { primaryDir: baseDir, prompt, steps: STEPS }));
     }
   });
 

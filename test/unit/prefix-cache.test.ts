@@ -65,7 +65,7 @@ describe('prefix cache bookkeeping', () => {
 
 describe('carry-on states over cached prefixes', () => {
   const tensor = (floats: number) => ({ data: new Float32Array(floats) }) as unknown as import('onnxruntime-node').Tensor;
-  const cacheOf = (length: number, floats: number): CarryOnCache => ({ length, tensors: new Map([['past_key_0', tensor(floats)]]) });
+  const cacheOf = (length: number, floats: number): CarryOnCache => ({ length, tensors: new Map([['past_key_0', tensor(floats)]]), secondary: [] });
   const session = () => ({}) as CarryOnSession;
 
   it('resumes from the longest kept state along the prefix, for that session only', () => {
