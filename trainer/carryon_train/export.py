@@ -93,8 +93,17 @@ def export_package(model: CarryOn, base_dir: str, work_dir: str, out_dir: str, c
                    tolerance: float = DEFAULT_TOLERANCE) -> Dict:
     """Builds `out_dir` (model.onnx + manifest.json) and verifies it; returns manifest + verify report."""
     files = write_export_files(model, work_dir, carry_on_id, description, corpus, windows)
-    node.build(files["weights"], files["config"], base_dir, out_dir, alpha, carry_on_id, description)
-    report = node.verify(out_dir, files["fixture"], tolerance)
+    try:
+        node.build(files["weights"], files["config"], base_dir, out_dir, alpha, carry_on_id, description)
+        report = node.verify(out_dir, files["fixture"], tolerance)
+    except node.NodeError as e:
+        if not model.config.secondary_bases:
+            raise
+        # A gateway from before mixture carry-ons ignores secondary_bases and refuses in_proj's width.
+        raise node.NodeError(f"{e}\nthis is a mixture carry-on ({len(model.config.secondary_bases)} secondary bases): the gateway's "
+                             f"`carry-on build` / `verify` must support secondary_bases (models/README.md); the export's files are in "
+                             f"{os.path.abspath(work_dir)} (weights, config, fixture) and the trained model in the run's checkpoints") from None
+
     with open(os.path.join(out_dir, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
     return {"manifest": manifest, "verify": report, "package": os.path.abspath(out_dir)}
