@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--intermediate", type=int, default=0)
     t.add_argument("--layers-in", default="final", help="base hidden states read, e.g. final,2")
     t.add_argument("--token-ids", action="store_true", help="also read token ids (an embedding table of vocab × width)")
+    # mixture carry-ons: secondary bases sharing the tokenizer (repeat each flag once per base, in order)
+    t.add_argument("--secondary-shards", action="append", default=[], metavar="DIR_OR_FILES",
+                   help="a mixture's secondary base: its shards, harvested over the same records as --shards (repeatable, "
+                        "one per secondary base, in order; several paths separated by commas)")
+    t.add_argument("--secondary-layers", action="append", default=[], metavar="SPEC",
+                   help="that secondary base's hidden states read, as --layers-in (repeatable, same count; default final)")
+    t.add_argument("--secondary-base", action="append", default=[], metavar="PKG_DIR",
+                   help="that secondary base's model package (optional; repeatable, same count): checks fingerprint, "
+                        "hidden size, vocabulary and layers against its shards")
+    t.add_argument("--secondary-eval-shards", action="append", default=[], metavar="DIR_OR_FILES",
+                   help="with --eval-shards: the secondary base's held-out shards (repeatable, same count)")
     # optimisation
     d = TrainOptions()
     t.add_argument("--steps", type=int, default=d.steps)
@@ -149,6 +160,28 @@ def _push(args: argparse.Namespace, package: str) -> int:
     return 0
 
 
+def _paths(spec: str) -> List[str]:
+    return [p for p in spec.split(",") if p]
+
+
+def _secondaries(args: argparse.Namespace) -> List[dict]:
+    """One entry per --secondary-shards (a mixture's secondary bases, in order); the other
+    --secondary-* flags are given once per base or not at all (--secondary-layers: default final)."""
+    n = len(args.secondary_shards)
+    for flag, values in (("--secondary-layers", args.secondary_layers), ("--secondary-base", args.secondary_base),
+                         ("--secondary-eval-shards", args.secondary_eval_shards)):
+        if values and len(values) != n:
+            sys.exit(f"{flag} given {len(values)} times, --secondary-shards {n} times: one per secondary base, in the same order")
+    if n and args.text:
+        sys.exit("a mixture trains from --shards (the primary's) and --secondary-shards: harvest each base over the same file first")
+    if args.secondary_eval_shards and not args.eval_shards:
+        sys.exit("--secondary-eval-shards needs --eval-shards")
+    return [{"shards": _paths(args.secondary_shards[j]),
+             "layers": _layers(args.secondary_layers[j]) if args.secondary_layers else ["final"],
+             "base": args.secondary_base[j] if args.secondary_base else None,
+             "eval_shards": _paths(args.secondary_eval_shards[j]) if args.secondary_eval_shards else None} for j in range(n)]
+
+
 def _train(args: argparse.Namespace) -> int:
     from .distributed import Dist
     from .pipeline import resolve_device
@@ -185,6 +218,7 @@ def _train_in(args: argparse.Namespace, dist, device: str) -> int:
         shards.append(dest)
     if not shards:
         sys.exit("no data: pass --shards, --text or --pull-from")
+    secondaries = _secondaries(args)
     configure_torch(device, args.threads)
     options = TrainOptions(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup,
@@ -197,7 +231,7 @@ def _train_in(args: argparse.Namespace, dist, device: str) -> int:
     report = train_carry_on(args.base, shards, args.out, args.id, arch, options, seq_len=args.seq_len or None,
                             eval_fraction=args.eval_fraction, eval_shards=args.eval_shards, loss_rows=args.loss_rows,
                             alphas=_floats(args.alphas), description=args.description, export=not args.no_export,
-                            resume=not args.no_resume, dist=dist)
+                            resume=not args.no_resume, dist=dist, secondaries=secondaries)
     if not dist.main:
         return 0  # rank 0 reports, exports and pushes
     ev = report.get("eval")

@@ -9,7 +9,7 @@ import torch
 
 from .data import Corpus, Window, eval_batches, make_batch
 from .loss import head_cross_entropy
-from .model import CarryOn, combine
+from .model import CarryOn, combine, secondary_inputs
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
@@ -30,7 +30,9 @@ def evaluate(model: CarryOn, head: torch.Tensor, corpus: Corpus, windows: Sequen
             mask = torch.from_numpy(b.loss_mask).to(device)
             hidden = [torch.from_numpy(b.hidden[l]).to(device) for l in layers]
             ids = torch.from_numpy(b.token_ids).to(device)
-            delta, gate = model(hidden, torch.from_numpy(b.position_ids).to(device), ids if model.config.reads_token_ids else None)
+            secondary = secondary_inputs(b, device, model.config)
+            delta, gate = model(hidden, torch.from_numpy(b.position_ids).to(device), ids if model.config.reads_token_ids else None,
+                                None, secondary)
             x = torch.from_numpy(b.hidden["final"]).to(device)[mask]
             d, g = delta[mask], gate[mask]
             tgt = torch.from_numpy(b.target_ids).to(device)[mask]

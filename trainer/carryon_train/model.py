@@ -1,6 +1,7 @@
 """The carry-on module in PyTorch, mirroring src/carryon/graph.ts operation for operation.
 
-    u = concat(inputs)                      (input_layers order; 'final' = base hidden_states)
+    u = concat(inputs)                      (input_layers order; 'final' = base hidden_states; then, for a
+                                             mixture, each secondary base's layers in its input_layers order)
     x = u W_inᵀ (+ E[input_ids])
     L × Llama block: x += attn(RMSNorm(x)); x += SwiGLU(RMSNorm(x))
     h = RMSNorm(x) · w_norm
@@ -31,6 +32,34 @@ import torch.nn.functional as F
 
 InputLayer = Union[str, int]
 
+MAX_SECONDARY_BASES = 4  # the mixture contract (manifest secondary_bases)
+
+
+def _normalize_layers(layers: Sequence, what: str) -> List[InputLayer]:
+    if not layers or len(set(map(str, layers))) != len(layers):
+        raise ValueError(f"{what} must be non-empty and not repeat: {list(layers) if layers else layers}")
+    return [l if l == "final" else int(l) for l in layers]
+
+
+def normalize_secondary_bases(entries: Sequence[Dict], primary_fingerprint: Optional[str] = None) -> List[Dict]:
+    """The mixture contract's `secondary_bases`: at most 4 entries {fingerprint, hidden_size,
+    input_layers}, fingerprints distinct (and not the primary's, when it is known)."""
+    out: List[Dict] = []
+    if len(entries) > MAX_SECONDARY_BASES:
+        raise ValueError(f"at most {MAX_SECONDARY_BASES} secondary bases, got {len(entries)}")
+    for j, e in enumerate(entries):
+        fp, hs = str(e["fingerprint"]), int(e["hidden_size"])
+        if hs <= 0:
+            raise ValueError(f"secondary base {j}: hidden_size must be positive, got {hs}")
+        out.append({"fingerprint": fp, "hidden_size": hs,
+                    "input_layers": _normalize_layers(list(e["input_layers"]), f"secondary base {j} input_layers")})
+    fps = [e["fingerprint"] for e in out]
+    if len(set(fps)) != len(fps):
+        raise ValueError(f"secondary bases must be distinct bases, fingerprints {fps}")
+    if primary_fingerprint is not None and primary_fingerprint in fps:
+        raise ValueError(f"secondary base {fps.index(primary_fingerprint)} is the primary base itself ({primary_fingerprint[:12]})")
+    return out
+
 INIT_STD = 0.02  # as graph.ts (GPT-2/Llama reference init)
 _SDPA = getattr(F, "scaled_dot_product_attention", None)
 
@@ -52,6 +81,9 @@ class CarryOnConfig:
     rms_norm_eps: float = 1e-5
     max_positions: int = 2048
     head_dim: int = 0  # 0: width / heads
+    # Mixture carry-ons: [{fingerprint, hidden_size, input_layers}] of the secondary bases, whose
+    # states are concatenated after the primary's (in this order); [] for a single-base carry-on.
+    secondary_bases: List[Dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kv_heads == 0:
@@ -69,6 +101,12 @@ class CarryOnConfig:
         if not self.input_layers or len(set(map(str, self.input_layers))) != len(self.input_layers):
             raise ValueError(f"input_layers must be non-empty and not repeat: {self.input_layers}")
         self.input_layers = [l if l == "final" else int(l) for l in self.input_layers]
+        self.secondary_bases = normalize_secondary_bases(self.secondary_bases)
+
+    @property
+    def input_width(self) -> int:
+        """in_proj's input size: n·H + Σ_j n_j·H_j."""
+        return self.hidden_size * len(self.input_layers) + sum(e["hidden_size"] * len(e["input_layers"]) for e in self.secondary_bases)
 
     @classmethod
     def for_base(cls, base: Dict, **kw) -> "CarryOnConfig":
@@ -100,6 +138,9 @@ class CarryOnConfig:
                 "max_positions": self.max_positions,
             },
         }
+        if self.secondary_bases:  # omitted for a single base: the config stays what it always was
+            out["secondary_bases"] = [{"fingerprint": e["fingerprint"], "hidden_size": e["hidden_size"],
+                                       "input_layers": list(e["input_layers"])} for e in self.secondary_bases]
         if carry_on_id is not None:
             out["id"] = carry_on_id
         if description is not None:
@@ -107,7 +148,10 @@ class CarryOnConfig:
         return out
 
     def to_dict(self) -> Dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["secondary_bases"]:  # single base: the dict older checkpoints hold
+            del d["secondary_bases"]
+        return d
 
 
 def rope_tables(head_dim: int, theta: float, max_positions: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -227,7 +271,7 @@ class CarryOn(nn.Module):
     def __init__(self, config: CarryOnConfig, seed: Optional[int] = 0) -> None:
         super().__init__()
         c = self.config = config
-        self.in_proj = nn.Linear(c.hidden_size * len(c.input_layers), c.width, bias=False)
+        self.in_proj = nn.Linear(c.input_width, c.width, bias=False)
         self.embed_tokens = nn.Embedding(c.vocab_size, c.width) if c.reads_token_ids else None
         self.layers = nn.ModuleList(
             LlamaBlock(c.width, c.heads, c.kv_heads, c.head_dim, c.intermediate, c.rms_norm_eps) for _ in range(c.layers)
@@ -258,9 +302,23 @@ class CarryOn(nn.Module):
         position_ids: torch.Tensor,
         input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        secondary: Optional[Sequence[Sequence[torch.Tensor]]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """hidden: one [B, S, H] tensor per input layer, in config order → (delta, gate) [B, S, H]."""
-        u = hidden[0] if len(hidden) == 1 else torch.cat(list(hidden), dim=-1)
+        """hidden: one [B, S, H] tensor per input layer, in config order → (delta, gate) [B, S, H].
+        secondary (mixtures): per secondary base j, one [B, S, H_j] tensor per its input layer, in
+        its config order; concatenated after the primary's, as the contract's graph does."""
+        c = self.config
+        if len(secondary or ()) != len(c.secondary_bases):
+            raise ValueError(f"this carry-on reads {len(c.secondary_bases)} secondary bases, got {len(secondary or ())}")
+        if secondary:
+            parts = list(hidden)
+            for j, (e, xs) in enumerate(zip(c.secondary_bases, secondary)):
+                if len(xs) != len(e["input_layers"]):
+                    raise ValueError(f"secondary base {j}: {len(e['input_layers'])} input layers, got {len(xs)} tensors")
+                parts.extend(xs)
+            u = torch.cat(parts, dim=-1)
+        else:
+            u = hidden[0] if len(hidden) == 1 else torch.cat(list(hidden), dim=-1)
         x = self.in_proj(u)
         if self.embed_tokens is not None:
             if input_ids is None:
@@ -279,6 +337,13 @@ class CarryOn(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def secondary_inputs(batch, device: torch.device, config: CarryOnConfig) -> Optional[List[List[torch.Tensor]]]:
+    """A mixture batch's secondary states in the model's order (None for a single base)."""
+    if not config.secondary_bases:
+        return None
+    return [[torch.from_numpy(states[l]).to(device) for l in e["input_layers"]] for e, states in zip(config.secondary_bases, batch.secondary)]
 
 
 def combine(x: torch.Tensor, delta: torch.Tensor, gate: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -5,17 +5,17 @@ import os
 import time
 import warnings
 from dataclasses import asdict
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .atomic import atomic_write_json
 from .base import BasePackage, carry_on_graph
-from .data import Corpus, Window
+from .data import Corpus
 from .distributed import Dist
 from .evaluate import DEFAULT_ALPHAS, alpha_report
 from .export import export_package
-from .model import CarryOn, CarryOnConfig
+from .model import MAX_SECONDARY_BASES, CarryOn, CarryOnConfig, normalize_secondary_bases
 from .train import Trainer, TrainOptions
 
 MAX_ALPHA = 4.0  # src/carryon/manifest.ts
@@ -40,6 +40,35 @@ def configure_torch(device: str, threads: Optional[int]) -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
+def _secondary_specs(base: BasePackage, secondaries: Sequence[Dict], with_eval_shards: bool) -> Tuple[List[Dict], List[Dict]]:
+    """Corpus.open's secondary specs (training and held-out shards) from train_carry_on's entries,
+    checking each secondary package (when given) against the primary: same vocabulary, the layers."""
+    specs: List[Dict] = []
+    eval_specs: List[Dict] = []
+    if len(secondaries) > MAX_SECONDARY_BASES:
+        raise ValueError(f"at most {MAX_SECONDARY_BASES} secondary bases, got {len(secondaries)}")
+    for j, entry in enumerate(secondaries):
+        layers = list(entry.get("layers") or ["final"])
+        spec: Dict = {"paths": list(entry["shards"]), "layers": layers}
+        if entry.get("base"):
+            sb = BasePackage.open(entry["base"])
+            if sb.fingerprint == base.fingerprint:
+                raise ValueError(f"secondary base {j} ({entry['base']}) is the primary base itself")
+            if sb.vocab_size != base.vocab_size:
+                raise ValueError(f"secondary base {j} ({entry['base']}): vocabulary {sb.vocab_size}, the primary's is {base.vocab_size}: "
+                                 "a mixture's bases must share the tokenizer")
+            for l in layers:
+                if l != "final" and l not in sb.extra_layers:
+                    raise ValueError(f"secondary base {j} input layer {l}: {entry['base']} does not output it (has {sb.extra_layers})")
+            spec.update(fingerprint=sb.fingerprint, hidden_size=sb.hidden_size)
+        specs.append(spec)
+        if with_eval_shards:
+            if not entry.get("eval_shards"):
+                raise ValueError(f"held-out shards (--eval-shards) of a mixture need the secondary base {j}'s aligned ones too")
+            eval_specs.append({**spec, "paths": list(entry["eval_shards"])})
+    return specs, eval_specs
+
+
 def train_carry_on(
     base_dir: str,
     shards: Sequence[str],
@@ -57,10 +86,16 @@ def train_carry_on(
     resume: bool = True,
     init_seed: Optional[int] = None,
     dist: Optional[Dist] = None,
+    secondaries: Sequence[Dict] = (),
 ) -> Dict:
     """Trains, evaluates (base vs carry-on, α sweep), exports + verifies; writes run_dir/report.json.
     With `dist` (torchrun), every process trains its slice of each batch; rank 0 alone then
-    evaluates, exports and writes the report, and the other ranks return {"rank", "train"}."""
+    evaluates, exports and writes the report, and the other ranks return {"rank", "train"}.
+
+    A mixture carry-on: `secondaries` holds one entry per secondary base, in order:
+    {"shards": paths, "layers": input layers (default ["final"]), "base": its package folder
+    (optional: then its fingerprint, hidden size, vocabulary and layers are checked against the
+    shards), "eval_shards": held-out shards aligned with `eval_shards` (needed with them)}."""
     dist = dist or Dist()
     os.makedirs(run_dir, exist_ok=True)
     base = BasePackage.open(base_dir)
@@ -69,14 +104,18 @@ def train_carry_on(
         if l != "final" and l not in base.extra_layers:
             raise ValueError(f"input layer {l}: the base package does not output it (has {base.extra_layers}); re-import with --layers {l}")
     seq_len = seq_len or config.max_positions
-    corpus = Corpus.open(shards, config.input_layers, seq_len, base.hidden_size, base.fingerprint)
+    specs, eval_specs = _secondary_specs(base, secondaries, bool(eval_shards))
+    corpus = Corpus.open(shards, config.input_layers, seq_len, base.hidden_size, base.fingerprint, specs)
+    if corpus.secondaries:
+        # Each secondary's fingerprint and hidden size come from its shards' metadata.
+        config.secondary_bases = normalize_secondary_bases(
+            [{"fingerprint": sec.fingerprint, "hidden_size": sec.hidden_size, "input_layers": sec.layers} for sec in corpus.secondaries],
+            base.fingerprint)
     if eval_shards:
-        eval_corpus = Corpus.open(eval_shards, config.input_layers, seq_len, base.hidden_size, base.fingerprint)
+        eval_corpus = Corpus.open(eval_shards, config.input_layers, seq_len, base.hidden_size, base.fingerprint, eval_specs)
         train_w, _ = corpus.split(0.0, options.seed)
         # One corpus object for batches: append the eval shards' windows with shifted shard indexes.
-        offset = len(corpus.shards)
-        corpus.shards.extend(eval_corpus.shards)
-        held = [Window(w.shard + offset, w.begin, w.end, w.position, w.sequence + corpus.sequence_count) for w in eval_corpus.windows]
+        held = corpus.absorb(eval_corpus)
     else:
         train_w, held = corpus.split(eval_fraction, options.seed)
 
@@ -107,6 +146,9 @@ def train_carry_on(
     report: Dict = {
         "carry_on_id": carry_on_id,
         "base": {"dir": os.path.abspath(base_dir), "fingerprint": base.fingerprint},
+        **({"secondary_bases": [{"fingerprint": sec.fingerprint, "hidden_size": sec.hidden_size, "input_layers": sec.layers,
+                                 "shards": len(sec.shards), "dir": os.path.abspath(spec["base"]) if spec.get("base") else None}
+                                for sec, spec in zip(corpus.secondaries, secondaries)]} if corpus.secondaries else {}),
         "config": config.to_build_config(),
         "parameter_count": model.parameter_count(),
         "data": {

@@ -28,7 +28,7 @@ from .data import BatchOrder, Corpus, Window, make_batch
 from .distributed import Dist, DistError, per_process_batch
 from .evaluate import evaluate
 from .loss import head_cross_entropy
-from .model import CarryOn, combine
+from .model import CarryOn, combine, secondary_inputs
 from .progress import progress
 
 
@@ -238,7 +238,12 @@ class Trainer:
         lr = lr_at(self.step, self.o)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        delta, gate = self.net(t["hidden"], t["positions"], t["input_ids"] if self.model.config.reads_token_ids else None)
+        ids = t["input_ids"] if self.model.config.reads_token_ids else None
+        secondary = secondary_inputs(batch, self.device, self.model.config)
+        if secondary is None:
+            delta, gate = self.net(t["hidden"], t["positions"], ids)
+        else:
+            delta, gate = self.net(t["hidden"], t["positions"], ids, None, secondary)
         mask = t["mask"]
         if batch.tokens:
             losses = head_cross_entropy(combine(t["final"][mask], delta[mask], gate[mask], self.o.alpha), self.head,
