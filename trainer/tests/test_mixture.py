@@ -20,7 +20,6 @@ import torch
 from carryon_train import safetensors_io as st
 from carryon_train.base import BasePackage
 from carryon_train.data import Corpus, ShardError, make_batch
-from carryon_train import node
 from carryon_train.export import FIXTURE_LEN, export_package, write_export_files
 from carryon_train.model import CarryOn, CarryOnConfig
 from carryon_train.pipeline import train_carry_on
@@ -248,21 +247,15 @@ class MixtureTrainTest(unittest.TestCase):
         np.testing.assert_allclose(d.numpy(), fx["expected.delta"], atol=1e-6)
         np.testing.assert_allclose(g.numpy(), fx["expected.gate"], atol=1e-6)
 
-    def test_export_parity_once_the_gateway_builds_mixtures(self) -> None:
-        """The whole export (build + ONNX Runtime parity) of a random mixture: skipped while the
-        gateway's builder predates mixture carry-ons (it then refuses in_proj's width)."""
+    def test_export_builds_and_passes_parity(self) -> None:
+        """The whole export of a random mixture: the gateway builds it and ONNX Runtime agrees."""
         want = [{"fingerprint": BasePackage.open(self.second).fingerprint, "hidden_size": 32, "input_layers": ["final", 1]}]
         model = CarryOn(CarryOnConfig.for_base(fixtures.base_config(), **ARCH, secondary_bases=want), seed=3)
         randomize(model, 21)
         corpus = Corpus.open([self.shards["primary"]], ["final", 2], 64, 64, None,
                              [{"paths": [self.shards["second"]], "layers": ["final", 1]}])
         out = os.path.join(self.tmp, "parity")
-        try:
-            r = export_package(model, self.base, os.path.join(out, "work"), os.path.join(out, "pkg"), "mix", 1.0, "", corpus, corpus.windows)
-        except node.NodeError as e:
-            if "in_proj.weight' must have shape" in str(e) and "secondary_bases" in str(e):
-                self.skipTest("this gateway's `carry-on build` predates mixture carry-ons")
-            raise
+        r = export_package(model, self.base, os.path.join(out, "work"), os.path.join(out, "pkg"), "mix", 1.0, "", corpus, corpus.windows)
         self.assertTrue(r["verify"]["ok"], r["verify"])
         self.assertEqual(r["manifest"]["secondary_bases"], want)
 
