@@ -1,23 +1,26 @@
 /** `carryon harvest`: argument parsing and the summary line for the offline harvest. */
+import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { tokenizerDigest } from '../model/tokenizer-digest.js';
 import { harvestOffline } from '../harvest/offline.js';
 import type { InputFormat } from '../harvest/records.js';
 import type { LayerId } from '../harvest/shard-format.js';
 import { SIGMA_CODECS, type SigmaCodec } from '../harvest/sigma.js';
 
-export const HARVEST_USAGE = `  carryon harvest --model MODEL_DIR --input FILE --out DIR [--sigma f16|int8|none] [--projection FILE]
+export const HARVEST_USAGE = `  carryon harvest --model MODEL_DIR [--model MODEL_DIR ...] --input FILE --out DIR [--sigma f16|int8|none] [--projection FILE]
       [--layers final,3] [--max-tokens 512] [--format text|jsonl|chat] [--tenant ID] [--limit N]
       [--max-shard-bytes N] [--threads N]
       Run the base over a text file (blank-line-separated paragraphs) or JSON Lines ({"text"},
       {"question","answer"}, {"messages"}, {"conversations"}, ...) and write harvest shards to DIR,
       as the gateway does from live traffic. In chat format, rows predicting assistant tokens are
-      marked is_completion = 1.`;
+      marked is_completion = 1. Several --model (bases with one tokenizer, for a mixture carry-on):
+      each base's shards go to DIR/<its folder name>, aligned row by row.`;
 
 export async function harvestCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     options: {
-      model: { type: 'string' },
+      model: { type: 'string', multiple: true },
       input: { type: 'string' },
       out: { type: 'string' },
       sigma: { type: 'string', default: 'f16' },
@@ -36,7 +39,7 @@ export async function harvestCommand(args: string[]): Promise<number> {
     console.log(`usage:\n${HARVEST_USAGE}`);
     return 0;
   }
-  if (!values.model || !values.input || !values.out) {
+  if (!values.model?.length || !values.input || !values.out) {
     console.error(`usage:\n${HARVEST_USAGE}`);
     return 2;
   }
@@ -44,10 +47,36 @@ export async function harvestCommand(args: string[]): Promise<number> {
   if (values.format !== undefined && !['text', 'jsonl', 'chat'].includes(values.format)) {
     throw new Error('--format must be text, jsonl or chat');
   }
+  const models = values.model;
+  const outs = models.length === 1 ? [values.out] : mixtureOutputs(models, values.out);
+  for (const [i, modelDir] of models.entries()) {
+    if (models.length > 1) console.log(`base ${modelDir} -> ${outs[i]}`);
+    await harvestOne(values, modelDir, values.input, outs[i]);
+  }
+  return 0;
+}
+
+/**
+ * One folder per base under OUT, named after the base's package folder; refused unless every base
+ * has the first one's tokenizer: the same text must be the same ids, row for row, in every set.
+ */
+function mixtureOutputs(models: string[], out: string): string[] {
+  const digest = tokenizerDigest(models[0]);
+  const names = models.map((m) => path.basename(path.resolve(m)));
+  models.forEach((m, i) => {
+    if (tokenizerDigest(m) !== digest) throw new Error(`--model ${m} does not have ${models[0]}'s tokenizer: a mixture's bases must read the same ids`);
+    if (names.indexOf(names[i]) !== i) throw new Error(`two --model folders are named '${names[i]}': their shards would share DIR/${names[i]}`);
+  });
+  return names.map((n) => path.join(out, n));
+}
+
+type HarvestArgs = { sigma: string; projection?: string; layers: string; 'max-tokens': string; format?: string; tenant?: string; limit?: string; 'max-shard-bytes'?: string; threads: string };
+
+async function harvestOne(values: HarvestArgs, modelDir: string, input: string, out: string): Promise<void> {
   const report = await harvestOffline({
-    modelDir: values.model,
-    input: values.input,
-    out: values.out,
+    modelDir,
+    input,
+    out,
     sigma: values.sigma as SigmaCodec,
     projectionPath: values.projection,
     layers: values.layers.split(',').map((s): LayerId => (s.trim() === 'final' ? 'final' : positiveInt('layers', s.trim(), 0))),
@@ -64,7 +93,6 @@ export async function harvestCommand(args: string[]): Promise<number> {
       `${report.rows} rows (${report.completionRows} completion) in ${report.shards.length} shards, ` +
       `${report.stats.bytesWritten} bytes, ${report.seconds.toFixed(1)} s`,
   );
-  return 0;
 }
 
 function positiveInt(name: string, value: string, min: number): number {
