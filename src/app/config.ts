@@ -191,6 +191,20 @@ export interface Config extends RawConfig {
 
 export { ConfigError };
 
+/**
+ * For a process's entry point: the validated config, or null after printing what is wrong (the
+ * caller exits 2, the conventional status for a usage error).
+ */
+export function loadConfigOrReport(env: NodeJS.ProcessEnv = process.env): Config | null {
+  try {
+    return loadConfig(env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    console.error(err.message);
+    return null;
+  }
+}
+
 /** Validates the environment once; throws a ConfigError naming every bad variable. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): Config {
   const known = Object.fromEntries(

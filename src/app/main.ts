@@ -1,18 +1,10 @@
-import { ConfigError, loadConfig } from './config.js';
+import { loadConfigOrReport } from './config.js';
 import { startServer } from './server.js';
 
 /** `npm start`: validate config, serve, and shut down cleanly on SIGTERM/SIGINT (a second signal exits at once). */
 async function main(): Promise<void> {
-  let config;
-  try {
-    config = loadConfig();
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      console.error(err.message);
-      process.exit(2);
-    }
-    throw err;
-  }
+  const config = loadConfigOrReport();
+  if (!config) process.exit(2);
   const server = await startServer(config);
   let stopping = false;
   const stop = (signal: string) => {

@@ -15,7 +15,7 @@ import { CarryOnFiles } from '../admin/carry-on-files.js';
 import { servedBaseFor } from '../admin/base-model.js';
 import type { AuditLog } from '../admin/audit.js';
 import { resolveBase } from '../app/base-loader.js';
-import { ConfigError, loadConfig } from '../app/config.js';
+import { loadConfigOrReport } from '../app/config.js';
 import { CarryOnGraphBucket } from '../objects/carry-on-graph-bucket.js';
 import { objectStoreFromConfig } from '../objects/object-store-config.js';
 import { Store } from '../store/store.js';
@@ -38,16 +38,8 @@ export async function trainWorkerCommand(args: string[]): Promise<number> {
     console.error('usage: carryon train-worker   (configured by environment variables, see docs/configuration.md)');
     return args[0] === '--help' ? 0 : 2;
   }
-  let config;
-  try {
-    config = loadConfig();
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      console.error(err.message);
-      return 2;
-    }
-    throw err;
-  }
+  const config = loadConfigOrReport();
+  if (!config) return 2;
   const store = await Store.connect({ dataDir: config.dataDir, url: config.CARRYON_DATABASE_URL || null, poolSize: config.CARRYON_DATABASE_POOL_SIZE });
   const builder = new CarryOnBuilder({ timeoutMs: config.CARRYON_CARRYON_CHECK_TIMEOUT_MS });
   try {
