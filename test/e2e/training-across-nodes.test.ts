@@ -9,9 +9,9 @@ import { startBucketReplicas, type BucketReplicas } from '../helpers/bucket-repl
 import { POSTGRES_AVAILABLE } from '../helpers/databases.js';
 import { ADMIN_KEY, freshDataDir } from '../helpers/gateway.js';
 import { gsm8kTrainProblems } from '../helpers/gsm8k.js';
-import { harvestFiles, harvestKey, listShards } from '../helpers/harvest.js';
+import { expectShardsOnlyInBucket, harvestKey, listShards } from '../helpers/harvest.js';
 import { REPO_ROOT } from '../helpers/paths.js';
-import { claimsOf, QUEUE_ENV, startWorker, type Worker } from '../helpers/train-worker.js';
+import { claimsOf, pollUntil, QUEUE_ENV, startWorker, workersSaid, type Worker } from '../helpers/train-worker.js';
 
 /**
  * The paper's split across nodes that share nothing but PostgreSQL and the bucket: gateway A
@@ -50,9 +50,7 @@ describe.runIf(POSTGRES_AVAILABLE && hasTorch)('training on a node of its own, t
 
   it('a job queued on B trains on A’s shards from the bucket, and A and B serve the result alike', { timeout: 240_000 }, async () => {
     // A's shards are in the bucket only: the worker cannot have read them from any disk.
-    const deadline = Date.now() + 5_000;
-    while (harvestFiles(nodes.a.dataDir).some((f) => f.endsWith('.safetensors')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(harvestFiles(nodes.a.dataDir).filter((f) => f.endsWith('.safetensors'))).toEqual([]);
+    await expectShardsOnlyInBucket(nodes.a.dataDir);
     expect((await listShards(nodes.b, '?tenant=t1')).length).toBeGreaterThan(0);
 
     const created = await api<TrainingJobObject>(nodes.b, 'POST', '/admin/training-jobs', ADMIN_KEY, {
@@ -64,15 +62,13 @@ describe.runIf(POSTGRES_AVAILABLE && hasTorch)('training on a node of its own, t
     });
     expect(created.status, created.text).toBe(202);
     const id = created.json.id;
-    let job: TrainingJobObject;
-    const until = Date.now() + 180_000;
-    for (;;) {
-      job = (await api<TrainingJobObject>(nodes.a, 'GET', `/admin/training-jobs/${id}`, ADMIN_KEY)).json;
-      if (!['queued', 'running', 'registering'].includes(job.status)) break;
-      if (Date.now() > until) throw new Error(`job still ${job.status}; the worker said:\n${worker.lines.slice(-8).map((l) => JSON.stringify(l)).join('\n')}`);
-      await new Promise((r) => setTimeout(r, 250));
-    }
-    expect(job.status, `${job.error}\n${worker.lines.slice(-8).map((l) => JSON.stringify(l)).join('\n')}`).toBe('succeeded');
+    const job = await pollUntil(
+      async () => (await api<TrainingJobObject>(nodes.a, 'GET', `/admin/training-jobs/${id}`, ADMIN_KEY)).json,
+      (j) => !['queued', 'running', 'registering'].includes(j.status),
+      180_000,
+      (j) => `job still ${j.status}; the worker said:\n${workersSaid([worker], 8)}`,
+    );
+    expect(job.status, `${job.error}\n${workersSaid([worker], 8)}`).toBe('succeeded');
     expect(claimsOf(worker, id)).toBe(1);
     // The shards it fetched were for this job only: gone with it.
     expect(fs.existsSync(path.join(workerDir, 'training', id, 'shards'))).toBe(false);

@@ -10,7 +10,7 @@ import { BACKENDS, testDatabase, type TestDatabase } from '../helpers/databases.
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { gsm8kTrainProblems } from '../helpers/gsm8k.js';
 import { REPO_ROOT } from '../helpers/paths.js';
-import { claimsOf, QUEUE_ENV, startWorker, waitForLine, type Worker } from '../helpers/train-worker.js';
+import { claimsOf, pollUntil, QUEUE_ENV, startWorker, waitForLine, workersSaid, type Worker } from '../helpers/train-worker.js';
 
 /**
  * The paper's split with separate processes: a gateway that only queues training jobs
@@ -41,17 +41,10 @@ describe.skipIf(!hasTorch).each(BACKENDS)('training workers as separate processe
   }
 
   async function waitFor(id: string, done: (j: TrainingJobObject, row: TrainingJobRecord) => boolean, timeoutMs: number): Promise<TrainingJobRecord> {
-    const until = Date.now() + timeoutMs;
-    for (;;) {
-      const j = await job(id);
-      const row = (await trainingJobQueue(gw.store).get(id))!;
-      if (done(j, row)) return row;
-      if (Date.now() > until) {
-        const said = workers.map((w) => w.lines.slice(-5).map((l) => JSON.stringify(l)).join('\n')).join('\n---\n');
-        throw new Error(`job ${id} still ${j.status} (attempts ${row.attempts}, worker ${row.claimedBy}): ${j.error ?? ''}\nworkers said:\n${said}`);
-      }
-      await new Promise((res) => setTimeout(res, 250));
-    }
+    const read = async () => ({ j: await job(id), row: (await trainingJobQueue(gw.store).get(id))! });
+    const last = await pollUntil(read, ({ j, row }) => done(j, row), timeoutMs, ({ j, row }) =>
+      `job ${id} still ${j.status} (attempts ${row.attempts}, worker ${row.claimedBy}): ${j.error ?? ''}\nworkers said:\n${workersSaid(workers)}`);
+    return last.row;
   }
 
   beforeAll(async () => {

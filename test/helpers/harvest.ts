@@ -71,3 +71,11 @@ export function harvestFiles(dataDir: string): string[] {
   if (!fs.existsSync(root)) return [];
   return (fs.readdirSync(root, { recursive: true }) as string[]).filter((f) => fs.statSync(path.join(root, f)).isFile()).sort();
 }
+
+/** Waits (up to 5 s) until the node's disk holds no closed shard: each went to the bucket and was removed. */
+export async function expectShardsOnlyInBucket(dataDir: string): Promise<void> {
+  const shards = () => harvestFiles(dataDir).filter((f) => f.endsWith('.safetensors'));
+  const deadline = Date.now() + 5_000;
+  while (shards().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  expect(shards()).toEqual([]);
+}

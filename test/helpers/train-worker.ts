@@ -53,3 +53,19 @@ export async function waitForLine(w: Worker, match: (line: Record<string, unknow
     await new Promise((res) => setTimeout(res, 50));
   }
 }
+
+/** Reads `read()` every 250 ms until `done` holds; past `timeoutMs`, throws with `explain` of the last value. */
+export async function pollUntil<T>(read: () => Promise<T>, done: (v: T) => boolean, timeoutMs: number, explain: (v: T) => string): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await read();
+    if (done(v)) return v;
+    if (Date.now() > until) throw new Error(explain(v));
+    await new Promise((res) => setTimeout(res, 250));
+  }
+}
+
+/** The last lines each worker logged, for a failure message. */
+export function workersSaid(workers: Worker[], lines = 5): string {
+  return workers.map((w) => w.lines.slice(-lines).map((l) => JSON.stringify(l)).join('\n')).join('\n---\n');
+}

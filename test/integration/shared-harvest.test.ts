@@ -6,7 +6,7 @@ import { api } from '../helpers/admin.js';
 import { startBucketReplicas, type BucketReplicas } from '../helpers/bucket-replicas.js';
 import { POSTGRES_AVAILABLE } from '../helpers/databases.js';
 import { ADMIN_KEY, type TestGateway } from '../helpers/gateway.js';
-import { downloadShard, harvestFiles, harvestKey, listShards, readShardBytes } from '../helpers/harvest.js';
+import { downloadShard, expectShardsOnlyInBucket, harvestFiles, harvestKey, listShards, readShardBytes } from '../helpers/harvest.js';
 import type { TestBucket } from '../helpers/object-store.js';
 
 /**
@@ -49,9 +49,7 @@ describe.runIf(POSTGRES_AVAILABLE)('harvest shards shared through a bucket', () 
     await a.harvest.uploads!.settled();
     expect(await objects.head(shardObjectKey({ id: shard.id, tenantId: 'acme' }))).toMatchObject({ bytes: shard.bytes });
     // The bucket holds it now: A's disk does not (once the writer released it), and B never had it.
-    const deadline = Date.now() + 5_000;
-    while (harvestFiles(a.dataDir).some((f) => f.endsWith('.safetensors')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(harvestFiles(a.dataDir).filter((f) => f.endsWith('.safetensors'))).toEqual([]);
+    await expectShardsOnlyInBucket(a.dataDir);
     expect(harvestFiles(b.dataDir)).toEqual([]);
 
     expect((await listShards(b)).map((s) => s.id)).toContain(shard.id);
