@@ -8,6 +8,8 @@ export interface BaseModelInfo {
   fingerprint: string;
   hiddenSize: number;
   vocabSize: number;
+  /** The package's context (max_position_embeddings). */
+  contextLength: number;
   /** Blocks whose residual stream the base body outputs, besides the final one. */
   extraLayerOutputs: number[];
   /**
@@ -30,6 +32,7 @@ export function readBaseModelInfo(packageDir: string): BaseModelInfo {
     fingerprint: manifest.fingerprint,
     hiddenSize: config.hidden_size,
     vocabSize: config.vocab_size,
+    contextLength: config.max_position_embeddings,
     extraLayerOutputs: manifest.extra_layer_outputs,
     tokenizerDigest: tokenizerDigest(packageDir),
   };

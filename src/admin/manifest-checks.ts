@@ -80,6 +80,14 @@ export function checkSecondaryBases(m: UploadManifest, primary: BaseModelInfo, s
         { param: `${param}.fingerprint` },
       );
     }
+    if (base.contextLength < primary.contextLength) {
+      // Every position the primary serves must exist in the secondary too, or long requests would fail mid-way.
+      throw new ApiError(
+        'invalid_value',
+        `Secondary base ${j} has a context of ${base.contextLength} tokens, shorter than the primary's ${primary.contextLength}; a mixture reads every base at every position.`,
+        { param: `${param}.fingerprint` },
+      );
+    }
     if (want.hidden_size !== base.hiddenSize) {
       throw new ApiError('invalid_value', `Secondary base ${j}'s hidden_size is ${base.hiddenSize}, not ${want.hidden_size}.`, { param: `${param}.hidden_size` });
     }
