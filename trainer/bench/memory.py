@@ -150,7 +150,7 @@ def measure(spec: Dict) -> Dict:
         g = torch.Generator().manual_seed(0)
         # The frozen LM head [vocab, hidden] (head.onnx's in a real run); tied in SmolLM2, so it is
         # the embedding matrix, which the carry-on's training never needs otherwise.
-        head = torch.randn(shape["vocab_size"], shape["hidden_size"], generator=g) * 0.02
+        head = torch.empty(shape["vocab_size"], shape["hidden_size"]).normal_(0.0, 0.02, generator=g)  # in place: no temporary
         params = model.parameter_count() + head.numel()
         trainable = model.parameter_count()
         with tempfile.TemporaryDirectory() as run_dir:
