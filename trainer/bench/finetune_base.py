@@ -15,7 +15,7 @@ harvested shards' token ids exactly as bench/baselines.py does (same batches, Ad
 
 Output: a legacy llama2.c checkpoint (the layout of stories260K.bin) that the gateway imports:
 
-    trainer/python trainer/bench/finetune_base.py --out /tmp/stories260K-gsm8k.bin [--steps 150]
+    trainer/python trainer/bench/finetune_base.py --out /tmp/stories260K-gsm8k.bin [--steps 40]
     node bin/carryon.js import /tmp/stories260K-gsm8k.bin /tmp/stories260K-gsm8k \\
         --tokenizer ../shared/models/stories260K/tok512.bin --name stories260K-gsm8k
 
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, default=0, help="train.jsonl records used from --skip (0: to the end)")
     ap.add_argument("--eval-records", type=int, default=300, help="test.jsonl problems for the held-out loss")
     ap.add_argument("--parity-records", type=int, default=4, help="test.jsonl problems for the logits parity check")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3, help="reproduce.py's best full fine-tune rate on GSM8K")
     ap.add_argument("--seed", type=int, default=0)
