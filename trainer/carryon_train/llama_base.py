@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from .base import BasePackage
-from .model import LlamaBlock, RMSNorm, RotaryTables, attention_allowed
+from .model import LlamaBlock, RMSNorm, RotaryTables, attention_allowed, rope_tables
 from .onnx_weights import read_initializers
 
 
@@ -80,3 +80,66 @@ def load_base(package_dir: str) -> LlamaLM:
     if c["tie_word_embeddings"]:
         model.lm_head.weight = model.embed_tokens.weight  # load_state_dict copied into the tied tensor; keep it tied
     return model
+
+
+# llama2.c's run.c hard-codes these; a checkpoint with other values would import as another model.
+LLAMA2C_ROPE_THETA = 10000.0
+LLAMA2C_RMS_EPS = 1e-5
+
+
+def llama2c_freq_cis(head_dim: int, seq_len: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The legacy format's freq_cis_real / freq_cis_imag [seq_len, head_dim/2] (readers skip them;
+    written as llama2.c's export computes them, in float32 torch arithmetic)."""
+    freqs = 1.0 / (LLAMA2C_ROPE_THETA ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len * 2).float(), freqs).float()[:seq_len]
+    return torch.cos(angles).numpy(), torch.sin(angles).numpy()
+
+
+def write_llama2c(model: LlamaLM, path: str, seq_len: Optional[int] = None) -> int:
+    """Writes `model` as a legacy (version-0) llama2.c checkpoint, the layout stories260K.bin has and
+    src/model/llama2c.ts reads: 7 × int32 header (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+    vocab_size, seq_len; vocab_size negated when the classifier is not tied to the embedding), then
+    f32 weights: embedding, rms_att[l], wq[l], wk[l], wv[l], wo[l], rms_ffn[l], w1[l] (gate), w2[l]
+    (down), w3[l] (up), rms_final, freq_cis real + imag, and the classifier only when untied.
+    Matrices are PyTorch's [out, in] row-major, Q/K unpermuted (interleaved RoPE), as llama2.c's
+    export writes them. Returns the bytes written."""
+    layers = list(model.layers)
+    attn0 = layers[0].self_attn
+    dim = model.embed_tokens.weight.shape[1]
+    vocab = model.embed_tokens.weight.shape[0]
+    hidden_dim = layers[0].mlp.gate_proj.weight.shape[0]
+    heads, kv_heads, head_dim = attn0.heads, attn0.kv_heads, attn0.head_dim
+    if heads * head_dim != dim:
+        raise ValueError(f"llama2.c needs head_dim = dim / n_heads ({dim} / {heads}), got {head_dim}")
+    eps = float(layers[0].input_layernorm.eps)
+    if abs(eps - LLAMA2C_RMS_EPS) > 1e-12:
+        raise ValueError(f"llama2.c hard-codes RMSNorm eps {LLAMA2C_RMS_EPS}; this model uses {eps}")
+    if not torch.equal(model.rope.cos[:2].cpu(), torch.from_numpy(rope_tables(head_dim, LLAMA2C_ROPE_THETA, 2)[0])):
+        raise ValueError(f"llama2.c hard-codes RoPE theta {LLAMA2C_ROPE_THETA:g}; this model uses another")
+    seq_len = int(seq_len or model.max_positions)
+    tied = model.lm_head.weight.data_ptr() == model.embed_tokens.weight.data_ptr()
+
+    def f32(t: torch.Tensor) -> bytes:
+        return np.ascontiguousarray(t.detach().cpu().numpy(), dtype="<f4").tobytes()
+
+    parts = [np.array([dim, hidden_dim, len(layers), heads, kv_heads, vocab if tied else -vocab, seq_len], dtype="<i4").tobytes(),
+             f32(model.embed_tokens.weight)]
+    parts += [f32(b.input_layernorm.weight) for b in layers]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        parts += [f32(getattr(b.self_attn, name).weight) for b in layers]
+    parts += [f32(b.post_attention_layernorm.weight) for b in layers]
+    for name in ("gate_proj", "down_proj", "up_proj"):
+        parts += [f32(getattr(b.mlp, name).weight) for b in layers]
+    parts.append(f32(model.norm.weight))
+    real, imag = llama2c_freq_cis(head_dim, seq_len)
+    parts += [np.ascontiguousarray(real, "<f4").tobytes(), np.ascontiguousarray(imag, "<f4").tobytes()]
+    if not tied:
+        parts.append(f32(model.lm_head.weight))
+    data = b"".join(parts)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(data)
