@@ -9,6 +9,7 @@ import type { InputLayer } from '../carryon/tensor-names.js';
 import { importModel } from '../model/import.js';
 import { resolveModelPackage } from '../model/model-source.js';
 import { readManifest, readModelConfig } from '../model/package-files.js';
+import { tokenizerDigest } from '../model/tokenizer-digest.js';
 
 /** Where `carry-on init` imports a checkpoint file it is given as --base, unless --data-dir says. */
 const DEFAULT_BASE_CACHE = path.join(os.tmpdir(), 'carryon-base-cache');
@@ -25,6 +26,7 @@ const USAGE = `usage:
   carryon carry-on init --base MODEL --out DIR --id ID [--width 64] [--layers 2] [--heads 4]
       [--kv-heads N] [--intermediate N] [--alpha 1] [--layers-in final,3] [--token-ids] [--seed 0]
       [--description TEXT] [--tenant TENANT] [--tokenizer TOKENIZER_BIN] [--data-dir DIR]
+      [--secondary-base PACKAGE_DIR ...]
       Write a freshly initialised carry-on package (weights.safetensors + model.onnx + manifest.json;
       an upload sends the weights and the manifest, the gateway builds its own graph) for the base MODEL:
       a model package folder, a Hugging Face model folder or a llama2.c .bin / .gguf file, imported first exactly as the
@@ -33,7 +35,8 @@ const USAGE = `usage:
       gateway serving that file computes. Its delta is exactly 0, so it serves the base unchanged
       until trained. --layers-in picks the base hidden states it reads ('final' or block indices
       the base was imported with --layers). --tenant goes into the manifest, for uploads to
-      POST /admin/carry-ons that do not name one.
+      POST /admin/carry-ons that do not name one. --secondary-base (a model package folder with
+      MODEL's tokenizer, repeatable) makes a mixture that also reads that base's final state.
   carryon carry-on build --weights W.safetensors --config C.json --base MODEL_DIR --out DIR [--id ID] [--alpha 1]
   carryon carry-on verify DIR --fixture F.safetensors [--tolerance 1e-4]
       Package trained weights (trainer/), and check a package against the trainer's outputs
@@ -113,6 +116,7 @@ async function carryOnCommand(args: string[]): Promise<number> {
       tenant: { type: 'string' },
       tokenizer: { type: 'string' },
       'data-dir': { type: 'string' },
+      'secondary-base': { type: 'string', multiple: true },
     },
   });
   if (!values.base || !values.out || !values.id) {
@@ -130,6 +134,10 @@ async function carryOnCommand(args: string[]): Promise<number> {
   const config = readModelConfig(baseDir);
   const base = readManifest(baseDir);
   const inputLayers = parseInputLayers(values['layers-in'], base.extra_layer_outputs);
+  const secondaryDirs = values['secondary-base'] ?? [];
+  for (const dir of secondaryDirs) {
+    if (tokenizerDigest(dir) !== tokenizerDigest(baseDir)) throw new Error(`--secondary-base ${dir} does not have the base's tokenizer: a mixture's bases must read the same ids`);
+  }
   const weights = initCarryOnWeights({
     hiddenSize: config.hidden_size,
     vocabSize: config.vocab_size,
@@ -139,6 +147,7 @@ async function carryOnCommand(args: string[]): Promise<number> {
     kvHeads: values['kv-heads'] === undefined ? undefined : intOption('kv-heads', values['kv-heads']),
     intermediate: values.intermediate === undefined ? undefined : intOption('intermediate', values.intermediate),
     inputLayers,
+    secondaries: secondaryDirs.map((dir) => ({ hiddenSize: readModelConfig(dir).hidden_size, inputLayers: ['final' as const] })),
     readsTokenIds: values['token-ids'],
     seed: intOption('seed', values.seed),
     // Same positions and norm epsilon as the base: the carry-on sees exactly the base's positions.
@@ -152,6 +161,7 @@ async function carryOnCommand(args: string[]): Promise<number> {
     description: values.description,
     defaultAlpha: Number(values.alpha),
     tenant: values.tenant,
+    secondaryFingerprints: secondaryDirs.map((dir) => readManifest(dir).fingerprint),
   });
   const bytes = fs.statSync(path.join(values.out, CARRYON_FILES.graph)).size;
   console.log(

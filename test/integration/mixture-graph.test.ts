@@ -18,7 +18,7 @@ import { writePerturbedCheckpoint } from '../helpers/stories-bin.js';
 /**
  * The mixture carry-on's graph contract: secondary base j's states come in as
  * `secondary.{j}.hidden_states[.layer.{k}]` after the primary's, W_in's columns follow that order,
- * and `carryon carry-on build` / `verify` take a mixture's weights, config and fixture.
+ * and `carryon carry-on build` / `verify` / `init` take a mixture's weights, config and fixture.
  */
 const H = 64;
 const H2 = 32;
@@ -159,6 +159,10 @@ describe('a mixture carry-on graph', () => {
     const verified = JSON.parse((await cli(['verify', out, '--fixture', fixtureFile])).stdout) as { ok: boolean; maxAbsDiff: { incremental: { delta: number } } };
     expect(verified.ok).toBe(true);
     expect(verified.maxAbsDiff.incremental.delta).toBeLessThan(1e-5);
+    // `init` makes a zero-initialised mixture for the same bases.
+    const initOut = path.join(tmp, 'init');
+    await cli(['init', '--base', primaryDir, '--secondary-base', secondaryDir, '--out', initOut, '--id', 'mix-init']);
+    expect((await verifyCarryOnFiles(initOut)).secondary_bases).toEqual([{ fingerprint, hidden_size: 64, input_layers: ['final'] }]);
     // Without the secondary's layer the fixture cannot be checked.
     delete fixture[N.secondaryInput(0, 2)];
     fs.writeFileSync(fixtureFile, serializeSafetensors(fixture));

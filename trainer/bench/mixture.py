@@ -82,7 +82,7 @@ def train(out: str, label: str, primary: str, secondary: List[str], s: Dict, arg
     cmd = [sys.executable, "-m", "carryon_train", "train", "--base", s["packages"][primary], "--shards", s[primary]["train"],
            "--eval-shards", s[primary]["test"], "--out", run, "--id", label, *ARCH, "--steps", str(args.steps),
            "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", "0", "--no-progress", "--no-resume",
-           "--device", "cpu", "--alphas", "0,0.25,0.5,0.75,1,1.25,1.5,2"]
+           "--device", "cpu", "--alphas", "0,0.25,0.5,0.75,1,1.25,1.5,2", "--threads", str(args.threads)]
     for name in secondary:
         cmd += ["--secondary-shards", s[name]["train"], "--secondary-eval-shards", s[name]["test"], "--secondary-base", s["packages"][name]]
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
@@ -113,6 +113,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per run (0: torch's choice)")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     s = prepare(args.out, args.finetuned, args.train, args.eval)
@@ -122,7 +123,7 @@ def main() -> int:
         train(args.out, "mix-a-plus-b", "A", ["B"], s, args),
         train(args.out, "mix-b-plus-a", "B", ["A"], s, args),
     ]
-    print(f"CPU: {cpu_name()}; {args.train} GSM8K train problems, {args.eval} held out; {args.steps} steps × {args.batch_size}, lr {args.lr}")
+    print(f"CPU: {cpu_name()}; {args.train} GSM8K train problems, {args.eval} held out; {args.steps} steps × {args.batch_size}, lr {args.lr}, {args.threads or 'default'} threads")
     print("| carry-on | reads | head | base alone | carry-on α=1 | best α (loss) | params | ONNX bytes | peak RSS MB | train s |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
