@@ -14,9 +14,11 @@ export interface BaseModelInfo {
   extraLayerOutputs: number[];
   /**
    * What the base's tokenizer does (tokenizerDigest): bases with the same one read the same token
-   * ids for the same text, the condition for one mixture carry-on to read them together.
+   * ids for the same text, the condition for one mixture carry-on to read them together. Computed
+   * on first use, a mixture upload, and kept: parsing a 150k-token tokenizer.json takes about a
+   * second of the event loop, which boot (every base, mixtures or not) need not pay.
    */
-  tokenizerDigest: string;
+  tokenizerDigest(): string;
 }
 
 /**
@@ -28,13 +30,14 @@ export type BaseModelSource = (fingerprint?: string) => BaseModelInfo;
 export function readBaseModelInfo(packageDir: string): BaseModelInfo {
   const manifest = readManifest(packageDir);
   const config = readModelConfig(packageDir);
+  let digest: string | undefined;
   return {
     fingerprint: manifest.fingerprint,
     hiddenSize: config.hidden_size,
     vocabSize: config.vocab_size,
     contextLength: config.max_position_embeddings,
     extraLayerOutputs: manifest.extra_layer_outputs,
-    tokenizerDigest: tokenizerDigest(packageDir),
+    tokenizerDigest: () => (digest ??= tokenizerDigest(packageDir)),
   };
 }
 

@@ -73,7 +73,7 @@ export function checkSecondaryBases(m: UploadManifest, primary: BaseModelInfo, s
       }
       throw err;
     }
-    if (base.tokenizerDigest !== primary.tokenizerDigest || base.vocabSize !== primary.vocabSize) {
+    if (base.tokenizerDigest() !== primary.tokenizerDigest() || base.vocabSize !== primary.vocabSize) {
       throw new ApiError(
         'invalid_value',
         `Secondary base ${j} (${want.fingerprint.slice(0, 12)}…) does not share the primary base's tokenizer (vocabulary, ids and splitting must be the same); a mixture reads bases over the same tokens.`,

@@ -135,8 +135,9 @@ async function carryOnCommand(args: string[]): Promise<number> {
   const base = readManifest(baseDir);
   const inputLayers = parseInputLayers(values['layers-in'], base.extra_layer_outputs);
   const secondaryDirs = values['secondary-base'] ?? [];
+  const digest = secondaryDirs.length > 0 ? tokenizerDigest(baseDir) : null;
   for (const dir of secondaryDirs) {
-    if (tokenizerDigest(dir) !== tokenizerDigest(baseDir)) throw new Error(`--secondary-base ${dir} does not have the base's tokenizer: a mixture's bases must read the same ids`);
+    if (tokenizerDigest(dir) !== digest) throw new Error(`--secondary-base ${dir} does not have the base's tokenizer: a mixture's bases must read the same ids`);
   }
   const weights = initCarryOnWeights({
     hiddenSize: config.hidden_size,

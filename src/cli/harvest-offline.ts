@@ -64,7 +64,7 @@ function mixtureOutputs(models: string[], out: string): string[] {
   const digest = tokenizerDigest(models[0]);
   const names = models.map((m) => path.basename(path.resolve(m)));
   models.forEach((m, i) => {
-    if (tokenizerDigest(m) !== digest) throw new Error(`--model ${m} does not have ${models[0]}'s tokenizer: a mixture's bases must read the same ids`);
+    if (i > 0 && tokenizerDigest(m) !== digest) throw new Error(`--model ${m} does not have ${models[0]}'s tokenizer: a mixture's bases must read the same ids`);
     if (names.indexOf(names[i]) !== i) throw new Error(`two --model folders are named '${names[i]}': their shards would share DIR/${names[i]}`);
   });
   return names.map((n) => path.join(out, n));

@@ -5,6 +5,7 @@ import { initCarryOnWeights, type CarryOnWeights, type InitCarryOnOptions } from
 import { CARRYON_FILES } from '../../src/carryon/manifest.js';
 import { writeCarryOnPackage } from '../../src/carryon/package.js';
 import { readManifest, readModelConfig } from '../../src/model/package-files.js';
+import type { FormPart } from './admin.js';
 
 /** A carry-on package folder, described as the store would hand it to the engine. */
 export type CarryOnPackageRecord = CarryOnVersionRecord & {
@@ -108,4 +109,12 @@ export async function makePushCarryOn(
   w.gateProj.data.fill(0);
   w.gateBias.fill(12); // sigmoid(12) ≈ 0.99999
   return writePackage(baseDir, outDir, w, opts.id, 1);
+}
+
+/** An upload's form parts for the package in `dir`: its manifest (or `manifest`, as a test alters it) and its weights. */
+export function packageParts(dir: string, manifest?: object): FormPart[] {
+  return [
+    { name: 'manifest', data: manifest === undefined ? fs.readFileSync(path.join(dir, CARRYON_FILES.manifest), 'utf8') : JSON.stringify(manifest) },
+    { name: 'weights', filename: CARRYON_FILES.weights, data: fs.readFileSync(path.join(dir, CARRYON_FILES.weights)) },
+  ];
 }

@@ -15,8 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreatedApiKeyObject } from '../../src/admin/schemas.js';
 import { CARRYON_FILES } from '../../src/carryon/manifest.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { api, uploadCarryOn, type FormPart } from '../helpers/admin.js';
-import { makeCarryOn } from '../helpers/carry-on.js';
+import { api, uploadCarryOn } from '../helpers/admin.js';
+import { makeCarryOn, packageParts } from '../helpers/carry-on.js';
 import { writeHfFolder } from '../helpers/hf-folder.js';
 import { FAMILIES, randomFamilyWeights } from '../helpers/model-families.js';
 import { REPO_ROOT } from '../helpers/paths.js';
@@ -42,10 +42,6 @@ afterAll(async () => {
 
 const baseDir = () => path.join(gw.dataDir, 'models', baseName);
 const client = () => new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: key, maxRetries: 0 });
-const parts = (dir: string): FormPart[] => [
-  { name: 'manifest', data: fs.readFileSync(path.join(dir, CARRYON_FILES.manifest), 'utf8') },
-  { name: 'weights', filename: CARRYON_FILES.weights, data: fs.readFileSync(path.join(dir, CARRYON_FILES.weights)) },
-];
 const complete = async (model: string, extra: Record<string, unknown> = {}) =>
   (await client().completions.create({ model, prompt: PROMPT, max_tokens: 12, temperature: 0, logprobs: 2, ...extra })).choices[0];
 
@@ -55,7 +51,7 @@ describe('a carry-on on a Qwen2-shaped base', () => {
     const cli = promisify(execFile);
     const { stdout } = await cli(process.execPath, ['bin/carryon.js', 'carry-on', 'init', '--base', baseDir(), '--out', out, '--id', 'qstyle', '--width', '32', '--layers', '1', '--heads', '2'], { cwd: REPO_ROOT });
     expect(stdout).toMatch(/carry-on qstyle v1/);
-    const r = await uploadCarryOn(gw, 'q', ADMIN_KEY, parts(out));
+    const r = await uploadCarryOn(gw, 'q', ADMIN_KEY, packageParts(out));
     expect(r.status, r.text).toBe(201);
     const base = await complete(baseName);
     const carried = await complete('qstyle');
@@ -65,7 +61,7 @@ describe('a carry-on on a Qwen2-shaped base', () => {
 
   it('perturbed, changes the answer; α = 0 is the base again', async () => {
     const rec = await makeCarryOn(baseDir(), path.join(tmp, 'perturbed'), { id: 'qbent', perturb: 2, seed: 9 });
-    const r = await uploadCarryOn(gw, 'q', ADMIN_KEY, parts(rec.dir));
+    const r = await uploadCarryOn(gw, 'q', ADMIN_KEY, packageParts(rec.dir));
     expect(r.status, r.text).toBe(201);
     const base = await complete(baseName);
     expect((await complete('qbent')).logprobs).not.toEqual(base.logprobs);
@@ -78,7 +74,7 @@ describe('a carry-on on a Qwen2-shaped base', () => {
     await cli(process.execPath, ['bin/carryon.js', 'carry-on', 'init', '--base', baseDir(), '--out', dir, '--id', 'stray'], { cwd: REPO_ROOT });
     const manifest = JSON.parse(fs.readFileSync(path.join(dir, CARRYON_FILES.manifest), 'utf8')) as Record<string, unknown>;
     fs.writeFileSync(path.join(dir, CARRYON_FILES.manifest), JSON.stringify({ ...manifest, base_fingerprint: 'f'.repeat(64) }));
-    const r = await uploadCarryOn(gw, 'q', ADMIN_KEY, parts(dir));
+    const r = await uploadCarryOn(gw, 'q', ADMIN_KEY, packageParts(dir));
     expect(r.status).toBe(400);
     expect(r.json.error).toMatchObject({ param: 'manifest.base_fingerprint' });
   });

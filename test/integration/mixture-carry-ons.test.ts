@@ -3,10 +3,9 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CreatedApiKeyObject } from '../../src/admin/schemas.js';
-import { CARRYON_FILES } from '../../src/carryon/manifest.js';
 import { readManifest } from '../../src/model/package-files.js';
-import { api, uploadCarryOn, type FormPart } from '../helpers/admin.js';
-import { makeCarryOn, type CarryOnPackageRecord } from '../helpers/carry-on.js';
+import { api, uploadCarryOn } from '../helpers/admin.js';
+import { makeCarryOn, packageParts, type CarryOnPackageRecord } from '../helpers/carry-on.js';
 import { writeFamilyGguf } from '../helpers/family-gguf.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
@@ -53,11 +52,7 @@ afterAll(async () => {
 });
 
 function upload(pkg: CarryOnPackageRecord, manifest: object = pkg.manifest) {
-  const parts: FormPart[] = [
-    { name: 'manifest', data: JSON.stringify(manifest) },
-    { name: 'weights', filename: CARRYON_FILES.weights, data: fs.readFileSync(path.join(pkg.dir, CARRYON_FILES.weights)) },
-  ];
-  return uploadCarryOn<{ version: number; manifest: Record<string, unknown> }>(gw, 't1', ADMIN_KEY, parts);
+  return uploadCarryOn<{ version: number; manifest: Record<string, unknown> }>(gw, 't1', ADMIN_KEY, packageParts(pkg.dir, manifest));
 }
 
 async function greedy(model: string, extra: object = {}): Promise<string> {

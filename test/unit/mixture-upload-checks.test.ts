@@ -6,10 +6,10 @@ import { ApiError } from '../../src/core/errors.js';
 
 /** The mixture checks of an upload, against served bases described directly (no packages needed). */
 const info = (fp: string, patch: Partial<BaseModelInfo> = {}): BaseModelInfo => ({
-  fingerprint: fp.repeat(64), hiddenSize: 64, vocabSize: 512, contextLength: 512, extraLayerOutputs: [2], tokenizerDigest: 'tok', ...patch,
+  fingerprint: fp.repeat(64), hiddenSize: 64, vocabSize: 512, contextLength: 512, extraLayerOutputs: [2], tokenizerDigest: () => 'tok', ...patch,
 });
 const primary = info('a');
-const served = [primary, info('b'), info('c', { tokenizerDigest: 'other' }), info('d', { contextLength: 256 }), info('e', { hiddenSize: 32 })];
+const served = [primary, info('b'), info('c', { tokenizerDigest: () => 'other' }), info('d', { contextLength: 256 }), info('e', { hiddenSize: 32 })];
 const source = (fp?: string) => servedBaseFor(served.map((i, n) => ({ name: `base${n}`, status: 'ready' as const, failure: null, info: i })), fp);
 const manifest = (secondary: object): UploadManifest =>
   ({ base_fingerprint: primary.fingerprint, hidden_size: 64, input_layers: ['final'], secondary_bases: [{ hidden_size: 64, input_layers: ['final'], ...secondary }] }) as UploadManifest;
