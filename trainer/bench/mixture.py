@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,25 +33,16 @@ from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 from carryon_train import node  # noqa: E402
+from memory import cpu_model  # noqa: E402
 
 REPO = node.REPO_ROOT
 SHARED = os.path.abspath(os.path.join(REPO, "..", "shared"))
 STORIES = os.path.join(SHARED, "models/stories260K")
 # The ≤ 1 MB carry-on of trainer/bench/reproduce.py, with its best learning rate on GSM8K.
 ARCH = ["--width", "96", "--layers", "2", "--heads", "4", "--intermediate", "224"]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def prepare(out: str, finetuned: str, train: int, held_out: int) -> Dict[str, Dict[str, str]]:
@@ -123,7 +113,7 @@ def main() -> int:
         train(args.out, "mix-a-plus-b", "A", ["B"], s, args),
         train(args.out, "mix-b-plus-a", "B", ["A"], s, args),
     ]
-    print(f"CPU: {cpu_name()}; {args.train} GSM8K train problems, {args.eval} held out; {args.steps} steps × {args.batch_size}, lr {args.lr}, {args.threads or 'default'} threads")
+    print(f"CPU: {cpu_model()}; {args.train} GSM8K train problems, {args.eval} held out; {args.steps} steps × {args.batch_size}, lr {args.lr}, {args.threads or 'default'} threads")
     print("| carry-on | reads | head | base alone | carry-on α=1 | best α (loss) | params | ONNX bytes | peak RSS MB | train s |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
@@ -131,7 +121,7 @@ def main() -> int:
         print(f"| {r['label']} | {reads} | {r['primary']} | {r['base_loss']:.4f} | {r['loss']:.4f} | {r['best_alpha']} ({r['best_alpha_loss']:.4f}) "
               f"| {r['params']:,} | {r['onnx_bytes'] or '-'} | {r['peak_rss_mb'] or 0:.0f} | {r['train_seconds']:.0f} |")
     with open(os.path.join(args.out, "mixture.json"), "w", encoding="utf-8") as f:
-        json.dump({"cpu": cpu_name(), "args": vars(args), "rows": rows, "self_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f, indent=2)
+        json.dump({"cpu": cpu_model(), "args": vars(args), "rows": rows, "self_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f, indent=2)
     return 0
 
 

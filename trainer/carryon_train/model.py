@@ -98,9 +98,7 @@ class CarryOnConfig:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
-        if not self.input_layers or len(set(map(str, self.input_layers))) != len(self.input_layers):
-            raise ValueError(f"input_layers must be non-empty and not repeat: {self.input_layers}")
-        self.input_layers = [l if l == "final" else int(l) for l in self.input_layers]
+        self.input_layers = _normalize_layers(self.input_layers, "input_layers")
         self.secondary_bases = normalize_secondary_bases(self.secondary_bases)
 
     @property
@@ -310,15 +308,12 @@ class CarryOn(nn.Module):
         c = self.config
         if len(secondary or ()) != len(c.secondary_bases):
             raise ValueError(f"this carry-on reads {len(c.secondary_bases)} secondary bases, got {len(secondary or ())}")
-        if secondary:
-            parts = list(hidden)
-            for j, (e, xs) in enumerate(zip(c.secondary_bases, secondary)):
-                if len(xs) != len(e["input_layers"]):
-                    raise ValueError(f"secondary base {j}: {len(e['input_layers'])} input layers, got {len(xs)} tensors")
-                parts.extend(xs)
-            u = torch.cat(parts, dim=-1)
-        else:
-            u = hidden[0] if len(hidden) == 1 else torch.cat(list(hidden), dim=-1)
+        parts = list(hidden)
+        for j, (e, xs) in enumerate(zip(c.secondary_bases, secondary or ())):
+            if len(xs) != len(e["input_layers"]):
+                raise ValueError(f"secondary base {j}: {len(e['input_layers'])} input layers, got {len(xs)} tensors")
+            parts.extend(xs)
+        u = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         x = self.in_proj(u)
         if self.embed_tokens is not None:
             if input_ids is None:
