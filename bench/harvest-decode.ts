@@ -73,7 +73,7 @@ try {
   const scheduler = new Scheduler({ maxLive: 64, maxWaiting: 1024 });
   const registry = new CarryOnRegistry({ loader: engine, budgetBytes: 1 << 30, pinned: new Set(), log: () => {} });
   const router = new ModelRouter(() => [{ name: 'stories260K', fingerprint }], null).forBase('stories260K');
-  const deps = { engine, scheduler, router, tokenizer, contextLength: engine.info.contextLength, timeoutMs: 600_000, registry, hiddenSize: engine.info.hiddenSize, metrics: null, rateLimiter: null };
+  const deps = { engine, scheduler, router, tokenizer, contextLength: engine.info.contextLength, timeoutMs: 600_000, registry, hiddenSize: engine.info.hiddenSize, metrics: null, rateLimiter: null, base: { name: 'stories260K', fingerprint } };
 
   // One inference service per mode over the same engine: the sink is the only difference.
   const generators = new Map<Mode, Inference>([['off', new Inference({ ...deps, harvestSink: null })]]);
@@ -82,7 +82,7 @@ try {
     const dataDir = fs.mkdtempSync(path.join(work, `${sigma}-`));
     const store = await Store.connect({ dataDir });
     const service = new HarvestService({ config: harvestConfig(sigma), dataDir, shards: store.harvestShards, tenantExists: () => true, log: quiet });
-    const sink = await service.start(fingerprint);
+    const sink = await service.start();
     if (!sink) throw new Error('harvesting did not start');
     // Time spent handing sequences over on the serving thread (what a request's event loop pays).
     const timed = {

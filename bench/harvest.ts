@@ -125,6 +125,7 @@ function sequencesOf(set: Rows): HarvestedSequence[] {
     return {
       requestId: `bench-${i}`,
       tenantId: 'bench',
+      baseFingerprint: 'bench',
       carryOnId: null,
       layers: ['final'],
       hidden: [h],
@@ -162,7 +163,6 @@ async function throughput(sets: Rows[]): Promise<void> {
       const writer = new ShardWriter({
         dir: dir1,
         sigma: new Sigma(codec),
-        baseFingerprint: 'bench',
         maxShardBytes: 64 << 20,
         maxShardAgeMs: 3_600_000,
         onShardFinished: (info) => {
@@ -183,7 +183,6 @@ async function throughput(sets: Rows[]): Promise<void> {
         maxQueueBytes: 4 * 2 ** 30,
         maxShardBytes: 64 << 20,
         maxShardAgeMs: 3_600_000,
-        baseFingerprint: 'bench',
         onShardFinished: () => {},
       });
       await h.ready();

@@ -9,13 +9,19 @@ const TENANT_PATTERN = '[a-z0-9][a-z0-9_\\-]{0,62}';
 
 function harvestText(h) {
   if (!h) return 'off';
-  return `${h.sample_rate * 100}%${h.keep ? `, ${h.keep}` : ''}${h.layers ? `, layers ${h.layers.join(' ')}` : ''}`;
+  return `${h.sample_rate * 100}%${h.keep ? `, ${h.keep}` : ''}${h.layers ? `, layers ${h.layers.join(' ')}` : ''}${h.bases ? `, bases ${h.bases.join(' ')}` : ''}`;
 }
 
-/** The harvest policy fields → the API's `harvest` object, or null (off) when the rate is blank. */
-function harvestBody(rate, keep) {
+/**
+ * The harvest policy fields → the API's `harvest` object, or null (off) when the rate is blank.
+ * The fields this form does not edit (layers, bases) are kept from the key's policy: a PATCH replaces it whole.
+ */
+function harvestBody(rate, keep, previous = null) {
   if (rate === '') return null;
-  return { sample_rate: Number(rate), ...(keep ? { keep } : {}) };
+  const kept = {};
+  if (previous && previous.layers) kept.layers = previous.layers;
+  if (previous && previous.bases) kept.bases = previous.bases;
+  return { ...kept, sample_rate: Number(rate), ...(keep ? { keep } : {}) };
 }
 
 function NewKey({ created, onDone }) {
@@ -47,7 +53,7 @@ function KeyEditor({ k, onSaved, onCancel }) {
   const [error, setError] = useState(null);
   const save = guarded(setError, async (e) => {
     e.preventDefault();
-    const body = { default_carry_on: defaultCarryOn.trim() || null, harvest: harvestBody(rate.trim(), keep) };
+    const body = { default_carry_on: defaultCarryOn.trim() || null, harvest: harvestBody(rate.trim(), keep, k.harvest) };
     onSaved(await call('PATCH', `admin/keys/${encodeURIComponent(k.id)}`, { json: body }));
   });
   return html`<form class="inline" id=${`edit-${k.id}`} onSubmit=${save}>

@@ -1,6 +1,7 @@
 import { generateApiKey, hashKey, keyPrefix, newKeyId } from '../auth/authenticator.js';
 import { ApiError } from '../core/errors.js';
 import type { ApiKeyRecord } from '../store/api-keys.js';
+import type { HarvestPolicy } from '../store/harvest-policy.js';
 import { parseCarryOnRef } from '../store/carry-ons.js';
 import type { Store } from '../store/store.js';
 import { canManageTenant, managedTenant, requireGlobalAdmin } from './access.js';
@@ -9,7 +10,10 @@ import type { ApiKeyObject, CreatedApiKeyObject, CreateKeyBody, List, PatchKeyBo
 import { view } from './views.js';
 
 export class KeyAdmin {
-  constructor(private readonly store: Store) {}
+  constructor(
+    private readonly store: Store,
+    private readonly baseNames: string[],
+  ) {}
 
   /** Creates a key; the response is the only place the key ever appears (the store keeps its hash). */
   async create(ctx: AdminContext, body: CreateKeyBody): Promise<CreatedApiKeyObject> {
@@ -17,6 +21,7 @@ export class KeyAdmin {
     if (tenantId === null) requireGlobalAdmin(ctx.principal);
     else await managedTenant(ctx.principal, this.store.tenants, tenantId);
     if (body.default_carry_on) await this.checkDefaultCarryOn(tenantId, body.default_carry_on);
+    this.checkHarvestBases(body.harvest);
     const key = generateApiKey();
     const record = await this.store.apiKeys.insert({
       id: newKeyId(),
@@ -44,6 +49,7 @@ export class KeyAdmin {
     const key = await this.managedKey(ctx, id);
     if (key.revokedAt !== null) throw new ApiError('conflict', `The key '${id}' is revoked.`);
     if (patch.default_carry_on) await this.checkDefaultCarryOn(key.tenantId, patch.default_carry_on);
+    this.checkHarvestBases(patch.harvest);
     const updated = await this.store.apiKeys.update(id, { name: patch.name, defaultCarryOn: patch.default_carry_on, harvest: patch.harvest });
     if (Object.values(patch).some((v) => v !== undefined)) audit(ctx, { action: 'key.update', tenant: key.tenantId, target: id });
     return view.apiKey(updated as ApiKeyRecord);
@@ -66,6 +72,16 @@ export class KeyAdmin {
       throw new ApiError('not_found', `The API key '${id}' does not exist or you do not have access to it.`, { param: 'id' });
     }
     return key;
+  }
+
+  /** A policy's bases must be served here now (a base removed later is skipped at harvest time, never a failed request). */
+  private checkHarvestBases(policy: HarvestPolicy | null | undefined): void {
+    const unknown = policy?.bases?.find((b) => !this.baseNames.includes(b));
+    if (unknown !== undefined) {
+      throw new ApiError('invalid_value', `harvest.bases: '${unknown}' is not a base model served here (${this.baseNames.join(', ')}).`, {
+        param: 'harvest.bases',
+      });
+    }
   }
 
   /** A default carry-on must resolve now, for the key's own tenant; requests would fail on it otherwise. */

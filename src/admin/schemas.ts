@@ -188,6 +188,10 @@ export const HarvestStatsObject = z.object({
   /** The retention settings; null fields are not limited. */
   retention: z.object({ max_bytes: z.number().int().nullable(), max_age_ms: z.number().int().nullable() }),
   push: z.object({ pushed: z.number().int(), failed_attempts: z.number().int(), pending: z.number().int() }).nullable(),
+  /** Sequences replayed on the other bases a policy names (src/harvest/replay.ts). */
+  replay: z
+    .object({ replayed: z.number().int(), dropped: z.number().int(), skipped: z.number().int(), failed: z.number().int(), queued: z.number().int(), running: z.number().int() })
+    .nullable(),
 });
 export type HarvestStatsObject = z.infer<typeof HarvestStatsObject>;
 

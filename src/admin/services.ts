@@ -27,6 +27,8 @@ export interface AdminServices {
 
 export interface AdminOptions {
   dataDir: string;
+  /** The configured bases' names: a harvest policy's `bases` must name them. */
+  baseNames: string[];
   baseModel: BaseModelSource;
   /** CARRYON_MAX_CARRYON_BYTES */
   maxCarryOnBytes: number;
@@ -59,7 +61,7 @@ export async function createAdminServices(store: Store, opts: AdminOptions): Pro
   const training = new TrainingJobs(store, opts.harvest, { dataDir: opts.dataDir, ...trainingOpts }, worker);
   return {
     tenants: new TenantAdmin(store, files, opts.harvest, opts.prefixCache),
-    keys: new KeyAdmin(store),
+    keys: new KeyAdmin(store, opts.baseNames),
     carryOns,
     harvest: new HarvestAdmin(store, opts.harvest),
     training,

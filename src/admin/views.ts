@@ -93,6 +93,7 @@ export const view = {
     retention_deleted: s.retentionDeleted,
     retention: { max_bytes: s.retention?.maxTotalBytes ?? null, max_age_ms: s.retention?.maxAgeMs ?? null },
     push: s.push && { pushed: s.push.pushed, failed_attempts: s.push.failedAttempts, pending: s.push.pending },
+    replay: s.replay,
   }),
 };
 

@@ -1,5 +1,6 @@
 import { readBaseModelInfo, type BaseModelInfo } from '../admin/base-model.js';
 import { Engine } from '../engine/engine.js';
+import type { HarvestReplay } from '../harvest/replay.js';
 import type { HarvestSink } from '../harvest/types.js';
 import { ChatTemplate } from '../model/chat-template.js';
 import { readSamplingDefaults } from '../model/generation-defaults.js';
@@ -58,7 +59,13 @@ export async function resolveBase(ctx: Pick<BaseLoadContext, 'config' | 'several
 export async function startBase(
   ctx: BaseLoadContext,
   base: ResolvedBase,
-  shared: { harvestSink: HarvestSink | null; metrics: Metrics; engineMetrics: boolean; prefixCacheScope: 'tenant' | 'shared' },
+  shared: {
+    harvestSink: HarvestSink | null;
+    harvestReplay: HarvestReplay | null;
+    metrics: Metrics;
+    engineMetrics: boolean;
+    prefixCacheScope: 'tenant' | 'shared';
+  },
 ): Promise<{ engine: Engine; services: ModelServices }> {
   const { config, gateway } = ctx;
   const { dir } = base;
@@ -110,6 +117,8 @@ export async function startBase(
       hiddenSize: engine.info.hiddenSize,
       timeoutMs: config.CARRYON_REQUEST_TIMEOUT_MS,
       harvestSink: shared.harvestSink,
+      harvestReplay: shared.harvestReplay,
+      base: { name, fingerprint: base.info.fingerprint },
       rateLimiter: gateway.rateLimiter,
       metrics: shared.metrics,
       prefixCacheScope: shared.prefixCacheScope,

@@ -126,12 +126,13 @@ async function startWithStore(
     store.carryOns,
   );
   gateway.disk = disk;
-  // The shard index and admin routes work at once; the writer starts when the base's fingerprint is known.
+  // The shard index and admin routes work at once; the writer starts once the bases are resolved.
   const objectStore = objectStoreFromConfig(config);
   const graphBucket = objectStore ? new CarryOnGraphBucket(objectStore) : null;
-  const harvest = createHarvestService(config, store, () => app.log, objectStore);
+  const harvest = createHarvestService(config, store, () => app.log, objectStore, scheduler);
   const admin = await createAdminServices(store, {
     dataDir: config.dataDir,
+    baseNames: config.bases.map((b) => b.name),
     graphBucket,
     baseModel,
     maxCarryOnBytes: config.CARRYON_MAX_CARRYON_BYTES,
@@ -215,14 +216,21 @@ async function startWithStore(
         failBase(setting.name, err as Error);
       }
     }
-    // Harvesting captures the default base only (a shard names one base's fingerprint).
-    const first = resolved.get(gateway.modelName);
-    const harvestSink = first ? await harvest.start(first.info.fingerprint) : null;
+    // Every base harvests (each shard names its base); a policy's other bases get replays.
+    const harvestSink = await harvest.start();
     for (const base of resolved.values()) {
       const name = base.setting.name;
       try {
         const isDefault = name === gateway.modelName;
-        const started = await startBase(loadCtx, base, { harvestSink: isDefault ? harvestSink : null, metrics, engineMetrics: isDefault, prefixCacheScope });
+        const started = await startBase(loadCtx, base, {
+          harvestSink,
+          harvestReplay: harvestSink ? harvest.replay : null,
+          metrics,
+          engineMetrics: isDefault,
+          prefixCacheScope,
+        });
+        const { engine: e, contextLength, hiddenSize } = started.services;
+        harvest.replay?.addBase(name, { fingerprint: base.info.fingerprint, engine: e, contextLength, hiddenSize });
         engines.push(started.engine);
         inferences.push(started.services.inference);
         encoders.push(started.services.encoder);

@@ -9,7 +9,7 @@ export function toHarvestedSequence(
   capture: CaptureResult,
   keep: HarvestPolicy['keep'],
   hiddenSize: number,
-  label: { requestId: string; tenantId: string | null; carryOnId: string | null },
+  label: Pick<HarvestedSequence, 'requestId' | 'tenantId' | 'carryOnId' | 'baseFingerprint'>,
 ): HarvestedSequence | null {
   const rows = capture.tokenIds.length;
   const keepRow = (i: number) => keep === 'both' || (keep === 'completion') === (capture.isCompletion[i] === 1);

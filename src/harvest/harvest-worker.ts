@@ -31,7 +31,6 @@ try {
   writer = new ShardWriter({
     dir: init.dir,
     sigma: Sigma.load(init.sigma),
-    baseFingerprint: init.baseFingerprint,
     maxShardBytes: init.maxShardBytes,
     maxShardAgeMs: init.maxShardAgeMs,
     journalSyncMs: init.journalSyncMs,

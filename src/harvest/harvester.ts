@@ -23,7 +23,6 @@ export interface HarvesterOptions {
   maxQueueBytes: number;
   maxShardBytes: number;
   maxShardAgeMs: number;
-  baseFingerprint: string;
   /** Index a finished shard; may be async. Runs on this thread. */
   onShardFinished: (info: ShardInfo) => void | Promise<void>;
   journalSyncMs?: number;
@@ -48,7 +47,6 @@ export class Harvester implements HarvestSink {
     const init: HarvestWorkerInit = {
       dir: opts.dir,
       sigma: { codec: opts.sigma ?? 'f16', projectionPath: opts.projectionPath },
-      baseFingerprint: opts.baseFingerprint,
       maxShardBytes: opts.maxShardBytes,
       maxShardAgeMs: opts.maxShardAgeMs,
       journalSyncMs: opts.journalSyncMs,

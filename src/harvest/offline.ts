@@ -94,7 +94,6 @@ export async function harvestOffline(opts: OfflineHarvestOptions): Promise<Offli
   const writer = new ShardWriter({
     dir: opts.out,
     sigma: Sigma.load({ codec: opts.sigma ?? 'f16', projectionPath: opts.projectionPath }),
-    baseFingerprint: base.manifest.fingerprint,
     maxShardBytes: opts.maxShardBytes ?? 64 << 20,
     // Offline shards close by size and at the end; age is irrelevant.
     maxShardAgeMs: 365 * 24 * 3600 * 1000,
@@ -123,6 +122,7 @@ export async function harvestOffline(opts: OfflineHarvestOptions): Promise<Offli
       writer.append({
         requestId: `offline:${source}#${record.index}`,
         tenantId: opts.tenantId ?? null,
+        baseFingerprint: base.manifest.fingerprint,
         carryOnId: null,
         layers,
         hidden: hidden.map((h) => h.slice(0, rows * D)),

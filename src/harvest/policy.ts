@@ -6,5 +6,7 @@ export const HARVEST_DEFAULTS = { layers: ['final'], keep: 'both' } as const sat
 
 /** The policy as the serving path uses it (camelCase, defaults filled in). */
 export function runtimeHarvestPolicy(p: StoredHarvestPolicy): HarvestPolicy {
-  return { sampleRate: p.sample_rate, layers: p.layers ?? [...HARVEST_DEFAULTS.layers], keep: p.keep ?? HARVEST_DEFAULTS.keep };
+  const policy: HarvestPolicy = { sampleRate: p.sample_rate, layers: p.layers ?? [...HARVEST_DEFAULTS.layers], keep: p.keep ?? HARVEST_DEFAULTS.keep };
+  if (p.bases) policy.bases = [...p.bases];
+  return policy;
 }

@@ -19,6 +19,7 @@ import { Harvester } from './harvester.js';
 import { JOURNAL_SUFFIX } from './journal.js';
 import type { ObjectStore } from '../objects/object-store.js';
 import { httpPut, ShardPusher, type PushStats } from './pusher.js';
+import { HarvestReplay, type ReplayStats, type SpareCapacity } from './replay.js';
 import { forgetTenant, planRetention, type RetentionPolicy } from './retention.js';
 import type { ShardInfo } from './shard-format.js';
 import { tenantDirName } from './shard-writer.js';
@@ -44,6 +45,8 @@ export interface HarvestServiceOptions {
   now?: () => number;
   /** CARRYON_OBJECT_STORE_URL: closed shards are uploaded there and served from there; null: DATA_DIR only. */
   objects?: ObjectStore | null;
+  /** Where replays on other bases get their slots (the gateway's scheduler); absent: no replays. */
+  capacity?: SpareCapacity;
 }
 
 export interface HarvestServiceStats {
@@ -59,6 +62,8 @@ export interface HarvestServiceStats {
   retention: RetentionPolicy | null;
   /** null when no push URL is configured. */
   push: PushStats | null;
+  /** Sequences replayed on the other bases policies name; null when replays are not set up. */
+  replay: ReplayStats | null;
 }
 
 export interface ForgetSummary {
@@ -74,6 +79,8 @@ export class HarvestService implements HarvestSink {
   private readonly pusher: ShardPusher | null;
   /** Uploads to the object store, when there is one. */
   readonly uploads: ShardUploads | null;
+  /** Replays on other bases (a policy's `bases`), when the service was given capacity for them. */
+  readonly replay: HarvestReplay | null;
   private starting: Promise<HarvestSink | null> | null = null;
   private retentionTimer: NodeJS.Timeout | null = null;
   /** One retention pass at a time; a request during one runs once more after it. */
@@ -113,6 +120,7 @@ export class HarvestService implements HarvestSink {
           released: (shard) => !fs.existsSync(journalOf(shard)),
         })
       : null;
+    this.replay = opts.capacity ? new HarvestReplay({ sink: this, capacity: opts.capacity }) : null;
   }
 
   get enabled(): boolean {
@@ -120,13 +128,12 @@ export class HarvestService implements HarvestSink {
   }
 
   /**
-   * Once the base is known (its fingerprint goes into every shard): forgets tenants deleted while
-   * the gateway was down, then starts the writer, rebuilds shards from a crash's journals and indexes
-   * shards written but never indexed. Returns the sink for the inference service (null: harvesting is off).
+   * Forgets tenants deleted while the gateway was down, then starts the writer, rebuilds shards
+   * from a crash's journals and indexes shards written but never indexed. Returns the sink for the inference service (null: harvesting is off).
    * Retention and pushing run either way, for shards written before.
    */
-  start(baseFingerprint: string): Promise<HarvestSink | null> {
-    this.starting ??= this.startOnce(baseFingerprint);
+  start(): Promise<HarvestSink | null> {
+    this.starting ??= this.startOnce();
     return this.starting;
   }
 
@@ -216,6 +223,7 @@ export class HarvestService implements HarvestSink {
       retentionDeleted: this.retentionDeleted,
       retention: this.policy(),
       push: this.pusher?.stats() ?? null,
+      replay: this.replay?.stats() ?? null,
     };
   }
 
@@ -301,7 +309,7 @@ export class HarvestService implements HarvestSink {
     return this.retention;
   }
 
-  private async startOnce(baseFingerprint: string): Promise<HarvestSink | null> {
+  private async startOnce(): Promise<HarvestSink | null> {
     await this.forgetDeletedTenants();
     await this.dropDanglingRows();
     this.startRetentionTimer();
@@ -316,7 +324,6 @@ export class HarvestService implements HarvestSink {
       maxQueueBytes: c.CARRYON_HARVEST_QUEUE_BYTES,
       maxShardBytes: c.CARRYON_HARVEST_SHARD_BYTES,
       maxShardAgeMs: c.CARRYON_HARVEST_SHARD_AGE_MS,
-      baseFingerprint,
       onShardFinished: (info) => this.indexShard(info),
       onError: (err) => this.opts.log.error({ err: err.message }, 'harvest writer error'),
     });
@@ -476,8 +483,10 @@ export function createHarvestService(
   store: { harvestShards: HarvestShardRepository; tenants: { get(id: string): Promise<object | null> } },
   log: () => HarvestLog,
   objects: ObjectStore | null = null,
+  capacity?: SpareCapacity,
 ): HarvestService {
   return new HarvestService({
+    capacity,
     config,
     dataDir: config.dataDir,
     shards: store.harvestShards,

@@ -1,5 +1,6 @@
 /**
- * The durable harvest writer. Each tenant has at most one open shard: its sequences are σ-encoded,
+ * The durable harvest writer. Each tenant has at most one open shard per base (a shard holds one
+ * base's states, named by its fingerprint): its sequences are σ-encoded,
  * appended to the shard's journal and kept in memory. A shard closes by size or age; closing writes
  * `<id>.safetensors` atomically (temp file, fsync, rename, folder fsync), reports it through
  * `onShardFinished` and only after that resolves deletes the journal, so at every instant each
@@ -33,7 +34,6 @@ import { HarvestCounters } from './stats.js';
 export interface ShardWriterOptions {
   dir: string;
   sigma: Sigma;
-  baseFingerprint: string;
   /** A shard closes before a sequence would take it past this (a single larger sequence gets its own shard). */
   maxShardBytes: number;
   /** A shard closes this long after its first sequence, however small. */
@@ -76,6 +76,8 @@ export interface ForgetReport {
 interface OpenShard {
   id: string;
   tenantKey: string;
+  /** Key in `open`: the tenant's folder and the base's fingerprint. */
+  openKey: string;
   dir: string;
   schema: ShardSchema;
   schemaKey: string;
@@ -119,7 +121,7 @@ export class ShardWriter {
   }
 
   /**
-   * Encodes and journals one sequence (synchronously); may close the tenant's shard. Throws on an
+   * Encodes and journals one sequence (synchronously); may close the tenant's shard of its base. Throws on an
    * inconsistent sequence or a disk error: the sequence is then not accepted. The id arrays are kept
    * by reference until the shard is written: the caller must not reuse them (the worker owns
    * transferred ones; the offline harvest allocates fresh ones).
@@ -142,7 +144,7 @@ export class ShardWriter {
     };
     const key = tenantDirName(seq.tenantId);
     const seqBytes = encodedSequenceBytes(encoded) + sequenceHeaderBytes(encoded);
-    let shard = this.open.get(key);
+    let shard = this.open.get(openKeyOf(key, seq.baseFingerprint));
     const sKey = schemaKey({ layers: seq.layers, hiddenSize: seq.hiddenSize });
     if (shard && (shard.schemaKey !== sKey || shard.bytes + seqBytes > this.opts.maxShardBytes)) {
       this.roll(shard);
@@ -285,11 +287,11 @@ export class ShardWriter {
     const dir = path.join(this.opts.dir, key);
     const report: ForgetReport = { shardIds: [], discardedSequences: 0, filesDeleted: 0 };
     const discardOpen = () => {
-      const shard = this.open.get(key);
-      if (!shard) return;
-      this.open.delete(key);
-      report.discardedSequences += shard.sequences.length;
-      shard.journal.close();
+      for (const shard of [...this.open.values()].filter((s) => s.tenantKey === key)) {
+        this.open.delete(shard.openKey);
+        report.discardedSequences += shard.sequences.length;
+        shard.journal.close();
+      }
     };
     discardOpen();
     await Promise.allSettled([...this.pending].filter(([, v]) => v.tenantKey === key).map(([p]) => p));
@@ -316,7 +318,7 @@ export class ShardWriter {
     const sigma = this.opts.sigma;
     const schema: ShardSchema = {
       tenantId: seq.tenantId,
-      baseFingerprint: this.opts.baseFingerprint,
+      baseFingerprint: seq.baseFingerprint,
       layers: [...seq.layers],
       hiddenSize: seq.hiddenSize,
       storedSize: sigma.outputSize(seq.hiddenSize),
@@ -327,6 +329,7 @@ export class ShardWriter {
     const shard: OpenShard = {
       id,
       tenantKey: key,
+      openKey: openKeyOf(key, seq.baseFingerprint),
       dir,
       schema,
       schemaKey: schemaKey(schema),
@@ -335,13 +338,13 @@ export class ShardWriter {
       bytes: HEADER_BASE_BYTES,
       journal,
     };
-    this.open.set(key, shard);
+    this.open.set(shard.openKey, shard);
     return shard;
   }
 
   /** Closes a shard: journal synced, shard file written atomically, then reported. */
   private roll(shard: OpenShard): void {
-    this.open.delete(shard.tenantKey);
+    this.open.delete(shard.openKey);
     let info: ShardInfo;
     try {
       shard.journal.close();
@@ -430,6 +433,10 @@ export class ShardWriter {
   }
 }
 
+function openKeyOf(tenantKey: string, baseFingerprint: string): string {
+  return `${tenantKey}/${baseFingerprint}`;
+}
+
 /**
  * The folder of a tenant's files: ids made of [A-Za-z0-9-] are used as they are, any other byte
  * becomes `_XX` (hex), so the mapping is injective and every name is safe on any filesystem. The
@@ -460,6 +467,7 @@ function checkSequence(seq: HarvestedSequence): number {
     throw new Error(`harvested sequence ${seq.requestId}: ${what}`);
   };
   if (!Number.isInteger(seq.hiddenSize) || seq.hiddenSize <= 0) bad(`hiddenSize ${seq.hiddenSize}`);
+  if (typeof seq.baseFingerprint !== 'string' || seq.baseFingerprint === '') bad('no base fingerprint');
   if (seq.layers.length === 0 || seq.layers.length !== seq.hidden.length) bad(`${seq.layers.length} layers, ${seq.hidden.length} hidden arrays`);
   if (seq.targetIds.length !== rows || seq.isCompletion.length !== rows) bad('token, target and completion arrays differ in length');
   for (const h of seq.hidden) if (h.length !== rows * seq.hiddenSize) bad(`hidden array of ${h.length} floats for ${rows}×${seq.hiddenSize}`);

@@ -7,6 +7,8 @@ export interface HarvestedSequence {
   /** The OpenAI response id (e.g. `chatcmpl-…`) plus `#<choice index>`. */
   requestId: string;
   tenantId: string | null;
+  /** The base whose hidden states these are (a tenant's shards of different bases are kept apart). */
+  baseFingerprint: string;
   /** The carry-on that served the request, if any (the hidden states are the base's regardless). */
   carryOnId: string | null;
   /** Which base layers `hidden` holds, in order: 'final' = after the final norm; k = residual after block k. */
@@ -30,6 +32,8 @@ export interface HarvestPolicy {
   sampleRate: number;
   layers: Array<'final' | number>;
   keep: 'prompt' | 'completion' | 'both';
+  /** Other served bases (by name) whose states each sampled sequence also gets, replayed (see replay.ts). */
+  bases?: string[];
 }
 
 /** Where serving hands captured sequences: must return at once, dropping (false) rather than waiting. */

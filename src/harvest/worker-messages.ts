@@ -12,7 +12,6 @@ import type { HarvestedSequence } from './types.js';
 export interface HarvestWorkerInit {
   dir: string;
   sigma: SigmaSpec;
-  baseFingerprint: string;
   maxShardBytes: number;
   maxShardAgeMs: number;
   journalSyncMs?: number;

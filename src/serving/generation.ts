@@ -1,6 +1,7 @@
 import { AsyncQueue } from '../core/async-queue.js';
 import type { CarryOnVersionRecord } from '../carryon/catalog.js';
 import { toHarvestedSequence } from '../harvest/capture-to-sequence.js';
+import type { HarvestReplay } from '../harvest/replay.js';
 import type { HarvestPolicy, HarvestSink } from '../harvest/types.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Engine } from '../engine/engine.js';
@@ -66,6 +67,10 @@ export interface RunDeps {
   timeoutMs: number;
   /** Null when harvesting is off for this gateway. */
   harvestSink: HarvestSink | null;
+  /** Runs a sampled sequence on the other bases its policy names; null: only the serving base's states are kept. */
+  harvestReplay: HarvestReplay | null;
+  /** The serving base: its name (as policies name it) and fingerprint (written into its shards). */
+  base: { name: string; fingerprint: string };
   hiddenSize: number;
   /** Null in contexts that do not export metrics (benchmarks). */
   metrics: Metrics | null;
@@ -165,11 +170,16 @@ export class GenerationRun {
   private harvest(capture: Parameters<typeof toHarvestedSequence>[0], index: number): void {
     const h = this.req.harvest;
     if (!h || !this.deps.harvestSink) return;
-    const seq = toHarvestedSequence(capture, h.policy.keep, this.deps.hiddenSize, {
+    const label = {
       requestId: `${h.requestId}#${this.choiceIndex(index)}`,
       tenantId: h.tenantId,
       carryOnId: this.req.carryOn?.record.carryOnId ?? null,
-    });
+    };
+    // First: offering the sequence hands its arrays to the writer (they are transferred).
+    if (h.policy.bases) {
+      this.deps.harvestReplay?.replay({ servedBy: this.deps.base.name, policy: h.policy, capture, label, cacheNamespace: this.req.cacheNamespace });
+    }
+    const seq = toHarvestedSequence(capture, h.policy.keep, this.deps.hiddenSize, { ...label, baseFingerprint: this.deps.base.fingerprint });
     if (seq) this.deps.harvestSink.offer(seq);
   }
 

@@ -1,6 +1,7 @@
 import { ApiError } from '../core/errors.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Engine } from '../engine/engine.js';
+import type { HarvestReplay } from '../harvest/replay.js';
 import type { HarvestSink } from '../harvest/types.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import type { CarryOnLease, CarryOnRegistry } from './carry-on-registry.js';
@@ -51,6 +52,10 @@ export interface InferenceDeps {
   timeoutMs: number;
   /** Null when harvesting is off for this gateway. */
   harvestSink: HarvestSink | null;
+  /** Replays sampled sequences on the other bases a policy names; null: none. */
+  harvestReplay?: HarvestReplay | null;
+  /** This service's base: its name and fingerprint. */
+  base: { name: string; fingerprint: string };
   /** Per-key token budgets: each request's tokens are charged here when it ends. Null: no limits. */
   rateLimiter: RateLimiter | null;
   /** Null in contexts that do not export metrics (benchmarks). */
@@ -86,8 +91,8 @@ export class Inference {
   private readonly runDeps: RunDeps;
 
   constructor(private readonly deps: InferenceDeps) {
-    const { engine, tokenizer, timeoutMs, harvestSink, hiddenSize, metrics } = deps;
-    this.runDeps = { engine, tokenizer, timeoutMs, harvestSink, hiddenSize, metrics };
+    const { engine, tokenizer, timeoutMs, harvestSink, hiddenSize, metrics, base } = deps;
+    this.runDeps = { engine, tokenizer, timeoutMs, harvestSink, harvestReplay: deps.harvestReplay ?? null, base, hiddenSize, metrics };
     // The tokens' bytes for structured outputs, sent to the engine once, now: no request waits for them.
     engine.useVocabulary(() => vocabularyOf(tokenizer));
   }

@@ -30,6 +30,8 @@ export class Scheduler {
   private grants = 0;
   private readonly waiting: Waiter[] = [];
   private draining = false;
+  /** Background work (harvest replays) waiting for a slot no request wants. */
+  private readonly spareListeners: Array<() => void> = [];
 
   constructor(private readonly limits: SchedulerLimits) {}
 
@@ -85,6 +87,20 @@ export class Scheduler {
     });
   }
 
+  /**
+   * A slot for background work, only if one is free and no request waits for it: background work
+   * never queues ahead of a request, and never fills the queue that makes requests get a 429.
+   */
+  tryAcquireSpare(tenant: string | null): (() => void) | null {
+    if (this.draining || this.waiting.length > 0 || this.running + 1 > this.limits.maxLive) return null;
+    return this.admit(1, tenant ?? '');
+  }
+
+  /** Called whenever a slot frees with no request waiting for it (see tryAcquireSpare). */
+  onSpareSlot(listener: () => void): void {
+    this.spareListeners.push(listener);
+  }
+
   /** Refuses everything still waiting and every new request (shutdown). */
   drain(): void {
     this.draining = true;
@@ -109,6 +125,7 @@ export class Scheduler {
       if (left > 0) this.runningByTenant.set(tenant, left);
       else this.runningByTenant.delete(tenant);
       this.dispatch();
+      if (this.waiting.length === 0 && this.running < this.limits.maxLive) for (const l of this.spareListeners) l();
     };
   }
 

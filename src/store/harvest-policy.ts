@@ -10,10 +10,21 @@ export const HarvestPolicy = z.strictObject({
   sample_rate: z.number().min(0).max(1),
   /** Hidden states to keep: 'final' or block indices; default chosen by the harvester. */
   layers: z
-    .array(z.union([z.literal('final'), z.number().int().nonnegative()]))
+    .array(z.union([z.literal('final'), z.number().int().nonnegative().max(4096)]))
+    .max(64)
     .refine((l) => new Set(l).size === l.length, 'layers must not repeat a layer')
     .optional(),
   keep: z.enum(['prompt', 'completion', 'both']).optional(),
+  /**
+   * Served bases (their model names) whose hidden states each sampled sequence also gets: the
+   * serving base captures its own as it runs, the others replay the same tokens (mixture training).
+   */
+  bases: z
+    .array(z.string().min(1).max(128))
+    .min(1)
+    .max(8)
+    .refine((b) => new Set(b).size === b.length, 'bases must not repeat a base')
+    .optional(),
 });
 export type HarvestPolicy = z.infer<typeof HarvestPolicy>;
 

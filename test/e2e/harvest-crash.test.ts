@@ -44,12 +44,12 @@ const seq = (i) => {
   const rows = 1 + Math.floor(rand() * 30);
   const hidden = new Float32Array(rows * D).map(() => rand() * 8 - 4);
   return {
-    requestId: 's' + i, tenantId: ['a', 'b', null][i % 3], carryOnId: null, layers: ['final'], hidden: [hidden],
+    requestId: 's' + i, tenantId: ['a', 'b', null][i % 3], baseFingerprint: ['fp-a', 'fp-b'][i % 2], carryOnId: null, layers: ['final'], hidden: [hidden],
     hiddenSize: D, tokenIds: Int32Array.from({ length: rows }, () => i % 512), targetIds: new Int32Array(rows).fill(7),
     isCompletion: new Uint8Array(rows), finishedAt: Date.now(),
   };
 };
-const opts = { dir, baseFingerprint: 'fp', maxShardBytes: 30000, maxShardAgeMs: 120, journalSyncMs: 20, onShardFinished: index };
+const opts = { dir, maxShardBytes: 30000, maxShardAgeMs: 120, journalSyncMs: 20, onShardFinished: index };
 let i = Number(start);
 if (mode === 'writer') {
   const w = new ShardWriter({ ...opts, sigma: new Sigma(codec) });
@@ -122,7 +122,6 @@ describe('kill -9 while writing', () => {
       const writer = new ShardWriter({
         dir,
         sigma: new Sigma('f16'),
-        baseFingerprint: 'fp',
         maxShardBytes: 1 << 20,
         maxShardAgeMs: 60_000,
         onShardFinished: (info) => {

@@ -60,13 +60,14 @@ export { openBase };
 /** A HarvestedSequence from real hidden states: rows are positions 0..n-2, targets the next token. */
 export function toHarvested(
   s: RealSequence,
-  opts: { requestId: string; tenantId: string | null; layers?: Array<'final' | number>; hiddenSize: number; completionFrom?: number },
+  opts: { requestId: string; tenantId: string | null; layers?: Array<'final' | number>; hiddenSize: number; completionFrom?: number; baseFingerprint?: string },
 ): HarvestedSequence {
   const rows = s.ids.length - 1;
   const D = opts.hiddenSize;
   return {
     requestId: opts.requestId,
     tenantId: opts.tenantId,
+    baseFingerprint: opts.baseFingerprint ?? 'fp',
     carryOnId: null,
     layers: opts.layers ?? ['final'],
     hidden: s.hidden.map((h) => h.slice(0, rows * D)),
@@ -92,7 +93,7 @@ export function syntheticSequence(
   requestId: string,
   rows: number,
   hiddenSize: number,
-  opts: { tenantId?: string | null; seed?: number; layers?: Array<'final' | number>; carryOnId?: string | null } = {},
+  opts: { tenantId?: string | null; seed?: number; layers?: Array<'final' | number>; carryOnId?: string | null; baseFingerprint?: string } = {},
 ): HarvestedSequence {
   const rand = rng(opts.seed ?? requestId.length * 7919 + rows);
   const gauss = () => Math.sqrt(-2 * Math.log(rand() + 1e-12)) * Math.cos(2 * Math.PI * rand());
@@ -105,6 +106,7 @@ export function syntheticSequence(
   return {
     requestId,
     tenantId: opts.tenantId ?? null,
+    baseFingerprint: opts.baseFingerprint ?? 'fp',
     carryOnId: opts.carryOnId ?? null,
     layers,
     hidden,

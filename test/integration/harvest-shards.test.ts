@@ -91,7 +91,6 @@ async function harvestAll(
     maxQueueBytes: opts.maxQueueBytes ?? 64 << 20,
     maxShardBytes: opts.maxShardBytes ?? 256 << 10,
     maxShardAgeMs: 60_000,
-    baseFingerprint: base.manifest.fingerprint,
     onShardFinished: async (info) => {
       await new Promise((r) => setTimeout(r, 1)); // an async index, like SQLite behind a queue
       infos.push(info);
@@ -142,7 +141,7 @@ describe('Harvester writes shards that read back', () => {
       );
       const D = base.runner.config.hidden_size;
       const realSeqs = real.map((s, i) =>
-        toHarvested(s, { requestId: `real-${i}`, tenantId: i % 2 ? 'acme' : 'beta', layers: ['final', 2], hiddenSize: D, completionFrom: 10 }),
+        toHarvested(s, { requestId: `real-${i}`, tenantId: i % 2 ? 'acme' : 'beta', layers: ['final', 2], hiddenSize: D, completionFrom: 10, baseFingerprint: base.manifest.fingerprint }),
       );
       const { infos: synInfos, harvester: h1 } = await harvestAll(codec, synthetic, { maxShardBytes: 64 << 10 });
       const { infos: realInfos, harvester: h2 } = await harvestAll(codec, realSeqs, { maxShardBytes: 64 << 10 });
@@ -195,7 +194,6 @@ describe('Harvester writes shards that read back', () => {
       maxQueueBytes: 3 * (20 * 256 * 4 + 1024), // about three sequences
       maxShardBytes: 1 << 20,
       maxShardAgeMs: 60_000,
-      baseFingerprint: 'fp',
       onShardFinished: (i) => {
         infos.push(i);
       },
@@ -233,7 +231,6 @@ describe('Harvester writes shards that read back', () => {
       maxQueueBytes: 8 << 20,
       maxShardBytes: 1 << 20,
       maxShardAgeMs: 60_000,
-      baseFingerprint: 'fp',
       onShardFinished: (i) => {
         infos.push(i);
       },
@@ -254,7 +251,6 @@ describe('Harvester writes shards that read back', () => {
       maxQueueBytes: 1 << 20,
       maxShardBytes: 1 << 20,
       maxShardAgeMs: 60_000,
-      baseFingerprint: 'fp',
       onShardFinished: () => {},
     });
     const big = new Float32Array(4 * 16 + 100);
@@ -284,7 +280,6 @@ describe('Harvester lifecycle', () => {
       maxQueueBytes: 1 << 20,
       maxShardBytes: 1 << 30,
       maxShardAgeMs: 150,
-      baseFingerprint: 'fp',
       onShardFinished: (i) => {
         infos.push(i);
       },
@@ -314,7 +309,6 @@ describe('Harvester lifecycle', () => {
       maxQueueBytes: 1 << 20,
       maxShardBytes: 1 << 20,
       maxShardAgeMs: 1000,
-      baseFingerprint: 'fp',
       onShardFinished: () => {},
     });
     await expect(h.ready()).rejects.toThrow(/no-such-projection/);

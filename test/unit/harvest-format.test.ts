@@ -142,6 +142,31 @@ describe('sigma', () => {
   });
 });
 
+describe('shards of several bases', () => {
+  it('keeps one open shard per tenant and base, each naming its base, and recovers each from its journal', async () => {
+    const dir = freshDir();
+    const writer = new ShardWriter({ dir, sigma: new Sigma('f16'), maxShardBytes: 1 << 30, maxShardAgeMs: 3_600_000, onShardFinished: () => {} });
+    // Interleaved, as live traffic and replays arrive: a base change must not close the other's shard.
+    for (const [id, fp] of [['r0', 'fp-a'], ['r0', 'fp-b'], ['r1', 'fp-a'], ['r1', 'fp-b'], ['r2', 'fp-b']]) {
+      writer.append(syntheticSequence(id, 6, 16, { tenantId: 'acme', baseFingerprint: fp }));
+    }
+    const journals = fs.readdirSync(path.join(dir, tenantDirName('acme'))).filter((f) => f.endsWith('.journal'));
+    expect(journals).toHaveLength(2);
+    // The process dies here; the next start rebuilds both shards from their journals.
+    const infos: ShardInfo[] = [];
+    const next = new ShardWriter({ dir, sigma: new Sigma('int8'), maxShardBytes: 1 << 30, maxShardAgeMs: 3_600_000, onShardFinished: (i) => void infos.push(i) });
+    expect((await next.recover()).recoveredSequences).toBe(5);
+    const byBase = new Map(infos.map((i) => [readShard(i.path).metadata.baseFingerprint, readShard(i.path).metadata.requestIds]));
+    expect(byBase).toEqual(new Map([['fp-a', ['r0', 'r1']], ['fp-b', ['r0', 'r1', 'r2']]]));
+    await next.close();
+  });
+
+  it('refuses a sequence that names no base', () => {
+    const writer = new ShardWriter({ dir: freshDir(), sigma: new Sigma('f16'), maxShardBytes: 1 << 30, maxShardAgeMs: 3_600_000, onShardFinished: () => {} });
+    expect(() => writer.append({ ...syntheticSequence('x', 3, 8), baseFingerprint: '' })).toThrow(/no base fingerprint/);
+  });
+});
+
 describe('journal recovery', () => {
   /** Appends `count` sequences without closing the shard, then returns the journal (the "crash"). */
   function journalWith(count: number): { dir: string; journal: string; seqIds: string[] } {
@@ -149,7 +174,6 @@ describe('journal recovery', () => {
     const writer = new ShardWriter({
       dir,
       sigma: new Sigma('f16'),
-      baseFingerprint: 'fp',
       maxShardBytes: 1 << 30,
       maxShardAgeMs: 3_600_000,
       onShardFinished: () => {},
@@ -166,7 +190,6 @@ describe('journal recovery', () => {
     const writer = new ShardWriter({
       dir,
       sigma: new Sigma('int8'), // a different σ now: recovery must use the journal's own schema
-      baseFingerprint: 'other',
       maxShardBytes: 1 << 30,
       maxShardAgeMs: 3_600_000,
       onShardFinished: (i) => {
@@ -231,7 +254,6 @@ describe('journal recovery', () => {
     const w = new ShardWriter({
       dir,
       sigma: new Sigma('f16'),
-      baseFingerprint: 'fp',
       maxShardBytes: 1 << 30,
       maxShardAgeMs: 3_600_000,
       onShardFinished: (i) => {
@@ -258,7 +280,6 @@ describe('journal recovery', () => {
     const r2 = new ShardWriter({
       dir,
       sigma: new Sigma('f16'),
-      baseFingerprint: 'fp',
       maxShardBytes: 1 << 30,
       maxShardAgeMs: 3_600_000,
       onShardFinished: (i) => {
@@ -284,7 +305,6 @@ describe('journal recovery', () => {
     const w = new ShardWriter({
       dir,
       sigma: new Sigma('f16'),
-      baseFingerprint: 'fp',
       maxShardBytes: 1 << 30,
       maxShardAgeMs: 3_600_000,
       onShardFinished: async () => {

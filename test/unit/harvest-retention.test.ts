@@ -34,7 +34,6 @@ async function makeShards(dir: string, index: FakeIndex, plan: Array<{ tenant: s
   const w = new ShardWriter({
     dir,
     sigma: new Sigma('f16'),
-    baseFingerprint: 'fp',
     maxShardBytes: 1, // every sequence closes its shard
     maxShardAgeMs: 3_600_000,
     onShardFinished: index.add,
@@ -104,7 +103,6 @@ describe('forget tenant', () => {
     const w = new ShardWriter({
       dir,
       sigma: new Sigma('int8'),
-      baseFingerprint: 'fp',
       maxShardBytes: 1 << 20,
       maxShardAgeMs: 3_600_000,
       onShardFinished: (i) => {
@@ -114,12 +112,14 @@ describe('forget tenant', () => {
     w.append(syntheticSequence('unindexed', 4, 32, { tenantId: 'victim/1' }));
     await w.flush();
     w.append(syntheticSequence('open', 4, 32, { tenantId: 'victim/1' }));
-    expect(fs.readdirSync(victimDir).filter((f) => f.endsWith('.journal'))).toHaveLength(1);
+    // Another base's states for the tenant: an open shard of its own, discarded too.
+    w.append(syntheticSequence('open-other-base', 4, 32, { tenantId: 'victim/1', baseFingerprint: 'fp-other' }));
+    expect(fs.readdirSync(victimDir).filter((f) => f.endsWith('.journal'))).toHaveLength(2);
     const keep = index.list().filter((s) => s.tenantId !== 'victim/1');
 
     const result = await forgetTenant({ dir, tenantId: 'victim/1', shards: index.list, deleteIndexed: index.remove, writer: w });
     expect(fs.existsSync(victimDir)).toBe(false);
-    expect(result.discardedSequences).toBe(1);
+    expect(result.discardedSequences).toBe(2);
     expect(result.shardIds).toHaveLength(3); // two indexed, one not
     expect(result.shardIds).toContain(extra[0].id);
     expect(result.indexed).toHaveLength(2);
@@ -139,7 +139,6 @@ describe('forget tenant', () => {
       maxQueueBytes: 1 << 24,
       maxShardBytes: 1 << 20,
       maxShardAgeMs: 3_600_000,
-      baseFingerprint: 'fp',
       onShardFinished: index.add,
     });
     for (let i = 0; i < 20; i++) h.offer(syntheticSequence(`x${i}`, 8, 32, { tenantId: i % 2 ? 'gone' : 'stays' }));

@@ -52,4 +52,24 @@ describe('scheduler fairness', () => {
     (await big)();
     expect(order).toEqual(['small', 'big']);
   });
+
+  it('grants background work only a slot no request waits for, and says when one frees', async () => {
+    const s = new Scheduler({ maxLive: 2, maxWaiting: 10 });
+    const spare: number[] = [];
+    s.onSpareSlot(() => spare.push(s.runningSequences));
+    const background = s.tryAcquireSpare('a');
+    expect(background).not.toBeNull();
+    const request = await s.acquire(1, undefined, 'b');
+    expect(s.tryAcquireSpare('a')).toBeNull(); // full
+    const waiting = s.acquire(1, undefined, 'c');
+    background!(); // the freed slot goes to the waiting request, not to background work
+    const granted = await waiting;
+    expect(spare).toEqual([]);
+    request();
+    expect(spare).toEqual([1]); // now a slot is free and nobody waits
+    expect(s.tryAcquireSpare(null)).not.toBeNull();
+    granted();
+    s.drain();
+    expect(s.tryAcquireSpare('a')).toBeNull();
+  });
 });
