@@ -69,13 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--token-ids", action="store_true", help="also read token ids (an embedding table of vocab × width)")
     # mixture carry-ons: secondary bases sharing the tokenizer (repeat each flag once per base, in order)
     t.add_argument("--secondary-shards", action="append", default=[], metavar="DIR_OR_FILES",
-                   help="a mixture's secondary base: its shards, harvested over the same records as --shards (repeatable, "
-                        "one per secondary base, in order; several paths separated by commas)")
+                   help="a mixture's secondary base: its shards, with the primary's sequences (same request ids, or the same "
+                        "records in order; repeatable, one per secondary base, in order; several paths separated by commas)")
     t.add_argument("--secondary-layers", action="append", default=[], metavar="SPEC",
                    help="that secondary base's hidden states read, as --layers-in (repeatable, same count; default final)")
     t.add_argument("--secondary-base", action="append", default=[], metavar="PKG_DIR",
                    help="that secondary base's model package (optional; repeatable, same count): checks fingerprint, "
-                        "hidden size, vocabulary and layers against its shards")
+                        "hidden size, vocabulary and layers against its shards; with --pull-from and no --secondary-shards, "
+                        "its shards are pulled too")
     t.add_argument("--secondary-eval-shards", action="append", default=[], metavar="DIR_OR_FILES",
                    help="with --eval-shards: the secondary base's held-out shards (repeatable, same count)")
     # optimisation
@@ -209,9 +210,18 @@ def _train_in(args: argparse.Namespace, dist, device: str) -> int:
         from .gateway import AdminClient
 
         dest = os.path.join(args.out, "shards")
-        got = AdminClient(args.pull_from, _admin_key(args)).pull(dest, args.tenant, BasePackage.open(args.base).fingerprint)
+        client = AdminClient(args.pull_from, _admin_key(args))
+        got = client.pull(dest, args.tenant, BasePackage.open(args.base).fingerprint)
         print(f"pulled {len(got)} shards into {dest}", file=sys.stderr)
         shards.append(dest)
+        if args.secondary_base and not args.secondary_shards:
+            # A mixture from live traffic: a policy naming several bases left each base's shards
+            # under the tenant; the trainer joins them by request id.
+            for j, sec in enumerate(args.secondary_base):
+                sec_dest = os.path.join(args.out, f"shards-secondary-{j}")
+                got = client.pull(sec_dest, args.tenant, BasePackage.open(sec).fingerprint)
+                print(f"pulled {len(got)} shards of secondary base {j} into {sec_dest}", file=sys.stderr)
+                args.secondary_shards.append(sec_dest)
     if args.text:
         dest = os.path.join(args.out, "harvest")
         print(node.harvest(args.base, args.text, dest, args.format, _layers(args.layers_in), None, args.limit), end="", file=sys.stderr)
