@@ -12,12 +12,14 @@ Sequences longer than `seq_len` are cut into windows that keep their absolute po
 then attends only to its own tokens, an approximation of serving (where the carry-on sees the
 whole prefix) that only matters for sequences longer than `seq_len` (default: the base context).
 
-Mixtures: each secondary base's shards (harvested over the same records with the same options)
-are aligned with the primary's *by sequence*, over the whole shard list in order: the k-th sequence
-of the secondary must have the k-th primary sequence's length, token_ids, target_ids and
-is_completion, row by row. Shard boundaries may differ (a harvest rotates shards by bytes, and
-bases of other sizes fill them at other rows). A window then reads the secondary's rows at the same
-sequence and positions.
+Mixtures: when every shard of the primary and of a secondary base names its sequences'
+`request_ids` (unique on each side), the secondary is joined with the primary *by request id*: live
+shards are written per base independently, so a primary sequence the secondary lacks is left out
+(with a warning) and extra secondary sequences are ignored. Without usable ids the secondary's
+shards (harvested over the same records with the same options) are aligned *by sequence order*:
+its k-th sequence is the primary's k-th. Either way a paired sequence must have the same length,
+token_ids, target_ids and is_completion, row by row; shard boundaries may differ, and a window reads
+the secondary's rows at the same sequence and positions.
 """
 from __future__ import annotations
 
@@ -107,7 +109,9 @@ def open_shard(path: str, layers: Sequence[Layer], hidden_size: Optional[int] = 
 @dataclass
 class Secondary:
     """One secondary base's shards, aligned with the primary corpus by sequence: `loc[k]` = (shard
-    index, first row) of global sequence k in these shards."""
+    index, first row) of global sequence k in these shards. As open_secondary returns it, `loc` has
+    a row per primary sequence, (-1, -1) where a join by request id found no counterpart; Corpus.open
+    then keeps the rows of the sequences it uses."""
 
     shards: List[Shard]
     layers: List[Layer]
@@ -121,8 +125,32 @@ class Secondary:
         return self.shards[si].rows(layer, start, start + n)
 
 
+HINT = "harvest every base over the same data file with the same options (--format, --max-tokens, --limit)"
+
+
 def _concat(shards: Sequence[Shard], name: str) -> np.ndarray:
     return np.concatenate([np.asarray(sh.tensors[name], dtype=np.int64) for sh in shards]) if shards else np.zeros(0, np.int64)
+
+
+def _lengths(shards: Sequence[Shard]) -> np.ndarray:
+    return np.concatenate([np.diff(sh.offsets) for sh in shards]) if shards else np.zeros(0, np.int64)
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    """First row of each sequence in the concatenation of sequences of these lengths."""
+    return np.cumsum(lengths) - lengths
+
+
+def _seq_loc(shards: Sequence[Shard]) -> np.ndarray:
+    """(shard index, first row) of every sequence of the shards, in order."""
+    loc = np.zeros((sum(sh.sequences for sh in shards), 2), np.int64)
+    k = 0
+    for si, sh in enumerate(shards):
+        n = sh.sequences
+        loc[k : k + n, 0] = si
+        loc[k : k + n, 1] = sh.offsets[:-1]
+        k += n
+    return loc
 
 
 def _where(shards: Sequence[Shard], row: int) -> Tuple[str, int]:
@@ -139,9 +167,7 @@ def align_secondary(primary: Sequence[Shard], shards: List[Shard], j: int) -> np
     """Checks that `shards` hold the primary's sequences (same lengths, token_ids, target_ids,
     is_completion, row by row) and returns their locations; a ShardError names the first
     differing shard and row."""
-    p_len = np.concatenate([np.diff(sh.offsets) for sh in primary]) if primary else np.zeros(0, np.int64)
-    s_len = np.concatenate([np.diff(sh.offsets) for sh in shards])
-    hint = "harvest every base over the same data file with the same options (--format, --max-tokens, --limit)"
+    p_len, s_len = _lengths(primary), _lengths(shards)
     if len(p_len) != len(s_len) or not np.array_equal(p_len, s_len):
         m = min(len(p_len), len(s_len))
         diff = p_len[:m] != s_len[:m]
@@ -152,7 +178,7 @@ def align_secondary(primary: Sequence[Shard], shards: List[Shard], j: int) -> np
         raise ShardError(
             f"secondary base {j}: shard {sp} row {sr}: seq_offsets differ from the primary's at sequence {bad} (primary shard {pp} "
             f"row {pr}): {len(s_len)} sequences vs the primary's {len(p_len)}"
-            + (f", length {int(s_len[bad])} vs {int(p_len[bad])}" if bad < m else "") + f"; {hint}")
+            + (f", length {int(s_len[bad])} vs {int(p_len[bad])}" if bad < m else "") + f"; {HINT}")
     for name in ("token_ids", "target_ids", "is_completion"):
         a, b = _concat(primary, name), _concat(shards, name)
         if not np.array_equal(a, b):
@@ -160,15 +186,8 @@ def align_secondary(primary: Sequence[Shard], shards: List[Shard], j: int) -> np
             sp, sr = _where(shards, row)
             pp, pr = _where(primary, row)
             raise ShardError(f"secondary base {j}: shard {sp} row {sr}: {name} differ from the primary's (shard {pp} row {pr}: "
-                             f"{int(b[row])} vs {int(a[row])}); {hint}")
-    loc = np.zeros((len(s_len), 2), np.int64)
-    k = 0
-    for si, sh in enumerate(shards):
-        n = sh.sequences
-        loc[k : k + n, 0] = si
-        loc[k : k + n, 1] = sh.offsets[:-1]
-        k += n
-    return loc
+                             f"{int(b[row])} vs {int(a[row])}); {HINT}")
+    return _seq_loc(shards)
 
 
 def _request_ids(sh: Shard) -> List[str]:
@@ -177,6 +196,66 @@ def _request_ids(sh: Shard) -> List[str]:
     except ValueError:
         return []
     return [str(i) for i in ids] if isinstance(ids, list) and len(ids) == sh.sequences else []
+
+
+def usable_ids(shards: Sequence[Shard]) -> Optional[List[str]]:
+    """The request id of every sequence of the shards, in order, or None when a shard lacks a list
+    of the right length or an id repeats (then no join by id is possible)."""
+    ids: List[str] = []
+    for sh in shards:
+        got = _request_ids(sh)
+        if len(got) != sh.sequences:
+            return None
+        ids.extend(got)
+    return ids if len(set(ids)) == len(ids) else None
+
+
+def _check_pairs(primary: Sequence[Shard], shards: Sequence[Shard], j: int, p_ids: Sequence[str],
+                 p_seq: np.ndarray, s_seq: np.ndarray) -> None:
+    """Primary sequence p_seq[k] and secondary sequence s_seq[k] must match row by row; a ShardError
+    names the request id, both shards and the first differing row."""
+    p_len, s_len = _lengths(primary), _lengths(shards)
+    p_start, s_start = _starts(p_len), _starts(s_len)
+    bad = np.flatnonzero(p_len[p_seq] != s_len[s_seq])
+    if len(bad):
+        pi, si = int(p_seq[bad[0]]), int(s_seq[bad[0]])
+        sp, sr = _where(shards, int(s_start[si]))
+        pp, pr = _where(primary, int(p_start[pi]))
+        raise ShardError(f"secondary base {j}: shard {sp} row {sr}: request id {p_ids[pi]} has {int(s_len[si])} rows, the primary's "
+                         f"{int(p_len[pi])} (shard {pp} row {pr}); {HINT}")
+    # Row indices of every pair, gathered at once: the shards of a long harvest hold millions of rows.
+    n = p_len[p_seq]
+    first = _starts(n)
+    within = np.arange(int(n.sum())) - np.repeat(first, n)
+    p_rows, s_rows = np.repeat(p_start[p_seq], n) + within, np.repeat(s_start[s_seq], n) + within
+    for name in ("token_ids", "target_ids", "is_completion"):
+        a, b = _concat(primary, name)[p_rows], _concat(shards, name)[s_rows]
+        if not np.array_equal(a, b):
+            i = int(np.argmax(a != b))
+            rid = p_ids[int(p_seq[np.searchsorted(first, i, side="right") - 1])]
+            sp, sr = _where(shards, int(s_rows[i]))
+            pp, pr = _where(primary, int(p_rows[i]))
+            raise ShardError(f"secondary base {j}: shard {sp} row {sr}: {name} differ from the primary's (request id {rid}, "
+                             f"primary shard {pp} row {pr}: {int(b[i])} vs {int(a[i])}); {HINT}")
+
+
+def join_secondary(primary: Sequence[Shard], shards: Sequence[Shard], j: int, p_ids: Sequence[str], s_ids: Sequence[str]) -> np.ndarray:
+    """Locations in `shards` of each primary sequence by request id, (-1, -1) where the secondary
+    lacks it (the gateway writes each base's shards on its own: a key's policy may not name this
+    base, a replay may be dropped under load). Sequences only in the secondary are ignored."""
+    where = {rid: k for k, rid in enumerate(s_ids)}
+    s_of = np.array([where.get(rid, -1) for rid in p_ids], np.int64)
+    p_seq = np.flatnonzero(s_of >= 0)
+    if not len(p_seq):
+        raise ShardError(f"no primary sequence has a counterpart in secondary base {j}'s shards by request id "
+                         f"({len(p_ids)} primary, {len(s_ids)} secondary sequences)")
+    _check_pairs(primary, shards, j, p_ids, p_seq, s_of[p_seq])
+    if len(p_seq) < len(p_ids):
+        warnings.warn(f"secondary base {j}: {len(p_ids) - len(p_seq)} of {len(p_ids)} primary sequences have no counterpart "
+                      "(by request id) and are left out")
+    loc = np.full((len(p_ids), 2), -1, np.int64)
+    loc[p_seq] = _seq_loc(shards)[s_of[p_seq]]
+    return loc
 
 
 def order_like(primary: Sequence[Shard], shards: List[Shard]) -> List[Shard]:
@@ -201,14 +280,19 @@ def order_like(primary: Sequence[Shard], shards: List[Shard]) -> List[Shard]:
 def open_secondary(primary: Sequence[Shard], paths: Sequence[str], layers: Sequence[Layer], j: int,
                    hidden_size: Optional[int] = None, fingerprint: Optional[str] = None) -> Secondary:
     """Secondary base j's shards: one base (its shards' base_fingerprint, or `fingerprint` when its
-    package is known), its hidden size from their metadata, aligned with the primary's."""
-    shards = order_like(primary, [open_shard(p, list(layers), hidden_size, fingerprint) for p in find_shards(paths)])
+    package is known), its hidden size from their metadata, joined with the primary's by request id
+    when both sides' ids are usable, else aligned by sequence order."""
+    shards = [open_shard(p, list(layers), hidden_size, fingerprint) for p in find_shards(paths)]
     fps = sorted({sh.metadata.get("base_fingerprint", "") for sh in shards})
     if len(fps) != 1 or not fps[0]:
         raise ShardError(f"secondary base {j}: its shards come from {len(fps)} bases ({[f[:12] for f in fps]}): one base per --secondary-shards")
     sizes = sorted({int(sh.metadata["hidden_size"]) for sh in shards})
     if len(sizes) != 1:
         raise ShardError(f"secondary base {j}: shards of hidden sizes {sizes}")
+    p_ids, s_ids = usable_ids(primary), usable_ids(shards)
+    if p_ids is not None and s_ids is not None:
+        return Secondary(shards, list(layers), fps[0], sizes[0], join_secondary(primary, shards, j, p_ids, s_ids))
+    shards = order_like(primary, shards)
     return Secondary(shards, list(layers), fps[0], sizes[0], align_secondary(primary, shards, j))
 
 
@@ -222,19 +306,22 @@ class Window:
 
 
 class Corpus:
-    """Every sequence of some shards, cut into windows of at most `seq_len` rows."""
+    """Every sequence of some shards (or those `keep` marks, in the shards' sequence order), cut into
+    windows of at most `seq_len` rows; sequences are numbered densely over the kept ones."""
 
-    def __init__(self, shards: List[Shard], layers: Sequence[Layer], seq_len: int) -> None:
+    def __init__(self, shards: List[Shard], layers: Sequence[Layer], seq_len: int, keep: Optional[np.ndarray] = None) -> None:
         self.shards, self.layers, self.seq_len = shards, list(layers), seq_len
         self.secondaries: List[Secondary] = []  # mixtures: aligned shards of each secondary base
         self.windows: List[Window] = []
-        seq = 0
+        seq, k = 0, 0
         for si, sh in enumerate(shards):
             for i in range(sh.sequences):
-                b, e = int(sh.offsets[i]), int(sh.offsets[i + 1])
-                for start in range(b, e, seq_len):
-                    self.windows.append(Window(si, start, min(start + seq_len, e), start - b, seq))
-                seq += 1
+                if keep is None or keep[k]:
+                    b, e = int(sh.offsets[i]), int(sh.offsets[i + 1])
+                    for start in range(b, e, seq_len):
+                        self.windows.append(Window(si, start, min(start + seq_len, e), start - b, seq))
+                    seq += 1
+                k += 1
         self.sequence_count = seq
 
     @classmethod
@@ -243,10 +330,19 @@ class Corpus:
         """`secondaries` (mixtures): per secondary base, {"paths", "layers"} and optionally the
         expected "hidden_size" / "fingerprint" (from its package)."""
         need = list(dict.fromkeys(["final", *layers]))  # the loss always needs the final state
-        corpus = cls([open_shard(p, need, hidden_size, base_fingerprint) for p in find_shards(paths)], need, seq_len)
-        for j, spec in enumerate(secondaries):
-            corpus.secondaries.append(open_secondary(corpus.shards, spec["paths"], spec["layers"], j,
-                                                     spec.get("hidden_size"), spec.get("fingerprint")))
+        shards = [open_shard(p, need, hidden_size, base_fingerprint) for p in find_shards(paths)]
+        secs = [open_secondary(shards, spec["paths"], spec["layers"], j, spec.get("hidden_size"), spec.get("fingerprint"))
+                for j, spec in enumerate(secondaries)]
+        # A sequence is trained on only where every secondary has its states.
+        keep = np.ones(sum(sh.sequences for sh in shards), bool)
+        for sec in secs:
+            keep &= sec.loc[:, 0] >= 0
+        if keep.size and not keep.any():
+            raise ShardError("no primary sequence has a counterpart in every secondary base's shards by request id")
+        for sec in secs:
+            sec.loc = sec.loc[keep]
+        corpus = cls(shards, need, seq_len, keep)
+        corpus.secondaries = secs
         return corpus
 
     def absorb(self, other: "Corpus") -> List[Window]:

@@ -132,7 +132,7 @@ def mixture_shards(count: int = 60, start: int = 0) -> Dict[str, str]:
     (stories260K, final + 2, f16) in one shard, the second base (final + 1, int8) in several small
     shards, so the two shard lists cut the same sequences at other places."""
     key = f"mix-{start}-{count}"
-    if key not in _cache:
+    if key + "-primary" not in _cache:  # the harvest appends shards to its folder: only once per run
         _require(TINYSTORIES)
         with open(TINYSTORIES, encoding="utf-8") as f:
             paragraphs = [p for p in f.read().split("\n\n") if p.strip()][start : start + count]
