@@ -45,6 +45,7 @@ export class Metrics {
   readonly harvestBytesWritten: client.Gauge;
   readonly harvestSequencesDropped: client.Gauge;
   readonly harvestSequencesAccepted: client.Gauge;
+  readonly harvestReplays: client.Gauge<'outcome'>;
 
   constructor(private readonly maxCarryOnLabels = 100) {
     const r = [this.registry];
@@ -89,6 +90,12 @@ export class Metrics {
     this.harvestBytesWritten = new client.Gauge({ name: 'carryon:harvest_bytes_written_total', help: 'Harvest shard bytes written.', registers: r });
     this.harvestSequencesDropped = new client.Gauge({ name: 'carryon:harvest_sequences_dropped_total', help: 'Harvested sequences dropped (queue full).', registers: r });
     this.harvestSequencesAccepted = new client.Gauge({ name: 'carryon:harvest_sequences_accepted_total', help: 'Harvested sequences accepted.', registers: r });
+    this.harvestReplays = new client.Gauge({
+      name: 'carryon:harvest_replays_total',
+      help: "Sampled sequences replayed on a policy's other bases, by outcome (replayed, dropped, skipped, failed).",
+      labelNames: ['outcome'],
+      registers: r,
+    });
     client.collectDefaultMetrics({ register: this.registry, prefix: 'carryon_process_', eventLoopMonitoringPrecision: 10 });
   }
 

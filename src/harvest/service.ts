@@ -228,11 +228,13 @@ export class HarvestService implements HarvestSink {
   }
 
   /** Copies the writer's counters into the Prometheus gauges at scrape time (the counters live in the worker's shared memory). */
-  exportMetrics(m: { harvestBytesWritten: Gauge; harvestSequencesAccepted: Gauge; harvestSequencesDropped: Gauge }): void {
+  exportMetrics(m: { harvestBytesWritten: Gauge; harvestSequencesAccepted: Gauge; harvestSequencesDropped: Gauge; harvestReplays: Gauge<'outcome'> }): void {
     const w = this.harvester?.stats() ?? ZERO_STATS;
     m.harvestBytesWritten.set(w.bytesWritten);
     m.harvestSequencesAccepted.set(w.accepted);
     m.harvestSequencesDropped.set(w.dropped + this.droppedDeletedTenant);
+    const replay = this.replay?.stats();
+    if (replay) for (const outcome of ['replayed', 'dropped', 'skipped', 'failed'] as const) m.harvestReplays.set({ outcome }, replay[outcome]);
   }
 
   /** Resolves when every queued push has succeeded (tests). */

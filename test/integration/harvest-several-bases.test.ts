@@ -113,6 +113,8 @@ describe('harvesting several bases per policy', () => {
     await expect.poll(async () => (await harvestStats(gw)).replay?.replayed, { timeout: 30_000 }).toBe(ids.length);
     await gw.harvest.flush();
     expect((await harvestStats(gw)).replay).toMatchObject({ failed: 0, skipped: 0, dropped: 0, queued: 0, running: 0 });
+    const scrape = (await api(gw, 'GET', '/metrics', ADMIN_KEY)).text;
+    expect(scrape).toMatch(new RegExp(`^carryon:harvest_replays_total\\{outcome="replayed"\\} ${ids.length}$`, 'm'));
 
     const byBase = await sequencesOf('t1');
     expect([...byBase.keys()].sort()).toEqual([fingerprint(A), fingerprint(B)].sort());
