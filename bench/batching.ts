@@ -4,6 +4,7 @@
  *
  *   node --import tsx bench/batching.ts [--models smol-f32,smol-q4,qwen-f32,qwen-q4,llama3-f32,llama3-q4] [--concurrency 1,8,32]
  *        [--decode 48] [--prompt 32] [--threads 1] [--long 2000] [--short 24] [--prefill-chunk 256] [--skip-llama]
+ *        [--parts decode,carry-ons,ttft]   (which of 1–2 below, and 3, to run; 4 goes with decode)
  *
  * 1. Aggregate decode tokens/s with C concurrent streams (C prompts submitted together, greedy,
  *    `--decode` tokens each). Counted from the moment every stream has its first token to the
@@ -44,6 +45,7 @@ const { values } = parseArgs({
     'prefill-chunk': { type: 'string', default: '256' },
     'prefill-slice-ms': { type: 'string', default: '100' },
     'skip-llama': { type: 'boolean', default: false },
+    parts: { type: 'string', default: 'decode,carry-ons,ttft' },
   },
 });
 const SPECS: Record<string, { shape: ShapeName; quant: 'f32' | 'q4_0' }> = {
@@ -63,6 +65,8 @@ const LONG = intOption('long', values.long, 2);
 const SHORT = intOption('short', values.short, 2);
 const PREFILL = intOption('prefill-chunk', values['prefill-chunk'], 1);
 const SLICE_MS = intOption('prefill-slice-ms', values['prefill-slice-ms'], 0);
+const PARTS = new Set(values.parts.split(','));
+for (const part of PARTS) if (!['decode', 'carry-ons', 'ttft'].includes(part)) throw new Error(`--parts: unknown part ${part} (decode, carry-ons, ttft)`);
 const log = (m: string) => process.stderr.write(`[batching ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 
 function prompts(count: number, length: number, vocab: number, seed: number): number[][] {
@@ -185,69 +189,9 @@ async function main(): Promise<void> {
       // Warm-up: first runs allocate.
       await oursDecode(engine, prompts(2, PROMPT, vocab, 99), [null, null]);
 
-      const rows: string[][] = [];
-      const ours = new Map<number, number>();
-      const llama = new Map<number, number>();
-      for (const c of CONCURRENCY) {
-        const ps = prompts(c, PROMPT, vocab, c);
-        ours.set(c, await oursDecode(engine, ps, ps.map(() => null)));
-        log(`${key} C=${c}: ours ${ours.get(c)!.toFixed(1)} tok/s`);
-        if (!values['skip-llama']) {
-          llama.set(c, await llamaDecode(gguf, ps));
-          log(`${key} C=${c}: llama.cpp ${llama.get(c)!.toFixed(1)} tok/s`);
-        }
-      }
-      const one = ours.get(CONCURRENCY[0])!;
-      for (const c of CONCURRENCY) {
-        const l = llama.get(c);
-        rows.push([String(c), ours.get(c)!.toFixed(1), `${(ours.get(c)! / one).toFixed(2)}x`, l ? l.toFixed(1) : '–', l ? `${(ours.get(c)! / l).toFixed(2)}x` : '–']);
-      }
-      lines.push(`### ${key}: aggregate decode tokens/s (prompt ${PROMPT}, ${DECODE} greedy tokens per stream, ${THREADS} thread(s))`, '');
-      lines.push(table(['streams', 'ours tok/s', `vs ${CONCURRENCY[0]} stream`, 'llama.cpp tok/s', 'ours / llama.cpp'], rows), '');
-
-      // Carry-ons: 32 streams, each its own carry-on, vs the same 32 on the base.
-      const n = Math.max(...CONCURRENCY);
-      const cos = await makeBenchCarryOns(pkg, path.join(BENCH_OUT, 'carry-ons', `${key}-batching`), { width: 64, layers: 2, heads: 4 }, n);
-      const registry = new CarryOnRegistry({ loader: engine, budgetBytes: 2 ** 40, pinned: new Set(), log: () => {} });
-      const leases = await Promise.all(cos.map((c) => registry.acquire(c.record)));
-      const ps = prompts(n, PROMPT, vocab, 7);
-      const baseTps = await oursDecode(engine, ps, ps.map(() => null));
-      const coTps = await oursDecode(engine, ps, leases.map((l) => l.key));
-      const baseTps2 = await oursDecode(engine, ps, ps.map(() => null));
-      for (const l of leases) l.release();
-      const baseMean = (baseTps + baseTps2) / 2;
-      lines.push(`### ${key}: ${n} streams, each on a different carry-on (${(cos[0].graphBytes / 1e6).toFixed(2)} MB, ${cos[0].parameters.toLocaleString()} params) vs the base`, '');
-      lines.push(table(['run', 'tok/s', 'ratio'], [
-        ['base (mean of before/after)', baseMean.toFixed(1), '1.00x'],
-        [`${n} different carry-ons`, coTps.toFixed(1), `${(coTps / baseMean).toFixed(2)}x`],
-      ]), '');
-
-      // TTFT under a long prefill, sliced chunks vs whole ones.
-      const shorts = prompts(60, SHORT, vocab, 5);
-      const long = prompts(1, LONG, vocab, 6)[0];
-      const ttftRows: string[][] = [];
-      for (const sliceMs of [...new Set([0, SLICE_MS])]) {
-        const e = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: THREADS, prefillChunk: PREFILL, prefillSliceMs: sliceMs });
-        try {
-          await oursDecode(e, prompts(2, PROMPT, vocab, 99), [null, null]);
-          const idle = await probeTtfts(e, shorts.slice(0, 20), null);
-          const t0 = performance.now();
-          const busy = await probeTtfts(e, shorts, long);
-          const wall = (performance.now() - t0) / 1000;
-          const longTps = LONG / wall;
-          const allTps = (LONG + busy.length * SHORT) / wall;
-          const label = sliceMs === 0 ? 'whole chunks' : `slices of ${sliceMs} ms`;
-          log(`${key} ${label}: idle p50 ${percentile(idle, 50).toFixed(1)} ms, busy p99 ${percentile(busy, 99).toFixed(1)} ms, long prefill ${longTps.toFixed(1)} tok/s, all prompts ${allTps.toFixed(1)} tok/s`);
-          ttftRows.push([label, 'idle', String(idle.length), percentile(idle, 50).toFixed(1), percentile(idle, 99).toFixed(1), '–', '–']);
-          ttftRows.push([
-            label, `while a ${LONG}-token prompt is prefilled`, String(busy.length), percentile(busy, 50).toFixed(1), percentile(busy, 99).toFixed(1), longTps.toFixed(1), allTps.toFixed(1),
-          ]);
-        } finally {
-          await e.close();
-        }
-      }
-      lines.push(`### ${key}: TTFT of ${SHORT}-token prompts, sent one after another (prefill budget ${PREFILL} tokens per step)`, '');
-      lines.push(table(['chunks', 'engine state', 'probes', 'p50 ms', 'p99 ms', 'long prompt tok/s', 'all prompt tok/s'], ttftRows, 2), '');
+      if (PARTS.has('decode')) lines.push(...(await decodeSection(engine, key, gguf, vocab)));
+      if (PARTS.has('carry-ons')) lines.push(...(await carryOnSection(engine, key, pkg, vocab)));
+      if (PARTS.has('ttft')) lines.push(...(await ttftSection(key, pkg, vocab)));
     } finally {
       await engine.close();
     }
@@ -255,6 +199,83 @@ async function main(): Promise<void> {
   const cpu = os.cpus()[0]?.model ?? 'unknown';
   console.log(`cpu: ${cpu} (${os.cpus().length} logical cores); threads ${THREADS}; load average at end ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}\n`);
   console.log(lines.join('\n'));
+}
+
+/** 1 and 4: aggregate decode tokens/s at each concurrency, ours and llama.cpp's. */
+async function decodeSection(engine: Engine, key: string, gguf: string, vocab: number): Promise<string[]> {
+  const lines: string[] = [];
+  const rows: string[][] = [];
+  const ours = new Map<number, number>();
+  const llama = new Map<number, number>();
+  for (const c of CONCURRENCY) {
+    const ps = prompts(c, PROMPT, vocab, c);
+    ours.set(c, await oursDecode(engine, ps, ps.map(() => null)));
+    log(`${key} C=${c}: ours ${ours.get(c)!.toFixed(1)} tok/s`);
+    if (!values['skip-llama']) {
+      llama.set(c, await llamaDecode(gguf, ps));
+      log(`${key} C=${c}: llama.cpp ${llama.get(c)!.toFixed(1)} tok/s`);
+    }
+  }
+  const one = ours.get(CONCURRENCY[0])!;
+  for (const c of CONCURRENCY) {
+    const l = llama.get(c);
+    rows.push([String(c), ours.get(c)!.toFixed(1), `${(ours.get(c)! / one).toFixed(2)}x`, l ? l.toFixed(1) : '–', l ? `${(ours.get(c)! / l).toFixed(2)}x` : '–']);
+  }
+  lines.push(`### ${key}: aggregate decode tokens/s (prompt ${PROMPT}, ${DECODE} greedy tokens per stream, ${THREADS} thread(s))`, '');
+  lines.push(table(['streams', 'ours tok/s', `vs ${CONCURRENCY[0]} stream`, 'llama.cpp tok/s', 'ours / llama.cpp'], rows), '');
+  return lines;
+}
+
+/** 2: 32 streams, each its own carry-on, vs the same 32 on the base. */
+async function carryOnSection(engine: Engine, key: string, pkg: string, vocab: number): Promise<string[]> {
+  const lines: string[] = [];
+  const n = Math.max(...CONCURRENCY);
+  const cos = await makeBenchCarryOns(pkg, path.join(BENCH_OUT, 'carry-ons', `${key}-batching`), { width: 64, layers: 2, heads: 4 }, n);
+  const registry = new CarryOnRegistry({ loader: engine, budgetBytes: 2 ** 40, pinned: new Set(), log: () => {} });
+  const leases = await Promise.all(cos.map((c) => registry.acquire(c.record)));
+  const ps = prompts(n, PROMPT, vocab, 7);
+  const baseTps = await oursDecode(engine, ps, ps.map(() => null));
+  const coTps = await oursDecode(engine, ps, leases.map((l) => l.key));
+  const baseTps2 = await oursDecode(engine, ps, ps.map(() => null));
+  for (const l of leases) l.release();
+  const baseMean = (baseTps + baseTps2) / 2;
+  lines.push(`### ${key}: ${n} streams, each on a different carry-on (${(cos[0].graphBytes / 1e6).toFixed(2)} MB, ${cos[0].parameters.toLocaleString()} params) vs the base`, '');
+  lines.push(table(['run', 'tok/s', 'ratio'], [
+    ['base (mean of before/after)', baseMean.toFixed(1), '1.00x'],
+    [`${n} different carry-ons`, coTps.toFixed(1), `${(coTps / baseMean).toFixed(2)}x`],
+  ]), '');
+  return lines;
+}
+
+/** 3: TTFT under a long prefill, sliced chunks vs whole ones, each on its own engine. */
+async function ttftSection(key: string, pkg: string, vocab: number): Promise<string[]> {
+  const lines: string[] = [];
+  const shorts = prompts(60, SHORT, vocab, 5);
+  const long = prompts(1, LONG, vocab, 6)[0];
+  const ttftRows: string[][] = [];
+  for (const sliceMs of [...new Set([0, SLICE_MS])]) {
+    const e = await Engine.start({ modelDir: pkg, provider: 'cpu', threads: THREADS, prefillChunk: PREFILL, prefillSliceMs: sliceMs });
+    try {
+      await oursDecode(e, prompts(2, PROMPT, vocab, 99), [null, null]);
+      const idle = await probeTtfts(e, shorts.slice(0, 20), null);
+      const t0 = performance.now();
+      const busy = await probeTtfts(e, shorts, long);
+      const wall = (performance.now() - t0) / 1000;
+      const longTps = LONG / wall;
+      const allTps = (LONG + busy.length * SHORT) / wall;
+      const label = sliceMs === 0 ? 'whole chunks' : `slices of ${sliceMs} ms`;
+      log(`${key} ${label}: idle p50 ${percentile(idle, 50).toFixed(1)} ms, busy p99 ${percentile(busy, 99).toFixed(1)} ms, long prefill ${longTps.toFixed(1)} tok/s, all prompts ${allTps.toFixed(1)} tok/s`);
+      ttftRows.push([label, 'idle', String(idle.length), percentile(idle, 50).toFixed(1), percentile(idle, 99).toFixed(1), '–', '–']);
+      ttftRows.push([
+        label, `while a ${LONG}-token prompt is prefilled`, String(busy.length), percentile(busy, 50).toFixed(1), percentile(busy, 99).toFixed(1), longTps.toFixed(1), allTps.toFixed(1),
+      ]);
+    } finally {
+      await e.close();
+    }
+  }
+  lines.push(`### ${key}: TTFT of ${SHORT}-token prompts, sent one after another (prefill budget ${PREFILL} tokens per step)`, '');
+  lines.push(table(['chunks', 'engine state', 'probes', 'p50 ms', 'p99 ms', 'long prompt tok/s', 'all prompt tok/s'], ttftRows, 2), '');
+  return lines;
 }
 
 await main();
