@@ -43,7 +43,7 @@ const { values } = parseArgs({
     long: { type: 'string', default: '2000' },
     short: { type: 'string', default: '24' },
     'prefill-chunk': { type: 'string', default: '256' },
-    'prefill-slice-ms': { type: 'string', default: '100' },
+    'prefill-slice-ms': { type: 'string', default: '50' },
     'skip-llama': { type: 'boolean', default: false },
     parts: { type: 'string', default: 'decode,carry-ons,ttft' },
   },

@@ -110,7 +110,7 @@ export const ConfigSchema = z.object({
    * prompts have sampled; a request arriving meanwhile waits one slice, not the whole chunk.
    * 0: whole chunks (the most prefill throughput, the longest waits behind a long prompt).
    */
-  CARRYON_PREFILL_SLICE_MS: int(0, 60_000).default(100),
+  CARRYON_PREFILL_SLICE_MS: int(0, 60_000).default(50),
   /**
    * Longest sequence (prompt + completion) served; 0: the model's own context length
    * (max_position_embeddings). Lower it to bound KV memory per sequence; it cannot exceed the model's.

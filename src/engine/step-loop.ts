@@ -290,11 +290,31 @@ export class StepLoop {
         this.onSeqError(seq.seqId, `KV cache allocation failed: ${err instanceof Error ? err.message : String(err)}`);
         continue;
       }
+      this.makeRoomForPrompt(seq, slots, capacity, room);
       this.waiting.shift();
       this.slots.push(seq);
       this.restore(seq);
     }
     this.fitPrefixCache();
+  }
+
+  /**
+   * Buffers for the whole prompt (and as many rows again), when the KV budget would allow it: the
+   * pool then grows in place as the prompt is read (KvPool.relayout, about a millisecond) instead
+   * of into new memory, whose first touch costs a page fault per 4 KiB (50–600 ms per regrowth at a
+   * thousand positions on the development VM, paid by whoever arrived behind the prompt). The pool's
+   * shape and counted bytes do not change: untouched room is address space only.
+   */
+  private makeRoomForPrompt(seq: LiveSequence, slots: number, capacity: number, room: number): void {
+    const whole = this.slots.roundCapacity(seq.pending.length);
+    const fit = Math.floor(this.options.kvBudgetBytes / (whole * this.pool.bytesPerPosition));
+    const rows = Math.min(fit, Math.max(2 * slots, room));
+    if (whole <= capacity || rows < slots) return;
+    try {
+      this.pool.makeRoom(rows, whole);
+    } catch {
+      // No memory for the room: the pool grows step by step, as it would have.
+    }
   }
 
   /** Starts an admitted sequence from its cached prefix: the base never runs over those positions. */

@@ -54,6 +54,36 @@ describe('KvPool room for slots', () => {
   });
 });
 
+describe('KvPool room for capacity', () => {
+  it('grows capacity in place within the room, moving every slot intact, and gives memory back on shrink', () => {
+    const pool = new KvPool(geometry);
+    pool.ensure(3, 8, 3);
+    fill(pool, 0, 8, 1);
+    fill(pool, 1, 2, 500);
+    fill(pool, 2, 7, 9000);
+    const expected = [pool.readPositions(0, 0, 8), pool.readPositions(1, 0, 2), pool.readPositions(2, 0, 7)];
+    pool.makeRoom(4, 40);
+    const room = keyBuffer(pool);
+    expect(pool.capacity).toBe(8); // the shape and counted bytes stay
+    expect(pool.bytes).toBe(3 * 8 * pool.bytesPerPosition);
+    for (const cap of [16, 24, 40]) {
+      pool.ensure(3, cap);
+      expect(keyBuffer(pool), `capacity ${cap}`).toBe(room);
+      expect(pool.capacity).toBe(cap);
+      expect([pool.readPositions(0, 0, 8), pool.readPositions(1, 0, 2), pool.readPositions(2, 0, 7)]).toEqual(expected);
+    }
+    // The body reads each slot's positions at the new stride: slot 2, head 1 starts where it should.
+    const past = pool.bind(0, 3)[TensorNames.pastKey(0)].data as Float32Array;
+    const at = (2 * geometry.kvHeads + 1) * 40 * geometry.headDim;
+    expect(past[at]).toBe(expected[2][7 * geometry.headDim]);
+    pool.ensure(4, 40); // a fourth slot still fits the room
+    expect(keyBuffer(pool)).toBe(room);
+    pool.reshape(3, 8); // shrinking allocates exactly, so the room's memory can go
+    expect(keyBuffer(pool)).not.toBe(room);
+    expect([pool.readPositions(0, 0, 8), pool.readPositions(1, 0, 2), pool.readPositions(2, 0, 7)]).toEqual(expected);
+  });
+});
+
 describe('ByteBudgetLru', () => {
   it('evicts the least recently used within the lesser of budget and limit, and counts evictions', () => {
     let evicted = 0;
