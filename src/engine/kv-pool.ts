@@ -133,15 +133,7 @@ export class KvPool {
     const { layers, kvHeads, headDim } = this.geometry;
     const grow = (old: Float32Array | undefined): Float32Array => {
       const next = new Float32Array(room);
-      if (old) {
-        for (let s = 0; s < Math.min(newSlots, this.slotCount); s++) {
-          const n = this.lengths[s] * headDim;
-          for (let h = 0; h < kvHeads; h++) {
-            const from = (s * kvHeads + h) * this.cap * headDim;
-            next.set(old.subarray(from, from + n), (s * kvHeads + h) * newCap * headDim);
-          }
-        }
-      }
+      if (old) this.moveRows(old, next, newSlots, newCap);
       return next;
     };
     const keys = Array.from({ length: layers }, (_, i) => grow(this.keys[i]));
@@ -154,26 +146,34 @@ export class KvPool {
 
   /**
    * Grows capacity inside the buffers the pool already has: each slot's valid positions move up
-   * to their new offsets, last slot first, so no move overwrites a run still to move. A fresh
+   * to their new offsets (moveRows). A fresh
    * buffer would cost more than the copy: the memory it touches is new to the process, and a
    * first touch costs a page fault per 4 KiB (100 MB: about 0.4 s on the development VM, 10× the
    * copy itself).
    */
   private relayout(newSlots: number, newCap: number): void {
     const { kvHeads, headDim } = this.geometry;
-    if (newCap !== this.cap) {
-      for (const buf of [...this.keys, ...this.values]) {
-        for (let s = Math.min(newSlots, this.slotCount) - 1; s >= 0; s--) {
-          const n = this.lengths[s] * headDim;
-          for (let h = kvHeads - 1; h >= 0; h--) {
-            const from = (s * kvHeads + h) * this.cap * headDim;
-            buf.copyWithin((s * kvHeads + h) * newCap * headDim, from, from + n);
-          }
-        }
-      }
-    }
+    if (newCap !== this.cap) for (const buf of [...this.keys, ...this.values]) this.moveRows(buf, buf, newSlots, newCap);
     this.reserved = Math.floor(this.roomFloats / (kvHeads * newCap * headDim));
     this.setShape(newSlots, newCap);
+  }
+
+  /**
+   * Copies the first `slots` slots' valid positions from the current layout in `from` to a layout of
+   * `newCap` positions per slot in `to`. Within one buffer (`to === from`, capacity growing) the runs
+   * move up, last one first, so none overwrites a run still to move.
+   */
+  private moveRows(from: Float32Array, to: Float32Array, slots: number, newCap: number): void {
+    const { kvHeads, headDim } = this.geometry;
+    for (let s = Math.min(slots, this.slotCount) - 1; s >= 0; s--) {
+      const n = this.lengths[s] * headDim;
+      for (let h = kvHeads - 1; h >= 0; h--) {
+        const src = (s * kvHeads + h) * this.cap * headDim;
+        const dst = (s * kvHeads + h) * newCap * headDim;
+        if (to === from) to.copyWithin(dst, src, src + n);
+        else to.set(from.subarray(src, src + n), dst);
+      }
+    }
   }
 
   private setShape(newSlots: number, newCap: number): void {

@@ -3,7 +3,7 @@ import { mergeRow, type CarryOnCache, type CarryOnSession } from './carry-on-ses
 import { BatchSlots } from './batch-slots.js';
 import type { KvPool } from './kv-pool.js';
 import type { BodyResult, ModelRunner } from './model-runner.js';
-import type { SamplingParams, StepStats, TokenEvent } from './worker-messages.js';
+import { GREEDY_PARAMS, type SamplingParams, type StepStats, type TokenEvent } from './worker-messages.js';
 import { Sampler } from './sampler.js';
 import { normalizeMean } from './pooling.js';
 import type { ResponseFormatSpec, StructuredOutputs, TokenConstraint } from './structured/token-mask.js';
@@ -79,9 +79,7 @@ export interface StepLoopOptions {
 }
 
 /** An embedding never samples; its sampler exists only so every live sequence has one. */
-const EMBEDDING_PARAMS: SamplingParams = {
-  temperature: 0, topP: 1, topK: 0, seed: 0, presencePenalty: 0, frequencyPenalty: 0, maxTokens: 0, stopTokenIds: [], topLogprobs: -1,
-};
+const EMBEDDING_PARAMS: SamplingParams = { ...GREEDY_PARAMS, maxTokens: 0 };
 
 /** What the LM head needs for one sampled row. */
 interface HeadRow {

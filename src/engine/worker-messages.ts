@@ -25,6 +25,11 @@ export interface SamplingParams {
   topLogprobs: number;
 }
 
+/** Greedy, no penalties, no logprobs: for sequences that only need their states (embeddings, harvest replays). */
+export const GREEDY_PARAMS: Omit<SamplingParams, 'maxTokens'> = {
+  temperature: 0, topP: 1, topK: 0, seed: 0, presencePenalty: 0, frequencyPenalty: 0, stopTokenIds: [], topLogprobs: -1,
+};
+
 export type FinishReason = 'stop' | 'length';
 
 export interface TokenEvent {

@@ -9,7 +9,7 @@
  */
 import type { CaptureResult } from '../engine/capture.js';
 import type { Engine } from '../engine/engine.js';
-import type { SamplingParams } from '../engine/worker-messages.js';
+import { GREEDY_PARAMS, type SamplingParams } from '../engine/worker-messages.js';
 import { toHarvestedSequence } from './capture-to-sequence.js';
 import type { HarvestedSequence, HarvestPolicy, HarvestSink } from './types.js';
 
@@ -72,9 +72,7 @@ export interface HarvestReplayOptions {
 }
 
 /** Greedy, one token: the replay wants the prefill's states, and the step loop ends a sequence on a sampled token. */
-const REPLAY_PARAMS: Omit<SamplingParams, 'maxTokens'> = {
-  temperature: 0, topP: 1, topK: 0, seed: 0, presencePenalty: 0, frequencyPenalty: 0, stopTokenIds: [], topLogprobs: -1,
-};
+const REPLAY_PARAMS: SamplingParams = { ...GREEDY_PARAMS, maxTokens: 1 };
 
 export class HarvestReplay {
   private readonly bases = new Map<string, ReplayBase>();
@@ -157,7 +155,7 @@ export class HarvestReplay {
     const { base, request } = job;
     base.engine.submit(
       Array.from(job.tokenIds),
-      { ...REPLAY_PARAMS, maxTokens: 1 },
+      REPLAY_PARAMS,
       {
         onEvent: (ev) => {
           if (ev.finish) end();

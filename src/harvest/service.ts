@@ -129,8 +129,9 @@ export class HarvestService implements HarvestSink {
 
   /**
    * Forgets tenants deleted while the gateway was down, then starts the writer, rebuilds shards
-   * from a crash's journals and indexes shards written but never indexed. Returns the sink for the inference service (null: harvesting is off).
-   * Retention and pushing run either way, for shards written before.
+   * from a crash's journals and indexes shards written but never indexed. Returns the sink for the
+   * inference service (null: harvesting is off). Retention and pushing run either way, for shards
+   * written before.
    */
   start(): Promise<HarvestSink | null> {
     this.starting ??= this.startOnce();

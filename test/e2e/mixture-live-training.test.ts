@@ -1,4 +1,3 @@
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
@@ -8,7 +7,8 @@ import { readTrainerReport } from '../../src/training/trainer-report.js';
 import { freshDataDir, startTestGateway, ADMIN_KEY, type TestGateway } from '../helpers/gateway.js';
 import { gsm8kTrainProblems } from '../helpers/gsm8k.js';
 import { harvestKey, harvestStats } from '../helpers/harvest.js';
-import { REPO_ROOT, STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
+import { STORIES_BIN, STORIES_TOK } from '../helpers/paths.js';
+import { runChild, TRAINER, trainerPython } from '../helpers/trainer.js';
 import { writePerturbedCheckpoint } from '../helpers/stories-bin.js';
 
 /**
@@ -19,14 +19,7 @@ import { writePerturbedCheckpoint } from '../helpers/stories-bin.js';
  * mixture carry-on, verifies its export and uploads it; the SDK is then served by it, and α = 0 is
  * the primary base exactly. Needs python3 with torch (CI requires it).
  */
-const TRAINER = path.join(REPO_ROOT, 'trainer');
-const which = spawnSync(path.join(TRAINER, 'python'), ['--which'], { encoding: 'utf8' });
-const python = which.status === 0 ? which.stdout.trim() : null;
-if (!python) {
-  const why = which.stderr.trim() || 'no python3 with torch';
-  if (process.env.CARRYON_TRAINER_REQUIRED === '1') throw new Error(`mixture-live-training: ${why}`);
-  console.warn(`mixture-live-training SKIPPED: ${why}`);
-}
+const python = trainerPython('mixture-live-training');
 
 const A = 'stories';
 const B = 'stories-other';
@@ -35,19 +28,6 @@ const ID = 'mix-live';
 let gw: TestGateway;
 let work: string;
 const pkgDir = (name: string) => path.join(gw.dataDir, 'models', name);
-
-function run(cmd: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  // Asynchronous: the gateway lives in this process and must keep answering the trainer.
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: REPO_ROOT, env: { ...process.env, CARRYON_PYTHON: python! } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
-}
 
 describe.skipIf(!python)('mixture carry-on from live traffic: harvest two bases → train → upload → serve', () => {
   beforeAll(async () => {
@@ -78,12 +58,12 @@ describe.skipIf(!python)('mixture carry-on from live traffic: harvest two bases 
     const keyFile = path.join(work, 'admin-key');
     fs.writeFileSync(keyFile, ADMIN_KEY, { mode: 0o600 });
     const out = path.join(work, 'run');
-    const r = await run(path.join(TRAINER, 'carryon-train'), [
+    const r = await runChild(path.join(TRAINER, 'carryon-train'), [
       'train', '--base', pkgDir(A), '--secondary-base', pkgDir(B), '--out', out, '--id', ID,
       '--pull-from', gw.url, '--push-to', gw.url, '--tenant', 't1', '--key-file', keyFile,
       '--steps', '40', '--batch-size', '8', '--lr', '3e-3', '--warmup', '5', '--width', '32', '--seq-len', '256',
       '--loss-rows', 'all', '--no-progress',
-    ]);
+    ], { CARRYON_PYTHON: python! });
     expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
     // The two sequences harvested on A alone have no counterpart on B: left out, and said so.
     expect(r.stderr).toMatch(/2 of 26 primary sequences have no counterpart/);

@@ -1,4 +1,3 @@
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
@@ -8,8 +7,8 @@ import { readTrainerReport } from '../../src/training/trainer-report.js';
 import { api } from '../helpers/admin.js';
 import { ADMIN_KEY, freshDataDir, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { gsm8kTrainProblems } from '../helpers/gsm8k.js';
-import { REPO_ROOT } from '../helpers/paths.js';
 import { BOUNDED_SCHEMA, expectAllValid } from '../helpers/structured-samples.js';
+import { runChild, TRAINER, trainerPython } from '../helpers/trainer.js';
 
 /**
  * The whole loop with the real gateway and the real trainer: live traffic is harvested (a key with
@@ -18,15 +17,7 @@ import { BOUNDED_SCHEMA, expectAllValid } from '../helpers/structured-samples.js
  * `carryon carry-on verify`, uploads it through the admin API, and the openai SDK is then served
  * by it. Needs python3 with torch (trainer/python finds one); skipped, loudly, without.
  */
-const TRAINER = path.join(REPO_ROOT, 'trainer');
-const which = spawnSync(path.join(TRAINER, 'python'), ['--which'], { encoding: 'utf8' });
-const python = which.status === 0 ? which.stdout.trim() : null;
-if (!python) {
-  const why = which.stderr.trim() || 'no python3 with torch';
-  // CI installs PyTorch and sets CARRYON_TRAINER_REQUIRED=1: there a missing torch is a failure, not a skip.
-  if (process.env.CARRYON_TRAINER_REQUIRED === '1') throw new Error(`trainer-e2e: ${why}`);
-  console.warn(`trainer-e2e SKIPPED: ${why}`);
-}
+const python = trainerPython('trainer-e2e');
 
 const ID = 'gsm-e2e';
 const PROMPT = 'Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.';
@@ -34,19 +25,6 @@ const PROMPT = 'Natalia sold clips to 48 of her friends in April, and then she s
 let gw: TestGateway;
 let work: string;
 let tenantKey = '';
-
-function run(cmd: string, args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
-  // Asynchronous: the gateway lives in this process and must keep answering the trainer.
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: REPO_ROOT, env: { ...process.env, ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
-}
 
 describe.skipIf(!python)('trainer end to end: harvest → train → upload → serve', () => {
   beforeAll(async () => {
@@ -80,7 +58,7 @@ describe.skipIf(!python)('trainer end to end: harvest → train → upload → s
     fs.writeFileSync(keyFile, ADMIN_KEY, { mode: 0o600 });
     const base = path.join(gw.dataDir, 'models', 'stories260K');
     const out = path.join(work, 'run');
-    const r = await run(
+    const r = await runChild(
       path.join(TRAINER, 'carryon-train'),
       ['train', '--base', base, '--out', out, '--id', ID, '--pull-from', gw.url, '--push-to', gw.url, '--tenant', 't1',
         '--key-file', keyFile, '--steps', '100', '--batch-size', '8', '--lr', '3e-3', '--warmup', '10', '--width', '32',
